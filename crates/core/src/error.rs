@@ -1,0 +1,207 @@
+//! The platform's error codes and the user-facing error every non-2xx answer of Petrel's own carries
+//! (`{"error": {"code": ..., "message": ...}}` with an `X-Petrel-Error` header).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Header set on every error answer produced by Petrel itself (never on a function's own answer).
+pub const ERROR_HEADER: &str = "x-petrel-error";
+/// Header set when the answer carries a function's own error (a handler that raised).
+pub const FUNCTION_ERROR_HEADER: &str = "x-petrel-function-error";
+
+/// Every error code Petrel answers with. The HTTP status lives here so it is decided in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidName,
+    InvalidManifest,
+    InvalidPackage,
+    InvalidPayload,
+    InvalidRequest,
+    UnsupportedRuntime,
+    FunctionNotFound,
+    VersionNotFound,
+    RouteNotFound,
+    PayloadTooLarge,
+    ResponseTooLarge,
+    TooManyRequests,
+    NoCapacity,
+    FunctionTimeout,
+    FunctionCrashed,
+    FunctionInitFailed,
+    FunctionOutOfMemory,
+    BadFunctionResponse,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::InvalidName,
+        Self::InvalidManifest,
+        Self::InvalidPackage,
+        Self::InvalidPayload,
+        Self::InvalidRequest,
+        Self::UnsupportedRuntime,
+        Self::FunctionNotFound,
+        Self::VersionNotFound,
+        Self::RouteNotFound,
+        Self::PayloadTooLarge,
+        Self::ResponseTooLarge,
+        Self::TooManyRequests,
+        Self::NoCapacity,
+        Self::FunctionTimeout,
+        Self::FunctionCrashed,
+        Self::FunctionInitFailed,
+        Self::FunctionOutOfMemory,
+        Self::BadFunctionResponse,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidName => "invalid_name",
+            Self::InvalidManifest => "invalid_manifest",
+            Self::InvalidPackage => "invalid_package",
+            Self::InvalidPayload => "invalid_payload",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedRuntime => "unsupported_runtime",
+            Self::FunctionNotFound => "function_not_found",
+            Self::VersionNotFound => "version_not_found",
+            Self::RouteNotFound => "route_not_found",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::TooManyRequests => "too_many_requests",
+            Self::NoCapacity => "no_capacity",
+            Self::FunctionTimeout => "function_timeout",
+            Self::FunctionCrashed => "function_crashed",
+            Self::FunctionInitFailed => "function_init_failed",
+            Self::FunctionOutOfMemory => "function_out_of_memory",
+            Self::BadFunctionResponse => "bad_function_response",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn from_str_code(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// The HTTP status of an answer carrying this code.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidName
+            | Self::InvalidManifest
+            | Self::InvalidPackage
+            | Self::InvalidPayload
+            | Self::InvalidRequest
+            | Self::UnsupportedRuntime => 400,
+            Self::FunctionNotFound | Self::VersionNotFound | Self::RouteNotFound => 404,
+            Self::PayloadTooLarge => 413,
+            Self::TooManyRequests => 429,
+            Self::Internal => 500,
+            Self::FunctionCrashed
+            | Self::FunctionInitFailed
+            | Self::FunctionOutOfMemory
+            | Self::BadFunctionResponse
+            | Self::ResponseTooLarge => 502,
+            Self::NoCapacity | Self::ShuttingDown => 503,
+            Self::FunctionTimeout => 504,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user-facing error: a code and a message that says what went wrong and what to do.
+/// Internal causes are logged where the error is handled and never put in the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for load-shedding answers.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+            },
+        }
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            "Petrel hit an internal error; the server log has the details. Retry, and report it if it persists.",
+        )
+    }
+}
+
+impl From<crate::NameError> for ApiError {
+    fn from(e: crate::NameError) -> Self {
+        Self::new(ErrorCode::InvalidName, e.to_string())
+    }
+}
+
+impl From<crate::ManifestError> for ApiError {
+    fn from(e: crate::ManifestError) -> Self {
+        let code = match e {
+            crate::ManifestError::UnsupportedRuntime { .. } => ErrorCode::UnsupportedRuntime,
+            _ => ErrorCode::InvalidManifest,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The JSON body of a Petrel error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_have_statuses() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_str_code(c.as_str()), Some(*c));
+            assert!((400..600).contains(&c.status()));
+        }
+        assert_eq!(ErrorCode::FunctionTimeout.status(), 504);
+        assert_eq!(ErrorCode::PayloadTooLarge.status(), 413);
+    }
+}

@@ -1,0 +1,23 @@
+//! Petrel's domain vocabulary: function names and references, the `petrel.toml` manifest with its
+//! validation, the validated function specification stored with each version, the wire types the
+//! CLI, the server and the tests share, and the catalogue of platform error codes.
+//!
+//! This crate does no I/O and knows nothing of HTTP frameworks, storage or processes; it only says
+//! what is valid and how things are named, so that a client never depends on the server.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod manifest;
+pub mod name;
+
+pub use error::{ApiError, ErrorCode};
+pub use manifest::{FunctionSpec, Manifest, ManifestError, Runtime};
+pub use name::{FunctionRef, NameError};
+
+/// Largest request or response payload accepted by default (as AWS Lambda's synchronous limit).
+pub const DEFAULT_PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
+
+/// Namespace used when a request names none.
+pub const DEFAULT_NAMESPACE: &str = "default";

@@ -1,0 +1,405 @@
+//! The function manifest (`petrel.toml`) and its validated form, [`FunctionSpec`], which is what a
+//! version stores. The manifest is written by a developer, so unknown keys are refused by name.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What is wrong with a manifest, naming the field and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("petrel.toml could not be read: {0}")]
+    Parse(String),
+    #[error("missing field `{field}` in petrel.toml: {hint}")]
+    Missing {
+        field: &'static str,
+        hint: &'static str,
+    },
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("unsupported runtime {runtime:?}: {hint}")]
+    UnsupportedRuntime { runtime: String, hint: String },
+}
+
+impl ManifestError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// The runtimes Petrel knows about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Python3,
+    Nodejs,
+    Provided,
+    Http,
+    Wasm,
+}
+
+impl Runtime {
+    pub const ALL: &'static [Runtime] = &[
+        Runtime::Python3,
+        Runtime::Nodejs,
+        Runtime::Provided,
+        Runtime::Http,
+        Runtime::Wasm,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "python3",
+            Runtime::Nodejs => "nodejs",
+            Runtime::Provided => "provided",
+            Runtime::Http => "http",
+            Runtime::Wasm => "wasm",
+        }
+    }
+
+    /// Whether this build of Petrel can run functions of this runtime.
+    pub fn is_available(self) -> bool {
+        !matches!(self, Runtime::Wasm)
+    }
+
+    /// Whether instances speak the AWS Lambda Runtime API (else they serve HTTP on `$PORT`).
+    pub fn speaks_lambda(self) -> bool {
+        matches!(self, Runtime::Python3 | Runtime::Nodejs | Runtime::Provided)
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = ManifestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Runtime::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| ManifestError::UnsupportedRuntime {
+                runtime: s.to_owned(),
+                hint: "use one of python3, nodejs, provided, http".to_owned(),
+            })
+    }
+}
+
+/// `petrel.toml` as written. Every field but `name` and `runtime` has a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: Option<String>,
+    pub runtime: Option<String>,
+    pub handler: Option<String>,
+    pub memory_mb: Option<u32>,
+    pub timeout: Option<String>,
+    pub concurrency: Option<u32>,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub keep_alive: Option<String>,
+    pub queue_size: Option<u32>,
+    pub queue_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_CONCURRENCY: u32 = 1;
+pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_QUEUE_SIZE: u32 = 100;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Environment variable names Petrel sets itself; a manifest may not override them.
+const RESERVED_ENV: &[&str] = &[
+    "_HANDLER",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "PORT",
+    "PATH",
+    "HOME",
+    "TZ",
+];
+
+impl Manifest {
+    /// Parses `petrel.toml` text; unknown keys and wrong types are errors naming the key.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string().trim().to_owned()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a manifest always serialises")
+    }
+
+    /// Validates every field and fills defaults.
+    pub fn validate(&self) -> Result<FunctionSpec, ManifestError> {
+        let name = self.name.clone().ok_or(ManifestError::Missing {
+            field: "name",
+            hint: "add name = \"my-function\"",
+        })?;
+        crate::name::validate_name("function name", &name)
+            .map_err(|e| ManifestError::invalid("name", e.to_string()))?;
+        let runtime: Runtime = self
+            .runtime
+            .as_deref()
+            .ok_or(ManifestError::Missing {
+                field: "runtime",
+                hint: "add runtime = \"python3\" (or nodejs, provided, http)",
+            })?
+            .parse()?;
+        if !runtime.is_available() {
+            return Err(ManifestError::UnsupportedRuntime {
+                runtime: runtime.to_string(),
+                hint: "this build of Petrel does not run wasm components yet; use python3, nodejs, provided or http".into(),
+            });
+        }
+        let handler = self.handler.clone().unwrap_or_default();
+        validate_handler(runtime, &handler)?;
+
+        let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        if !(64..=10240).contains(&memory_mb) {
+            return Err(ManifestError::invalid(
+                "memory_mb",
+                format!("{memory_mb} is out of range: use 64 to 10240"),
+            ));
+        }
+        let timeout = duration_field("timeout", self.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(ManifestError::invalid(
+                "timeout",
+                "must be more than 0 and at most 15m",
+            ));
+        }
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if !(1..=1000).contains(&concurrency) {
+            return Err(ManifestError::invalid(
+                "concurrency",
+                format!("{concurrency} is out of range: use 1 to 1000"),
+            ));
+        }
+        let max_instances = self.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+        if !(1..=1000).contains(&max_instances) {
+            return Err(ManifestError::invalid(
+                "max_instances",
+                format!("{max_instances} is out of range: use 1 to 1000"),
+            ));
+        }
+        let min_instances = self.min_instances.unwrap_or(0);
+        if min_instances > max_instances {
+            return Err(ManifestError::invalid(
+                "min_instances",
+                format!("{min_instances} is more than max_instances ({max_instances})"),
+            ));
+        }
+        let keep_alive =
+            duration_field("keep_alive", self.keep_alive.as_deref(), DEFAULT_KEEP_ALIVE)?;
+        if keep_alive > Duration::from_secs(24 * 3600) {
+            return Err(ManifestError::invalid("keep_alive", "must be at most 24h"));
+        }
+        let queue_size = self.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
+        if queue_size > 100_000 {
+            return Err(ManifestError::invalid(
+                "queue_size",
+                format!("{queue_size} is out of range: use 0 to 100000"),
+            ));
+        }
+        let queue_timeout = duration_field(
+            "queue_timeout",
+            self.queue_timeout.as_deref(),
+            DEFAULT_QUEUE_TIMEOUT,
+        )?;
+        if queue_timeout > MAX_TIMEOUT {
+            return Err(ManifestError::invalid(
+                "queue_timeout",
+                "must be at most 15m",
+            ));
+        }
+        for key in self.env.keys() {
+            validate_env_key(key)?;
+        }
+        Ok(FunctionSpec {
+            name,
+            runtime,
+            handler,
+            memory_mb,
+            timeout_ms: timeout.as_millis() as u64,
+            concurrency,
+            min_instances,
+            max_instances,
+            keep_alive_ms: keep_alive.as_millis() as u64,
+            queue_size,
+            queue_timeout_ms: queue_timeout.as_millis() as u64,
+            env: self.env.clone(),
+        })
+    }
+}
+
+fn duration_field(
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ManifestError> {
+    match value {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            ManifestError::invalid(
+                field,
+                format!(
+                    "{s:?} is not a duration ({e}); write it like \"30s\", \"500ms\" or \"10m\""
+                ),
+            )
+        }),
+    }
+}
+
+fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), ManifestError> {
+    match runtime {
+        Runtime::Python3 | Runtime::Nodejs => {
+            let (module, func) = handler.rsplit_once('.').ok_or_else(|| {
+                ManifestError::invalid(
+                    "handler",
+                    format!("{handler:?} must be module.function, for example \"app.handler\" (file app.{} exporting handler)",
+                        if runtime == Runtime::Python3 { "py" } else { "js" }),
+                )
+            })?;
+            let ident_ok = !func.is_empty()
+                && !func.as_bytes()[0].is_ascii_digit()
+                && func
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
+            if module.is_empty() || !ident_ok || module.contains("..") || module.starts_with('/') {
+                return Err(ManifestError::invalid(
+                    "handler",
+                    format!("{handler:?} must be module.function with a relative module path, for example \"app.handler\""),
+                ));
+            }
+            Ok(())
+        }
+        Runtime::Http => {
+            if handler.trim().is_empty() {
+                Err(ManifestError::Missing {
+                    field: "handler",
+                    hint: "for runtime http, handler is the command that serves HTTP on $PORT, for example \"node server.js\"",
+                })
+            } else {
+                Ok(())
+            }
+        }
+        Runtime::Provided | Runtime::Wasm => Ok(()),
+    }
+}
+
+fn validate_env_key(key: &str) -> Result<(), ManifestError> {
+    let well_formed = !key.is_empty()
+        && !key.as_bytes()[0].is_ascii_digit()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !well_formed {
+        return Err(ManifestError::invalid(
+            "env",
+            format!("{key:?} is not a valid variable name: use letters, digits and '_', not starting with a digit"),
+        ));
+    }
+    if RESERVED_ENV.contains(&key) || key.starts_with("AWS_LAMBDA_") || key.starts_with("PETREL_") {
+        return Err(ManifestError::invalid(
+            "env",
+            format!("{key} is set by Petrel and cannot be overridden; pick another name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A validated function configuration: what a version stores and what the data plane runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub runtime: Runtime,
+    pub handler: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub keep_alive_ms: u64,
+    pub queue_size: u32,
+    pub queue_timeout_ms: u64,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl FunctionSpec {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_ms)
+    }
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<FunctionSpec, ManifestError> {
+        Manifest::from_toml(s)?.validate()
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let spec =
+            parse("name = \"hello\"\nruntime = \"python3\"\nhandler = \"app.handler\"\n").unwrap();
+        assert_eq!(spec.memory_mb, 128);
+        assert_eq!(spec.timeout(), Duration::from_secs(30));
+        assert_eq!(spec.concurrency, 1);
+        assert_eq!(spec.max_instances, 10);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nmemroy_mb = 3\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("memroy_mb"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("name = \"Bad\"\nruntime = \"python3\"\nhandler = \"a.b\"", "name"),
+            ("name = \"a\"\nruntime = \"cobol\"\nhandler = \"a.b\"", "cobol"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"nodot\"", "handler"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\ntimeout = \"soon\"", "timeout"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nmemory_mb = 1", "memory_mb"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nmemory_mb = \"big\"", "memory_mb"),
+            ("name = \"a\"\nruntime = \"http\"", "handler"),
+            ("runtime = \"http\"", "name"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nmin_instances = 5\nmax_instances = 2", "min_instances"),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\n[env]\nAWS_LAMBDA_X = \"1\"", "AWS_LAMBDA_X"),
+        ];
+        for (text, field) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn wasm_is_refused_until_available() {
+        let e = parse("name = \"a\"\nruntime = \"wasm\"\nhandler = \"a.wasm\"").unwrap_err();
+        assert!(matches!(e, ManifestError::UnsupportedRuntime { .. }));
+    }
+}

@@ -1,0 +1,453 @@
+//! The SQL store. Both backends run the same queries through `sqlx::Any` (`$N` placeholders work
+//! on SQLite too); only the migrations differ, for the autoincrement column.
+
+use crate::{now_ms, Result, StoreError};
+use futures_core_compat::BoxFuture;
+use petrel_core::api::{FunctionSummary, LogLine, VersionInfo};
+use petrel_core::FunctionSpec;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+mod futures_core_compat {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/postgres/0001_initial.sql"),
+)];
+
+/// Migrations compiled into the binary.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'s, std::result::Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(
+                        *v,
+                        Cow::Borrowed(*d),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// A function row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRecord {
+    pub namespace: String,
+    pub name: String,
+    pub latest_version: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Where to continue reading logs from: the id of the last line read.
+pub type LogCursor = i64;
+
+/// The SQL store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode, and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Opens a store from a URL: `sqlite://PATH?mode=rwc` or `postgres://...`, and migrates it.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                format!("unsupported store URL {url:?}: use sqlite://PATH or postgres://...")
+                    .into(),
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            // SQLite has one writer; a few connections are enough for readers beside it.
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let source = match backend {
+            Backend::Sqlite => Embedded(SQLITE_MIGRATIONS),
+            Backend::Postgres => Embedded(POSTGRES_MIGRATIONS),
+        };
+        Migrator::new(source).await?.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The SQLite journal mode (`wal` expected), for checks; `None` on PostgreSQL.
+    pub async fn sqlite_journal_mode(&self) -> Result<Option<String>> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(row.try_get::<String, _>(0)?))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Adds a version to a function, creating the function if it does not exist. Version numbers
+    /// are handed out atomically, so concurrent deploys of one function get distinct numbers.
+    /// Returns the version number and whether the function was created.
+    pub async fn create_version(
+        &self,
+        namespace: &str,
+        spec: &FunctionSpec,
+        digest: &str,
+        size_bytes: u64,
+    ) -> Result<(u32, bool)> {
+        let now = now_ms();
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO functions (namespace, name, latest_version, created_at, updated_at)
+             VALUES ($1, $2, 1, $3, $3)
+             ON CONFLICT (namespace, name) DO UPDATE
+               SET latest_version = functions.latest_version + 1, updated_at = $3
+             RETURNING latest_version",
+        )
+        .bind(namespace)
+        .bind(&spec.name)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let version: i64 = row.try_get(0)?;
+        sqlx::query(
+            "INSERT INTO versions (namespace, name, version, runtime, spec, digest, size_bytes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(namespace)
+        .bind(&spec.name)
+        .bind(version)
+        .bind(spec.runtime.as_str())
+        .bind(&spec_json)
+        .bind(digest)
+        .bind(size_bytes as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((version as u32, version == 1))
+    }
+
+    pub async fn get_function(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<FunctionRecord>> {
+        let row = sqlx::query(
+            "SELECT namespace, name, latest_version, created_at, updated_at FROM functions
+             WHERE namespace = $1 AND name = $2",
+        )
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| function_record(&r)).transpose()
+    }
+
+    /// Functions with their latest runtime, optionally in one namespace, sorted by namespace and name.
+    pub async fn list_functions(&self, namespace: Option<&str>) -> Result<Vec<FunctionSummary>> {
+        let rows = sqlx::query(
+            "SELECT f.namespace, f.name, f.latest_version, f.created_at, f.updated_at, v.runtime
+             FROM functions f JOIN versions v
+               ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.latest_version
+             WHERE ($1 = '' OR f.namespace = $1)
+             ORDER BY f.namespace, f.name",
+        )
+        .bind(namespace.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let f = function_record(r)?;
+                Ok(FunctionSummary {
+                    namespace: f.namespace,
+                    name: f.name,
+                    runtime: r.try_get("runtime")?,
+                    latest_version: f.latest_version,
+                    created_at: f.created_at,
+                    updated_at: f.updated_at,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_version(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<VersionInfo>> {
+        let row = sqlx::query(
+            "SELECT version, spec, digest, size_bytes, created_at FROM versions
+             WHERE namespace = $1 AND name = $2 AND version = $3",
+        )
+        .bind(namespace)
+        .bind(name)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| version_info(&r)).transpose()
+    }
+
+    /// All versions of a function, newest first.
+    pub async fn list_versions(&self, namespace: &str, name: &str) -> Result<Vec<VersionInfo>> {
+        let rows = sqlx::query(
+            "SELECT version, spec, digest, size_bytes, created_at FROM versions
+             WHERE namespace = $1 AND name = $2 ORDER BY version DESC",
+        )
+        .bind(namespace)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_info).collect()
+    }
+
+    /// The latest version of every function, for the data plane at start.
+    pub async fn latest_versions(&self) -> Result<Vec<(String, VersionInfo)>> {
+        let rows = sqlx::query(
+            "SELECT f.namespace, v.version, v.spec, v.digest, v.size_bytes, v.created_at
+             FROM functions f JOIN versions v
+               ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.latest_version
+             ORDER BY f.namespace, f.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("namespace")?, version_info(r)?)))
+            .collect()
+    }
+
+    /// Deletes a function with its versions and logs. Returns whether it existed.
+    pub async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM functions WHERE namespace = $1 AND name = $2")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM versions WHERE namespace = $1 AND name = $2")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM logs WHERE namespace = $1 AND function = $2")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone > 0)
+    }
+
+    /// Digests still referenced by some version, for artifact garbage collection.
+    pub async fn referenced_digests(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT digest FROM versions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Appends log lines in one transaction.
+    pub async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for l in lines {
+            sqlx::query(
+                "INSERT INTO logs (namespace, function, version, instance, invocation, stream, ts, line)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&l.namespace)
+            .bind(&l.function)
+            .bind(l.version as i64)
+            .bind(&l.instance)
+            .bind(l.invocation.as_deref())
+            .bind(&l.stream)
+            .bind(l.ts)
+            .bind(&l.line)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Log lines of a function after `after` (a cursor from an earlier read, or 0), not older than
+    /// `since_ts`, optionally of one invocation, oldest first, at most `limit`. With `tail`, the
+    /// newest `limit` lines are returned (still oldest first).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_logs(
+        &self,
+        namespace: &str,
+        function: &str,
+        after: LogCursor,
+        since_ts: i64,
+        invocation: Option<&str>,
+        limit: u32,
+        tail: bool,
+    ) -> Result<Vec<(LogCursor, LogLine)>> {
+        let order = if tail { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT id, namespace, function, version, instance, invocation, stream, ts, line FROM logs
+             WHERE namespace = $1 AND function = $2 AND id > $3 AND ts >= $4
+               AND ($5 = '' OR invocation = $5)
+             ORDER BY id {order} LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .bind(function)
+            .bind(after)
+            .bind(since_ts)
+            .bind(invocation.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("id")?,
+                    LogLine {
+                        ts: r.try_get("ts")?,
+                        namespace: r.try_get("namespace")?,
+                        function: r.try_get("function")?,
+                        version: r.try_get::<i64, _>("version")? as u32,
+                        instance: r.try_get("instance")?,
+                        invocation: r.try_get("invocation")?,
+                        stream: r.try_get("stream")?,
+                        line: r.try_get("line")?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if tail {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Bounds log retention: drops lines older than `max_age_ms` and, per function, all but the
+    /// newest `max_lines`. Returns how many lines were dropped.
+    pub async fn trim_logs(&self, max_lines: u32, max_age_ms: i64) -> Result<u64> {
+        let mut dropped = sqlx::query("DELETE FROM logs WHERE ts < $1")
+            .bind(now_ms() - max_age_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let over = sqlx::query(
+            "SELECT namespace, function FROM logs GROUP BY namespace, function HAVING COUNT(*) > $1",
+        )
+        .bind(max_lines as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in over {
+            let ns: String = r.try_get(0)?;
+            let f: String = r.try_get(1)?;
+            dropped += sqlx::query(
+                "DELETE FROM logs WHERE namespace = $1 AND function = $2 AND id <= (
+                   SELECT id FROM logs WHERE namespace = $1 AND function = $2
+                   ORDER BY id DESC LIMIT 1 OFFSET $3)",
+            )
+            .bind(&ns)
+            .bind(&f)
+            .bind(max_lines as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(dropped)
+    }
+}
+
+fn function_record(r: &AnyRow) -> Result<FunctionRecord> {
+    Ok(FunctionRecord {
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        latest_version: r.try_get::<i64, _>("latest_version")? as u32,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn version_info(r: &AnyRow) -> Result<VersionInfo> {
+    let spec: String = r.try_get("spec")?;
+    Ok(VersionInfo {
+        version: r.try_get::<i64, _>("version")? as u32,
+        digest: r.try_get("digest")?,
+        size_bytes: r.try_get::<i64, _>("size_bytes")? as u64,
+        created_at: r.try_get("created_at")?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("version spec: {e}")))?,
+    })
+}

@@ -1,0 +1,416 @@
+//! The store's suite, run against SQLite (a real file) and PostgreSQL (the server started by
+//! `scripts/services.sh`; its URL comes in `PETREL_TEST_POSTGRES_URL`).
+
+use petrel_core::api::LogLine;
+use petrel_core::{FunctionSpec, Manifest};
+use petrel_store::{ArtifactStore, Backend, PackageLimits, Store};
+use sqlx::Connection;
+use std::io::Write;
+
+mod artifacts;
+
+fn spec(name: &str, runtime: &str) -> FunctionSpec {
+    let handler = if runtime == "http" {
+        "node server.js"
+    } else {
+        "app.handler"
+    };
+    Manifest::from_toml(&format!(
+        "name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n"
+    ))
+    .unwrap()
+    .validate()
+    .unwrap()
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+struct PgDb {
+    admin_url: String,
+    name: String,
+    store: Store,
+}
+
+impl PgDb {
+    async fn new() -> Self {
+        let admin_url = std::env::var("PETREL_TEST_POSTGRES_URL").expect(
+            "PostgreSQL tests need PETREL_TEST_POSTGRES_URL: run them through scripts/test.sh, \
+             or `. scripts/services.sh` first",
+        );
+        sqlx::any::install_default_drivers();
+        let name = format!("petrel_t_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+        Self {
+            admin_url,
+            name,
+            store,
+        }
+    }
+
+    async fn drop_db(self) {
+        self.store.close().await;
+        let mut admin = sqlx::AnyConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {}", self.name))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    Store::open_sqlite(&dir.path().join("petrel.db"))
+        .await
+        .unwrap()
+}
+
+/// Declares one test per backend for a suite function `async fn(Store)`.
+macro_rules! both_backends {
+    ($($suite:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::sqlite_store(&dir).await;
+                    assert_eq!(store.backend(), super::Backend::Sqlite);
+                    super::$suite(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let db = super::PgDb::new().await;
+                    assert_eq!(db.store.backend(), super::Backend::Postgres);
+                    super::$suite(db.store.clone()).await;
+                    db.drop_db().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    versions_are_numbered_and_immutable,
+    concurrent_deploys_get_distinct_versions,
+    list_get_and_delete,
+    logs_are_read_filtered_and_trimmed,
+);
+
+async fn versions_are_numbered_and_immutable(store: Store) {
+    let s1 = spec("hello", "python3");
+    let (v, created) = store
+        .create_version("default", &s1, "aa11", 10)
+        .await
+        .unwrap();
+    assert_eq!((v, created), (1, true));
+    let mut s2 = s1.clone();
+    s2.memory_mb = 256;
+    let (v, created) = store
+        .create_version("default", &s2, "bb22", 20)
+        .await
+        .unwrap();
+    assert_eq!((v, created), (2, false));
+
+    let v1 = store
+        .get_version("default", "hello", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v1.digest.as_str(), v1.spec.memory_mb, v1.size_bytes),
+        ("aa11", 128, 10)
+    );
+    let v2 = store
+        .get_version("default", "hello", 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v2.digest.as_str(), v2.spec.memory_mb), ("bb22", 256));
+    assert_eq!(v2.spec, s2);
+    assert!(store
+        .get_version("default", "hello", 3)
+        .await
+        .unwrap()
+        .is_none());
+
+    let versions = store.list_versions("default", "hello").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let f = store
+        .get_function("default", "hello")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.latest_version, 2);
+    assert!(f.updated_at >= f.created_at);
+    // The same name in another namespace is another function.
+    let (v, created) = store.create_version("dev", &s1, "aa11", 10).await.unwrap();
+    assert_eq!((v, created), (1, true));
+}
+
+async fn concurrent_deploys_get_distinct_versions(store: Store) {
+    let s = spec("busy", "nodejs");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_version("default", &s, &format!("d{i}"), 1)
+                .await
+                .unwrap()
+                .0
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (1..=8).collect::<Vec<_>>());
+    assert_eq!(
+        store.list_versions("default", "busy").await.unwrap().len(),
+        8
+    );
+}
+
+async fn list_get_and_delete(store: Store) {
+    store
+        .create_version("default", &spec("b-fn", "http"), "d1", 1)
+        .await
+        .unwrap();
+    store
+        .create_version("default", &spec("a-fn", "python3"), "d2", 1)
+        .await
+        .unwrap();
+    store
+        .create_version("prod", &spec("c-fn", "nodejs"), "d3", 1)
+        .await
+        .unwrap();
+    let all = store.list_functions(None).await.unwrap();
+    let names: Vec<_> = all
+        .iter()
+        .map(|f| format!("{}/{}:{}", f.namespace, f.name, f.runtime))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "default/a-fn:python3",
+            "default/b-fn:http",
+            "prod/c-fn:nodejs"
+        ]
+    );
+    assert_eq!(store.list_functions(Some("prod")).await.unwrap().len(), 1);
+    assert_eq!(store.latest_versions().await.unwrap().len(), 3);
+
+    store
+        .append_logs(&[log_line("a-fn", 1, None, "bye")])
+        .await
+        .unwrap();
+    assert!(store.delete_function("default", "a-fn").await.unwrap());
+    assert!(!store.delete_function("default", "a-fn").await.unwrap());
+    assert!(store
+        .get_function("default", "a-fn")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .list_versions("default", "a-fn")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_logs("default", "a-fn", 0, 0, None, 100, false)
+        .await
+        .unwrap()
+        .is_empty());
+    // A function deployed again after deletion starts over at version 1.
+    let (v, created) = store
+        .create_version("default", &spec("a-fn", "python3"), "d9", 1)
+        .await
+        .unwrap();
+    assert_eq!((v, created), (1, true));
+    assert_eq!(store.referenced_digests().await.unwrap().len(), 3);
+}
+
+fn log_line(function: &str, ts: i64, invocation: Option<&str>, line: &str) -> LogLine {
+    LogLine {
+        ts,
+        namespace: "default".into(),
+        function: function.into(),
+        version: 1,
+        instance: "i-1".into(),
+        invocation: invocation.map(Into::into),
+        stream: "stdout".into(),
+        line: line.into(),
+    }
+}
+
+async fn logs_are_read_filtered_and_trimmed(store: Store) {
+    let now = petrel_store::now_ms();
+    let lines: Vec<_> = (0..10)
+        .map(|i| {
+            log_line(
+                "logger",
+                now + i,
+                Some(if i % 2 == 0 { "even" } else { "odd" }),
+                &format!("line {i}"),
+            )
+        })
+        .collect();
+    store.append_logs(&lines).await.unwrap();
+    store
+        .append_logs(&[log_line("other", now, None, "elsewhere")])
+        .await
+        .unwrap();
+
+    let all = store
+        .read_logs("default", "logger", 0, 0, None, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(all[0].1.line, "line 0");
+    // Cursor: only what came after.
+    let after = store
+        .read_logs("default", "logger", all[6].0, 0, None, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|l| l.1.line.as_str()).collect::<Vec<_>>(),
+        vec!["line 7", "line 8", "line 9"]
+    );
+    // By invocation.
+    let odd = store
+        .read_logs("default", "logger", 0, 0, Some("odd"), 100, false)
+        .await
+        .unwrap();
+    assert_eq!(odd.len(), 5);
+    assert!(odd.iter().all(|l| l.1.invocation.as_deref() == Some("odd")));
+    // Since a time.
+    let recent = store
+        .read_logs("default", "logger", 0, now + 8, None, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2);
+    // Tail: the newest lines, oldest first.
+    let tail = store
+        .read_logs("default", "logger", 0, 0, None, 3, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        tail.iter().map(|l| l.1.line.as_str()).collect::<Vec<_>>(),
+        vec!["line 7", "line 8", "line 9"]
+    );
+
+    // Retention: keep 4 lines per function; then drop everything older than an hour.
+    let dropped = store.trim_logs(4, 3_600_000).await.unwrap();
+    assert_eq!(dropped, 6);
+    let kept = store
+        .read_logs("default", "logger", 0, 0, None, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.iter().map(|l| l.1.line.as_str()).collect::<Vec<_>>(),
+        vec!["line 6", "line 7", "line 8", "line 9"]
+    );
+    assert_eq!(
+        store
+            .read_logs("default", "other", 0, 0, None, 100, false)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store
+        .append_logs(&[log_line("old", now - 7_200_000, None, "ancient")])
+        .await
+        .unwrap();
+    assert_eq!(store.trim_logs(4, 3_600_000).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode_and_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    assert_eq!(
+        store.sqlite_journal_mode().await.unwrap().as_deref(),
+        Some("wal")
+    );
+    store
+        .create_version("default", &spec("kept", "python3"), "d", 1)
+        .await
+        .unwrap();
+    store.close().await;
+    let again = sqlite_store(&dir).await;
+    assert_eq!(
+        again
+            .get_function("default", "kept")
+            .await
+            .unwrap()
+            .unwrap()
+            .latest_version,
+        1
+    );
+}
+
+#[tokio::test]
+async fn postgres_migrations_are_idempotent_across_reopen() {
+    let db = PgDb::new().await;
+    db.store
+        .create_version("default", &spec("kept", "python3"), "d", 1)
+        .await
+        .unwrap();
+    let (base, _) = db.admin_url.rsplit_once('/').unwrap();
+    let again = Store::open(&format!("{base}/{}", db.name)).await.unwrap();
+    assert_eq!(
+        again
+            .get_function("default", "kept")
+            .await
+            .unwrap()
+            .unwrap()
+            .latest_version,
+        1
+    );
+    again.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn unsupported_store_url_is_refused() {
+    let e = Store::open("mysql://x").await.unwrap_err().to_string();
+    assert!(e.contains("sqlite://") && e.contains("postgres://"), "{e}");
+}
+
+pub fn zip_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut buf);
+        for (name, data, mode) in files {
+            let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+            w.start_file(*name, opts).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+pub fn artifact_store(dir: &tempfile::TempDir) -> ArtifactStore {
+    ArtifactStore::new(
+        dir.path(),
+        PackageLimits {
+            max_files: 50,
+            max_unpacked_bytes: 1024 * 1024,
+        },
+    )
+    .unwrap()
+}
