@@ -1,1 +1,583 @@
-//! placeholder
+//! The `petrel` command: `serve` runs the platform; the other commands are clients of its HTTP API.
+//! Exit codes: 0 success, 1 the function itself failed (`invoke`), 2 anything else.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod package;
+pub mod scaffold;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use client::Client;
+use http::Method;
+use http_body_util::BodyExt;
+use petrel_core::api::{
+    DeployResponse, FunctionDetail, FunctionList, LogLine, PACKAGE_CONTENT_TYPE,
+};
+use petrel_core::error::FUNCTION_ERROR_HEADER;
+use petrel_core::Manifest;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "petrel",
+    version,
+    about = "Petrel: deploy, run and scale functions"
+)]
+pub struct Cli {
+    /// The Petrel server client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "PETREL_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform: control API, invoke gateway and data plane in one process.
+    Serve(ServeArgs),
+    /// Scaffold a function directory that deploys as it is.
+    New {
+        name: String,
+        /// python3, nodejs, provided or http.
+        #[arg(long)]
+        runtime: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Package a function directory and deploy it as a new version.
+    Deploy(DeployArgs),
+    /// Invoke a function synchronously and print its answer.
+    Invoke {
+        /// name, name.namespace, or name:version.
+        name: String,
+        /// The event: JSON text, @FILE, or - for standard input.
+        #[arg(long, short)]
+        data: Option<String>,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// List functions.
+    Ls {
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// Show a function and its versions.
+    Get {
+        name: String,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// Delete a function with all its versions and logs.
+    Rm {
+        name: String,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// Show a function's logs.
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines from this long ago on (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the lines of one invocation.
+        #[arg(long)]
+        invocation: Option<String>,
+        /// The newest N lines (default 100 without --since).
+        #[arg(long)]
+        tail: Option<u32>,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where the SQLite store, artifacts and runtime files live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Node configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Store URL: postgres://... for PostgreSQL (default: SQLite under the data directory).
+    #[arg(long)]
+    store: Option<String>,
+    /// Deploy these function directories once the server is up (for example examples/*).
+    #[arg(long, num_args = 1..)]
+    deploy: Vec<PathBuf>,
+    /// Write Petrel's own log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// The function directory (with petrel.toml).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    runtime: Option<String>,
+    #[arg(long)]
+    handler: Option<String>,
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    concurrency: Option<u32>,
+    #[arg(long)]
+    min_instances: Option<u32>,
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    #[arg(long, short)]
+    namespace: Option<String>,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn ns_query(ns: &Option<String>) -> String {
+    ns.as_ref()
+        .map(|n| format!("?namespace={n}"))
+        .unwrap_or_default()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args).await.map(|_| ExitCode::SUCCESS);
+    }
+    let client = Client::new(&cli.server)?;
+    match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::New { name, runtime, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = scaffold::scaffold(&dir, &name, &runtime)?;
+            println!("Created function {name} ({runtime}) in {}:", dir.display());
+            for f in files {
+                println!("  {f}");
+            }
+            println!("Deploy it with:  petrel deploy {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy(args) => {
+            let d = deploy(&client, &args).await?;
+            print_deployed(&d);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke {
+            name,
+            data,
+            namespace,
+        } => invoke(&client, &name, data.as_deref(), &namespace).await,
+        Command::Ls { namespace } => {
+            let list: FunctionList = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/functions{}", ns_query(&namespace)),
+                )
+                .await?;
+            if list.functions.is_empty() {
+                println!("No functions yet. Create one with `petrel new NAME --runtime python3`, then `petrel deploy NAME`.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<32} {:<12} {:<9} {:>7}  UPDATED",
+                "NAME", "NAMESPACE", "RUNTIME", "VERSION"
+            );
+            for f in list.functions {
+                println!(
+                    "{:<32} {:<12} {:<9} {:>7}  {}",
+                    f.name,
+                    f.namespace,
+                    f.runtime,
+                    f.latest_version,
+                    format_ts(f.updated_at)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { name, namespace } => {
+            let f: FunctionDetail = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/functions/{name}{}", ns_query(&namespace)),
+                )
+                .await?;
+            let latest = f.versions.first();
+            println!("Name:       {}", f.name);
+            println!("Namespace:  {}", f.namespace);
+            println!("URL:        {}", f.url);
+            if let Some(v) = latest {
+                let s = &v.spec;
+                println!("Runtime:    {}", s.runtime);
+                println!("Handler:    {}", s.handler);
+                println!("Memory:     {} MB", s.memory_mb);
+                println!("Timeout:    {}", humantime::format_duration(s.timeout()));
+                println!(
+                    "Concurrency {} per instance, {}..{} instances, keep alive {}",
+                    s.concurrency,
+                    s.min_instances,
+                    s.max_instances,
+                    humantime::format_duration(s.keep_alive())
+                );
+                if !s.env.is_empty() {
+                    let keys: Vec<&str> = s.env.keys().map(String::as_str).collect();
+                    println!("Env:        {}", keys.join(", "));
+                }
+            }
+            println!("Versions:");
+            println!(
+                "  {:>7}  {:<19}  {:>10}  DIGEST",
+                "VERSION", "CREATED", "SIZE"
+            );
+            for v in &f.versions {
+                println!(
+                    "  {:>7}  {:<19}  {:>10}  sha256:{}",
+                    v.version,
+                    format_ts(v.created_at),
+                    v.size_bytes,
+                    &v.digest[..12.min(v.digest.len())]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { name, namespace } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/functions/{name}{}", ns_query(&namespace)),
+                    None,
+                )
+                .await?;
+            println!("Deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            name,
+            follow,
+            since,
+            invocation,
+            tail,
+            namespace,
+        } => {
+            let mut q = vec![];
+            if follow {
+                q.push("follow=true".to_owned());
+            }
+            if let Some(s) = since {
+                q.push(format!("since={s}"));
+            }
+            if let Some(i) = invocation {
+                q.push(format!("invocation={i}"));
+            }
+            if let Some(t) = tail {
+                q.push(format!("tail={t}"));
+            }
+            if let Some(n) = namespace {
+                q.push(format!("namespace={n}"));
+            }
+            let path = format!("/v1/functions/{name}/logs?{}", q.join("&"));
+            logs(&client, &path).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn format_ts(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.trim_end_matches('Z').replace('T', " ")
+}
+
+async fn logs(client: &Client, path: &str) -> anyhow::Result<()> {
+    let resp = client.send(Method::GET, path, None).await?;
+    let (parts, mut body) = resp.into_parts();
+    if !parts.status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        return Err(client::server_error(&parts, &bytes).into());
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let stdout = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the log stream was cut off")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                let t =
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(l.ts.max(0) as u64);
+                let inv = l
+                    .invocation
+                    .as_deref()
+                    .map(|i| format!(" {i}"))
+                    .unwrap_or_default();
+                let mut out = stdout.lock();
+                writeln!(
+                    out,
+                    "{} {} v{} {}{} [{}] {}",
+                    humantime::format_rfc3339_millis(t),
+                    l.function,
+                    l.version,
+                    l.instance,
+                    inv,
+                    l.stream,
+                    l.line
+                )?;
+                out.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_data(data: Option<&str>) -> anyhow::Result<Bytes> {
+    Ok(match data {
+        None => Bytes::new(),
+        Some("-") => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .context("could not read standard input")?;
+            Bytes::from(v)
+        }
+        Some(s) if s.starts_with('@') => Bytes::from(
+            std::fs::read(&s[1..]).with_context(|| format!("could not read {}", &s[1..]))?,
+        ),
+        Some(s) => Bytes::from(s.to_owned()),
+    })
+}
+
+async fn invoke(
+    client: &Client,
+    name: &str,
+    data: Option<&str>,
+    ns: &Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = read_data(data)?;
+    let resp = client
+        .send(
+            Method::POST,
+            &format!("/v1/functions/{name}/invoke{}", ns_query(ns)),
+            Some(("application/json", body)),
+        )
+        .await?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .context("the answer was cut off")?
+        .to_bytes();
+    if let Some(kind) = parts.headers.get(FUNCTION_ERROR_HEADER) {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)?;
+        if !bytes.ends_with(b"\n") {
+            writeln!(out)?;
+        }
+        eprintln!(
+            "error: the function failed ({})",
+            kind.to_str().unwrap_or("Unhandled")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if !parts.status.is_success() && parts.headers.contains_key(petrel_core::error::ERROR_HEADER) {
+        return Err(client::server_error(&parts, &bytes).into());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    if !bytes.ends_with(b"\n") {
+        writeln!(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the manifest, applies the flags, validates, packages and uploads.
+async fn deploy(client: &Client, args: &DeployArgs) -> anyhow::Result<DeployResponse> {
+    let dir = &args.dir;
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a directory; pass the function's directory (the one with petrel.toml)",
+            dir.display()
+        );
+    }
+    let manifest_path = dir.join("petrel.toml");
+    let mut m = if manifest_path.is_file() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("could not read {}", manifest_path.display()))?;
+        Manifest::from_toml(&text).with_context(|| format!("in {}", manifest_path.display()))?
+    } else if args.name.is_some() && args.runtime.is_some() {
+        Manifest::default()
+    } else {
+        bail!(
+            "{} has no petrel.toml; create one with `petrel new`, or pass --name and --runtime (and --handler)",
+            dir.display()
+        );
+    };
+    apply_flags(&mut m, args)?;
+    let spec = m
+        .validate()
+        .with_context(|| format!("in {}", manifest_path.display()))?;
+    let package = {
+        let (dir, text) = (dir.clone(), m.to_toml());
+        tokio::task::spawn_blocking(move || package::package_dir(&dir, &text)).await??
+    };
+    let path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
+    let (_, bytes) = client
+        .call(
+            Method::PUT,
+            &path,
+            Some((PACKAGE_CONTENT_TYPE, Bytes::from(package))),
+        )
+        .await?;
+    serde_json::from_slice(&bytes).context("the server answered the deploy with unexpected JSON")
+}
+
+fn apply_flags(m: &mut Manifest, a: &DeployArgs) -> anyhow::Result<()> {
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = &a.$field { m.$field = Some(v.clone()); } )* };
+    }
+    set!(
+        name,
+        runtime,
+        handler,
+        memory_mb,
+        timeout,
+        concurrency,
+        min_instances,
+        max_instances
+    );
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?} must be KEY=VALUE"))?;
+        m.env.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(())
+}
+
+fn print_deployed(d: &DeployResponse) {
+    println!(
+        "Deployed {} version {} (sha256:{})",
+        d.name,
+        d.version,
+        &d.digest[..12.min(d.digest.len())]
+    );
+    println!("  URL:    {}", d.url);
+    let ns = if d.namespace == petrel_core::DEFAULT_NAMESPACE {
+        String::new()
+    } else {
+        format!(" -n {}", d.namespace)
+    };
+    println!(
+        "  Invoke: petrel invoke {}{ns} --data '{{\"name\": \"Petrel\"}}'",
+        d.name
+    );
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    petrel_server::init_tracing(args.log_json);
+    let mut cfg = petrel_server::ServeConfig::default();
+    if let Some(path) = &args.config {
+        let (file, warnings) = petrel_server::ConfigFile::load(path)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        cfg = file.apply(cfg)?;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(s) = args.store {
+        cfg.store = Some(s);
+    }
+    let server = petrel_server::Server::start(cfg).await?;
+    let addr = server.local_addr();
+    let url = format!("http://{addr}");
+    println!("Petrel listening on {url}");
+    std::io::stdout().flush()?;
+    let running = tokio::spawn(server.run(petrel_server::shutdown_signal()));
+    if !args.deploy.is_empty() {
+        let client = Client::new(&url)?;
+        let mut deployed = Vec::new();
+        for dir in &args.deploy {
+            if !dir.join("petrel.toml").is_file() {
+                continue;
+            }
+            let a = DeployArgs {
+                dir: dir.clone(),
+                name: None,
+                runtime: None,
+                handler: None,
+                memory_mb: None,
+                timeout: None,
+                concurrency: None,
+                min_instances: None,
+                max_instances: None,
+                env: vec![],
+                namespace: None,
+            };
+            match deploy(&client, &a).await {
+                Ok(d) => deployed.push(d),
+                Err(e) => eprintln!("error: could not deploy {}: {e:#}", dir.display()),
+            }
+        }
+        for d in &deployed {
+            println!("Deployed {} version {}: {}", d.name, d.version, d.url);
+        }
+        if let Some(d) = deployed.first() {
+            println!("Try:  curl '{}?name=you'", d.url);
+            println!(
+                "      PETREL_SERVER={url} petrel invoke {} --data '{{\"name\": \"you\"}}'",
+                d.name
+            );
+        }
+        std::io::stdout().flush()?;
+    }
+    running.await.context("the server task failed")??;
+    Ok(())
+}

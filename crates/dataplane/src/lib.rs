@@ -1,1 +1,216 @@
-//! placeholder
+//! Petrel's data plane: the invoke gateway (`/fn/{name}/...`, `POST /v1/functions/{name}/invoke`),
+//! the router that resolves a function reference to a deployed version, and one [`Pool`] of
+//! instances per version.
+//!
+//! It does not store anything: the server tells it what is deployed ([`DataPlane::deployed`],
+//! [`DataPlane::removed`]) and gives it a [`VersionSource`] to load older versions on demand.
+//! Errors become HTTP answers here, in one place ([`ErrorResponse`]).
+
+#![forbid(unsafe_code)]
+
+mod apigw;
+pub mod body;
+mod error;
+mod gateway;
+pub mod pool;
+
+pub use error::{invoke_error, ErrorResponse};
+pub use gateway::routes;
+pub use pool::{Pool, PoolStats};
+
+use petrel_core::{ApiError, ErrorCode, FunctionRef, FunctionSpec};
+use petrel_runtime::RuntimeEnv;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A version ready to run: its configuration and unpacked code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployedVersion {
+    pub namespace: String,
+    pub name: String,
+    pub version: u32,
+    pub digest: String,
+    pub spec: Arc<FunctionSpec>,
+    pub code_dir: PathBuf,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Loads a specific version that the data plane has not seen yet (an older version named by
+/// number). `Ok(None)` means it does not exist.
+pub trait VersionSource: Send + Sync + 'static {
+    fn load(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: u32,
+    ) -> BoxFuture<'_, anyhow::Result<Option<DeployedVersion>>>;
+}
+
+type Key = (String, String);
+
+struct Inner {
+    env: RuntimeEnv,
+    source: Arc<dyn VersionSource>,
+    /// Latest version of each deployed function.
+    latest: RwLock<HashMap<Key, u32>>,
+    /// Pools by (namespace, name) then version.
+    pools: Mutex<HashMap<Key, HashMap<u32, Arc<Pool>>>>,
+    draining: AtomicBool,
+}
+
+/// The data plane. Cheap to clone.
+#[derive(Clone)]
+pub struct DataPlane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane").finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    pub fn new(env: RuntimeEnv, source: Arc<dyn VersionSource>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                env,
+                source,
+                latest: RwLock::new(HashMap::new()),
+                pools: Mutex::new(HashMap::new()),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn env(&self) -> &RuntimeEnv {
+        &self.inner.env
+    }
+
+    /// A new version is the latest: requests without a version go to it from now on. Its pool is
+    /// created now (starting `min_instances`), older versions stop keeping instances warm.
+    pub fn deployed(&self, v: DeployedVersion) {
+        let key = (v.namespace.clone(), v.name.clone());
+        let version = v.version;
+        let min = v.spec.min_instances as usize;
+        {
+            let mut pools = self.inner.pools.lock().unwrap();
+            let by_version = pools.entry(key.clone()).or_default();
+            for p in by_version.values() {
+                p.retire();
+            }
+            by_version.insert(version, Pool::new(Arc::new(v), self.inner.env.clone(), min));
+        }
+        self.inner.latest.write().unwrap().insert(key, version);
+    }
+
+    /// A function was deleted: its pools close (busy instances finish their request).
+    pub fn removed(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        self.inner.latest.write().unwrap().remove(&key);
+        if let Some(pools) = self.inner.pools.lock().unwrap().remove(&key) {
+            for p in pools.values() {
+                p.close();
+            }
+        }
+    }
+
+    /// The pool serving a reference, loading an older version from the source when needed.
+    pub async fn resolve(&self, r: &FunctionRef) -> Result<Arc<Pool>, ApiError> {
+        if self.inner.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "this Petrel server is shutting down; retry against another server or after restart",
+            )
+            .with_retry_after(1));
+        }
+        let key = (r.namespace.clone(), r.name.clone());
+        let latest = self.inner.latest.read().unwrap().get(&key).copied();
+        let Some(latest) = latest else {
+            return Err(not_found(r));
+        };
+        let version = r.version.unwrap_or(latest);
+        if let Some(p) = self
+            .inner
+            .pools
+            .lock()
+            .unwrap()
+            .get(&key)
+            .and_then(|m| m.get(&version))
+        {
+            return Ok(p.clone());
+        }
+        let loaded = self
+            .inner
+            .source
+            .load(&r.namespace, &r.name, version)
+            .await
+            .map_err(|e| {
+                tracing::error!(function = %r, error = %e, "could not load a version");
+                ApiError::internal()
+            })?;
+        let Some(v) = loaded else {
+            return Err(ApiError::new(
+                ErrorCode::VersionNotFound,
+                format!(
+                    "function {} has no version {version}; its latest is {latest} (see `petrel get {}`)",
+                    r.name, r.name
+                ),
+            ));
+        };
+        let mut pools = self.inner.pools.lock().unwrap();
+        let by_version = pools.entry(key).or_default();
+        let pool = by_version
+            .entry(version)
+            .or_insert_with(|| Pool::new(Arc::new(v), self.inner.env.clone(), 0));
+        Ok(pool.clone())
+    }
+
+    /// Stats of every pool, by (namespace, name, version).
+    pub fn pool_stats(&self) -> Vec<(String, String, u32, PoolStats)> {
+        let pools = self.inner.pools.lock().unwrap();
+        let mut out: Vec<_> = pools
+            .iter()
+            .flat_map(|((ns, name), m)| {
+                m.iter()
+                    .map(move |(v, p)| (ns.clone(), name.clone(), *v, p.stats()))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+        out
+    }
+
+    /// Refuses new invocations from now on (in-flight ones carry on).
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops every instance. Call after in-flight requests have finished.
+    pub fn shutdown(&self) {
+        self.start_draining();
+        let pools = std::mem::take(&mut *self.inner.pools.lock().unwrap());
+        for p in pools.values().flat_map(|m| m.values()) {
+            p.close();
+        }
+    }
+}
+
+fn not_found(r: &FunctionRef) -> ApiError {
+    let ns = if r.namespace == petrel_core::DEFAULT_NAMESPACE {
+        String::new()
+    } else {
+        format!(" in namespace {}", r.namespace)
+    };
+    ApiError::new(
+        ErrorCode::FunctionNotFound,
+        format!(
+            "no function named {}{ns}; deploy it with `petrel deploy`, or list functions with `petrel ls`",
+            r.name
+        ),
+    )
+}

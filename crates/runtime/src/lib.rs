@@ -1,1 +1,23 @@
-//! placeholder
+//! Function instances of the process kind: one OS process per instance, speaking either the AWS
+//! Lambda Runtime API (served by Petrel, one endpoint per instance; built-in shims for `python3`
+//! and `nodejs`, the function's own `bootstrap` for `provided`) or HTTP on `$PORT` (`http`).
+//!
+//! This crate starts, invokes, watches and kills instances, and captures their output as log
+//! lines. It does not decide how many instances run or which one serves a request: that is the
+//! pool in `petrel-dataplane`. Sandboxing beyond a process group and a clean environment is a
+//! later layer that plugs in where the process is spawned (`process.rs`).
+
+#![forbid(unsafe_code)]
+
+mod http;
+mod instance;
+mod lambda;
+pub mod logs;
+mod process;
+mod shims;
+
+pub use instance::{Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, RuntimeEnv};
+pub use logs::LogSink;
+
+/// The body type requests and responses are proxied with.
+pub type Body = axum::body::Body;

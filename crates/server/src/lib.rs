@@ -1,1 +1,269 @@
-//! placeholder
+//! `petrel serve`: wires the store, the artifact store, the data plane and the control API into
+//! one HTTP server, and runs it until a stop signal, letting in-flight requests finish.
+//!
+//! Business rules live in the crates it wires; this crate owns configuration, routing and the
+//! process lifecycle (start, drain, stop).
+
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod config;
+mod logs;
+
+pub use config::{ConfigFile, ServeConfig};
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use petrel_dataplane::{BoxFuture, DataPlane, DeployedVersion, VersionSource};
+use petrel_runtime::{LogSink, RuntimeEnv};
+use petrel_store::{ArtifactStore, PackageLimits, Store};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Shared state of the control API.
+#[derive(Clone)]
+pub(crate) struct App {
+    store: Store,
+    artifacts: ArtifactStore,
+    dataplane: DataPlane,
+    logs: logs::LogHub,
+    config: Arc<ServeConfig>,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Removes artifacts no version refers to, in the background. Artifacts younger than a few
+    /// minutes are kept: a deploy may be between storing its package and recording its version.
+    fn collect_garbage(&self) {
+        let (store, artifacts) = (self.store.clone(), self.artifacts.clone());
+        tokio::spawn(async move {
+            let referenced = match store.referenced_digests().await {
+                Ok(d) => d.into_iter().collect(),
+                Err(e) => return tracing::warn!(error = %e, "artifact collection skipped"),
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                artifacts.collect_garbage(&referenced, std::time::Duration::from_secs(300))
+            })
+            .await;
+        });
+    }
+}
+
+/// Loads versions from the store for the data plane.
+struct StoreSource {
+    store: Store,
+    artifacts: ArtifactStore,
+}
+
+impl VersionSource for StoreSource {
+    fn load(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: u32,
+    ) -> BoxFuture<'_, anyhow::Result<Option<DeployedVersion>>> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        Box::pin(async move {
+            let Some(v) = self.store.get_version(&namespace, &name, version).await? else {
+                return Ok(None);
+            };
+            let artifacts = self.artifacts.clone();
+            let digest = v.digest.clone();
+            let code_dir =
+                tokio::task::spawn_blocking(move || artifacts.ensure_unpacked(&digest)).await??;
+            Ok(Some(DeployedVersion {
+                namespace,
+                name,
+                version: v.version,
+                digest: v.digest,
+                spec: Arc::new(v.spec),
+                code_dir,
+            }))
+        })
+    }
+}
+
+/// A server that has bound its listener and loaded its state, ready to run.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    app: App,
+    log_writer: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the stores, restores every deployed function into the data plane and binds.
+    pub async fn start(config: ServeConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "could not create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let store = match &config.store {
+            Some(url) => Store::open(url).await,
+            None => Store::open_sqlite(&config.data_dir.join("petrel.db")).await,
+        }
+        .context("could not open the store")?;
+        let artifacts = ArtifactStore::new(&config.data_dir, PackageLimits::default())
+            .context("could not open the artifact store")?;
+        let (sink, log_rx) = LogSink::new(16 * 1024);
+        let (hub, log_writer) = logs::spawn_writer(store.clone(), log_rx);
+        logs::spawn_retention(
+            store.clone(),
+            config.log_retention_lines,
+            config.log_retention,
+        );
+        let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit)
+            .context("could not prepare the runtime directory")?;
+        let dataplane = DataPlane::new(
+            env,
+            Arc::new(StoreSource {
+                store: store.clone(),
+                artifacts: artifacts.clone(),
+            }),
+        );
+        let mut restored = 0;
+        for (namespace, v) in store
+            .latest_versions()
+            .await
+            .context("could not read deployed functions")?
+        {
+            let code_dir = {
+                let (artifacts, digest) = (artifacts.clone(), v.digest.clone());
+                tokio::task::spawn_blocking(move || artifacts.ensure_unpacked(&digest)).await?
+            };
+            match code_dir {
+                Ok(code_dir) => {
+                    dataplane.deployed(DeployedVersion {
+                        namespace,
+                        name: v.spec.name.clone(),
+                        version: v.version,
+                        digest: v.digest,
+                        spec: Arc::new(v.spec),
+                        code_dir,
+                    });
+                    restored += 1;
+                }
+                Err(e) => {
+                    tracing::error!(function = %v.spec.name, error = %e, "could not restore a function's code; it will not serve")
+                }
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, restored, store = ?store.backend(), data_dir = %config.data_dir.display(), "petrel started");
+        let app = App {
+            store,
+            artifacts,
+            dataplane: dataplane.clone(),
+            logs: hub,
+            config: Arc::new(config),
+            addr,
+        };
+        let router = router(app.clone(), dataplane);
+        Ok(Self {
+            listener,
+            router,
+            app,
+            log_writer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.app.addr
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
+    /// (up to the shutdown timeout), stops every instance and flushes the logs.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            app,
+            log_writer,
+        } = self;
+        let grace = app.config.shutdown_timeout;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown({
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }
+        });
+        let serve = tokio::spawn(async move { serve.await });
+        shutdown.await;
+        tracing::info!(grace = ?grace, "stopping: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(grace, serve).await {
+            Ok(r) => r??,
+            Err(_) => tracing::warn!(
+                "in-flight requests did not finish within the shutdown timeout; stopping anyway"
+            ),
+        }
+        app.dataplane.shutdown();
+        drop(app.dataplane);
+        // The last log sender goes with the data plane's runtime env; let the writer drain.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), log_writer).await;
+        app.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn router(app: App, dataplane: DataPlane) -> Router {
+    let control = Router::new()
+        .route("/v1/functions", get(api::list))
+        .route(
+            "/v1/functions/{name}",
+            get(api::get).put(api::deploy).delete(api::delete),
+        )
+        .route("/v1/functions/{name}/logs", get(api::logs))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route("/healthz", get(api::healthz))
+        .with_state(app);
+    Router::new()
+        .merge(control)
+        .merge(petrel_dataplane::routes().with_state(dataplane))
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Sets up Petrel's own log: human-readable, or JSON lines with `json`.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}

@@ -220,13 +220,24 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// Removes packages and unpacked code no version refers to. Returns how many were removed.
-    pub fn collect_garbage(&self, referenced: &std::collections::HashSet<String>) -> Result<usize> {
+    /// Removes packages and unpacked code no version refers to, sparing anything younger than
+    /// `min_age` (a deploy in progress). Returns how many artifacts were removed.
+    pub fn collect_garbage(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> Result<usize> {
+        let young = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() < min_age)
+                .unwrap_or(true)
+        };
         let mut removed = 0;
         let code = self.root.join("code");
         for entry in std::fs::read_dir(&code).map_err(io_err(&code))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !referenced.contains(&name) {
+            if !referenced.contains(&name) && !young(&entry.path()) {
                 let _ = std::fs::remove_dir_all(entry.path());
                 removed += 1;
             }
@@ -240,7 +251,7 @@ impl ArtifactStore {
             {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let digest = name.trim_end_matches(".zip");
-                if !referenced.contains(digest) {
+                if !referenced.contains(digest) && !young(&entry.path()) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

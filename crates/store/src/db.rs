@@ -317,16 +317,17 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    /// Appends log lines in one transaction.
-    pub async fn append_logs(&self, lines: &[LogLine]) -> Result<()> {
+    /// Appends log lines in one transaction; returns their cursors, in order.
+    pub async fn append_logs(&self, lines: &[LogLine]) -> Result<Vec<LogCursor>> {
+        let mut ids = Vec::with_capacity(lines.len());
         if lines.is_empty() {
-            return Ok(());
+            return Ok(ids);
         }
         let mut tx = self.pool.begin().await?;
         for l in lines {
-            sqlx::query(
+            let row = sqlx::query(
                 "INSERT INTO logs (namespace, function, version, instance, invocation, stream, ts, line)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             )
             .bind(&l.namespace)
             .bind(&l.function)
@@ -336,11 +337,12 @@ impl Store {
             .bind(&l.stream)
             .bind(l.ts)
             .bind(&l.line)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            ids.push(row.try_get::<i64, _>(0)?);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(ids)
     }
 
     /// Log lines of a function after `after` (a cursor from an earlier read, or 0), not older than

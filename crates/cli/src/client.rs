@@ -1,0 +1,133 @@
+//! A small HTTP client for Petrel's API, with Petrel's errors turned into readable messages.
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use petrel_core::error::{ErrorBody, ERROR_HEADER};
+
+/// An error the server reported with the contract's body.
+#[derive(Debug)]
+pub struct ServerError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new(server: &str) -> anyhow::Result<Self> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(anyhow!(
+                "server URL {server:?} must start with http:// (for example http://127.0.0.1:8080)"
+            ));
+        }
+        base.parse::<http::Uri>()
+            .with_context(|| format!("server URL {server:?} is not a valid URL"))?;
+        Ok(Self {
+            base,
+            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; a connection failure says how to fix it.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        let body = match body {
+            Some((ct, bytes)) => {
+                b = b.header(http::header::CONTENT_TYPE, ct);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let req = b
+            .body(Full::new(body))
+            .context("could not build the request")?;
+        self.inner.request(req).await.map_err(|e| {
+            anyhow!(
+                "cannot reach Petrel at {} ({e}); is `petrel serve` running? Point to it with --server or PETREL_SERVER",
+                self.base
+            )
+        })
+    }
+
+    /// Sends a request and fails with the server's own message on a Petrel error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<(http::response::Parts, Bytes)> {
+        let resp = self.send(method, path, body).await?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .context("the answer was cut off")?
+            .to_bytes();
+        if !parts.status.is_success() {
+            return Err(server_error(&parts, &bytes).into());
+        }
+        Ok((parts, bytes))
+    }
+
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let (_, bytes) = self.call(method, path, None).await?;
+        serde_json::from_slice(&bytes).context("the server answered with unexpected JSON")
+    }
+}
+
+/// Reads a Petrel error answer (or describes a non-Petrel one).
+pub fn server_error(parts: &http::response::Parts, body: &[u8]) -> ServerError {
+    if parts.headers.contains_key(ERROR_HEADER) {
+        if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+            return ServerError {
+                status: parts.status,
+                code: e.error.code,
+                message: e.error.message,
+            };
+        }
+    }
+    ServerError {
+        status: parts.status,
+        code: format!("http_{}", parts.status.as_u16()),
+        message: format!(
+            "the server answered {}: {}",
+            parts.status,
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        ),
+    }
+}

@@ -1,0 +1,70 @@
+//! Packaging a function directory into the zip a deploy uploads: files in a fixed order with
+//! fixed timestamps, so the same directory always gives the same bytes (and the same digest).
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Names never packaged: version control, Petrel's own data, caches.
+const SKIP: &[&str] = &[".git", ".hg", ".svn", ".petrel", "__pycache__", ".DS_Store"];
+
+/// Zips `dir` with `manifest` as its `petrel.toml` (replacing the file on disk, if any).
+pub fn package_dir(dir: &Path, manifest: &str) -> anyhow::Result<Vec<u8>> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let base = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default());
+    zip.start_file("petrel.toml", base.unix_permissions(0o644))?;
+    zip.write_all(manifest.as_bytes())?;
+    for rel in files {
+        let name = rel.to_string_lossy().replace('\\', "/");
+        if name == "petrel.toml" {
+            continue;
+        }
+        let path = dir.join(&rel);
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        zip.start_file(name, base.unix_permissions(mode))?;
+        let data =
+            std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))?;
+        zip.write_all(&data)?;
+    }
+    zip.finish()?;
+    Ok(buf.into_inner())
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("could not read {}", dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name();
+        if SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let path = entry.path();
+        // Symbolic links are followed: the package holds what they point at.
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        if meta.is_dir() {
+            collect(root, &path, out)?;
+        } else if meta.is_file() {
+            out.push(
+                path.strip_prefix(root)
+                    .expect("walked under root")
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(())
+}

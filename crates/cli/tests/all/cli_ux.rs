@@ -1,0 +1,221 @@
+//! What a new user does: scaffold, deploy, invoke, follow logs, namespaces, the shipped examples,
+//! graceful stop.
+
+use crate::fixtures::echo_function;
+use crate::harness::{signal, wait_exit, Petrel, StoreKind, BIN};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
+    let p = Petrel::start().await;
+    let work = tempfile::tempdir().unwrap();
+    for runtime in ["python3", "nodejs", "http", "provided"] {
+        let name = format!("new-{runtime}");
+        let dir = work.path().join(&name);
+        let out = p.cli_ok(&[
+            "new",
+            &name,
+            "--runtime",
+            runtime,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.contains("petrel deploy"), "{out}");
+        p.deploy(&dir);
+        let out = p.cli_ok(&["invoke", &name, "--data", r#"{"name": "Ada"}"#]);
+        assert!(out.contains("Hello, Ada!"), "{runtime}: {out}");
+        let r = p.http("GET", &format!("/fn/{name}?name=Bob"), None).await;
+        assert_eq!(r.status, 200, "{runtime}: {}", r.text());
+    }
+    // Refuses to overwrite.
+    let dir = work.path().join("new-python3");
+    let out = p.cli(&[
+        "new",
+        "new-python3",
+        "--runtime",
+        "python3",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = p.cli(&[
+        "new",
+        "x",
+        "--runtime",
+        "cobol",
+        "--dir",
+        work.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cobol"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_examples_deploy_unchanged_with_serve() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut dirs: Vec<String> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 3, "{dirs:?}");
+    let mut args = vec!["--deploy"];
+    args.extend(dirs.iter().map(String::as_str));
+    let p = Petrel::start_with(StoreKind::Sqlite, &args).await;
+    // --deploy runs right after the listener is up; wait until all are listed.
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = p.cli_ok(&["ls"]);
+        if ["hello-python", "hello-node", "hello-http"]
+            .iter()
+            .all(|n| listed.contains(n))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in ["hello-python", "hello-node", "hello-http"] {
+        assert!(listed.contains(name), "{listed}");
+        let r = p.http("GET", &format!("/fn/{name}?name=you"), None).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert!(r.text().contains("Hello, you!"), "{name}: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_shows_new_lines_as_they_come() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("chatty", "nodejs", "").path());
+    let mut follower = Command::new(BIN)
+        .args(["logs", "chatty", "--follow"])
+        .env("PETREL_SERVER", &p.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = p.invoke("chatty", "{}").await.json()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut seen = false;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        if line.contains("node-log-line") && line.contains(&id) {
+            seen = true;
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen, "the follower never showed the invocation's line");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_keep_functions_apart() {
+    let p = Petrel::start().await;
+    let dir = echo_function("same", "python3", "[env]\nMARK = \"default\"");
+    p.deploy(dir.path());
+    p.cli_ok(&[
+        "deploy",
+        dir.path().to_str().unwrap(),
+        "-n",
+        "dev",
+        "--env",
+        "MARK=dev",
+    ]);
+    assert_eq!(p.invoke("same", "{}").await.json()["mark"], "default");
+    assert_eq!(p.invoke("same.dev", "{}").await.json()["mark"], "dev");
+    assert_eq!(
+        p.http("GET", "/fn/same?namespace=dev", None).await.json()["mark"],
+        "dev"
+    );
+    let ls = p.cli_ok(&["ls", "-n", "dev"]);
+    assert_eq!(ls.lines().filter(|l| l.contains("same")).count(), 1, "{ls}");
+    p.cli_ok(&["rm", "same", "-n", "dev"]);
+    p.invoke("same.dev", "{}")
+        .await
+        .assert_error(404, "function_not_found");
+    assert_eq!(p.invoke("same", "{}").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_signal_lets_in_flight_requests_finish() {
+    let mut p = Petrel::start().await;
+    p.deploy(echo_function("slow", "python3", "").path());
+    assert_eq!(p.invoke("slow", "{}").await.status, 200);
+    let client = p.client.clone();
+    let in_flight = tokio::spawn(async move {
+        let resp = client
+            .call(
+                http::Method::POST,
+                "/v1/functions/slow/invoke",
+                Some((
+                    "application/json",
+                    bytes::Bytes::from_static(br#"{"action": "slow", "secs": 1.5}"#),
+                )),
+            )
+            .await;
+        resp.map(|(parts, _)| parts.status.as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = p.stop();
+    assert!(status.success(), "exit: {status}");
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request was cut off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_describes_itself_and_reports_health() {
+    let p = Petrel::start().await;
+    let doc = p.http("GET", "/v1/openapi.json", None).await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/functions",
+        "/v1/functions/{name}",
+        "/v1/functions/{name}/invoke",
+        "/v1/functions/{name}/logs",
+        "/fn/{name}/{path}",
+        "/healthz",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+    assert_eq!(p.http("GET", "/healthz", None).await.json()["status"], "ok");
+}
+
+#[test]
+fn serve_refuses_a_bad_store_url_and_a_busy_port() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "mysql://x"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postgres://"));
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &addr])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2));
+    let _ = signal;
+}

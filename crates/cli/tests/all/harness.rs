@@ -1,0 +1,314 @@
+//! Runs the real `petrel` binary on port 0 and talks to it through the CLI and HTTP.
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use petrel_cli::client::Client;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_petrel");
+
+/// Which store a server under test uses.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Sqlite,
+    /// A fresh database on the PostgreSQL server named by PETREL_TEST_POSTGRES_URL.
+    Postgres(String),
+}
+
+impl StoreKind {
+    /// Creates a database of its own for one test on the test PostgreSQL server.
+    pub async fn fresh_postgres() -> Self {
+        use sqlx::Connection;
+        let admin = std::env::var("PETREL_TEST_POSTGRES_URL").expect(
+            "PostgreSQL tests need PETREL_TEST_POSTGRES_URL: run them through scripts/test.sh, or `. scripts/services.sh` first",
+        );
+        sqlx::any::install_default_drivers();
+        let name = format!("petrel_e2e_{}", uuid::Uuid::now_v7().simple());
+        let mut c = sqlx::AnyConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        StoreKind::Postgres(format!("{base}/{name}"))
+    }
+}
+
+pub struct Petrel {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+    pub store: StoreKind,
+    pub client: Client,
+    extra_args: Vec<String>,
+    stderr_path: PathBuf,
+}
+
+impl Petrel {
+    pub async fn start() -> Self {
+        Self::start_with(StoreKind::Sqlite, &[]).await
+    }
+
+    pub async fn start_with(store: StoreKind, extra_args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let stderr_path = data_dir.path().join("server.log");
+        let (child, url) = spawn(data_dir.path(), &store, &extra_args, &stderr_path);
+        let client = Client::new(&url).unwrap();
+        Self {
+            child: Some(child),
+            url,
+            data_dir,
+            store,
+            client,
+            extra_args,
+            stderr_path,
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        signal(child.id(), "TERM");
+        wait_exit(&mut child, Duration::from_secs(40))
+    }
+
+    /// Stops the server and starts it again on the same data directory and store.
+    pub async fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "server exited with {status}; log:\n{}",
+            self.server_log()
+        );
+        let (child, url) = spawn(
+            self.data_dir.path(),
+            &self.store,
+            &self.extra_args,
+            &self.stderr_path,
+        );
+        self.child = Some(child);
+        self.client = Client::new(&url).unwrap();
+        self.url = url;
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs a `petrel` client command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PETREL_SERVER", &self.url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "petrel {args:?} failed with {}\nstdout: {}\nstderr: {}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn deploy(&self, dir: &Path) -> String {
+        self.cli_ok(&["deploy", dir.to_str().unwrap()])
+    }
+
+    /// An HTTP request; returns status, headers and the whole body.
+    pub async fn http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Resp {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = body.map(|(ct, b)| (ct, Bytes::from(b)));
+        let resp = self
+            .client
+            .send(method, path, body.as_ref().map(|(ct, b)| (*ct, b.clone())))
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: bytes,
+        }
+    }
+
+    pub async fn invoke(&self, name: &str, event: &str) -> Resp {
+        self.http(
+            "POST",
+            &format!("/v1/functions/{name}/invoke"),
+            Some(("application/json", event.as_bytes().to_vec())),
+        )
+        .await
+    }
+}
+
+impl Drop for Petrel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a Petrel error answer with this status and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.header("x-petrel-error"),
+            Some(code),
+            "body: {}",
+            self.text()
+        );
+        let j = self.json();
+        assert_eq!(j["error"]["code"], code);
+        let msg = j["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!msg.is_empty());
+        msg
+    }
+}
+
+fn spawn(
+    data_dir: &Path,
+    store: &StoreKind,
+    extra: &[String],
+    stderr_path: &Path,
+) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir.join("data"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(extra)
+        .env("RUST_LOG", "info")
+        // A secret in the server's environment must never reach a function.
+        .env("PETREL_TEST_SECRET", "do-not-leak")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr_path).unwrap());
+    if let StoreKind::Postgres(url) = store {
+        cmd.arg("--store").arg(url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .unwrap_or_else(|| {
+            panic!(
+                "server printed nothing; log:\n{}",
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    let url = first
+        .strip_prefix("Petrel listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, url)
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t0.elapsed() < limit, "server did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process is still alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Polls `f` until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// Writes a function directory from (file, contents) pairs; `bootstrap` is made executable.
+pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        if *name == "bootstrap" {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    dir
+}
+
+pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}\n")
+}

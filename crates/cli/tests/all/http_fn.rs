@@ -1,0 +1,88 @@
+//! `http` functions see requests as sent; Lambda handlers can shape the HTTP answer.
+
+use crate::fixtures::echo_function;
+use crate::harness::Petrel;
+use sha2::{Digest, Sha256};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_functions_get_the_request_as_sent_and_stream_back() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("web", "http", "timeout = \"1s\"").path());
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = hex::encode(Sha256::digest(&body));
+    let resp = p
+        .http(
+            "PUT",
+            "/fn/web/files/a.bin?v=1&w=two",
+            Some(("application/octet-stream", body)),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-from"), Some("http"));
+    assert!(resp.header("x-petrel-invocation-id").is_some());
+    let j = resp.json();
+    assert_eq!(j["method"], "PUT");
+    assert_eq!(j["path"], "/files/a.bin");
+    assert_eq!(j["query"], "?v=1&w=two");
+    assert_eq!(j["bytes"], 1024 * 1024);
+    assert_eq!(j["sha256"], digest.as_str());
+    assert_eq!(j["headers"]["content-type"], "application/octet-stream");
+    assert!(j["headers"]["x-petrel-invocation-id"].is_string());
+
+    let resp = p.http("GET", "/fn/web/stream", None).await;
+    assert_eq!(resp.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+
+    let m = p
+        .http("GET", "/fn/web/hang", None)
+        .await
+        .assert_error(504, "function_timeout");
+    assert!(m.contains("1s"), "{m}");
+    assert_eq!(p.http("GET", "/fn/web/", None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lambda_handlers_shape_the_http_answer() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("shaped-py", "python3", "").path());
+    p.deploy(echo_function("shaped-js", "nodejs", "").path());
+    let r = p.http("GET", "/fn/shaped-py/x?action=http", None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-from"), Some("python"));
+    assert_eq!(r.headers.get_all("set-cookie").iter().count(), 2);
+    assert_eq!(r.text(), "created");
+    let r = p
+        .http(
+            "POST",
+            "/fn/shaped-js?action=http",
+            Some(("application/json", b"{}".to_vec())),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("x-from"), r.text().as_str()),
+        (202, Some("node"), "accepted")
+    );
+
+    // A body the handler returns without statusCode is a 200 JSON answer; request bodies arrive.
+    let r = p
+        .http(
+            "POST",
+            "/fn/shaped-py/p",
+            Some(("application/json", br#"{"k": [1, 2]}"#.to_vec())),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["event"]["body"], r#"{"k": [1, 2]}"#);
+    let r = p
+        .http(
+            "POST",
+            "/fn/shaped-py/p",
+            Some(("application/octet-stream", vec![0, 255, 1])),
+        )
+        .await;
+    let ev = &r.json()["event"];
+    assert_eq!(
+        (ev["isBase64Encoded"].as_bool(), ev["body"].as_str()),
+        (Some(true), Some("AP8B"))
+    );
+}

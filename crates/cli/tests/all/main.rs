@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `petrel` binary, spawned on port 0, driven through the CLI and HTTP.
+//! Tests whose name ends in `_postgres` need the PostgreSQL server from `scripts/services.sh`.
+
+mod cli_ux;
+mod errors;
+mod fixtures;
+mod harness;
+mod http_fn;
+mod lifecycle;
+mod pool;

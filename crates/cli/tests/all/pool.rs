@@ -1,0 +1,135 @@
+//! Instances are reused while warm, bounded by max_instances × concurrency, queued, shed with
+//! clear errors, kept warm (min_instances) and stopped when idle (keep_alive).
+
+use crate::fixtures::echo_function;
+use crate::harness::{alive, eventually, Petrel};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn parallel(p: &Arc<Petrel>, name: &str, event: &str, n: usize) -> Vec<crate::harness::Resp> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (p, name, event) = (p.clone(), name.to_owned(), event.to_owned());
+        tasks.push(tokio::spawn(async move { p.invoke(&name, &event).await }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_instances_are_reused_and_never_more_than_max() {
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(echo_function("bounded", "python3", "max_instances = 2").path());
+    let pids: HashSet<u64> = {
+        let mut s = HashSet::new();
+        for _ in 0..3 {
+            s.insert(
+                p.invoke("bounded", "{}").await.json()["pid"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        s
+    };
+    assert_eq!(pids.len(), 1, "sequential requests reuse the warm instance");
+
+    let results = parallel(&p, "bounded", r#"{"action": "slow", "secs": 0.5}"#, 6).await;
+    assert!(
+        results.iter().all(|r| r.status == 200),
+        "{:?}",
+        results.iter().map(|r| r.text()).collect::<Vec<_>>()
+    );
+    let logs = p.cli_ok(&["logs", "bounded", "--tail", "1000"]);
+    let started = logs
+        .lines()
+        .filter(|l| l.contains("instance started"))
+        .count();
+    assert!(started <= 2, "more than max_instances started:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_instance_serves_concurrent_requests_up_to_its_concurrency() {
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(echo_function("wide", "nodejs", "concurrency = 4\nmax_instances = 1").path());
+    let results = parallel(&p, "wide", r#"{"action": "slow", "secs": 0.5}"#, 4).await;
+    assert!(results.iter().all(|r| r.status == 200));
+    let pids: HashSet<u64> = results
+        .iter()
+        .map(|r| r.json()["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "one instance took all four");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_is_429_and_a_long_wait_is_503_both_with_retry_after() {
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(echo_function("narrow", "python3", "max_instances = 1\nqueue_size = 0").path());
+    p.deploy(
+        echo_function(
+            "patient",
+            "python3",
+            "max_instances = 1\nqueue_size = 1\nqueue_timeout = \"300ms\"",
+        )
+        .path(),
+    );
+    for name in ["narrow", "patient"] {
+        // Warm it, then hold its only slot.
+        assert_eq!(p.invoke(name, "{}").await.status, 200);
+        let hold = {
+            let p = p.clone();
+            tokio::spawn(async move { p.invoke(name, r#"{"action": "slow", "secs": 2}"#).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = p.invoke(name, "{}").await;
+        let (status, code) = if name == "narrow" {
+            (429, "too_many_requests")
+        } else {
+            (503, "no_capacity")
+        };
+        let m = r.assert_error(status, code);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(m.contains("max_instances"), "{m}");
+        assert_eq!(
+            hold.await.unwrap().status,
+            200,
+            "the request holding the slot is unharmed"
+        );
+        assert_eq!(p.invoke(name, "{}").await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_stop_after_keep_alive_and_min_instances_stay_warm() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("brief", "python3", "keep_alive = \"1s\"").path());
+    let pid = p.invoke("brief", "{}").await.json()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    assert!(alive(pid));
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "idle instance {pid} was not stopped"
+    );
+    let again = p.invoke("brief", "{}").await;
+    assert_eq!(again.status, 200);
+    assert_ne!(again.json()["pid"].as_u64().unwrap() as u32, pid);
+
+    // min_instances: started at deploy, before any request, and kept past keep_alive.
+    p.deploy(echo_function("warm", "python3", "keep_alive = \"1s\"\nmin_instances = 1").path());
+    let started = eventually(Duration::from_secs(10), || {
+        p.cli_ok(&["logs", "warm"]).contains("instance started")
+    })
+    .await;
+    assert!(started, "min_instances did not start an instance at deploy");
+    let pid = p.invoke("warm", "{}").await.json()["pid"].as_u64().unwrap() as u32;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alive(pid), "the provisioned instance was stopped");
+    assert_eq!(
+        p.invoke("warm", "{}").await.json()["pid"].as_u64().unwrap() as u32,
+        pid
+    );
+}

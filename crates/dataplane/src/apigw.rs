@@ -1,0 +1,344 @@
+//! The API Gateway HTTP API (payload format 2.0) mapping between an HTTP request and a Lambda
+//! event, and between a handler's result and an HTTP response, as AWS documents it.
+
+use axum::extract::Query;
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use petrel_runtime::Body;
+use serde_json::{json, Map, Value};
+use std::net::IpAddr;
+
+/// Content types sent to the handler as text; anything else goes base64-encoded.
+fn is_textual(headers: &HeaderMap) -> bool {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    ct.is_empty()
+        || ct.starts_with("text/")
+        || ct.contains("json")
+        || ct.contains("xml")
+        || ct.contains("javascript")
+        || ct.starts_with("application/x-www-form-urlencoded")
+}
+
+/// Builds the event for a request to `/fn/{name}{path}`.
+pub(crate) fn event(
+    parts: &http::request::Parts,
+    path: &str,
+    body: &Bytes,
+    request_id: &str,
+    source_ip: Option<IpAddr>,
+    now_ms: i64,
+) -> Value {
+    let mut headers = Map::new();
+    let mut cookies = Vec::new();
+    for name in parts.headers.keys() {
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if name == header::COOKIE {
+            cookies.extend(
+                values
+                    .iter()
+                    .flat_map(|v| v.split(';'))
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty()),
+            );
+        } else {
+            headers.insert(name.as_str().to_owned(), Value::String(values.join(",")));
+        }
+    }
+    let raw_query = parts.uri.query().unwrap_or("");
+    let mut query = Map::new();
+    if let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
+        for (k, v) in pairs {
+            match query.get_mut(&k) {
+                Some(Value::String(s)) => {
+                    s.push(',');
+                    s.push_str(&v);
+                }
+                _ => {
+                    query.insert(k, Value::String(v));
+                }
+            }
+        }
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let mut ev = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "petrel",
+            "domainName": host,
+            "domainPrefix": host.split('.').next().unwrap_or(host),
+            "http": {
+                "method": parts.method.as_str(),
+                "path": path,
+                "protocol": format!("{:?}", parts.version),
+                "sourceIp": source_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into()),
+                "userAgent": parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            },
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": clf_time(now_ms),
+            "timeEpoch": now_ms,
+        },
+        "isBase64Encoded": false,
+    });
+    let obj = ev.as_object_mut().expect("built as an object");
+    if !cookies.is_empty() {
+        obj.insert("cookies".into(), json!(cookies));
+    }
+    if !query.is_empty() {
+        obj.insert("queryStringParameters".into(), Value::Object(query));
+    }
+    let rest = path.trim_start_matches('/');
+    if !rest.is_empty() {
+        obj.insert("pathParameters".into(), json!({ "proxy": rest }));
+    }
+    if !body.is_empty() {
+        match std::str::from_utf8(body) {
+            Ok(text) if is_textual(&parts.headers) => {
+                obj.insert("body".into(), Value::String(text.to_owned()));
+            }
+            _ => {
+                obj.insert(
+                    "body".into(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+                );
+                obj.insert("isBase64Encoded".into(), Value::Bool(true));
+            }
+        }
+    }
+    ev
+}
+
+fn header_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Turns a handler's result into an HTTP response. A result with `statusCode` is a response
+/// object; anything else is a 200 whose body is the result (a string as is, else its JSON).
+pub(crate) fn response(result: &[u8]) -> Result<Response<Body>, String> {
+    let parsed: Option<Value> = serde_json::from_slice(result).ok();
+    let Some(Value::Object(obj)) = parsed.as_ref().filter(|v| v.get("statusCode").is_some()) else {
+        let body = match &parsed {
+            Some(Value::String(s)) => Bytes::from(s.clone()),
+            _ => Bytes::copy_from_slice(result),
+        };
+        let mut resp = Response::new(Body::from(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    };
+    let status = match &obj["statusCode"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .and_then(|n| u16::try_from(n).ok())
+    .and_then(|n| StatusCode::from_u16(n).ok())
+    .ok_or_else(|| format!("statusCode {} is not an HTTP status", obj["statusCode"]))?;
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &str, value: &str, append: bool| -> Result<(), String> {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is invalid"))?;
+        let v = HeaderValue::from_str(value)
+            .map_err(|_| format!("header {name} has an invalid value"))?;
+        if append {
+            headers.append(n, v);
+        } else {
+            headers.insert(n, v);
+        }
+        Ok(())
+    };
+    if let Some(Value::Object(h)) = obj.get("headers") {
+        for (k, v) in h {
+            if let Some(t) = header_text(v) {
+                put(k, &t, false)?;
+            }
+        }
+    }
+    if let Some(Value::Object(h)) = obj.get("multiValueHeaders") {
+        for (k, vs) in h {
+            for v in vs.as_array().into_iter().flatten() {
+                if let Some(t) = header_text(v) {
+                    put(k, &t, true)?;
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(cs)) = obj.get("cookies") {
+        for c in cs.iter().filter_map(Value::as_str) {
+            put("set-cookie", c, true)?;
+        }
+    }
+    let base64 = obj
+        .get("isBase64Encoded")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let body = match obj.get("body") {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(Value::String(s)) if base64 => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| format!("body is marked isBase64Encoded but is not base64 ({e})"))?,
+        ),
+        Some(Value::String(s)) => Bytes::from(s.clone()),
+        Some(other) => Bytes::from(other.to_string()),
+    };
+    if !body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// `26/Nov/2026:11:02:58 +0000`, the time format API Gateway puts in `requestContext.time`.
+fn clf_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method("POST").uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn event_carries_the_request() {
+        let p = parts(
+            "/fn/hello/a/b?x=1&y=two%20words&x=3",
+            &[
+                ("content-type", "application/json"),
+                ("cookie", "a=1; b=2"),
+                ("x-multi", "1"),
+                ("x-multi", "2"),
+            ],
+        );
+        let ev = event(
+            &p,
+            "/a/b",
+            &Bytes::from_static(b"{\"k\":1}"),
+            "req-1",
+            None,
+            1_764_154_978_000,
+        );
+        assert_eq!(ev["version"], "2.0");
+        assert_eq!(ev["rawPath"], "/a/b");
+        assert_eq!(ev["rawQueryString"], "x=1&y=two%20words&x=3");
+        assert_eq!(ev["queryStringParameters"]["x"], "1,3");
+        assert_eq!(ev["queryStringParameters"]["y"], "two words");
+        assert_eq!(ev["cookies"], json!(["a=1", "b=2"]));
+        assert_eq!(ev["headers"]["x-multi"], "1,2");
+        assert!(ev["headers"].get("cookie").is_none());
+        assert_eq!(ev["requestContext"]["http"]["method"], "POST");
+        assert_eq!(ev["requestContext"]["requestId"], "req-1");
+        assert_eq!(ev["requestContext"]["time"], "26/Nov/2025:11:02:58 +0000");
+        assert_eq!(ev["pathParameters"]["proxy"], "a/b");
+        assert_eq!(ev["body"], "{\"k\":1}");
+        assert_eq!(ev["isBase64Encoded"], false);
+    }
+
+    #[test]
+    fn binary_bodies_are_base64() {
+        let p = parts("/fn/x", &[("content-type", "application/octet-stream")]);
+        let ev = event(
+            &p,
+            "/",
+            &Bytes::from_static(&[0, 159, 146, 150]),
+            "r",
+            None,
+            0,
+        );
+        assert_eq!(ev["isBase64Encoded"], true);
+        assert_eq!(ev["body"], "AJ+Slg==");
+        assert!(ev.get("pathParameters").is_none());
+    }
+
+    async fn body_of(r: Response<Body>) -> Vec<u8> {
+        r.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn response_objects_map_to_http() {
+        let r = response(br#"{"statusCode": 201, "headers": {"x-a": "1", "content-type": "text/plain"}, "cookies": ["s=1", "t=2"], "body": "made"}"#).unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["x-a"], "1");
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        assert_eq!(body_of(r).await, b"made");
+
+        let r = response(br#"{"statusCode": "200", "isBase64Encoded": true, "body": "AJ+Slg=="}"#)
+            .unwrap();
+        assert_eq!(body_of(r).await, vec![0, 159, 146, 150]);
+
+        let r = response(br#"{"hello": "world"}"#).unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(body_of(r).await, br#"{"hello": "world"}"#);
+
+        let r = response(br#""just text""#).unwrap();
+        assert_eq!(body_of(r).await, b"just text");
+
+        assert!(response(br#"{"statusCode": 99999}"#)
+            .unwrap_err()
+            .contains("statusCode"));
+        assert!(response(br#"{"statusCode": 200, "headers": {"bad name": "x"}}"#).is_err());
+    }
+}

@@ -1,0 +1,448 @@
+//! The invoke gateway: `/fn/{name}/...` (HTTP functions see the request as sent; Lambda handlers
+//! get an API Gateway v2 event) and the raw `POST /v1/functions/{name}/invoke` (the body is the
+//! event, the answer is the handler's return value).
+
+use crate::body::{collect_limited, BodyError};
+use crate::pool::{AcquireError, Lease};
+use crate::{apigw, invoke_error, DataPlane, ErrorResponse};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::Limited;
+use petrel_core::api::{INVOCATION_ID_HEADER, VERSION_HEADER};
+use petrel_core::error::FUNCTION_ERROR_HEADER;
+use petrel_core::{ApiError, ErrorCode, FunctionRef};
+use petrel_runtime::logs::LogSource;
+use petrel_runtime::{Body, InvokeError, LambdaOutcome, LambdaRequest};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// The gateway's routes; merge them into the server's router.
+pub fn routes() -> Router<DataPlane> {
+    Router::new()
+        .route("/v1/functions/{name}/invoke", post(raw_invoke))
+        .route("/fn/{name}", any(fn_root))
+        .route("/fn/{name}/", any(fn_root))
+        .route("/fn/{name}/{*path}", any(fn_path))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct InvokeQuery {
+    namespace: Option<String>,
+}
+
+fn parse_ref(name: &str, q: &InvokeQuery) -> Result<FunctionRef, ApiError> {
+    let ns = q
+        .namespace
+        .as_deref()
+        .unwrap_or(petrel_core::DEFAULT_NAMESPACE);
+    Ok(FunctionRef::parse(name, ns)?)
+}
+
+fn payload_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the request body is larger than the limit of {} bytes; send less, or pass a reference to data stored elsewhere",
+            limit
+        ),
+    )
+}
+
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes.
+async fn read_body(req: Request, limit: usize) -> Result<(http::request::Parts, Bytes), ApiError> {
+    let declared = declared_length(&req);
+    let (parts, body) = req.into_parts();
+    match collect_limited(body, limit, declared).await {
+        Ok(b) => Ok((parts, b)),
+        Err(BodyError::TooLarge) => Err(payload_too_large(limit)),
+        Err(BodyError::Read(e)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body could not be read: {e}"),
+        )),
+    }
+}
+
+fn new_invocation_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn acquire_error(function: &str, version: u32, e: AcquireError) -> ApiError {
+    match e {
+        AcquireError::Refused(e) => e,
+        AcquireError::Start(e) => invoke_error(function, version, &e),
+    }
+}
+
+/// Writes the platform's one-line report of an invocation to the function's log.
+fn report(lease: &Lease, id: &str, started: Instant, outcome: &str) {
+    let i = lease.instance();
+    let spec = i.spec();
+    let src = LogSource {
+        namespace: spec.namespace.clone(),
+        function: spec.function.clone(),
+        version: spec.version,
+        instance: i.id().to_owned(),
+    };
+    i.env().log_sink().emit(src.line(
+        "platform",
+        Some(id.to_owned()),
+        format!(
+            "REPORT {id} duration={}ms outcome={outcome}",
+            started.elapsed().as_millis()
+        ),
+    ));
+}
+
+fn outcome_name(r: &Result<LambdaOutcome, InvokeError>) -> &'static str {
+    match r {
+        Ok(LambdaOutcome::Success(_)) => "success",
+        Ok(LambdaOutcome::FunctionError { .. }) => "function_error",
+        Err(InvokeError::Timeout(_)) => "timeout",
+        Err(InvokeError::Crashed(_)) => "crashed",
+        Err(_) => "error",
+    }
+}
+
+/// Runs one Lambda event through a pool.
+async fn invoke_event(
+    dp: &DataPlane,
+    r: &FunctionRef,
+    id: &str,
+    event: Bytes,
+    headers: &http::HeaderMap,
+) -> Result<(u32, LambdaOutcome), ApiError> {
+    let pool = dp.resolve(r).await?;
+    let version = pool.version().version;
+    let started = Instant::now();
+    let mut lease = pool
+        .acquire()
+        .await
+        .map_err(|e| acquire_error(&r.name, version, e))?;
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let result = lease
+        .instance()
+        .invoke_lambda(LambdaRequest {
+            id: id.to_owned(),
+            event,
+            timeout: pool.version().spec.timeout(),
+            client_context: text("x-amz-client-context"),
+            cognito_identity: None,
+        })
+        .await;
+    report(&lease, id, started, outcome_name(&result));
+    if matches!(
+        result,
+        Err(InvokeError::Timeout(_) | InvokeError::Crashed(_))
+    ) {
+        lease.discard_instance();
+    }
+    result
+        .map(|o| (version, o))
+        .map_err(|e| invoke_error(&r.name, version, &e))
+}
+
+fn stamp(resp: &mut Response, id: &str, version: u32) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(INVOCATION_ID_HEADER, v);
+    }
+    h.insert(VERSION_HEADER, HeaderValue::from(version));
+}
+
+fn function_error_response(error_type: &str, body: Bytes) -> Response {
+    let mut resp = (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        FUNCTION_ERROR_HEADER,
+        HeaderValue::from_str(error_type).unwrap_or(HeaderValue::from_static("Unhandled")),
+    );
+    resp
+}
+
+async fn raw_invoke(
+    State(dp): State<DataPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    match raw_invoke_inner(&dp, &name, &q, &id, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = ErrorResponse(e).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                r.headers_mut().insert(INVOCATION_ID_HEADER, v);
+            }
+            r
+        }
+    }
+}
+
+async fn raw_invoke_inner(
+    dp: &DataPlane,
+    name: &str,
+    q: &InvokeQuery,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let r = parse_ref(name, q)?;
+    let limit = dp.env().payload_limit();
+    let pool = dp.resolve(&r).await?;
+    if !pool.version().spec.runtime.speaks_lambda() {
+        // An HTTP function gets the payload as a POST to its root.
+        let (mut parts, body) = req.into_parts();
+        parts.method = http::Method::POST;
+        parts.uri = http::Uri::from_static("/");
+        if !parts.headers.contains_key(header::CONTENT_TYPE) {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        return proxy(dp, &r, id, Request::from_parts(parts, body)).await;
+    }
+    let (parts, body) = read_body(req, limit).await?;
+    let event = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidPayload,
+                format!("the payload must be JSON ({e}); send a JSON document as the request body"),
+            ));
+        }
+        body
+    };
+    let (version, outcome) = invoke_event(dp, &r, id, event, &parts.headers).await?;
+    let mut resp = match outcome {
+        LambdaOutcome::Success(b) => {
+            let mut resp = (StatusCode::OK, b).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        LambdaOutcome::FunctionError { error_type, body } => {
+            function_error_response(&error_type, body)
+        }
+    };
+    stamp(&mut resp, id, version);
+    Ok(resp)
+}
+
+async fn fn_root(
+    State(dp): State<DataPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    fn_any(dp, name, String::new(), q, req).await
+}
+
+async fn fn_path(
+    State(dp): State<DataPlane>,
+    Path((name, path)): Path<(String, String)>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    fn_any(dp, name, path, q, req).await
+}
+
+async fn fn_any(
+    dp: DataPlane,
+    name: String,
+    rest: String,
+    q: InvokeQuery,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    match fn_inner(&dp, &name, &rest, &q, &id, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = ErrorResponse(e).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                r.headers_mut().insert(INVOCATION_ID_HEADER, v);
+            }
+            r
+        }
+    }
+}
+
+/// The path and query the function sees: `/fn/{name}/a/b?x=1` becomes `/a/b?x=1`.
+fn function_uri(rest: &str, query: Option<&str>) -> String {
+    let mut s = format!("/{rest}");
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s
+}
+
+async fn fn_inner(
+    dp: &DataPlane,
+    name: &str,
+    rest: &str,
+    q: &InvokeQuery,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let r = parse_ref(name, q)?;
+    let pool = dp.resolve(&r).await?;
+    let uri = function_uri(rest, req.uri().query());
+    if !pool.version().spec.runtime.speaks_lambda() {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri.parse().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the request path is not a valid URI",
+            )
+        })?;
+        return proxy(dp, &r, id, Request::from_parts(parts, body)).await;
+    }
+    let source_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = read_body(req, dp.env().payload_limit()).await?;
+    let path = uri.split('?').next().unwrap_or("/").to_owned();
+    let event = apigw::event(&parts, &path, &body, id, source_ip, now_ms());
+    let event = Bytes::from(serde_json::to_vec(&event).expect("an event serialises"));
+    let (version, outcome) = invoke_event(dp, &r, id, event, &parts.headers).await?;
+    let mut resp = match outcome {
+        LambdaOutcome::Success(b) => apigw::response(&b)
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::BadFunctionResponse,
+                    format!("function {} returned an invalid HTTP response: {e}", r.name),
+                )
+            })?
+            .into_response(),
+        LambdaOutcome::FunctionError { error_type, body } => {
+            function_error_response(&error_type, body)
+        }
+    };
+    stamp(&mut resp, id, version);
+    Ok(resp)
+}
+
+/// Proxies a request to an `http` function, streaming both ways. The lease is held until the
+/// response body has been sent.
+async fn proxy(
+    dp: &DataPlane,
+    r: &FunctionRef,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let limit = dp.env().payload_limit();
+    if declared_length(&req).is_some_and(|n| n > limit as u64) {
+        crate::body::drain(req.into_body()).await;
+        return Err(payload_too_large(limit));
+    }
+    let pool = dp.resolve(r).await?;
+    let version = pool.version().version;
+    let started = Instant::now();
+    let mut lease = pool
+        .acquire()
+        .await
+        .map_err(|e| acquire_error(&r.name, version, e))?;
+    let (mut parts, body) = req.into_parts();
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(INVOCATION_ID_HEADER, v);
+    }
+    if let Some(host) = h.get(header::HOST).cloned() {
+        h.insert("x-forwarded-host", host);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(ci) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        if let Ok(v) = HeaderValue::from_str(&ci.0.ip().to_string()) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    let req = http::Request::from_parts(parts, Body::new(Limited::new(body, limit)));
+    let timeout = pool.version().spec.timeout();
+    let result = lease.instance().proxy(id, req, timeout).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(InvokeError::Timeout(_)) => "timeout",
+        Err(InvokeError::Crashed(_)) => "crashed",
+        Err(_) => "error",
+    };
+    report(&lease, id, started, outcome);
+    match result {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut resp = Response::from_parts(
+                parts,
+                Body::new(LeasedBody {
+                    inner: body,
+                    _lease: lease,
+                }),
+            );
+            stamp(&mut resp, id, version);
+            Ok(resp)
+        }
+        Err(e) => {
+            if matches!(e, InvokeError::Timeout(_) | InvokeError::Crashed(_)) {
+                lease.discard_instance();
+            }
+            Err(invoke_error(&r.name, version, &e))
+        }
+    }
+}
+
+/// A response body that keeps its instance slot taken until it has been sent (or dropped).
+struct LeasedBody {
+    inner: Body,
+    _lease: Lease,
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

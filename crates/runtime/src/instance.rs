@@ -1,0 +1,460 @@
+//! An instance: a started process plus the endpoint Petrel talks to it through.
+
+use crate::lambda::{self, InitState, Pending};
+use crate::logs::{Attribution, LogSink, LogSource};
+use crate::process::Process;
+use crate::{http as http_ep, shims, Body};
+use bytes::Bytes;
+use http::{Request, Response};
+use petrel_core::{FunctionSpec, Runtime};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+/// Why an invocation (or a start) did not produce the function's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function did not answer within its timeout of {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Crashed(String),
+    #[error("the function failed to start: {message}")]
+    InitFailed {
+        error_type: Option<String>,
+        message: String,
+    },
+    #[error("the function's response is larger than the limit of {0} bytes")]
+    ResponseTooLarge(usize),
+    #[error("the function answered in a way Petrel cannot use: {0}")]
+    BadResponse(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A Lambda invocation's result: the handler's return value, or the error it raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LambdaOutcome {
+    Success(Bytes),
+    FunctionError { error_type: String, body: Bytes },
+}
+
+/// One invocation for a Lambda-protocol instance.
+#[derive(Debug, Clone)]
+pub struct LambdaRequest {
+    pub id: String,
+    pub event: Bytes,
+    pub timeout: Duration,
+    pub client_context: Option<String>,
+    pub cognito_identity: Option<String>,
+}
+
+/// What an instance runs: a version of a function and where its code is unpacked.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub namespace: String,
+    pub function: String,
+    pub version: u32,
+    pub spec: Arc<FunctionSpec>,
+    pub code_dir: PathBuf,
+}
+
+/// Node-wide settings every instance shares: where shims and scratch space live, where logs go.
+#[derive(Debug, Clone)]
+pub struct RuntimeEnv {
+    inner: Arc<EnvInner>,
+}
+
+#[derive(Debug)]
+struct EnvInner {
+    shims_dir: PathBuf,
+    scratch_root: PathBuf,
+    pycache: PathBuf,
+    sink: LogSink,
+    host_path: String,
+    payload_limit: usize,
+}
+
+/// Shortest time an instance is given to start, whatever its invocation timeout.
+const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RuntimeEnv {
+    /// Installs the shims under `data_dir` and prepares scratch space.
+    pub fn new(data_dir: &Path, sink: LogSink, payload_limit: usize) -> std::io::Result<Self> {
+        let shims_dir = shims::install(data_dir)?;
+        let scratch_root = data_dir.join("scratch");
+        // Scratch space of instances from an earlier run is garbage now.
+        let _ = std::fs::remove_dir_all(&scratch_root);
+        std::fs::create_dir_all(&scratch_root)?;
+        let pycache = data_dir.join("cache").join("pycache");
+        std::fs::create_dir_all(&pycache)?;
+        Ok(Self {
+            inner: Arc::new(EnvInner {
+                shims_dir,
+                scratch_root,
+                pycache,
+                sink,
+                host_path: std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+                payload_limit,
+            }),
+        })
+    }
+
+    pub fn log_sink(&self) -> &LogSink {
+        &self.inner.sink
+    }
+
+    pub fn payload_limit(&self) -> usize {
+        self.inner.payload_limit
+    }
+}
+
+enum Kind {
+    Lambda(lambda::Endpoint),
+    Http(http_ep::Endpoint),
+}
+
+/// A running instance. Dropping it kills its process group and removes its scratch space.
+pub struct Instance {
+    id: String,
+    spec: InstanceSpec,
+    kind: Kind,
+    process: Process,
+    attribution: Arc<Attribution>,
+    scratch: PathBuf,
+    started: Instant,
+    env: RuntimeEnv,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("function", &self.spec.function)
+            .field("version", &self.spec.version)
+            .field("pid", &self.process.pid())
+            .finish()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+fn init_failed(message: impl Into<String>) -> InvokeError {
+    InvokeError::InitFailed {
+        error_type: None,
+        message: message.into(),
+    }
+}
+
+impl Instance {
+    /// Starts an instance and waits until it is ready to take invocations (its first `next`
+    /// call, or its port accepting connections).
+    pub async fn start(env: &RuntimeEnv, spec: InstanceSpec) -> Result<Self, InvokeError> {
+        let t0 = Instant::now();
+        let id = new_instance_id();
+        let fs = &spec.spec;
+        let scratch = env.inner.scratch_root.join(&id);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| init_failed(format!("could not create scratch space: {e}")))?;
+
+        let (program, mut cmd) = match fs.runtime {
+            Runtime::Python3 => {
+                let mut c = Command::new("python3");
+                c.arg("-u")
+                    .arg(env.inner.shims_dir.join(shims::PYTHON_SHIM_PATH));
+                ("python3", c)
+            }
+            Runtime::Nodejs => {
+                let mut c = Command::new("node");
+                c.arg(env.inner.shims_dir.join(shims::NODE_SHIM_PATH));
+                ("node", c)
+            }
+            Runtime::Provided => {
+                let bootstrap = spec.code_dir.join("bootstrap");
+                if !is_executable(&bootstrap) {
+                    return Err(init_failed(
+                        "runtime provided needs an executable file named bootstrap at the root of the package (chmod +x bootstrap)",
+                    ));
+                }
+                ("bootstrap", Command::new(bootstrap))
+            }
+            Runtime::Http => {
+                let mut c = Command::new("/bin/sh");
+                // A simple command replaces the shell, so signals reach the server itself; a
+                // compound one keeps the shell (the process group is killed as a whole anyway).
+                let compound = fs.handler.contains([';', '&', '|', '\n', '(', '`', '$']);
+                c.arg("-c").arg(if compound {
+                    fs.handler.clone()
+                } else {
+                    format!("exec {}", fs.handler)
+                });
+                ("the handler command", c)
+            }
+            Runtime::Wasm => {
+                return Err(InvokeError::Unsupported(
+                    "this build of Petrel does not run wasm components".into(),
+                ))
+            }
+        };
+        cmd.current_dir(&spec.code_dir)
+            .env_clear()
+            .env("PATH", &env.inner.host_path)
+            .env("LANG", "C.UTF-8")
+            .env("HOME", &scratch)
+            .env("TMPDIR", &scratch)
+            .env("TZ", ":UTC")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .envs(&fs.env)
+            .env("PETREL_NAMESPACE", &spec.namespace)
+            .env("PETREL_FUNCTION_NAME", &spec.function)
+            .env("PETREL_FUNCTION_VERSION", spec.version.to_string())
+            .env("PETREL_MEMORY_MB", fs.memory_mb.to_string())
+            .env("PETREL_CONCURRENCY", fs.concurrency.to_string())
+            .env("PETREL_INSTANCE_ID", &id);
+
+        let kind = if fs.runtime.speaks_lambda() {
+            let arn = format!(
+                "arn:aws:lambda:us-east-1:000000000000:function:{}:{}",
+                spec.function, spec.version
+            );
+            let ep = lambda::Endpoint::bind(arn, env.inner.payload_limit)
+                .await
+                .map_err(|e| {
+                    init_failed(format!("could not open the Runtime API endpoint: {e}"))
+                })?;
+            cmd.env("AWS_LAMBDA_RUNTIME_API", ep.addr.to_string())
+                .env("_HANDLER", &fs.handler)
+                .env("LAMBDA_TASK_ROOT", &spec.code_dir)
+                .env("LAMBDA_RUNTIME_DIR", &env.inner.shims_dir)
+                .env("AWS_LAMBDA_FUNCTION_NAME", &spec.function)
+                .env("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string())
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", fs.memory_mb.to_string())
+                .env(
+                    "AWS_LAMBDA_LOG_GROUP_NAME",
+                    format!("/petrel/{}/{}", spec.namespace, spec.function),
+                )
+                .env("AWS_LAMBDA_LOG_STREAM_NAME", &id)
+                .env("AWS_EXECUTION_ENV", format!("Petrel_{}", fs.runtime))
+                .env("PYTHONPYCACHEPREFIX", &env.inner.pycache);
+            Kind::Lambda(ep)
+        } else {
+            let port = http_ep::pick_port()
+                .map_err(|e| init_failed(format!("could not find a free port: {e}")))?;
+            cmd.env("PORT", port.to_string());
+            Kind::Http(http_ep::Endpoint::new(port))
+        };
+
+        let attribution = Arc::new(Attribution::default());
+        let source = LogSource {
+            namespace: spec.namespace.clone(),
+            function: spec.function.clone(),
+            version: spec.version,
+            instance: id.clone(),
+        };
+        let process = Process::spawn(
+            cmd,
+            source.clone(),
+            env.inner.sink.clone(),
+            attribution.clone(),
+        )
+        .map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
+
+        let instance = Self {
+            id,
+            spec,
+            kind,
+            process,
+            attribution,
+            scratch,
+            started: t0,
+            env: env.clone(),
+        };
+        let init_timeout = instance.spec.spec.timeout().max(MIN_INIT_TIMEOUT);
+        tokio::select! {
+            r = instance.wait_ready() => r?,
+            how = instance.process.exited() => {
+                return Err(init_failed(instance.process.exit_report(&how)));
+            }
+            _ = tokio::time::sleep(init_timeout) => {
+                instance.process.kill();
+                return Err(init_failed(format!(
+                    "the instance did not become ready within {init_timeout:?}"
+                )));
+            }
+        }
+        env.inner.sink.emit(source.line(
+            "platform",
+            None,
+            format!("instance started in {} ms", t0.elapsed().as_millis()),
+        ));
+        Ok(instance)
+    }
+
+    async fn wait_ready(&self) -> Result<(), InvokeError> {
+        match &self.kind {
+            Kind::Lambda(ep) => {
+                let mut rx = ep.init_state();
+                let state = rx
+                    .wait_for(|s| *s != InitState::Starting)
+                    .await
+                    .map(|s| s.clone())
+                    .unwrap_or(InitState::Starting);
+                match state {
+                    InitState::Ready => Ok(()),
+                    InitState::Failed {
+                        error_type,
+                        message,
+                    } => {
+                        self.process.kill();
+                        Err(InvokeError::InitFailed {
+                            message: format!("{error_type}: {message}"),
+                            error_type: Some(error_type),
+                        })
+                    }
+                    InitState::Starting => Err(init_failed("the Runtime API endpoint closed")),
+                }
+            }
+            Kind::Http(ep) => {
+                let mut wait = Duration::from_millis(2);
+                while !ep.accepts().await {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.process.has_exited()
+    }
+
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Kills the instance's whole process group.
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// Whether this instance speaks the Lambda Runtime API (else it is an HTTP server).
+    pub fn speaks_lambda(&self) -> bool {
+        matches!(self.kind, Kind::Lambda(_))
+    }
+
+    /// Runs one Lambda invocation. On timeout the instance is killed.
+    pub async fn invoke_lambda(&self, req: LambdaRequest) -> Result<LambdaOutcome, InvokeError> {
+        let Kind::Lambda(ep) = &self.kind else {
+            return Err(InvokeError::Unsupported(
+                "this instance serves HTTP; proxy a request to it instead".into(),
+            ));
+        };
+        let deadline_ms = crate::logs::now_ms() + req.timeout.as_millis() as i64;
+        let id = req.id.clone();
+        self.attribution.begin(&id);
+        let rx = ep.submit(Pending {
+            id: req.id,
+            event: req.event,
+            deadline_ms,
+            trace_id: new_trace_id(),
+            client_context: req.client_context,
+            cognito_identity: req.cognito_identity,
+        });
+        let result = tokio::select! {
+            r = rx => r.unwrap_or_else(|_| Err(InvokeError::Crashed("the instance stopped".into()))),
+            how = self.process.exited() => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+            _ = tokio::time::sleep(req.timeout) => {
+                self.process.kill();
+                Err(InvokeError::Timeout(req.timeout))
+            }
+        };
+        if result.is_err() {
+            ep.forget(&id);
+        }
+        self.attribution.end(&id);
+        result
+    }
+
+    /// Proxies one HTTP request to an `http` instance. The timeout covers the response head; on
+    /// timeout the instance is killed.
+    pub async fn proxy(
+        &self,
+        invocation_id: &str,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, InvokeError> {
+        let Kind::Http(ep) = &self.kind else {
+            return Err(InvokeError::Unsupported(
+                "this instance speaks the Lambda Runtime API; invoke it with an event".into(),
+            ));
+        };
+        self.attribution.begin(invocation_id);
+        let result = tokio::select! {
+            r = ep.send(req) => match r {
+                Ok(mut resp) => {
+                    crate::http::strip_hop_by_hop(resp.headers_mut());
+                    Ok(resp.map(Body::new))
+                }
+                Err(e) => {
+                    // A dropped connection is most often a crash: give the exit a moment to show.
+                    match tokio::time::timeout(Duration::from_millis(500), self.process.exited()).await {
+                        Ok(how) => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+                        Err(_) => Err(InvokeError::BadResponse(format!("the connection to the function failed ({e})"))),
+                    }
+                }
+            },
+            how = self.process.exited() => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+            _ = tokio::time::sleep(timeout) => {
+                self.process.kill();
+                Err(InvokeError::Timeout(timeout))
+            }
+        };
+        self.attribution.end(invocation_id);
+        result
+    }
+
+    /// The node-wide settings this instance was started with.
+    pub fn env(&self) -> &RuntimeEnv {
+        &self.env
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn new_instance_id() -> String {
+    let u = uuid::Uuid::now_v7().simple().to_string();
+    format!("i-{}", &u[u.len() - 12..])
+}
+
+/// An X-Ray-style trace id, as Lambda runtime clients expect in `Lambda-Runtime-Trace-Id`.
+fn new_trace_id() -> String {
+    let u = uuid::Uuid::now_v7().simple().to_string();
+    let secs = crate::logs::now_ms() / 1000;
+    format!(
+        "Root=1-{secs:08x}-{};Parent={};Sampled=0",
+        &u[8..32],
+        &u[16..32]
+    )
+}

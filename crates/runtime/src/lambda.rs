@@ -1,0 +1,270 @@
+//! The AWS Lambda Runtime API (`/2018-06-01/runtime/...`), served by Petrel for one instance on a
+//! loopback port of its own (`AWS_LAMBDA_RUNTIME_API`). Invocations are queued here and taken by
+//! the instance's `next` calls; its `response` and `error` calls complete them.
+
+use crate::instance::{InvokeError, LambdaOutcome};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+const PREFIX: &str = "/2018-06-01/runtime";
+
+/// The instance's init phase as the Runtime API sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InitState {
+    Starting,
+    Ready,
+    Failed { error_type: String, message: String },
+}
+
+/// An invocation waiting to be taken by `next`.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub id: String,
+    pub event: Bytes,
+    pub deadline_ms: i64,
+    pub trace_id: String,
+    pub client_context: Option<String>,
+    pub cognito_identity: Option<String>,
+}
+
+type Completion = oneshot::Sender<Result<LambdaOutcome, InvokeError>>;
+
+struct Shared {
+    queue_tx: mpsc::UnboundedSender<Pending>,
+    queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>,
+    inflight: Mutex<HashMap<String, Completion>>,
+    state: watch::Sender<InitState>,
+    function_arn: String,
+    response_limit: usize,
+}
+
+/// One instance's Runtime API endpoint. Dropping it stops the server.
+pub(crate) struct Endpoint {
+    shared: Arc<Shared>,
+    pub(crate) addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Endpoint {
+    pub(crate) async fn bind(function_arn: String, response_limit: usize) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (state, _) = watch::channel(InitState::Starting);
+        let shared = Arc::new(Shared {
+            queue_tx,
+            queue_rx: tokio::sync::Mutex::new(queue_rx),
+            inflight: Mutex::new(HashMap::new()),
+            state,
+            function_arn,
+            response_limit,
+        });
+        let app = Router::new()
+            .route(&format!("{PREFIX}/invocation/next"), get(next))
+            .route(
+                &format!("{PREFIX}/invocation/{{id}}/response"),
+                post(response),
+            )
+            .route(&format!("{PREFIX}/invocation/{{id}}/error"), post(error))
+            .route(&format!("{PREFIX}/init/error"), post(init_error))
+            .fallback(|| async {
+                runtime_error(
+                    StatusCode::NOT_FOUND,
+                    "UnknownRoute",
+                    "not a Runtime API route",
+                )
+            })
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            shared,
+            addr,
+            server,
+        })
+    }
+
+    pub(crate) fn init_state(&self) -> watch::Receiver<InitState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Queues an invocation; the receiver completes when the instance answers.
+    pub(crate) fn submit(
+        &self,
+        p: Pending,
+    ) -> oneshot::Receiver<Result<LambdaOutcome, InvokeError>> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .inflight
+            .lock()
+            .unwrap()
+            .insert(p.id.clone(), tx);
+        let _ = self.shared.queue_tx.send(p);
+        rx
+    }
+
+    /// Forgets an invocation that ended without an answer (timeout, crash).
+    pub(crate) fn forget(&self, id: &str) {
+        self.shared.inflight.lock().unwrap().remove(id);
+    }
+}
+
+fn runtime_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"errorType": error_type, "errorMessage": message})),
+    )
+        .into_response()
+}
+
+async fn next(State(s): State<Arc<Shared>>) -> Response {
+    s.state.send_if_modified(|st| {
+        if *st == InitState::Starting {
+            *st = InitState::Ready;
+            true
+        } else {
+            false
+        }
+    });
+    let pending = {
+        let mut rx = s.queue_rx.lock().await;
+        rx.recv().await
+    };
+    let Some(p) = pending else {
+        return runtime_error(
+            StatusCode::GONE,
+            "InstanceStopping",
+            "the instance is stopping",
+        );
+    };
+    let mut h = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set("lambda-runtime-aws-request-id", &p.id);
+    set("lambda-runtime-deadline-ms", &p.deadline_ms.to_string());
+    set("lambda-runtime-invoked-function-arn", &s.function_arn);
+    set("lambda-runtime-trace-id", &p.trace_id);
+    set("content-type", "application/json");
+    if let Some(cc) = &p.client_context {
+        set("lambda-runtime-client-context", cc);
+    }
+    if let Some(ci) = &p.cognito_identity {
+        set("lambda-runtime-cognito-identity", ci);
+    }
+    (StatusCode::OK, h, p.event).into_response()
+}
+
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ()> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| ())
+}
+
+fn complete(s: &Shared, id: &str, outcome: Result<LambdaOutcome, InvokeError>) -> Response {
+    let tx = s.inflight.lock().unwrap().remove(id);
+    match tx {
+        Some(tx) => {
+            let too_large = matches!(outcome, Err(InvokeError::ResponseTooLarge(_)));
+            let _ = tx.send(outcome);
+            if too_large {
+                runtime_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    "the response is larger than the function's payload limit",
+                )
+            } else {
+                (
+                    StatusCode::ACCEPTED,
+                    Json(serde_json::json!({"status": "OK"})),
+                )
+                    .into_response()
+            }
+        }
+        None => runtime_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            "no invocation in flight has this request id (it may have timed out)",
+        ),
+    }
+}
+
+async fn response(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let outcome = match read_limited(body, s.response_limit).await {
+        Ok(b) => Ok(LambdaOutcome::Success(b)),
+        Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
+    };
+    complete(&s, &id, outcome)
+}
+
+async fn error(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let error_type = headers
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Unhandled")
+        .to_owned();
+    let outcome = match read_limited(body, s.response_limit).await {
+        Ok(b) => Ok(LambdaOutcome::FunctionError {
+            error_type,
+            body: b,
+        }),
+        Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
+    };
+    complete(&s, &id, outcome)
+}
+
+async fn init_error(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let body = read_limited(body, 1024 * 1024).await.unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let error_type = parsed["errorType"]
+        .as_str()
+        .or_else(|| {
+            headers
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("Runtime.Unknown")
+        .to_owned();
+    let message = parsed["errorMessage"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    s.state.send_replace(InitState::Failed {
+        error_type,
+        message,
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
+}

@@ -1,0 +1,202 @@
+//! Capture of instance output: lines read from a pipe, bounded in length, tagged with the
+//! invocation they belong to when that can be told, and handed to a bounded sink that never
+//! blocks the instance (a full sink counts a drop).
+
+use petrel_core::api::LogLine;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+
+/// Longest line kept; the rest of a longer line is cut and marked.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Marker appended to a line that was cut.
+pub const TRUNCATED_MARKER: &str = " [petrel: line truncated]";
+
+/// Where log lines go: a bounded channel whose overflow is counted, never waited on.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    tx: mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<LogLine>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Self {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    pub fn emit(&self, line: LogLine) {
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines lost to back-pressure since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Which invocation output belongs to: the only one in flight, else the last one that ran
+/// (output read just after a response still belongs to it), else none.
+#[derive(Debug, Default)]
+pub struct Attribution {
+    state: Mutex<(Vec<String>, Option<String>)>,
+}
+
+impl Attribution {
+    pub fn begin(&self, id: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.0.push(id.to_owned());
+    }
+
+    pub fn end(&self, id: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.0.retain(|x| x != id);
+        s.1 = Some(id.to_owned());
+    }
+
+    pub fn current(&self) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        match s.0.len() {
+            0 => s.1.clone(),
+            1 => Some(s.0[0].clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Identity stamped on every line of one instance.
+#[derive(Debug, Clone)]
+pub struct LogSource {
+    pub namespace: String,
+    pub function: String,
+    pub version: u32,
+    pub instance: String,
+}
+
+impl LogSource {
+    pub fn line(&self, stream: &str, invocation: Option<String>, line: String) -> LogLine {
+        LogLine {
+            ts: now_ms(),
+            namespace: self.namespace.clone(),
+            function: self.function.clone(),
+            version: self.version,
+            instance: self.instance.clone(),
+            invocation,
+            stream: stream.to_owned(),
+            line,
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads lines from a pipe until EOF, cutting long ones, and calls `each` with every line.
+pub async fn read_lines<R: AsyncRead + Unpin>(pipe: R, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => b,
+            Err(_) => break,
+        };
+        let (chunk, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i)),
+            None => (buf, None),
+        };
+        if !cut {
+            let room = MAX_LINE_BYTES.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if chunk.len() > room {
+                cut = true;
+            }
+        }
+        let used = newline.map(|i| i + 1).unwrap_or(buf.len());
+        reader.consume(used);
+        if newline.is_some() {
+            each(finish_line(&mut line, &mut cut));
+        }
+    }
+    if !line.is_empty() || cut {
+        each(finish_line(&mut line, &mut cut));
+    }
+}
+
+fn finish_line(line: &mut Vec<u8>, cut: &mut bool) -> String {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut s = String::from_utf8_lossy(line).into_owned();
+    if *cut {
+        s.push_str(TRUNCATED_MARKER);
+    }
+    line.clear();
+    *cut = false;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_and_long_ones_cut() {
+        let long = "x".repeat(MAX_LINE_BYTES + 100);
+        let input = format!("one\r\ntwo\n{long}\nlast-without-newline");
+        let mut got = Vec::new();
+        read_lines(input.as_bytes(), |l| got.push(l)).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], "one");
+        assert_eq!(got[1], "two");
+        assert!(got[2].ends_with(TRUNCATED_MARKER));
+        assert_eq!(got[2].len(), MAX_LINE_BYTES + TRUNCATED_MARKER.len());
+        assert_eq!(got[3], "last-without-newline");
+    }
+
+    #[test]
+    fn attribution_follows_in_flight_invocations() {
+        let a = Attribution::default();
+        assert_eq!(a.current(), None);
+        a.begin("a");
+        assert_eq!(a.current().as_deref(), Some("a"));
+        a.begin("b");
+        assert_eq!(a.current(), None, "two in flight: cannot tell");
+        a.end("a");
+        assert_eq!(a.current().as_deref(), Some("b"));
+        a.end("b");
+        assert_eq!(
+            a.current().as_deref(),
+            Some("b"),
+            "late output belongs to the last one"
+        );
+    }
+
+    #[test]
+    fn a_full_sink_counts_drops() {
+        let (sink, _rx) = LogSink::new(1);
+        let src = LogSource {
+            namespace: "default".into(),
+            function: "f".into(),
+            version: 1,
+            instance: "i".into(),
+        };
+        sink.emit(src.line("stdout", None, "a".into()));
+        sink.emit(src.line("stdout", None, "b".into()));
+        assert_eq!(sink.dropped(), 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! The control API under `/v1/`: deploy (upload a packaged directory), list, get, delete, logs,
+//! and the OpenAPI document.
+
+use crate::logs::ndjson;
+use crate::App;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use petrel_core::api::{DeployResponse, FunctionDetail, FunctionList};
+use petrel_core::name::validate_name;
+use petrel_core::{ApiError, ErrorCode, Manifest, Runtime};
+use petrel_dataplane::body::{collect_limited, BodyError};
+use petrel_dataplane::{DeployedVersion, ErrorResponse};
+use petrel_store::{ArtifactStore, StoreError};
+use std::sync::Arc;
+
+type ApiResult<T> = Result<T, ErrorResponse>;
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NsQuery {
+    namespace: Option<String>,
+}
+
+fn namespace(q: Result<Query<NsQuery>, QueryRejection>) -> Result<String, ApiError> {
+    let q = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let ns =
+        q.0.namespace
+            .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
+    validate_name("namespace", &ns)?;
+    Ok(ns)
+}
+
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::InvalidPackage(m) => ApiError::new(ErrorCode::InvalidPackage, m),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            ApiError::internal()
+        }
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::FunctionNotFound,
+        format!("no function named {name}; deploy it with `petrel deploy`, or list functions with `petrel ls`"),
+    )
+}
+
+/// The base URL clients reached this server at, for the URLs we hand back.
+fn base_url(headers: &HeaderMap, app: &App) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", app.addr),
+    }
+}
+
+fn function_url(base: &str, ns: &str, name: &str) -> String {
+    if ns == petrel_core::DEFAULT_NAMESPACE {
+        format!("{base}/fn/{name}")
+    } else {
+        format!("{base}/fn/{name}?namespace={ns}")
+    }
+}
+
+pub async fn list(
+    State(app): State<App>,
+    q: Result<Query<NsQuery>, QueryRejection>,
+) -> ApiResult<Json<FunctionList>> {
+    // Listing without ?namespace= shows every namespace.
+    let filter = match &q {
+        Ok(Query(NsQuery { namespace: Some(_) })) => Some(namespace(q)?),
+        _ => None,
+    };
+    let functions = app
+        .store
+        .list_functions(filter.as_deref())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(FunctionList { functions }))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<NsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Json<FunctionDetail>> {
+    let ns = namespace(q)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    let f = app
+        .store
+        .get_function(&ns, &name)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&name))?;
+    let versions = app
+        .store
+        .list_versions(&ns, &name)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(FunctionDetail {
+        url: function_url(&base_url(&headers, &app), &ns, &name),
+        namespace: f.namespace,
+        name: f.name,
+        latest_version: f.latest_version,
+        created_at: f.created_at,
+        updated_at: f.updated_at,
+        versions,
+    }))
+}
+
+pub async fn delete(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<NsQuery>, QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let ns = namespace(q)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    if !app
+        .store
+        .delete_function(&ns, &name)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(not_found(&name).into());
+    }
+    app.dataplane.removed(&ns, &name);
+    app.collect_garbage();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks that the package holds what its runtime will look for, so a deploy fails now rather
+/// than at the first request.
+fn check_code(runtime: Runtime, handler: &str, code: &std::path::Path) -> Result<(), ApiError> {
+    let missing = |what: String| Err(ApiError::new(ErrorCode::InvalidPackage, what));
+    match runtime {
+        Runtime::Python3 => {
+            let (module, _) = handler.rsplit_once('.').unwrap_or((handler, ""));
+            let rel = module.replace('.', "/");
+            if !code.join(format!("{rel}.py")).is_file()
+                && !code.join(&rel).join("__init__.py").is_file()
+            {
+                return missing(format!(
+                    "handler {handler:?} needs {rel}.py in the package, and it is not there"
+                ));
+            }
+        }
+        Runtime::Nodejs => {
+            let (module, _) = handler.rsplit_once('.').unwrap_or((handler, ""));
+            if !["js", "mjs", "cjs"]
+                .iter()
+                .any(|e| code.join(format!("{module}.{e}")).is_file())
+            {
+                return missing(format!(
+                    "handler {handler:?} needs {module}.js (or .mjs, .cjs) in the package, and it is not there"
+                ));
+            }
+        }
+        Runtime::Provided => {
+            use std::os::unix::fs::PermissionsExt;
+            let ok = std::fs::metadata(code.join("bootstrap"))
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            if !ok {
+                return missing(
+                    "runtime provided needs an executable file named bootstrap at the root of the package (chmod +x bootstrap)".into(),
+                );
+            }
+        }
+        Runtime::Http | Runtime::Wasm => {}
+    }
+    Ok(())
+}
+
+pub async fn deploy(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<NsQuery>, QueryRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let ns = namespace(q)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    let base = base_url(req.headers(), &app);
+    let limit = app.config.package_limit;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the package is larger than the limit of {} MiB; leave build output and dependencies you do not need out of the function directory",
+                limit / (1024 * 1024)
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let package: Bytes = match collect_limited(req.into_body(), limit, declared).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return Err(too_large().into()),
+        Err(BodyError::Read(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the upload could not be read: {e}"),
+            )
+            .into())
+        }
+    };
+    let artifacts = app.artifacts.clone();
+    let path_name = name.clone();
+    let prepared = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let text = ArtifactStore::read_manifest(&package).map_err(store_error)?;
+        let spec = Manifest::from_toml(&text)?.validate()?;
+        if spec.name != path_name {
+            return Err(ApiError::new(
+                ErrorCode::InvalidManifest,
+                format!(
+                    "the manifest names the function {:?} but the request deploys {path_name:?}; make them the same",
+                    spec.name
+                ),
+            ));
+        }
+        let digest = artifacts.put_package(&package).map_err(store_error)?;
+        check_code(spec.runtime, &spec.handler, &artifacts.code_dir(&digest))?;
+        Ok((spec, digest, package.len() as u64))
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "deploy task failed");
+        ApiError::internal()
+    })??;
+    let (spec, digest, size) = prepared;
+    let (version, created) = app
+        .store
+        .create_version(&ns, &spec, &digest, size)
+        .await
+        .map_err(store_error)?;
+    app.dataplane.deployed(DeployedVersion {
+        namespace: ns.clone(),
+        name: name.clone(),
+        version,
+        code_dir: app.artifacts.code_dir(&digest),
+        digest: digest.clone(),
+        spec: Arc::new(spec),
+    });
+    tracing::info!(namespace = %ns, function = %name, version, "deployed");
+    let body = DeployResponse {
+        url: function_url(&base, &ns, &name),
+        namespace: ns,
+        name,
+        version,
+        digest,
+        created,
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogsQuery {
+    namespace: Option<String>,
+    /// Only lines newer than this long ago (`10m`, `2h`).
+    since: Option<String>,
+    /// Only lines of this invocation.
+    invocation: Option<String>,
+    /// The newest N lines (default 100 when `since` is not given).
+    tail: Option<u32>,
+    /// Keep the answer open and stream new lines as they come.
+    #[serde(default)]
+    follow: bool,
+}
+
+pub async fn logs(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let ns = q
+        .namespace
+        .clone()
+        .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
+    validate_name("namespace", &ns).map_err(ApiError::from)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    if app
+        .store
+        .get_function(&ns, &name)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(not_found(&name).into());
+    }
+    let since_ts = match &q.since {
+        Some(s) => {
+            let d = humantime::parse_duration(s).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("since={s:?} is not a duration ({e}); write it like 10m or 2h"),
+                )
+            })?;
+            petrel_store::now_ms() - d.as_millis() as i64
+        }
+        None => 0,
+    };
+    let (limit, tail) = match (q.tail, q.since.is_some()) {
+        (Some(n), _) => (n.min(100_000), true),
+        (None, true) => (100_000, false),
+        (None, false) => (100, true),
+    };
+    // Subscribe before reading so nothing written in between is missed.
+    let live = q.follow.then(|| app.logs.subscribe());
+    let stored = app
+        .store
+        .read_logs(
+            &ns,
+            &name,
+            0,
+            since_ts,
+            q.invocation.as_deref(),
+            limit,
+            tail,
+        )
+        .await
+        .map_err(store_error)?;
+    let last = stored.last().map(|(id, _)| *id).unwrap_or(0);
+    let head: Vec<Result<Bytes, std::io::Error>> =
+        stored.iter().map(|(_, l)| Ok(ndjson(l))).collect();
+    let head = futures_util::stream::iter(head);
+    let body = match live {
+        None => Body::from_stream(head),
+        Some(rx) => {
+            let invocation = q.invocation.clone();
+            let live = futures_util::stream::unfold(rx, move |mut rx| {
+                let (ns, name, invocation) = (ns.clone(), name.clone(), invocation.clone());
+                async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok((id, l)) => {
+                                if id > last
+                                    && l.namespace == ns
+                                    && l.function == name
+                                    && (invocation.is_none() || l.invocation == invocation)
+                                {
+                                    return Some((Ok::<_, std::io::Error>(ndjson(&l)), rx));
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(skipped = n, "a log follower fell behind");
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }
+            });
+            Body::from_stream(head.chain(live))
+        }
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn no_route(req: Request) -> ErrorResponse {
+    ErrorResponse(ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!(
+            "no route for {} {}; functions answer under /fn/NAME/..., the control API under /v1/ (see /v1/openapi.json)",
+            req.method(),
+            req.uri().path()
+        ),
+    ))
+}
+
+pub async fn wrong_method(req: Request) -> ErrorResponse {
+    ErrorResponse(ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}; see /v1/openapi.json for the methods each route takes",
+            req.method(),
+            req.uri().path()
+        ),
+    ))
+}

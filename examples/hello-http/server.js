@@ -1,0 +1,22 @@
+// An HTTP function: any server that listens on $PORT. Petrel forwards /fn/NAME/<path> to it
+// as /<path>, with the method, headers and body as sent.
+const http = require('http');
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    const url = new URL(req.url, 'http://localhost');
+    const name = url.searchParams.get('name') || 'world';
+    const greeting = process.env.GREETING || 'Hello';
+    console.log(`${req.method} ${req.url}`);
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({
+      message: `${greeting}, ${name}!`,
+      method: req.method,
+      path: url.pathname,
+      bodyBytes: Buffer.concat(chunks).length,
+    }));
+  });
+});
+server.listen(Number(process.env.PORT), '127.0.0.1');

@@ -1,0 +1,170 @@
+// Petrel's Node.js runtime shim: runs a Lambda-style handler
+// (`exports.handler = async (event, context) => ...`, or callback style) by speaking the AWS
+// Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API, as AWS's own runtime does.
+//
+// Shipped inside the petrel binary; started once per instance with the function's code in
+// $LAMBDA_TASK_ROOT and the handler in $_HANDLER (module.function). $PETREL_CONCURRENCY loops poll
+// for invocations, so an async handler may serve several at once when the function allows it.
+'use strict';
+const http = require('http');
+const fs = require('fs');
+const path = require('path');
+const { pathToFileURL } = require('url');
+
+const [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
+const BASE = '/2018-06-01/runtime';
+const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+
+function request(method, p, body, headers) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: HOST, port: PORT, method, path: p, agent, headers: headers || {} }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+function errorBody(err, errorType) {
+  const e = err instanceof Error ? err : new Error(typeof err === 'string' ? err : JSON.stringify(err));
+  return {
+    errorType: errorType || e.name || 'Error',
+    errorMessage: e.message,
+    stackTrace: (e.stack || '').split('\n'),
+  };
+}
+
+async function initError(err, errorType) {
+  const body = errorBody(err, errorType);
+  process.stderr.write(`init error: ${body.errorType}: ${body.errorMessage}\n`);
+  try {
+    await request('POST', `${BASE}/init/error`, JSON.stringify(body), {
+      'Content-Type': 'application/json',
+      'Lambda-Runtime-Function-Error-Type': body.errorType,
+    });
+  } finally {
+    process.exit(1);
+  }
+}
+
+async function loadHandler() {
+  const spec = process.env._HANDLER || '';
+  const dot = spec.lastIndexOf('.');
+  if (dot <= 0 || dot === spec.length - 1) {
+    return initError(new Error(`handler '${spec}' is not module.function`), 'Runtime.MalformedHandlerName');
+  }
+  const moduleName = spec.slice(0, dot);
+  const fnName = spec.slice(dot + 1);
+  const root = process.env.LAMBDA_TASK_ROOT || process.cwd();
+  const base = path.resolve(root, moduleName);
+  const file = ['.js', '.mjs', '.cjs', ''].map((ext) => base + ext).find((f) => fs.existsSync(f) && fs.statSync(f).isFile());
+  if (!file) {
+    return initError(new Error(`Cannot find module '${moduleName}' in ${root} (tried .js, .mjs, .cjs)`), 'Runtime.ImportModuleError');
+  }
+  let mod;
+  try {
+    if (file.endsWith('.mjs')) {
+      mod = await import(pathToFileURL(file).href);
+    } else {
+      try {
+        mod = require(file);
+      } catch (err) {
+        if (err && err.code === 'ERR_REQUIRE_ESM') mod = await import(pathToFileURL(file).href);
+        else throw err;
+      }
+    }
+  } catch (err) {
+    return initError(err, err instanceof SyntaxError ? 'Runtime.UserCodeSyntaxError' : 'Runtime.ImportModuleError');
+  }
+  const fn = mod && (mod[fnName] || (mod.default && mod.default[fnName]));
+  if (typeof fn !== 'function') {
+    return initError(new Error(`${moduleName}.${fnName} is undefined or not exported`), 'Runtime.HandlerNotFound');
+  }
+  return fn;
+}
+
+function makeContext(headers) {
+  const deadline = Number(headers['lambda-runtime-deadline-ms'] || 0);
+  const parse = (v) => { try { return v ? JSON.parse(v) : undefined; } catch (_) { return undefined; } };
+  return {
+    awsRequestId: headers['lambda-runtime-aws-request-id'],
+    invokedFunctionArn: headers['lambda-runtime-invoked-function-arn'],
+    functionName: process.env.AWS_LAMBDA_FUNCTION_NAME,
+    functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION,
+    memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
+    logGroupName: process.env.AWS_LAMBDA_LOG_GROUP_NAME,
+    logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
+    clientContext: parse(headers['lambda-runtime-client-context']),
+    identity: parse(headers['lambda-runtime-cognito-identity']),
+    callbackWaitsForEmptyEventLoop: true,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+  };
+}
+
+function callHandler(handler, event, context) {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const done = (err, result) => {
+      if (settled) return;
+      settled = true;
+      if (err !== undefined && err !== null) reject(err); else resolve(result);
+    };
+    context.done = done;
+    context.succeed = (r) => done(null, r);
+    context.fail = (e) => done(e || new Error('failed'));
+    try {
+      const ret = handler(event, context, done);
+      if (ret && typeof ret.then === 'function') ret.then((r) => done(null, r), (e) => done(e || new Error('rejected')));
+      else if (handler.length < 3) done(null, ret);
+    } catch (err) {
+      done(err);
+    }
+  });
+}
+
+// Petrel may refuse a body (a response over the limit) and close the connection: that ends this
+// invocation, not the instance.
+async function post(p, body, headers) {
+  try {
+    await request('POST', p, body, headers);
+  } catch (err) {
+    console.error(`could not report to the Runtime API: ${err.message}`);
+  }
+}
+
+async function worker(handler) {
+  for (;;) {
+    const next = await request('GET', `${BASE}/invocation/next`);
+    const id = next.headers['lambda-runtime-aws-request-id'];
+    if (next.headers['lambda-runtime-trace-id']) process.env._X_AMZN_TRACE_ID = next.headers['lambda-runtime-trace-id'];
+    const context = makeContext(next.headers);
+    try {
+      const event = next.body.length ? JSON.parse(next.body.toString('utf8')) : null;
+      const result = await callHandler(handler, event, context);
+      const payload = JSON.stringify(result === undefined ? null : result);
+      await post(`${BASE}/invocation/${id}/response`, payload, { 'Content-Type': 'application/json' });
+    } catch (err) {
+      const body = errorBody(err);
+      console.error(`[ERROR] ${body.errorType}: ${body.errorMessage}`);
+      await post(`${BASE}/invocation/${id}/error`, JSON.stringify(body), {
+        'Content-Type': 'application/json',
+        'Lambda-Runtime-Function-Error-Type': body.errorType,
+      });
+    }
+  }
+}
+
+process.on('unhandledRejection', (reason) => {
+  console.error('unhandled promise rejection:', reason);
+  process.exit(128);
+});
+
+(async () => {
+  const handler = await loadHandler();
+  const workers = Math.max(1, Number(process.env.PETREL_CONCURRENCY || 1));
+  await Promise.all(Array.from({ length: workers }, () => worker(handler)));
+})();

@@ -1,0 +1,168 @@
+"""Petrel's Python runtime shim: runs a Lambda-style handler `def handler(event, context)` by
+speaking the AWS Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API, as AWS's own runtime does.
+
+Shipped inside the petrel binary; started once per instance with the function's code in
+$LAMBDA_TASK_ROOT and the handler in $_HANDLER (module.function). $PETREL_CONCURRENCY workers
+poll for invocations, so an instance may run several at once when the function allows it.
+"""
+import http.client
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+API = os.environ["AWS_LAMBDA_RUNTIME_API"]
+HOST, _, PORT = API.partition(":")
+BASE = "/2018-06-01/runtime"
+
+
+def _request(conn, method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp, data
+
+
+def _error_body(exc, error_type=None):
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return {
+        "errorMessage": str(exc),
+        "errorType": error_type or type(exc).__name__,
+        "stackTrace": [line.rstrip("\n") for line in tb],
+        "requestId": "",
+    }
+
+
+def _report_init_error(exc, error_type):
+    body = _error_body(exc, error_type)
+    sys.stderr.write("init error: %s: %s\n" % (body["errorType"], body["errorMessage"]))
+    sys.stderr.flush()
+    try:
+        conn = http.client.HTTPConnection(HOST, int(PORT))
+        _request(conn, "POST", BASE + "/init/error", json.dumps(body).encode(),
+                 {"Content-Type": "application/json",
+                  "Lambda-Runtime-Function-Error-Type": body["errorType"]})
+    finally:
+        sys.exit(1)
+
+
+def _load_handler():
+    spec = os.environ.get("_HANDLER", "")
+    module_name, _, func_name = spec.rpartition(".")
+    if not module_name or not func_name:
+        _report_init_error(ValueError("handler %r is not module.function" % spec), "Runtime.MalformedHandlerName")
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
+    sys.path.insert(0, task_root)
+    try:
+        module = importlib.import_module(module_name.replace("/", "."))
+    except ModuleNotFoundError as exc:
+        _report_init_error(exc, "Runtime.ImportModuleError")
+    except SyntaxError as exc:
+        _report_init_error(exc, "Runtime.UserCodeSyntaxError")
+    except Exception as exc:  # an exception raised by the module's own top-level code
+        _report_init_error(exc, "Runtime.ImportModuleError")
+    handler = getattr(module, func_name, None)
+    if handler is None or not callable(handler):
+        _report_init_error(AttributeError("module %r has no function %r" % (module_name, func_name)),
+                           "Runtime.HandlerNotFound")
+    return handler
+
+
+class Context:
+    """The Lambda context object."""
+
+    def __init__(self, headers):
+        self.aws_request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+        self.invoked_function_arn = headers.get("Lambda-Runtime-Invoked-Function-Arn", "")
+        self._deadline_ms = int(headers.get("Lambda-Runtime-Deadline-Ms", "0"))
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        cc = headers.get("Lambda-Runtime-Client-Context")
+        if cc:
+            try:
+                self.client_context = json.loads(cc)
+            except ValueError:
+                pass
+        ci = headers.get("Lambda-Runtime-Cognito-Identity")
+        if ci:
+            try:
+                self.identity = json.loads(ci)
+            except ValueError:
+                pass
+
+    def get_remaining_time_in_millis(self):
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+class _Connection:
+    """A keep-alive connection to the Runtime API that reconnects after a failure."""
+
+    def __init__(self):
+        self.conn = http.client.HTTPConnection(HOST, int(PORT))
+
+    def request(self, method, path, body=None, headers=None):
+        try:
+            return _request(self.conn, method, path, body, headers)
+        except (OSError, http.client.HTTPException):
+            # Petrel may refuse a body (a response over the limit) and close the connection.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(HOST, int(PORT))
+            if method == "GET":
+                return _request(self.conn, method, path, body, headers)
+            return None, b""
+
+
+def _worker(handler):
+    conn = _Connection()
+    while True:
+        resp, data = conn.request("GET", BASE + "/invocation/next")
+        request_id = resp.getheader("Lambda-Runtime-Aws-Request-Id")
+        trace_id = resp.getheader("Lambda-Runtime-Trace-Id")
+        if trace_id:
+            os.environ["_X_AMZN_TRACE_ID"] = trace_id
+        ctx = Context(resp.headers)  # an HTTPMessage: case-insensitive, as header names are
+        try:
+            event = json.loads(data) if data else None
+            result = handler(event, ctx)
+            try:
+                payload = json.dumps(result).encode()
+            except (TypeError, ValueError) as exc:
+                raise _MarshalError(exc)
+            conn.request("POST", "%s/invocation/%s/response" % (BASE, request_id), payload,
+                     {"Content-Type": "application/json"})
+        except Exception as exc:  # the handler raised: report it as the function's error
+            error_type = "Runtime.MarshalError" if isinstance(exc, _MarshalError) else None
+            body = _error_body(exc.cause if isinstance(exc, _MarshalError) else exc, error_type)
+            body["requestId"] = request_id
+            sys.stderr.write("[ERROR] %s: %s\n" % (body["errorType"], body["errorMessage"]))
+            sys.stderr.flush()
+            conn.request("POST", "%s/invocation/%s/error" % (BASE, request_id), json.dumps(body).encode(),
+                     {"Content-Type": "application/json",
+                      "Lambda-Runtime-Function-Error-Type": body["errorType"]})
+
+
+class _MarshalError(Exception):
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def main():
+    handler = _load_handler()
+    workers = max(1, int(os.environ.get("PETREL_CONCURRENCY", "1")))
+    threads = [threading.Thread(target=_worker, args=(handler,), daemon=True) for _ in range(workers - 1)]
+    for t in threads:
+        t.start()
+    _worker(handler)
+
+
+if __name__ == "__main__":
+    main()
