@@ -46,7 +46,7 @@ impl FunctionRef {
     /// Parses `name[.namespace][:version]`; `latest` is accepted as a version and means `None`.
     pub fn parse(s: &str, default_namespace: &str) -> Result<Self, NameError> {
         let (base, version) = match s.split_once(':') {
-            Some((b, v)) if v == "latest" => (b, None),
+            Some((b, "latest")) => (b, None),
             Some((b, v)) => {
                 let n: u32 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| NameError {
                     what: "version",

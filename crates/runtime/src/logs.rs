@@ -111,7 +111,7 @@ pub async fn read_lines<R: AsyncRead + Unpin>(pipe: R, mut each: impl FnMut(Stri
     let mut cut = false;
     loop {
         let buf = match reader.fill_buf().await {
-            Ok(b) if b.is_empty() => break,
+            Ok([]) => break,
             Ok(b) => b,
             Err(_) => break,
         };

@@ -36,6 +36,20 @@ impl StoreKind {
         let (base, _) = admin.rsplit_once('/').unwrap();
         StoreKind::Postgres(format!("{base}/{name}"))
     }
+
+    /// Drops a database made by [`StoreKind::fresh_postgres`].
+    pub async fn drop_postgres(&self) {
+        use sqlx::Connection;
+        if let StoreKind::Postgres(url) = self {
+            let admin = std::env::var("PETREL_TEST_POSTGRES_URL").unwrap();
+            let name = url.rsplit('/').next().unwrap();
+            let mut c = sqlx::AnyConnection::connect(&admin).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 pub struct Petrel {

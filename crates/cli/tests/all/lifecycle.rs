@@ -176,6 +176,7 @@ async fn lifecycle(store: StoreKind) {
 
     let status = p.stop();
     assert!(status.success(), "server exit: {status}");
+    p.store.drop_postgres().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
