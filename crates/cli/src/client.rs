@@ -80,8 +80,8 @@ impl Client {
         })
     }
 
-    /// Sends a request and fails with the server's own message on a Petrel error.
-    pub async fn call(
+    /// Sends a request and reads the whole answer, whatever its status.
+    pub async fn fetch(
         &self,
         method: Method,
         path: &str,
@@ -94,6 +94,17 @@ impl Client {
             .await
             .context("the answer was cut off")?
             .to_bytes();
+        Ok((parts, bytes))
+    }
+
+    /// Sends a request and fails with the server's own message on a Petrel error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<(http::response::Parts, Bytes)> {
+        let (parts, bytes) = self.fetch(method, path, body).await?;
         if !parts.status.is_success() {
             return Err(server_error(&parts, &bytes).into());
         }

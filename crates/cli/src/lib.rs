@@ -397,19 +397,13 @@ async fn invoke(
     ns: &Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let body = read_data(data)?;
-    let resp = client
-        .send(
+    let (parts, bytes) = client
+        .fetch(
             Method::POST,
             &format!("/v1/functions/{name}/invoke{}", ns_query(ns)),
             Some(("application/json", body)),
         )
         .await?;
-    let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .context("the answer was cut off")?
-        .to_bytes();
     if let Some(kind) = parts.headers.get(FUNCTION_ERROR_HEADER) {
         let mut out = std::io::stdout().lock();
         out.write_all(&bytes)?;

@@ -21,3 +21,11 @@ pub const DEFAULT_PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
 
 /// Namespace used when a request names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Milliseconds since the Unix epoch: how Petrel stamps records, logs and deadlines.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

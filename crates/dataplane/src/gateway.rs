@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Limited;
 use petrel_core::api::{INVOCATION_ID_HEADER, VERSION_HEADER};
 use petrel_core::error::FUNCTION_ERROR_HEADER;
-use petrel_core::{ApiError, ErrorCode, FunctionRef};
+use petrel_core::{now_ms, ApiError, ErrorCode, FunctionRef};
 use petrel_runtime::logs::LogSource;
 use petrel_runtime::{Body, InvokeError, LambdaOutcome, LambdaRequest};
 use std::net::SocketAddr;
@@ -188,16 +188,19 @@ async fn raw_invoke(
     req: Request,
 ) -> Response {
     let id = new_invocation_id();
-    match raw_invoke_inner(&dp, &name, &q, &id, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = ErrorResponse(e).into_response();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                r.headers_mut().insert(INVOCATION_ID_HEADER, v);
-            }
-            r
+    let result = raw_invoke_inner(&dp, &name, &q, &id, req).await;
+    answer(&id, result)
+}
+
+/// The answer to an invocation; a Petrel error carries the invocation id too, for the logs.
+fn answer(id: &str, result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| {
+        let mut r = ErrorResponse(e).into_response();
+        if let Ok(v) = HeaderValue::from_str(id) {
+            r.headers_mut().insert(INVOCATION_ID_HEADER, v);
         }
-    }
+        r
+    })
 }
 
 async fn raw_invoke_inner(
@@ -279,16 +282,8 @@ async fn fn_any(
     req: Request,
 ) -> Response {
     let id = new_invocation_id();
-    match fn_inner(&dp, &name, &rest, &q, &id, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = ErrorResponse(e).into_response();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                r.headers_mut().insert(INVOCATION_ID_HEADER, v);
-            }
-            r
-        }
-    }
+    let result = fn_inner(&dp, &name, &rest, &q, &id, req).await;
+    answer(&id, result)
 }
 
 /// The path and query the function sees: `/fn/{name}/a/b?x=1` becomes `/a/b?x=1`.
@@ -438,11 +433,4 @@ impl http_body::Body for LeasedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -97,12 +97,7 @@ impl LogSource {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use petrel_core::now_ms;
 
 /// Reads lines from a pipe until EOF, cutting long ones, and calls `each` with every line.
 pub async fn read_lines<R: AsyncRead + Unpin>(pipe: R, mut each: impl FnMut(String)) {

@@ -167,7 +167,7 @@ async fn a_stop_signal_lets_in_flight_requests_finish() {
             .await;
         resp.map(|(parts, _)| parts.status.as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.wait_for_log("slow", "py-log-line", 2).await;
     let status = p.stop();
     assert!(status.success(), "exit: {status}");
     assert_eq!(

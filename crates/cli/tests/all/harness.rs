@@ -138,6 +138,19 @@ impl Petrel {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Waits until the function's logs hold `count` lines containing `needle` (a handler that
+    /// printed has started), so a test knows a request is in flight without guessing a delay.
+    pub async fn wait_for_log(&self, function: &str, needle: &str, count: usize) {
+        let ok = eventually(Duration::from_secs(20), || {
+            self.cli_ok(&["logs", function, "--tail", "1000"])
+                .matches(needle)
+                .count()
+                >= count
+        })
+        .await;
+        assert!(ok, "{function} never logged {needle:?} {count} times");
+    }
+
     pub fn deploy(&self, dir: &Path) -> String {
         self.cli_ok(&["deploy", dir.to_str().unwrap()])
     }

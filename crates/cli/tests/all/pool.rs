@@ -83,7 +83,8 @@ async fn a_full_queue_is_429_and_a_long_wait_is_503_both_with_retry_after() {
             let p = p.clone();
             tokio::spawn(async move { p.invoke(name, r#"{"action": "slow", "secs": 2}"#).await })
         };
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The handler logs as it starts: then the only slot is taken.
+        p.wait_for_log(name, "py-log-line", 2).await;
         let r = p.invoke(name, "{}").await;
         let (status, code) = if name == "narrow" {
             (429, "too_many_requests")
