@@ -7,7 +7,11 @@ const server = http.createServer((req, res) => {
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     const url = new URL(req.url, 'http://localhost');
-    const name = url.searchParams.get('name') || 'world';
+    let name = url.searchParams.get('name');
+    if (!name && chunks.length) {
+      try { name = JSON.parse(Buffer.concat(chunks).toString()).name; } catch (_) { /* not JSON */ }
+    }
+    name = name || 'world';
     const greeting = process.env.GREETING || 'Hello';
     console.log(`${req.method} ${req.url}`);
     res.setHeader('content-type', 'application/json');

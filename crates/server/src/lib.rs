@@ -95,10 +95,18 @@ pub struct Server {
 
 impl Server {
     /// Opens the stores, restores every deployed function into the data plane and binds.
-    pub async fn start(config: ServeConfig) -> anyhow::Result<Self> {
+    pub async fn start(mut config: ServeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "could not create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        // Instances run with their code as working directory: every path handed to them must
+        // be absolute, whatever directory Petrel was started from.
+        config.data_dir = std::fs::canonicalize(&config.data_dir).with_context(|| {
+            format!(
+                "could not resolve the data directory {}",
                 config.data_dir.display()
             )
         })?;

@@ -53,7 +53,10 @@ async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_examples_deploy_unchanged_with_serve() {
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .canonicalize()
+        .unwrap();
     let mut dirs: Vec<String> = std::fs::read_dir(&examples)
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())
@@ -62,7 +65,8 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
     assert!(dirs.len() >= 3, "{dirs:?}");
     let mut args = vec!["--deploy"];
     args.extend(dirs.iter().map(String::as_str));
-    let p = Petrel::start_with(StoreKind::Sqlite, &args).await;
+    // As the README runs it: the default data directory, relative to the working directory.
+    let p = Petrel::start_like_the_readme(&args).await;
     // --deploy runs right after the listener is up; wait until all are listed.
     let mut listed = String::new();
     for _ in 0..100 {
@@ -80,7 +84,10 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
         let r = p.http("GET", &format!("/fn/{name}?name=you"), None).await;
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert!(r.text().contains("Hello, you!"), "{name}: {}", r.text());
+        let out = p.cli_ok(&["invoke", name, "--data", r#"{"name": "Ada"}"#]);
+        assert!(out.contains("Hello, Ada!"), "{name}: {out}");
     }
+    assert!(p.data_dir.path().join(".petrel/petrel.db").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread")]

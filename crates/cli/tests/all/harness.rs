@@ -60,6 +60,7 @@ pub struct Petrel {
     pub client: Client,
     extra_args: Vec<String>,
     stderr_path: PathBuf,
+    default_data_dir: bool,
 }
 
 impl Petrel {
@@ -68,10 +69,26 @@ impl Petrel {
     }
 
     pub async fn start_with(store: StoreKind, extra_args: &[&str]) -> Self {
+        Self::start_opts(store, extra_args, false).await
+    }
+
+    /// Starts the server as the README does: no --data-dir, so `./.petrel` under its working
+    /// directory (a temporary directory here).
+    pub async fn start_like_the_readme(extra_args: &[&str]) -> Self {
+        Self::start_opts(StoreKind::Sqlite, extra_args, true).await
+    }
+
+    async fn start_opts(store: StoreKind, extra_args: &[&str], default_data_dir: bool) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let stderr_path = data_dir.path().join("server.log");
-        let (child, url) = spawn(data_dir.path(), &store, &extra_args, &stderr_path);
+        let (child, url) = spawn(
+            data_dir.path(),
+            &store,
+            &extra_args,
+            &stderr_path,
+            default_data_dir,
+        );
         let client = Client::new(&url).unwrap();
         Self {
             child: Some(child),
@@ -81,6 +98,7 @@ impl Petrel {
             client,
             extra_args,
             stderr_path,
+            default_data_dir,
         }
     }
 
@@ -104,6 +122,7 @@ impl Petrel {
             &self.store,
             &self.extra_args,
             &self.stderr_path,
+            self.default_data_dir,
         );
         self.child = Some(child);
         self.client = Client::new(&url).unwrap();
@@ -236,12 +255,16 @@ fn spawn(
     store: &StoreKind,
     extra: &[String],
     stderr_path: &Path,
+    default_data_dir: bool,
 ) -> (Child, String) {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir.join("data"))
-        .arg("--listen")
+    cmd.arg("serve");
+    if default_data_dir {
+        cmd.current_dir(data_dir);
+    } else {
+        cmd.arg("--data-dir").arg(data_dir.join("data"));
+    }
+    cmd.arg("--listen")
         .arg("127.0.0.1:0")
         .args(extra)
         .env("RUST_LOG", "info")
