@@ -27,11 +27,12 @@ def _request(conn, method, path, body=None, headers=None):
 
 
 def _error_body(exc, error_type=None):
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # Lambda's shape: the frames of the user's code, without the runtime's own.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
     return {
         "errorMessage": str(exc),
         "errorType": error_type or type(exc).__name__,
-        "stackTrace": [line.rstrip("\n") for line in tb],
+        "stackTrace": [line.rstrip("\n") for line in traceback.format_list(frames)],
         "requestId": "",
     }
 

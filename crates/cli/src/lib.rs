@@ -492,22 +492,25 @@ fn apply_flags(m: &mut Manifest, a: &DeployArgs) -> anyhow::Result<()> {
 }
 
 fn print_deployed(d: &DeployResponse) {
-    println!(
-        "Deployed {} version {} (sha256:{})",
-        d.name,
-        d.version,
-        &d.digest[..12.min(d.digest.len())]
-    );
+    let digest = &d.digest[..12.min(d.digest.len())];
+    if d.unchanged {
+        println!(
+            "{} is unchanged at version {} (sha256:{digest})",
+            d.name, d.version
+        );
+    } else {
+        println!(
+            "Deployed {} version {} (sha256:{digest})",
+            d.name, d.version
+        );
+    }
     println!("  URL:    {}", d.url);
     let ns = if d.namespace == petrel_core::DEFAULT_NAMESPACE {
         String::new()
     } else {
         format!(" -n {}", d.namespace)
     };
-    println!(
-        "  Invoke: petrel invoke {}{ns} --data '{{\"name\": \"Petrel\"}}'",
-        d.name
-    );
+    println!("  Invoke: petrel invoke {}{ns} --data '{{}}'", d.name);
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -561,7 +564,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         for d in &deployed {
-            println!("Deployed {} version {}: {}", d.name, d.version, d.url);
+            let what = if d.unchanged { "Unchanged" } else { "Deployed" };
+            println!("{what} {} version {}: {}", d.name, d.version, d.url);
         }
         if let Some(d) = deployed.first() {
             println!("Try:  curl '{}?name=you'", d.url);

@@ -50,6 +50,9 @@ pub struct DeployResponse {
     pub digest: String,
     /// Whether this deploy created the function (else it added a version).
     pub created: bool,
+    /// The package was identical to the latest version's: no version was added.
+    #[serde(default)]
+    pub unchanged: bool,
     /// Where `/fn/{name}` answers, as seen by the server.
     pub url: String,
 }

@@ -237,6 +237,32 @@ pub async fn deploy(
         ApiError::internal()
     })??;
     let (spec, digest, size) = prepared;
+    // The manifest is inside the package, so an equal digest means an equal version: deploying
+    // the same directory twice (a restart with --deploy, a CI rerun) adds nothing.
+    if let Some(f) = app
+        .store
+        .get_function(&ns, &name)
+        .await
+        .map_err(store_error)?
+    {
+        let latest = app
+            .store
+            .get_version(&ns, &name, f.latest_version)
+            .await
+            .map_err(store_error)?;
+        if latest.is_some_and(|v| v.digest == digest && v.spec == spec) {
+            let body = DeployResponse {
+                url: function_url(&base, &ns, &name),
+                namespace: ns,
+                name,
+                version: f.latest_version,
+                digest,
+                created: false,
+                unchanged: true,
+            };
+            return Ok((StatusCode::OK, Json(body)).into_response());
+        }
+    }
     let (version, created) = app
         .store
         .create_version(&ns, &spec, &digest, size)
@@ -258,6 +284,7 @@ pub async fn deploy(
         version,
         digest,
         created,
+        unchanged: false,
     };
     let status = if created {
         StatusCode::CREATED

@@ -2,7 +2,7 @@
 //! graceful stop.
 
 use crate::fixtures::echo_function;
-use crate::harness::{signal, wait_exit, Petrel, StoreKind, BIN};
+use crate::harness::{wait_exit, Petrel, BIN};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -224,5 +224,4 @@ fn serve_refuses_a_bad_store_url_and_a_busy_port() {
         .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(2));
-    let _ = signal;
 }

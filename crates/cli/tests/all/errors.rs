@@ -217,7 +217,16 @@ async fn a_handler_that_raises_gets_a_lambda_style_error() {
         assert_eq!(j["errorType"], kind);
         assert_eq!(j["errorMessage"], message);
         if runtime != "provided" {
-            assert!(!j["stackTrace"].as_array().unwrap().is_empty(), "{j}");
+            let trace = j["stackTrace"].as_array().unwrap();
+            assert!(!trace.is_empty(), "{j}");
+            if runtime == "python3" {
+                // The user's frames only, as Lambda shows them: not the runtime shim's.
+                let text = j["stackTrace"].to_string();
+                assert!(
+                    text.contains("app.py") && !text.contains("bootstrap.py"),
+                    "{text}"
+                );
+            }
         }
         // The CLI prints it and exits 1.
         let out = p.cli(&["invoke", &name, "--data", r#"{"action": "raise"}"#]);

@@ -24,6 +24,12 @@ async fn lifecycle(store: StoreKind) {
         let out = p.deploy(dir.path());
         assert!(out.contains(&format!("Deployed {name} version 1")), "{out}");
         assert!(out.contains(&format!("{}/fn/{name}", p.url)), "{out}");
+        // The same directory again adds no version.
+        let out = p.deploy(dir.path());
+        assert!(
+            out.contains(&format!("{name} is unchanged at version 1")),
+            "{out}"
+        );
 
         // The raw invoke through the CLI: the payload is the event.
         let out = p.cli_ok(&["invoke", &name, "--data", r#"{"hello": "world"}"#]);
