@@ -4,7 +4,8 @@
     bench/quick.py [--petrel target/release/petrel] [--cold 20] [--warm 2000]
 
 - cold start: a raw invoke right after a deploy (so no instance exists), per runtime, next to the
-  bare start of the same interpreter (`python3 -c pass`, `node -e 0`) timed the same way;
+  bare start of the same interpreter (`python3 -c pass`, `node -e 0`) timed the same way, in the
+  same clean environment Petrel gives functions;
 - warm: sequential raw invokes over one keep-alive connection, per runtime;
 - gateway overhead: the same Node HTTP server called directly on its port and through /fn/.
 
@@ -64,10 +65,13 @@ def timed_request(conn, method, path, body=None):
 
 
 def bare_start(cmd, n):
+    # The clean environment Petrel gives functions: inherited settings such as
+    # NODE_EXTRA_CA_CERTS (which makes node load a CA bundle at start) would skew the baseline.
+    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "TZ": ":UTC", "HOME": tempfile.gettempdir()}
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env)
         out.append(time.perf_counter() - t0)
     return out
 

@@ -322,10 +322,11 @@ impl Instance {
                 }
             }
             Kind::Http(ep) => {
-                let mut wait = Duration::from_millis(2);
+                // A loopback connect costs microseconds; polling often keeps the start short.
+                let mut wait = Duration::from_millis(1);
                 while !ep.accepts().await {
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(50));
+                    wait = (wait * 2).min(Duration::from_millis(5));
                 }
                 Ok(())
             }
