@@ -59,3 +59,73 @@ pub async fn drain(mut body: Body) {
     })
     .await;
 }
+
+/// A request body streamed to a function that may not exceed `limit` bytes. Past the limit it
+/// reads and discards the rest of the upload (up to the drain cap) so the client gets a clean
+/// answer, then fails the stream and raises its flag so the gateway answers 413.
+pub struct LimitedBody {
+    inner: Body,
+    remaining: usize,
+    drained: u64,
+    exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Body, limit: usize) -> (Self, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                remaining: limit,
+                drained: 0,
+                exceeded: exceeded.clone(),
+            },
+            exceeded,
+        )
+    }
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::sync::atomic::Ordering;
+        use std::task::Poll;
+        let over = || axum::Error::new("the request body is larger than the payload limit");
+        loop {
+            let this = &mut *self;
+            let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) if this.exceeded.load(Ordering::Relaxed) => {
+                    return Poll::Ready(Some(Err(over())))
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            let len = frame.data_ref().map(Bytes::len).unwrap_or(0);
+            if this.exceeded.load(Ordering::Relaxed) {
+                this.drained += len as u64;
+                if this.drained > DRAIN_CAP {
+                    return Poll::Ready(Some(Err(over())));
+                }
+                continue;
+            }
+            if len > this.remaining {
+                this.exceeded.store(true, Ordering::Relaxed);
+                this.drained = len as u64;
+                continue;
+            }
+            this.remaining -= len;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

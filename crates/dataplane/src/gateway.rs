@@ -2,7 +2,7 @@
 //! get an API Gateway v2 event) and the raw `POST /v1/functions/{name}/invoke` (the body is the
 //! event, the answer is the handler's return value).
 
-use crate::body::{collect_limited, BodyError};
+use crate::body::{collect_limited, BodyError, LimitedBody};
 use crate::pool::{AcquireError, Lease};
 use crate::{apigw, invoke_error, DataPlane, ErrorResponse};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::Limited;
 use petrel_core::api::{INVOCATION_ID_HEADER, VERSION_HEADER};
 use petrel_core::error::FUNCTION_ERROR_HEADER;
 use petrel_core::{now_ms, ApiError, ErrorCode, FunctionRef};
@@ -377,9 +376,15 @@ async fn proxy(
             h.insert("x-forwarded-for", v);
         }
     }
-    let req = http::Request::from_parts(parts, Body::new(Limited::new(body, limit)));
+    let (body, exceeded) = LimitedBody::new(body, limit);
+    let req = http::Request::from_parts(parts, Body::new(body));
     let timeout = pool.version().spec.timeout();
     let result = lease.instance().proxy(id, req, timeout).await;
+    if result.is_err() && exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+        // The upload outgrew the limit while it streamed; the function is not at fault.
+        report(&lease, id, started, "payload_too_large");
+        return Err(payload_too_large(limit));
+    }
     let outcome = match &result {
         Ok(_) => "success",
         Err(InvokeError::Timeout(_)) => "timeout",

@@ -32,6 +32,21 @@ async fn http_functions_get_the_request_as_sent_and_stream_back() {
     let resp = p.http("GET", "/fn/web/stream", None).await;
     assert_eq!(resp.text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
 
+    // A streamed upload (no Content-Length) that outgrows the 6 MB limit: 413, not the function's
+    // fault, and the connection delivers the answer.
+    let answer = chunked_upload(&p.url, "/fn/web/upload", 7 * 1024 * 1024);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        &answer[..answer.len().min(500)]
+    );
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    let answer = chunked_upload(&p.url, "/fn/web/upload", 1024 * 1024);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"bytes\":1048576"),
+        "{answer}"
+    );
+
     let m = p
         .http("GET", "/fn/web/hang", None)
         .await
@@ -85,4 +100,31 @@ async fn lambda_handlers_shape_the_http_answer() {
         (ev["isBase64Encoded"].as_bool(), ev["body"].as_str()),
         (Some(true), Some("AP8B"))
     );
+}
+
+/// Sends `size` bytes as a chunked upload over a plain TCP connection; returns the raw answer.
+fn chunked_upload(url: &str, path: &str, size: usize) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    let chunk = vec![b'z'; 64 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        let n = chunk.len().min(size - sent);
+        if write!(s, "{n:x}\r\n")
+            .and_then(|_| s.write_all(&chunk[..n]))
+            .and_then(|_| s.write_all(b"\r\n"))
+            .is_err()
+        {
+            break;
+        }
+        sent += n;
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
 }
