@@ -3,7 +3,7 @@
 //! event, the answer is the handler's return value).
 
 use crate::body::{collect_limited, BodyError, LimitedBody};
-use crate::pool::{AcquireError, Lease};
+use crate::pool::{AcquireError, Lease, Pool};
 use crate::{apigw, invoke_error, DataPlane, ErrorResponse};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -18,6 +18,7 @@ use petrel_runtime::logs::LogSource;
 use petrel_runtime::{Body, InvokeError, LambdaOutcome, LambdaRequest};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -78,10 +79,14 @@ fn new_invocation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn acquire_error(function: &str, version: u32, e: AcquireError) -> ApiError {
-    match e {
-        AcquireError::Refused(e) => e,
-        AcquireError::Start(e) => invoke_error(function, version, &e),
+/// Takes a slot in the pool: the version it runs, when the wait began, and the lease.
+async fn take_lease(pool: &Arc<Pool>) -> Result<(u32, Instant, Lease), ApiError> {
+    let v = pool.version();
+    let started = Instant::now();
+    match pool.acquire().await {
+        Ok(lease) => Ok((v.version, started, lease)),
+        Err(AcquireError::Refused(e)) => Err(e),
+        Err(AcquireError::Start(e)) => Err(invoke_error(&v.name, v.version, &e)),
     }
 }
 
@@ -117,19 +122,12 @@ fn outcome_name(r: &Result<LambdaOutcome, InvokeError>) -> &'static str {
 
 /// Runs one Lambda event through a pool.
 async fn invoke_event(
-    dp: &DataPlane,
-    r: &FunctionRef,
+    pool: &Arc<Pool>,
     id: &str,
     event: Bytes,
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
-    let pool = dp.resolve(r).await?;
-    let version = pool.version().version;
-    let started = Instant::now();
-    let mut lease = pool
-        .acquire()
-        .await
-        .map_err(|e| acquire_error(&r.name, version, e))?;
+    let (version, started, mut lease) = take_lease(pool).await?;
     let text = |name: &str| {
         headers
             .get(name)
@@ -155,7 +153,7 @@ async fn invoke_event(
     }
     result
         .map(|o| (version, o))
-        .map_err(|e| invoke_error(&r.name, version, &e))
+        .map_err(|e| invoke_error(&pool.version().name, version, &e))
 }
 
 fn stamp(resp: &mut Response, id: &str, version: u32) {
@@ -223,7 +221,7 @@ async fn raw_invoke_inner(
                 HeaderValue::from_static("application/json"),
             );
         }
-        return proxy(dp, &r, id, Request::from_parts(parts, body)).await;
+        return proxy(dp, &pool, id, Request::from_parts(parts, body)).await;
     }
     let (parts, body) = read_body(req, limit).await?;
     let event = if body.iter().all(u8::is_ascii_whitespace) {
@@ -237,7 +235,7 @@ async fn raw_invoke_inner(
         }
         body
     };
-    let (version, outcome) = invoke_event(dp, &r, id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&pool, id, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => {
             let mut resp = (StatusCode::OK, b).into_response();
@@ -314,7 +312,7 @@ async fn fn_inner(
                 "the request path is not a valid URI",
             )
         })?;
-        return proxy(dp, &r, id, Request::from_parts(parts, body)).await;
+        return proxy(dp, &pool, id, Request::from_parts(parts, body)).await;
     }
     let source_ip = req
         .extensions()
@@ -324,7 +322,7 @@ async fn fn_inner(
     let path = uri.split('?').next().unwrap_or("/").to_owned();
     let event = apigw::event(&parts, &path, &body, id, source_ip, now_ms());
     let event = Bytes::from(serde_json::to_vec(&event).expect("an event serialises"));
-    let (version, outcome) = invoke_event(dp, &r, id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&pool, id, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => apigw::response(&b)
             .map_err(|e| {
@@ -346,7 +344,7 @@ async fn fn_inner(
 /// response body has been sent.
 async fn proxy(
     dp: &DataPlane,
-    r: &FunctionRef,
+    pool: &Arc<Pool>,
     id: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -355,13 +353,7 @@ async fn proxy(
         crate::body::drain(req.into_body()).await;
         return Err(payload_too_large(limit));
     }
-    let pool = dp.resolve(r).await?;
-    let version = pool.version().version;
-    let started = Instant::now();
-    let mut lease = pool
-        .acquire()
-        .await
-        .map_err(|e| acquire_error(&r.name, version, e))?;
+    let (version, started, mut lease) = take_lease(pool).await?;
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -409,7 +401,7 @@ async fn proxy(
             if matches!(e, InvokeError::Timeout(_) | InvokeError::Crashed(_)) {
                 lease.discard_instance();
             }
-            Err(invoke_error(&r.name, version, &e))
+            Err(invoke_error(&pool.version().name, version, &e))
         }
     }
 }
