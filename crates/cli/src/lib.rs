@@ -455,7 +455,13 @@ async fn deploy(client: &Client, args: &DeployArgs) -> anyhow::Result<DeployResp
         .with_context(|| format!("in {}", manifest_path.display()))?;
     let package = {
         let (dir, text) = (dir.clone(), m.to_toml());
-        tokio::task::spawn_blocking(move || package::package_dir(&dir, &text)).await??
+        let runtime = spec.runtime;
+        let handler = spec.handler.clone();
+        tokio::task::spawn_blocking(move || match runtime {
+            petrel_core::Runtime::Wasm => package::package_component(&dir, &text, &handler),
+            _ => package::package_dir(&dir, &text),
+        })
+        .await??
     };
     let path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
     let (_, bytes) = client

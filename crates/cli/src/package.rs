@@ -13,6 +13,23 @@ pub fn package_dir(dir: &Path, manifest: &str) -> anyhow::Result<Vec<u8>> {
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
     files.sort();
+    package_files(dir, manifest, files)
+}
+
+/// Zips the component of a wasm function and its manifest: nothing else of the directory (a
+/// Rust guest's `target/`, sources, node_modules) is needed to run it.
+pub fn package_component(dir: &Path, manifest: &str, component: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(component);
+    if !path.is_file() {
+        anyhow::bail!(
+            "the component {} does not exist; build it first (see the function's README or petrel.toml)",
+            path.display()
+        );
+    }
+    package_files(dir, manifest, vec![PathBuf::from(component)])
+}
+
+fn package_files(dir: &Path, manifest: &str, files: Vec<PathBuf>) -> anyhow::Result<Vec<u8>> {
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut buf);
     let base = zip::write::SimpleFileOptions::default()

@@ -11,6 +11,7 @@ pub mod api;
 pub mod error;
 pub mod manifest;
 pub mod name;
+pub mod outbound;
 
 pub use error::{ApiError, ErrorCode};
 pub use manifest::{FunctionSpec, Manifest, ManifestError, Runtime};

@@ -67,7 +67,7 @@ impl Runtime {
 
     /// Whether this build of Petrel can run functions of this runtime.
     pub fn is_available(self) -> bool {
-        !matches!(self, Runtime::Wasm)
+        true
     }
 
     /// Whether instances speak the AWS Lambda Runtime API (else they serve HTTP on `$PORT`).
@@ -91,7 +91,7 @@ impl FromStr for Runtime {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| ManifestError::UnsupportedRuntime {
                 runtime: s.to_owned(),
-                hint: "use one of python3, nodejs, provided, http".to_owned(),
+                hint: "use one of python3, nodejs, provided, http, wasm".to_owned(),
             })
     }
 }
@@ -111,6 +111,7 @@ pub struct Manifest {
     pub keep_alive: Option<String>,
     pub queue_size: Option<u32>,
     pub queue_timeout: Option<String>,
+    pub allowed_outbound_hosts: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }
@@ -119,6 +120,9 @@ pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_CONCURRENCY: u32 = 1;
+pub const DEFAULT_WASM_CONCURRENCY: u32 = 100;
+/// A 32-bit linear memory is at most 4 GiB.
+pub const MAX_WASM_MEMORY_MB: u32 = 4096;
 pub const DEFAULT_MAX_INSTANCES: u32 = 10;
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_QUEUE_SIZE: u32 = 100;
@@ -171,10 +175,16 @@ impl Manifest {
         validate_handler(runtime, &handler)?;
 
         let memory_mb = self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        if !(64..=10240).contains(&memory_mb) {
+        let max_memory = if runtime == Runtime::Wasm {
+            MAX_WASM_MEMORY_MB
+        } else {
+            10240
+        };
+        let min_memory = if runtime == Runtime::Wasm { 1 } else { 64 };
+        if !(min_memory..=max_memory).contains(&memory_mb) {
             return Err(ManifestError::invalid(
                 "memory_mb",
-                format!("{memory_mb} is out of range: use 64 to 10240"),
+                format!("{memory_mb} is out of range: use {min_memory} to {max_memory} for runtime {runtime}"),
             ));
         }
         let timeout = duration_field("timeout", self.timeout.as_deref(), DEFAULT_TIMEOUT)?;
@@ -184,7 +194,14 @@ impl Manifest {
                 "must be more than 0 and at most 15m",
             ));
         }
-        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        // A wasm request gets an instance of its own, so one "instance" of the pool is only a
+        // share of the compiled component: its default concurrency is high.
+        let default_concurrency = if runtime == Runtime::Wasm {
+            DEFAULT_WASM_CONCURRENCY
+        } else {
+            DEFAULT_CONCURRENCY
+        };
+        let concurrency = self.concurrency.unwrap_or(default_concurrency);
         if !(1..=1000).contains(&concurrency) {
             return Err(ManifestError::invalid(
                 "concurrency",
@@ -231,6 +248,17 @@ impl Manifest {
         for key in self.env.keys() {
             validate_env_key(key)?;
         }
+        let allowed_outbound_hosts = self.allowed_outbound_hosts.clone().unwrap_or_default();
+        if !allowed_outbound_hosts.is_empty() && runtime != Runtime::Wasm {
+            return Err(ManifestError::invalid(
+                "allowed_outbound_hosts",
+                "applies to runtime wasm only; remove it (process functions get a network setting with the sandbox)",
+            ));
+        }
+        for h in &allowed_outbound_hosts {
+            crate::outbound::HostPattern::parse(h)
+                .map_err(|e| ManifestError::invalid("allowed_outbound_hosts", e))?;
+        }
         Ok(FunctionSpec {
             name,
             runtime,
@@ -243,6 +271,7 @@ impl Manifest {
             keep_alive_ms: keep_alive.as_millis() as u64,
             queue_size,
             queue_timeout_ms: queue_timeout.as_millis() as u64,
+            allowed_outbound_hosts,
             env: self.env.clone(),
         })
     }
@@ -299,7 +328,20 @@ fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), ManifestError
                 Ok(())
             }
         }
-        Runtime::Provided | Runtime::Wasm => Ok(()),
+        Runtime::Wasm => {
+            let ok = handler.ends_with(".wasm")
+                && !handler.starts_with('/')
+                && !handler.split('/').any(|p| p == "..");
+            if ok {
+                Ok(())
+            } else {
+                Err(ManifestError::invalid(
+                    "handler",
+                    format!("{handler:?} must be the relative path of the component in the function directory, for example \"hello.wasm\""),
+                ))
+            }
+        }
+        Runtime::Provided => Ok(()),
     }
 }
 
@@ -336,6 +378,8 @@ pub struct FunctionSpec {
     pub keep_alive_ms: u64,
     pub queue_size: u32,
     pub queue_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -398,8 +442,25 @@ mod tests {
     }
 
     #[test]
-    fn wasm_is_refused_until_available() {
-        let e = parse("name = \"a\"\nruntime = \"wasm\"\nhandler = \"a.wasm\"").unwrap_err();
-        assert!(matches!(e, ManifestError::UnsupportedRuntime { .. }));
+    fn wasm_has_its_own_rules() {
+        let spec = parse("name = \"a\"\nruntime = \"wasm\"\nhandler = \"a.wasm\"\nallowed_outbound_hosts = [\"http://127.0.0.1:8080\"]").unwrap();
+        assert_eq!(spec.concurrency, DEFAULT_WASM_CONCURRENCY);
+        assert_eq!(spec.allowed_outbound_hosts, vec!["http://127.0.0.1:8080"]);
+        for (text, field) in [
+            ("handler = \"../a.wasm\"", "handler"),
+            ("handler = \"a.py\"", "handler"),
+            ("handler = \"a.wasm\"\nmemory_mb = 8192", "memory_mb"),
+            (
+                "handler = \"a.wasm\"\nallowed_outbound_hosts = [\"example.com\"]",
+                "allowed_outbound_hosts",
+            ),
+        ] {
+            let e = parse(&format!("name = \"a\"\nruntime = \"wasm\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let e = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nallowed_outbound_hosts = [\"*://*:*\"]").unwrap_err();
+        assert!(e.to_string().contains("wasm only"), "{e}");
     }
 }

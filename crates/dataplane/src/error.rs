@@ -50,6 +50,10 @@ pub fn invoke_error(function: &str, version: u32, e: &InvokeError) -> ApiError {
                 "function {function} (version {version}) failed to start: {message}. Fix the code and deploy again; `petrel logs {function}` shows its output"
             ),
         ),
+        InvokeError::OutOfMemory(detail) => ApiError::new(
+            ErrorCode::FunctionOutOfMemory,
+            format!("function {function} (version {version}) ran out of memory: {detail}. Raise memory_mb in petrel.toml or use less"),
+        ),
         InvokeError::ResponseTooLarge(limit) => ApiError::new(
             ErrorCode::ResponseTooLarge,
             format!("function {function} returned more than the response limit of {limit} bytes; return less data, or store it elsewhere and return a reference"),

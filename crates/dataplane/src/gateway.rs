@@ -381,6 +381,7 @@ async fn proxy(
         Ok(_) => "success",
         Err(InvokeError::Timeout(_)) => "timeout",
         Err(InvokeError::Crashed(_)) => "crashed",
+        Err(InvokeError::OutOfMemory(_)) => "out_of_memory",
         Err(_) => "error",
     };
     report(&lease, id, started, outcome);

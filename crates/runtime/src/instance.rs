@@ -3,6 +3,7 @@
 use crate::lambda::{self, InitState, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
 use crate::process::Process;
+use crate::wasm::{WasmEngine, WasmFunction};
 use crate::{http as http_ep, shims, Body};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -24,6 +25,8 @@ pub enum InvokeError {
         error_type: Option<String>,
         message: String,
     },
+    #[error("{0}")]
+    OutOfMemory(String),
     #[error("the function's response is larger than the limit of {0} bytes")]
     ResponseTooLarge(usize),
     #[error("the function answered in a way Petrel cannot use: {0}")]
@@ -67,6 +70,8 @@ pub struct RuntimeEnv {
 
 #[derive(Debug)]
 struct EnvInner {
+    wasm: std::sync::OnceLock<Result<Arc<WasmEngine>, String>>,
+    wasm_cache: PathBuf,
     shims_dir: PathBuf,
     scratch_root: PathBuf,
     pycache: PathBuf,
@@ -90,6 +95,8 @@ impl RuntimeEnv {
         std::fs::create_dir_all(&pycache)?;
         Ok(Self {
             inner: Arc::new(EnvInner {
+                wasm: std::sync::OnceLock::new(),
+                wasm_cache: data_dir.join("cache").join("wasm"),
                 shims_dir,
                 scratch_root,
                 pycache,
@@ -108,19 +115,35 @@ impl RuntimeEnv {
     pub fn payload_limit(&self) -> usize {
         self.inner.payload_limit
     }
+
+    /// The wasmtime engine, created on first use (servers that run no wasm never pay for it).
+    pub fn wasm(&self) -> Result<&Arc<WasmEngine>, String> {
+        self.inner
+            .wasm
+            .get_or_init(|| {
+                WasmEngine::new(self.inner.wasm_cache.clone())
+                    .map(Arc::new)
+                    .map_err(|e| format!("the wasm engine could not start: {e:#}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 enum Kind {
     Lambda(lambda::Endpoint),
     Http(http_ep::Endpoint),
+    Wasm(WasmFunction),
 }
 
 /// A running instance. Dropping it kills its process group and removes its scratch space.
+/// A wasm "instance" has no process: it is a share of the loaded component, and every request
+/// gets a fresh wasm instance of its own.
 pub struct Instance {
     id: String,
     spec: InstanceSpec,
     kind: Kind,
-    process: Process,
+    process: Option<Process>,
     attribution: Arc<Attribution>,
     scratch: PathBuf,
     started: Instant,
@@ -133,14 +156,16 @@ impl std::fmt::Debug for Instance {
             .field("id", &self.id)
             .field("function", &self.spec.function)
             .field("version", &self.spec.version)
-            .field("pid", &self.process.pid())
+            .field("pid", &self.process.as_ref().map(Process::pid))
             .finish()
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        self.process.kill();
+        if let Some(p) = &self.process {
+            p.kill();
+        }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
@@ -159,6 +184,9 @@ impl Instance {
         let t0 = Instant::now();
         let id = new_instance_id();
         let fs = &spec.spec;
+        if fs.runtime == Runtime::Wasm {
+            return Self::start_wasm(env, spec, id, t0).await;
+        }
         let scratch = env.inner.scratch_root.join(&id);
         std::fs::create_dir_all(&scratch)
             .map_err(|e| init_failed(format!("could not create scratch space: {e}")))?;
@@ -196,11 +224,7 @@ impl Instance {
                 });
                 ("the handler command", c)
             }
-            Runtime::Wasm => {
-                return Err(InvokeError::Unsupported(
-                    "this build of Petrel does not run wasm components".into(),
-                ))
-            }
+            Runtime::Wasm => unreachable!("wasm instances start in start_wasm"),
         };
         cmd.current_dir(&spec.code_dir)
             .env_clear()
@@ -270,20 +294,21 @@ impl Instance {
             id,
             spec,
             kind,
-            process,
+            process: Some(process),
             attribution,
             scratch,
             started: t0,
             env: env.clone(),
         };
         let init_timeout = instance.spec.spec.timeout().max(MIN_INIT_TIMEOUT);
+        let process = instance.proc();
         tokio::select! {
             r = instance.wait_ready() => r?,
-            how = instance.process.exited() => {
-                return Err(init_failed(instance.process.exit_report(&how)));
+            how = process.exited() => {
+                return Err(init_failed(process.exit_report(&how)));
             }
             _ = tokio::time::sleep(init_timeout) => {
-                instance.process.kill();
+                process.kill();
                 return Err(init_failed(format!(
                     "the instance did not become ready within {init_timeout:?}"
                 )));
@@ -295,6 +320,61 @@ impl Instance {
             format!("instance started in {} ms", t0.elapsed().as_millis()),
         ));
         Ok(instance)
+    }
+
+    /// A wasm instance: the component loaded (compiled at deploy, memory-mapped from the cache)
+    /// and pre-instantiated, shared by every instance of the version.
+    async fn start_wasm(
+        env: &RuntimeEnv,
+        spec: InstanceSpec,
+        id: String,
+        t0: Instant,
+    ) -> Result<Self, InvokeError> {
+        let engine = env.wasm().map_err(init_failed)?.clone();
+        let path = spec.code_dir.join(&spec.spec.handler);
+        let pre = tokio::task::spawn_blocking(move || engine.load(&path))
+            .await
+            .map_err(|e| init_failed(format!("loading the component failed: {e}")))??;
+        let wasm_env = spec
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([
+                ("PETREL_NAMESPACE".to_owned(), spec.namespace.clone()),
+                ("PETREL_FUNCTION_NAME".to_owned(), spec.function.clone()),
+                (
+                    "PETREL_FUNCTION_VERSION".to_owned(),
+                    spec.version.to_string(),
+                ),
+                (
+                    "PETREL_MEMORY_MB".to_owned(),
+                    spec.spec.memory_mb.to_string(),
+                ),
+            ])
+            .collect();
+        let function = WasmFunction::new(pre, spec.spec.clone(), wasm_env)?;
+        let source = LogSource {
+            namespace: spec.namespace.clone(),
+            function: spec.function.clone(),
+            version: spec.version,
+            instance: id.clone(),
+        };
+        env.inner.sink.emit(source.line(
+            "platform",
+            None,
+            format!("component loaded in {} µs", t0.elapsed().as_micros()),
+        ));
+        Ok(Self {
+            scratch: env.inner.scratch_root.join(&id),
+            id,
+            spec,
+            kind: Kind::Wasm(function),
+            process: None,
+            attribution: Arc::new(Attribution::default()),
+            started: t0,
+            env: env.clone(),
+        })
     }
 
     async fn wait_ready(&self) -> Result<(), InvokeError> {
@@ -312,7 +392,7 @@ impl Instance {
                         error_type,
                         message,
                     } => {
-                        self.process.kill();
+                        self.proc().kill();
                         Err(InvokeError::InitFailed {
                             message: format!("{error_type}: {message}"),
                             error_type: Some(error_type),
@@ -321,6 +401,7 @@ impl Instance {
                     InitState::Starting => Err(init_failed("the Runtime API endpoint closed")),
                 }
             }
+            Kind::Wasm(_) => Ok(()),
             Kind::Http(ep) => {
                 // A loopback connect costs microseconds; polling often keeps the start short.
                 let mut wait = Duration::from_millis(1);
@@ -343,16 +424,26 @@ impl Instance {
 
     /// Whether the process is still running.
     pub fn is_alive(&self) -> bool {
-        !self.process.has_exited()
+        self.process.as_ref().is_none_or(|p| !p.has_exited())
     }
 
     pub fn age(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// Kills the instance's whole process group.
+    /// Kills the instance's whole process group (a wasm instance has none: each request's
+    /// instance ends with its request).
     pub fn kill(&self) {
-        self.process.kill();
+        if let Some(p) = &self.process {
+            p.kill();
+        }
+    }
+
+    /// The process of a process-kind instance.
+    fn proc(&self) -> &Process {
+        self.process
+            .as_ref()
+            .expect("lambda and http instances have a process")
     }
 
     /// Whether this instance speaks the Lambda Runtime API (else it is an HTTP server).
@@ -380,9 +471,9 @@ impl Instance {
         });
         let result = tokio::select! {
             r = rx => r.unwrap_or_else(|_| Err(InvokeError::Crashed("the instance stopped".into()))),
-            how = self.process.exited() => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+            how = self.proc().exited() => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
             _ = tokio::time::sleep(req.timeout) => {
-                self.process.kill();
+                self.proc().kill();
                 Err(InvokeError::Timeout(req.timeout))
             }
         };
@@ -401,10 +492,27 @@ impl Instance {
         req: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Body>, InvokeError> {
-        let Kind::Http(ep) = &self.kind else {
-            return Err(InvokeError::Unsupported(
-                "this instance speaks the Lambda Runtime API; invoke it with an event".into(),
-            ));
+        let ep = match &self.kind {
+            Kind::Http(ep) => ep,
+            Kind::Wasm(w) => {
+                self.attribution.begin(invocation_id);
+                let source = LogSource {
+                    namespace: self.spec.namespace.clone(),
+                    function: self.spec.function.clone(),
+                    version: self.spec.version,
+                    instance: self.id.clone(),
+                };
+                let r = w
+                    .handle(req, timeout, invocation_id, self.env.log_sink(), &source)
+                    .await;
+                self.attribution.end(invocation_id);
+                return r;
+            }
+            Kind::Lambda(_) => {
+                return Err(InvokeError::Unsupported(
+                    "this instance speaks the Lambda Runtime API; invoke it with an event".into(),
+                ))
+            }
         };
         self.attribution.begin(invocation_id);
         let result = tokio::select! {
@@ -415,15 +523,15 @@ impl Instance {
                 }
                 Err(e) => {
                     // A dropped connection is most often a crash: give the exit a moment to show.
-                    match tokio::time::timeout(Duration::from_millis(500), self.process.exited()).await {
-                        Ok(how) => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+                    match tokio::time::timeout(Duration::from_millis(500), self.proc().exited()).await {
+                        Ok(how) => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
                         Err(_) => Err(InvokeError::BadResponse(format!("the connection to the function failed ({e})"))),
                     }
                 }
             },
-            how = self.process.exited() => Err(InvokeError::Crashed(self.process.exit_report(&how))),
+            how = self.proc().exited() => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
             _ = tokio::time::sleep(timeout) => {
-                self.process.kill();
+                self.proc().kill();
                 Err(InvokeError::Timeout(timeout))
             }
         };

@@ -5,9 +5,8 @@
 //! This crate starts, invokes, watches and kills instances, and captures their output as log
 //! lines. It does not decide how many instances run or which one serves a request: that is the
 //! pool in `petrel-dataplane`. Sandboxing beyond a process group and a clean environment is a
-//! later layer that plugs in where the process is spawned (`process.rs`).
-
-#![forbid(unsafe_code)]
+//! later layer that plugs in where the process is spawned (`process.rs`). The `wasm` runtime
+//! runs components of the `wasi:http/proxy` world in-process on wasmtime (`wasm/`).
 
 mod http;
 mod instance;
@@ -15,6 +14,7 @@ mod lambda;
 pub mod logs;
 mod process;
 mod shims;
+pub mod wasm;
 
 pub use instance::{Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, RuntimeEnv};
 pub use logs::LogSink;

@@ -137,7 +137,12 @@ pub async fn delete(
 
 /// Checks that the package holds what its runtime will look for, so a deploy fails now rather
 /// than at the first request.
-fn check_code(runtime: Runtime, handler: &str, code: &std::path::Path) -> Result<(), ApiError> {
+fn check_code(
+    runtime: Runtime,
+    handler: &str,
+    code: &std::path::Path,
+    env: &petrel_runtime::RuntimeEnv,
+) -> Result<(), ApiError> {
     let missing = |what: String| Err(ApiError::new(ErrorCode::InvalidPackage, what));
     match runtime {
         Runtime::Python3 => {
@@ -173,7 +178,21 @@ fn check_code(runtime: Runtime, handler: &str, code: &std::path::Path) -> Result
                 );
             }
         }
-        Runtime::Http | Runtime::Wasm => {}
+        Runtime::Wasm => {
+            let path = code.join(handler);
+            if !path.is_file() {
+                return missing(format!("handler {handler:?} is not in the package"));
+            }
+            // Validate and compile ahead of time, so the first request only loads it.
+            let engine = env.wasm().map_err(|e| {
+                tracing::error!(error = %e, "wasm engine unavailable");
+                ApiError::internal()
+            })?;
+            engine
+                .prepare(&path)
+                .map_err(|m| ApiError::new(ErrorCode::InvalidPackage, format!("{handler}: {m}")))?;
+        }
+        Runtime::Http => {}
     }
     Ok(())
 }
@@ -214,6 +233,7 @@ pub async fn deploy(
         }
     };
     let artifacts = app.artifacts.clone();
+    let runtime_env = app.dataplane.env().clone();
     let path_name = name.clone();
     let prepared = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let text = ArtifactStore::read_manifest(&package).map_err(store_error)?;
@@ -228,7 +248,7 @@ pub async fn deploy(
             ));
         }
         let digest = artifacts.put_package(&package).map_err(store_error)?;
-        check_code(spec.runtime, &spec.handler, &artifacts.code_dir(&digest))?;
+        check_code(spec.runtime, &spec.handler, &artifacts.code_dir(&digest), &runtime_env)?;
         Ok((spec, digest, package.len() as u64))
     })
     .await

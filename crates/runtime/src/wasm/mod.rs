@@ -1,0 +1,425 @@
+//! WebAssembly components of the `wasi:http/proxy` world, on wasmtime.
+//!
+//! A component is compiled once, ahead of time, at deploy ([`WasmEngine::prepare`]): the
+//! compiled artifact is cached on disk, keyed by the component's digest and the engine's
+//! settings, so a restart does not recompile. Serving loads it (a memory map) into a
+//! pre-instantiated [`ProxyPre`], shared by every instance of the version, and each request gets
+//! a fresh instance from it in a fresh [`Store`] (the pooling allocator with copy-on-write memory
+//! initialisation): nothing a request leaves behind is seen by the next.
+//!
+//! Limits: `memory_mb` through a resource limiter (growth past it fails, and the request is
+//! answered `function_out_of_memory`), `timeout` through epoch interruption (the guest yields to
+//! the executor every few milliseconds, so an endless loop never holds a server thread, and is
+//! stopped at its deadline), outbound HTTP only to `allowed_outbound_hosts`.
+
+mod aot;
+mod outbound;
+
+pub use outbound::OutboundPolicy;
+use petrel_core::outbound::HostPattern;
+
+use crate::instance::InvokeError;
+use crate::logs::{LogSink, LogSource};
+use crate::Body;
+use http_body_util::BodyExt;
+use petrel_core::FunctionSpec;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How often the epoch advances: the granularity of timeouts and of yielding to the executor.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Ticks a guest runs before it yields its thread back to the executor.
+const YIELD_EVERY_TICKS: u64 = 2;
+/// Output a request may write to stdout and to stderr before the rest is dropped.
+const OUTPUT_CAPACITY: usize = 1024 * 1024;
+use petrel_core::manifest::MAX_WASM_MEMORY_MB;
+
+/// Per-request state of a store.
+pub struct WasmState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundPolicy,
+    limits: MemoryLimit,
+    started: Instant,
+    timeout: Duration,
+    timed_out: bool,
+}
+
+impl WasiView for WasmState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for WasmState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Refuses memory growth past the function's `memory_mb`, and remembers that it did.
+struct MemoryLimit {
+    max_bytes: usize,
+    refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The node's wasmtime engine, its linker for the `wasi:http/proxy` world, the on-disk cache of
+/// compiled components and the components currently loaded.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<WasmState>,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<PathBuf, Weak<ProxyPre<WasmState>>>>,
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
+}
+
+impl WasmEngine {
+    pub fn new(cache_dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cache_dir)?;
+        let mut pooling = PoolingAllocationConfig::default();
+        // Room for a few hundred requests in flight at once; past it instantiation fails and the
+        // request is refused as no capacity, never served in a shared instance.
+        pooling
+            .total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(2000)
+            .total_stacks(1000)
+            .max_memory_size(MAX_WASM_MEMORY_MB as usize * 1024 * 1024);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        // All of WASI 0.2, as `wasmtime serve` links it: components built with Rust's std (and
+        // other toolchains) import wasi:cli/environment, exit and filesystem beyond the proxy
+        // world. Nothing is reachable through them: no preopened directories, and the socket
+        // policy of a fresh WasiCtx refuses every address.
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        // One ticker per engine; it ends with the process.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("petrel-wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where the compiled form of a component lives: by its digest and the engine's settings.
+    fn cache_path(&self, component: &[u8]) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let digest = hex::encode(Sha256::digest(component));
+        self.cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", h.finish()))
+    }
+
+    /// Validates a component and compiles it ahead of time (unless its compiled form is cached).
+    /// Returns the cached artifact's path, or a message for the uploader that says what is wrong.
+    /// Blocking: compiling takes from milliseconds to seconds.
+    pub fn prepare(&self, component_path: &Path) -> Result<PathBuf, String> {
+        let bytes = std::fs::read(component_path)
+            .map_err(|e| format!("could not read {}: {e}", component_path.display()))?;
+        let cached = self.cache_path(&bytes);
+        if cached.is_file() {
+            return Ok(cached);
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err("the handler is not a WebAssembly binary (it does not start with \\0asm); point handler at the .wasm component".into());
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err("the handler is a core WebAssembly module, not a component; build for the wasm32-wasip2 target, or wrap the module with `wasm-tools component new`".into());
+        }
+        let compiled = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| format!("the component does not compile: {}", root(&e)))?;
+        let component = aot::load_bytes(&self.engine, &compiled).map_err(|e| format!("{e:#}"))?;
+        self.check_world(&component)?;
+        aot::write_atomically(&cached, &compiled)
+            .map_err(|e| format!("could not cache the compiled component: {e}"))?;
+        Ok(cached)
+    }
+
+    fn check_world(
+        &self,
+        component: &wasmtime::component::Component,
+    ) -> Result<ProxyPre<WasmState>, String> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            format!("the component needs an import Petrel does not provide (Petrel provides WASI 0.2 and wasi:http): {e:#}")
+        })?;
+        ProxyPre::new(pre).map_err(|e| {
+            format!(
+                "the component is not of the wasi:http/proxy world: it must export wasi:http/incoming-handler ({e:#})"
+            )
+        })
+    }
+
+    /// The pre-instantiated component, shared while any instance of its version holds it.
+    pub fn load(&self, component_path: &Path) -> Result<Arc<ProxyPre<WasmState>>, InvokeError> {
+        let fail = |m: String| InvokeError::InitFailed {
+            error_type: None,
+            message: m,
+        };
+        let cached = self.prepare(component_path).map_err(fail)?;
+        let mut loaded = self.loaded.lock().unwrap();
+        if let Some(pre) = loaded.get(&cached).and_then(Weak::upgrade) {
+            return Ok(pre);
+        }
+        let component = aot::load_file(&self.engine, &cached)
+            .map_err(|e| fail(format!("could not load the compiled component: {e:#}")))?;
+        let pre = Arc::new(self.check_world(&component).map_err(fail)?);
+        loaded.retain(|_, w| w.strong_count() > 0);
+        loaded.insert(cached, Arc::downgrade(&pre));
+        Ok(pre)
+    }
+}
+
+fn root(e: &wasmtime::Error) -> String {
+    e.chain()
+        .last()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// A loaded component for one function version: what an `Instance` of kind wasm holds.
+pub struct WasmFunction {
+    pre: Arc<ProxyPre<WasmState>>,
+    spec: Arc<FunctionSpec>,
+    env: Vec<(String, String)>,
+    policy: Arc<Vec<HostPattern>>,
+}
+
+impl WasmFunction {
+    pub fn new(
+        pre: Arc<ProxyPre<WasmState>>,
+        spec: Arc<FunctionSpec>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, InvokeError> {
+        let policy = spec
+            .allowed_outbound_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| InvokeError::InitFailed {
+                error_type: None,
+                message: e,
+            })?;
+        Ok(Self {
+            pre,
+            spec,
+            env,
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// Serves one request in a fresh instance. The response head comes back as soon as the guest
+    /// sets it; the guest keeps running (streaming its body) in a task of its own, and its output
+    /// goes to the logs when it ends.
+    pub async fn handle(
+        &self,
+        req: http::Request<Body>,
+        timeout: Duration,
+        invocation: &str,
+        sink: &LogSink,
+        source: &LogSource,
+    ) -> Result<http::Response<Body>, InvokeError> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .envs(&self.env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = WasmState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundPolicy::new(self.policy.clone()),
+            limits: MemoryLimit {
+                max_bytes: self.spec.memory_mb as usize * 1024 * 1024,
+                refused: false,
+            },
+            started: Instant::now(),
+            timeout,
+            timed_out: false,
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(YIELD_EVERY_TICKS);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.started.elapsed() >= s.timeout {
+                s.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(YIELD_EVERY_TICKS))
+        });
+
+        let req = req.map(|b| b.map_err(|_| wasmtime_wasi_http::Error::HttpRequestBodySize(None)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| {
+                InvokeError::BadResponse(format!(
+                    "the request could not be handed to the component: {}",
+                    root(&e)
+                ))
+            })?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(|e| InvokeError::BadResponse(root(&e)))?;
+        let pre = self.pre.clone();
+        let (sink, source, id) = (sink.clone(), source.clone(), invocation.to_owned());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .await
+            }
+            .await;
+            let s = store.data();
+            let outcome = classify(
+                result,
+                s.timed_out,
+                s.limits.refused,
+                s.timeout,
+                &stderr.contents(),
+            );
+            for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
+                let text = pipe.contents();
+                for line in String::from_utf8_lossy(&text).lines() {
+                    sink.emit(source.line(stream, Some(id.clone()), line.to_owned()));
+                }
+            }
+            let _ = done_tx.send(outcome);
+        });
+
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp.map(|b| Body::new(b.map_err(axum::Error::new)))),
+            Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
+                "the component answered with the error {code:?}"
+            ))),
+            // The guest ended (or trapped) without setting a response.
+            Err(_) => match done_rx.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(InvokeError::BadResponse(
+                    "the component returned without setting a response".into(),
+                )),
+                Err(_) => Err(InvokeError::Crashed(
+                    "the component's task ended unexpectedly".into(),
+                )),
+            },
+        }
+    }
+}
+
+/// What a finished guest call means for the caller.
+fn classify(
+    result: wasmtime::Result<()>,
+    timed_out: bool,
+    memory_refused: bool,
+    timeout: Duration,
+    stderr: &[u8],
+) -> Result<(), InvokeError> {
+    let Err(e) = result else { return Ok(()) };
+    if timed_out {
+        return Err(InvokeError::Timeout(timeout));
+    }
+    let tail = stderr_tail(stderr);
+    if memory_refused {
+        return Err(InvokeError::OutOfMemory(format!(
+            "the component tried to grow its memory past memory_mb and stopped: {}{tail}",
+            root(&e)
+        )));
+    }
+    let what = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("the component trapped: {trap}"),
+        None => format!("the component failed: {}", root(&e)),
+    };
+    Err(InvokeError::Crashed(format!("{what}{tail}")))
+}
+
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let start = lines.len().saturating_sub(20);
+    format!("; last lines of stderr:\n{}", lines[start..].join("\n"))
+}
