@@ -16,6 +16,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The wasm tests build their guests from source for this target.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 

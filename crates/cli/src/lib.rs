@@ -196,6 +196,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for f in files {
                 println!("  {f}");
             }
+            if runtime == "wasm" {
+                println!(
+                    "Build the component:  cd {} && {}",
+                    dir.display(),
+                    scaffold::wasm_build_command(&name)
+                );
+                println!("  (needs the target once: rustup target add wasm32-wasip2)");
+            }
             println!("Deploy it with:  petrel deploy {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }

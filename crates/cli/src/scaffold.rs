@@ -111,6 +111,16 @@ while True:
     urllib.request.urlopen(urllib.request.Request(API + f"/{request_id}/response", data=body, method="POST"))
 "#;
 
+const WASM_MANIFEST: &str = include_str!("../../../examples/hello-wasm/petrel.toml");
+const WASM_CARGO: &str = include_str!("../../../examples/hello-wasm/Cargo.toml");
+const WASM_MAIN: &str = include_str!("../../../examples/hello-wasm/src/main.rs");
+const WASM_GITIGNORE: &str = include_str!("../../../examples/hello-wasm/.gitignore");
+
+/// The command that builds a scaffolded wasm function, run in its directory.
+pub fn wasm_build_command(name: &str) -> String {
+    format!("cargo build --release --target wasm32-wasip2 && cp target/wasm32-wasip2/release/{name}.wasm {name}.wasm")
+}
+
 /// Writes a new function directory at `dir`.
 pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<String>> {
     validate_name("function name", name)?;
@@ -123,27 +133,58 @@ pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<Str
     }
     let files: Vec<(&str, String, bool)> = match runtime {
         Runtime::Python3 => vec![
-            ("petrel.toml", manifest(name, "python3", "app.handler"), false),
+            (
+                "petrel.toml",
+                manifest(name, "python3", "app.handler"),
+                false,
+            ),
             ("app.py", PYTHON_APP.into(), false),
         ],
         Runtime::Nodejs => vec![
-            ("petrel.toml", manifest(name, "nodejs", "index.handler"), false),
+            (
+                "petrel.toml",
+                manifest(name, "nodejs", "index.handler"),
+                false,
+            ),
             ("index.js", NODE_APP.into(), false),
         ],
         Runtime::Http => vec![
-            ("petrel.toml", manifest(name, "http", "node server.js"), false),
+            (
+                "petrel.toml",
+                manifest(name, "http", "node server.js"),
+                false,
+            ),
             ("server.js", HTTP_SERVER.into(), false),
         ],
         Runtime::Provided => vec![
-            ("petrel.toml", manifest(name, "provided", "function.handler"), false),
+            (
+                "petrel.toml",
+                manifest(name, "provided", "function.handler"),
+                false,
+            ),
             ("bootstrap", PROVIDED_BOOTSTRAP.into(), true),
         ],
-        Runtime::Wasm => bail!("this build of Petrel does not run wasm components yet; use python3, nodejs, provided or http"),
+        Runtime::Wasm => {
+            // The shipped Rust example, renamed: a wstd component of the wasi:http/proxy world.
+            let rename = |t: &str| {
+                t.replace("hello-wasm", name)
+                    .replace("hello.wasm", &format!("{name}.wasm"))
+            };
+            vec![
+                ("petrel.toml", rename(WASM_MANIFEST), false),
+                ("Cargo.toml", rename(WASM_CARGO), false),
+                ("src/main.rs", rename(WASM_MAIN), false),
+                (".gitignore", rename(WASM_GITIGNORE), false),
+            ]
+        }
     };
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     let mut written = Vec::new();
     for (file, text, exec) in files {
         let p = dir.join(file);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(&p, text).with_context(|| format!("could not write {}", p.display()))?;
         if exec {
             use std::os::unix::fs::PermissionsExt;

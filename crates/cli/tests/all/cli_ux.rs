@@ -11,7 +11,7 @@ use std::time::Duration;
 async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
     let p = Petrel::start().await;
     let work = tempfile::tempdir().unwrap();
-    for runtime in ["python3", "nodejs", "http", "provided"] {
+    for runtime in ["python3", "nodejs", "http", "provided", "wasm"] {
         let name = format!("new-{runtime}");
         let dir = work.path().join(&name);
         let out = p.cli_ok(&[
@@ -23,6 +23,26 @@ async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
             dir.to_str().unwrap(),
         ]);
         assert!(out.contains("petrel deploy"), "{out}");
+        if runtime == "wasm" {
+            // Run the build command it printed, sharing the guests' target directory.
+            crate::harness::wasm_guests();
+            let target =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm-guests");
+            let build = out
+                .lines()
+                .find_map(|l| l.split("Build the component:  cd ").nth(1))
+                .and_then(|l| l.split_once(" && "))
+                .map(|(_, cmd)| cmd.replace("cp target/", &format!("cp {}/", target.display())))
+                .unwrap_or_else(|| panic!("no build command in {out}"));
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(&build)
+                .current_dir(&dir)
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{build}");
+        }
         p.deploy(&dir);
         let out = p.cli_ok(&["invoke", &name, "--data", r#"{"name": "Ada"}"#]);
         assert!(out.contains("Hello, Ada!"), "{runtime}: {out}");
@@ -51,8 +71,12 @@ async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cobol"));
 }
 
+const EXAMPLES: &[&str] = &["hello-python", "hello-node", "hello-http", "hello-wasm"];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_examples_deploy_unchanged_with_serve() {
+    // The wasm example's component is built from source first, as its README says.
+    crate::harness::wasm_guests();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .canonicalize()
@@ -71,15 +95,12 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
     let mut listed = String::new();
     for _ in 0..100 {
         listed = p.cli_ok(&["ls"]);
-        if ["hello-python", "hello-node", "hello-http"]
-            .iter()
-            .all(|n| listed.contains(n))
-        {
+        if EXAMPLES.iter().all(|n| listed.contains(n)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for name in ["hello-python", "hello-node", "hello-http"] {
+    for name in EXAMPLES {
         assert!(listed.contains(name), "{listed}");
         let r = p.http("GET", &format!("/fn/{name}?name=you"), None).await;
         assert_eq!(r.status, 200, "{name}: {}", r.text());

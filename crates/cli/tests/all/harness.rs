@@ -362,3 +362,53 @@ pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}\n")
 }
+
+/// The wasm guests built from source, once per test run.
+pub struct WasmGuests {
+    /// The hello example, also copied to examples/hello-wasm/hello.wasm (its build command).
+    pub hello: PathBuf,
+    /// A wasi:http/proxy component that misbehaves on request.
+    pub probe: PathBuf,
+    /// A wasi:cli/command component: the wrong world.
+    pub command: PathBuf,
+}
+
+pub fn wasm_guests() -> &'static WasmGuests {
+    static GUESTS: std::sync::OnceLock<WasmGuests> = std::sync::OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+        let target = root.join("target/wasm-guests");
+        let build = |manifest: &Path| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+                .arg(manifest)
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "building {} failed (is the wasm32-wasip2 target installed? scripts/test.sh adds it):\n{}",
+                manifest.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        build(&root.join("examples/hello-wasm/Cargo.toml"));
+        build(&root.join("crates/cli/tests/guests/wasm-probe/Cargo.toml"));
+        let out = target.join("wasm32-wasip2/release");
+        let hello = root.join("examples/hello-wasm/hello.wasm");
+        std::fs::copy(out.join("hello-wasm.wasm"), &hello).unwrap();
+        WasmGuests {
+            hello,
+            probe: out.join("wasm-probe.wasm"),
+            command: out.join("command.wasm"),
+        }
+    })
+}
+
+/// A function directory holding one component.
+pub fn wasm_function(name: &str, component: &Path, extra: &str) -> tempfile::TempDir {
+    let dir = function_dir(&[("petrel.toml", &manifest(name, "wasm", "app.wasm", extra))]);
+    std::fs::copy(component, dir.path().join("app.wasm")).unwrap();
+    dir
+}

@@ -8,3 +8,4 @@ mod harness;
 mod http_fn;
 mod lifecycle;
 mod pool;
+mod wasm;

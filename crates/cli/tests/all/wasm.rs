@@ -1,0 +1,215 @@
+//! The wasm runtime through the real binary: the Rust example, every bad component, and guests
+//! that trap, loop, grow and reach out.
+
+use crate::harness::{function_dir, manifest, wasm_function, wasm_guests, Petrel};
+use std::sync::Arc;
+
+/// A tiny HTTP server on loopback for the guests' outbound calls: answers "pong".
+async fn pong_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+async fn healthy(p: &Petrel) {
+    let r = p.http("GET", "/fn/probe/ok", None).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "probe ok /ok"),
+        "the probe stopped serving"
+    );
+    let r = p.http("GET", "/fn/hello-wasm?name=again", None).await;
+    assert_eq!(
+        r.status,
+        200,
+        "another function stopped serving: {}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_example_deploys_answers_and_survives_a_restart_without_recompiling() {
+    let guests = wasm_guests();
+    let mut p = Petrel::start().await;
+    let example = guests.hello.parent().unwrap();
+    let out = p.deploy(example);
+    assert!(out.contains("Deployed hello-wasm version 1"), "{out}");
+    let out = p.cli_ok(&["invoke", "hello-wasm", "--data", r#"{"name": "Ada"}"#]);
+    assert!(out.contains("Hello, Ada!"), "{out}");
+    let r = p
+        .http("GET", "/fn/hello-wasm/some/path?name=Bob", None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["message"], "Hello, Bob!");
+    assert_eq!(r.json()["path"], "/some/path");
+    assert!(p.cli_ok(&["logs", "hello-wasm"]).contains("greeting Bob"));
+
+    // Compiled once, at deploy; a restart loads the cached artifact instead of compiling.
+    let cache = p.data_dir.path().join("data/cache/wasm");
+    let files = || {
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().modified().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files();
+    assert_eq!(before.len(), 1, "{before:?}");
+    p.restart().await;
+    let out = p.cli_ok(&["invoke", "hello-wasm", "--data", r#"{"name": "Cy"}"#]);
+    assert!(out.contains("Hello, Cy!"), "{out}");
+    assert_eq!(
+        files(),
+        before,
+        "the component was compiled again after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serving() {
+    let guests = wasm_guests();
+    let allowed = pong_server().await;
+    let denied = pong_server().await;
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(guests.hello.parent().unwrap());
+    let probe = wasm_function(
+        "probe",
+        &guests.probe,
+        &format!("timeout = \"1s\"\nmemory_mb = 32\nallowed_outbound_hosts = [\"http://127.0.0.1:{allowed}\"]\n[env]\nGREETING = \"from the manifest\""),
+    );
+    p.deploy(probe.path());
+    healthy(&p).await;
+
+    // Bad components are refused at deploy, saying what is wrong.
+    let garbage = function_dir(&[
+        ("petrel.toml", &manifest("bad", "wasm", "app.wasm", "")),
+        ("app.wasm", "not wasm at all"),
+    ]);
+    let out = p.cli(&["deploy", garbage.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    healthy(&p).await;
+    let core = function_dir(&[("petrel.toml", &manifest("bad", "wasm", "app.wasm", ""))]);
+    std::fs::write(core.path().join("app.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let out = p.cli(&["deploy", core.path().to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("core WebAssembly module"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    healthy(&p).await;
+    let command = wasm_function("bad", &guests.command, "");
+    let out = p.cli(&["deploy", command.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wasi:http/proxy") && err.contains("incoming-handler"),
+        "{err}"
+    );
+    p.invoke("bad", "{}")
+        .await
+        .assert_error(404, "function_not_found");
+    healthy(&p).await;
+
+    // A fresh instance per request: nothing carries over.
+    for _ in 0..3 {
+        assert_eq!(p.http("GET", "/fn/probe/served", None).await.text(), "1");
+    }
+    assert_eq!(
+        p.http("GET", "/fn/probe/env?key=GREETING", None)
+            .await
+            .text(),
+        "from the manifest"
+    );
+    let r = p
+        .http(
+            "POST",
+            "/fn/probe/echo",
+            Some(("text/plain", b"round trip".to_vec())),
+        )
+        .await;
+    assert_eq!(r.text(), "round trip");
+
+    // A trap is the function's failure, with its message; the server carries on.
+    let m = p
+        .http("GET", "/fn/probe/trap", None)
+        .await
+        .assert_error(502, "function_crashed");
+    assert!(
+        m.contains("trapped") && m.contains("probe panicked on purpose"),
+        "{m}"
+    );
+    healthy(&p).await;
+
+    // An endless loop is stopped at the timeout and holds no server thread meanwhile.
+    let looping = {
+        let p = p.clone();
+        tokio::spawn(async move { p.http("GET", "/fn/probe/loop", None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    healthy(&p).await;
+    let m = looping.await.unwrap().assert_error(504, "function_timeout");
+    assert!(m.contains("1s"), "{m}");
+    healthy(&p).await;
+
+    // Memory: growth past memory_mb fails the request; within it is fine.
+    let m = p
+        .http("GET", "/fn/probe/grow?mb=64", None)
+        .await
+        .assert_error(502, "function_out_of_memory");
+    assert!(m.contains("memory_mb"), "{m}");
+    let r = p.http("GET", "/fn/probe/grow?mb=8", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    healthy(&p).await;
+
+    // Outbound HTTP: only to allowed_outbound_hosts.
+    let r = p
+        .http(
+            "GET",
+            &format!("/fn/probe/fetch?url=http://127.0.0.1:{allowed}/x"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fetched 200 pong"));
+    let r = p
+        .http(
+            "GET",
+            &format!("/fn/probe/fetch?url=http://127.0.0.1:{denied}/x"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("HttpRequestDenied"), "{}", r.text());
+    healthy(&p).await;
+
+    // The guest's stdout and stderr are the invocation's logs.
+    let logs = p.cli_ok(&["logs", "probe", "--tail", "1000"]);
+    assert!(
+        logs.contains("[stdout] probe GET /served") && logs.contains("[stderr] probe stderr line"),
+        "{logs}"
+    );
+}
