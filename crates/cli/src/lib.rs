@@ -527,6 +527,14 @@ fn print_deployed(d: &DeployResponse) {
     println!("  Invoke: petrel invoke {}{ns} --data '{{}}'", d.name);
 }
 
+/// The component a wasm function directory names but does not hold yet.
+fn unbuilt_component(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("petrel.toml")).ok()?;
+    let m = Manifest::from_toml(&text).ok()?;
+    let handler = m.handler.filter(|_| m.runtime.as_deref() == Some("wasm"))?;
+    (!dir.join(&handler).is_file()).then_some(handler)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     petrel_server::init_tracing(args.log_json);
     let mut cfg = petrel_server::ServeConfig::default();
@@ -557,6 +565,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut deployed = Vec::new();
         for dir in &args.deploy {
             if !dir.join("petrel.toml").is_file() {
+                continue;
+            }
+            if let Some(component) = unbuilt_component(dir) {
+                println!(
+                    "Skipped {}: its component {component} is not built yet (the build command is in its petrel.toml)",
+                    dir.display()
+                );
                 continue;
             }
             let a = DeployArgs {

@@ -81,12 +81,12 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
         .join("../../examples")
         .canonicalize()
         .unwrap();
-    let mut dirs: Vec<String> = std::fs::read_dir(&examples)
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
+    // The examples whose toolchains the tests install (Python, Node, Rust); the componentize-py
+    // and componentize-js ones are built by hand (their petrel.toml says how).
+    let dirs: Vec<String> = EXAMPLES
+        .iter()
+        .map(|e| examples.join(e).display().to_string())
         .collect();
-    dirs.sort();
-    assert!(dirs.len() >= 3, "{dirs:?}");
     let mut args = vec!["--deploy"];
     args.extend(dirs.iter().map(String::as_str));
     // As the README runs it: the default data directory, relative to the working directory.
