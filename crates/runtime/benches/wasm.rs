@@ -25,12 +25,19 @@ fn hello_component() -> PathBuf {
     let target = root.join("target/wasm-guests");
     let wasm = target.join("wasm32-wasip2/release/hello-wasm.wasm");
     if !wasm.is_file() {
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(root.join("examples/hello-wasm/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("cargo runs");
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--manifest-path",
+                ])
+                .arg(root.join("examples/hello-wasm/Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("cargo runs");
         assert!(status.success(), "building the hello component failed");
     }
     wasm
@@ -44,17 +51,22 @@ fn request() -> http::Request<Body> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let component = dir.path().join("hello.wasm");
     std::fs::copy(hello_component(), &component).unwrap();
     let engine = Arc::new(WasmEngine::new(dir.path().join("cache")).unwrap());
     engine.prepare(&component).unwrap();
     let spec = Arc::new(
-        Manifest::from_toml("name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n")
-            .unwrap()
-            .validate()
-            .unwrap(),
+        Manifest::from_toml(
+            "name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap(),
     );
     let (sink, mut rx) = LogSink::new(1 << 16);
     rt.spawn(async move { while rx.recv().await.is_some() {} });
@@ -65,15 +77,23 @@ fn bench(c: &mut Criterion) {
         instance: "bench".into(),
     };
     let env = vec![("GREETING".to_owned(), "Hello".to_owned())];
-    let warm = WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone()).unwrap();
+    let warm =
+        WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone()).unwrap();
     let timeout = Duration::from_secs(5);
 
     let mut g = c.benchmark_group("wasm-request");
     g.bench_function("native-baseline", |b| {
         b.to_async(&rt).iter(|| async {
             let req = request();
-            let name = req.uri().query().and_then(|q| q.strip_prefix("name=")).unwrap_or("world");
-            let body = format!("{{\"message\":\"Hello, {name}!\",\"path\":\"{}\"}}", req.uri().path());
+            let name = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("name="))
+                .unwrap_or("world");
+            let body = format!(
+                "{{\"message\":\"Hello, {name}!\",\"path\":\"{}\"}}",
+                req.uri().path()
+            );
             let resp = http::Response::builder()
                 .header("content-type", "application/json")
                 .body(Body::from(body))
@@ -83,7 +103,10 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("fresh-instance-per-request", |b| {
         b.to_async(&rt).iter(|| async {
-            let resp = warm.handle(request(), timeout, "bench", &sink, &source).await.unwrap();
+            let resp = warm
+                .handle(request(), timeout, "bench", &sink, &source)
+                .await
+                .unwrap();
             let bytes: Bytes = resp.into_body().collect().await.unwrap().to_bytes();
             assert!(bytes.starts_with(b"{\"message\":\"Hello, bench!\""));
             bytes
@@ -93,8 +116,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("first-request-after-deploy", |b| {
         b.to_async(&rt).iter(|| async {
             // Nothing holds the component between iterations: each loads it from the cache.
-            let f = WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone()).unwrap();
-            let resp = f.handle(request(), timeout, "bench", &sink, &source).await.unwrap();
+            let f = WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone())
+                .unwrap();
+            let resp = f
+                .handle(request(), timeout, "bench", &sink, &source)
+                .await
+                .unwrap();
             resp.into_body().collect().await.unwrap().to_bytes()
         })
     });
