@@ -51,7 +51,10 @@ fn request() -> http::Request<Body> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the request and the guest's task run where they were started, as on one of
+    // the server's workers, without the cross-thread wake-ups of a bench thread handing work to
+    // a pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
