@@ -363,7 +363,7 @@ async fn logs(client: &Client, path: &str) -> anyhow::Result<()> {
                     .map(|i| format!(" {i}"))
                     .unwrap_or_default();
                 let mut out = stdout.lock();
-                writeln!(
+                let written = writeln!(
                     out,
                     "{} {} v{} {}{} [{}] {}",
                     humantime::format_rfc3339_millis(t),
@@ -373,8 +373,14 @@ async fn logs(client: &Client, path: &str) -> anyhow::Result<()> {
                     inv,
                     l.stream,
                     l.line
-                )?;
-                out.flush()?;
+                )
+                .and_then(|_| out.flush());
+                match written {
+                    Ok(()) => {}
+                    // The reader went away (`petrel logs f | head`): that ends the command.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }

@@ -113,6 +113,9 @@ pub struct WasmEngine {
     engine: Engine,
     linker: Linker<WasmState>,
     cache_dir: PathBuf,
+    /// Component path -> its compiled artifact, so loading does not read and hash the component
+    /// again (tens of milliseconds for an interpreter-sized one).
+    prepared: Mutex<HashMap<PathBuf, PathBuf>>,
     loaded: Mutex<HashMap<PathBuf, Weak<ProxyPre<WasmState>>>>,
 }
 
@@ -174,6 +177,7 @@ impl WasmEngine {
             engine,
             linker,
             cache_dir,
+            prepared: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
         })
     }
@@ -192,12 +196,25 @@ impl WasmEngine {
     /// Returns the cached artifact's path, or a message for the uploader that says what is wrong.
     /// Blocking: compiling takes from milliseconds to seconds.
     pub fn prepare(&self, component_path: &Path) -> Result<PathBuf, String> {
+        if let Some(cached) = self.prepared.lock().unwrap().get(component_path) {
+            if cached.is_file() {
+                return Ok(cached.clone());
+            }
+        }
         let bytes = std::fs::read(component_path)
             .map_err(|e| format!("could not read {}: {e}", component_path.display()))?;
         let cached = self.cache_path(&bytes);
-        if cached.is_file() {
-            return Ok(cached);
+        if !cached.is_file() {
+            self.compile(&bytes, &cached)?;
         }
+        self.prepared
+            .lock()
+            .unwrap()
+            .insert(component_path.to_owned(), cached.clone());
+        Ok(cached)
+    }
+
+    fn compile(&self, bytes: &[u8], cached: &Path) -> Result<(), String> {
         if !bytes.starts_with(b"\0asm") {
             return Err("the handler is not a WebAssembly binary (it does not start with \\0asm); point handler at the .wasm component".into());
         }
@@ -206,13 +223,12 @@ impl WasmEngine {
         }
         let compiled = self
             .engine
-            .precompile_component(&bytes)
+            .precompile_component(bytes)
             .map_err(|e| format!("the component does not compile: {}", root(&e)))?;
         let component = aot::load_bytes(&self.engine, &compiled).map_err(|e| format!("{e:#}"))?;
         self.check_world(&component)?;
-        aot::write_atomically(&cached, &compiled)
-            .map_err(|e| format!("could not cache the compiled component: {e}"))?;
-        Ok(cached)
+        aot::write_atomically(cached, &compiled)
+            .map_err(|e| format!("could not cache the compiled component: {e}"))
     }
 
     fn check_world(
