@@ -71,7 +71,13 @@ async fn petrel_new_scaffolds_functions_that_deploy_as_they_are() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cobol"));
 }
 
-const EXAMPLES: &[&str] = &["hello-python", "hello-node", "hello-http", "hello-wasm"];
+const EXAMPLES: &[&str] = &[
+    "hello-python",
+    "hello-node",
+    "hello-http",
+    "hello-provided",
+    "hello-wasm",
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_examples_deploy_unchanged_with_serve() {
