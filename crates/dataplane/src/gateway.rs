@@ -3,6 +3,7 @@
 //! event, the answer is the handler's return value).
 
 use crate::body::{collect_limited, BodyError, LimitedBody};
+use crate::metrics::Metrics;
 use crate::pool::{AcquireError, Lease, Pool};
 use crate::{apigw, invoke_error, DataPlane, ErrorResponse};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -80,20 +81,35 @@ fn new_invocation_id() -> String {
 }
 
 /// Takes a slot in the pool: the version it runs, when the wait began, and the lease.
-async fn take_lease(pool: &Arc<Pool>) -> Result<(u32, Instant, Lease), ApiError> {
+async fn take_lease(
+    pool: &Arc<Pool>,
+    metrics: &Metrics,
+) -> Result<(u32, Instant, Lease), ApiError> {
     let v = pool.version();
-    let started = Instant::now();
-    match pool.acquire().await {
-        Ok(lease) => Ok((v.version, started, lease)),
+    let t0 = Instant::now();
+    let result = pool.acquire().await;
+    metrics.acquired(&v.namespace, &v.spec, t0.elapsed());
+    match result {
+        Ok(lease) => Ok((v.version, Instant::now(), lease)),
+        // Counted as rejected where the answer goes out.
         Err(AcquireError::Refused(e)) => Err(e),
-        Err(AcquireError::Start(e)) => Err(invoke_error(&v.name, v.version, &e)),
+        Err(AcquireError::Start(e)) => {
+            metrics.invocation(&v.namespace, &v.spec, "init_failed", None);
+            Err(invoke_error(&v.name, v.version, &e))
+        }
     }
 }
 
-/// Writes the platform's one-line report of an invocation to the function's log.
-fn report(lease: &Lease, id: &str, started: Instant, outcome: &str) {
+/// Writes the platform's one-line report of an invocation to the function's log, and counts it.
+fn report(metrics: &Metrics, lease: &Lease, id: &str, started: Instant, outcome: &str) {
     let i = lease.instance();
     let spec = i.spec();
+    metrics.invocation(
+        &spec.namespace,
+        &spec.spec,
+        outcome,
+        Some(started.elapsed()),
+    );
     let src = LogSource {
         namespace: spec.namespace.clone(),
         function: spec.function.clone(),
@@ -123,11 +139,12 @@ fn outcome_name(r: &Result<LambdaOutcome, InvokeError>) -> &'static str {
 /// Runs one Lambda event through a pool.
 async fn invoke_event(
     pool: &Arc<Pool>,
+    metrics: &Metrics,
     id: &str,
     event: Bytes,
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
-    let (version, started, mut lease) = take_lease(pool).await?;
+    let (version, started, mut lease) = take_lease(pool, metrics).await?;
     let text = |name: &str| {
         headers
             .get(name)
@@ -144,7 +161,7 @@ async fn invoke_event(
             cognito_identity: None,
         })
         .await;
-    report(&lease, id, started, outcome_name(&result));
+    report(metrics, &lease, id, started, outcome_name(&result));
     if matches!(
         result,
         Err(InvokeError::Timeout(_) | InvokeError::Crashed(_))
@@ -186,12 +203,27 @@ async fn raw_invoke(
 ) -> Response {
     let id = new_invocation_id();
     let result = raw_invoke_inner(&dp, &name, &q, &id, req).await;
-    answer(&id, result)
+    answer(dp.metrics(), &id, result)
 }
 
 /// The answer to an invocation; a Petrel error carries the invocation id too, for the logs.
-fn answer(id: &str, result: Result<Response, ApiError>) -> Response {
+/// Errors of requests that never reached a function are counted here, by code.
+fn answer(metrics: &Metrics, id: &str, result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| {
+        if matches!(
+            e.code,
+            ErrorCode::InvalidName
+                | ErrorCode::FunctionNotFound
+                | ErrorCode::VersionNotFound
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::InvalidPayload
+                | ErrorCode::InvalidRequest
+                | ErrorCode::TooManyRequests
+                | ErrorCode::NoCapacity
+                | ErrorCode::ShuttingDown
+        ) {
+            metrics.rejected(e.code.as_str());
+        }
         let mut r = ErrorResponse(e).into_response();
         if let Ok(v) = HeaderValue::from_str(id) {
             r.headers_mut().insert(INVOCATION_ID_HEADER, v);
@@ -235,7 +267,7 @@ async fn raw_invoke_inner(
         }
         body
     };
-    let (version, outcome) = invoke_event(&pool, id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&pool, dp.metrics(), id, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => {
             let mut resp = (StatusCode::OK, b).into_response();
@@ -280,7 +312,7 @@ async fn fn_any(
 ) -> Response {
     let id = new_invocation_id();
     let result = fn_inner(&dp, &name, &rest, &q, &id, req).await;
-    answer(&id, result)
+    answer(dp.metrics(), &id, result)
 }
 
 /// The path and query the function sees: `/fn/{name}/a/b?x=1` becomes `/a/b?x=1`.
@@ -322,7 +354,7 @@ async fn fn_inner(
     let path = uri.split('?').next().unwrap_or("/").to_owned();
     let event = apigw::event(&parts, &path, &body, id, source_ip, now_ms());
     let event = Bytes::from(serde_json::to_vec(&event).expect("an event serialises"));
-    let (version, outcome) = invoke_event(&pool, id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&pool, dp.metrics(), id, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => apigw::response(&b)
             .map_err(|e| {
@@ -353,7 +385,7 @@ async fn proxy(
         crate::body::drain(req.into_body()).await;
         return Err(payload_too_large(limit));
     }
-    let (version, started, mut lease) = take_lease(pool).await?;
+    let (version, started, mut lease) = take_lease(pool, dp.metrics()).await?;
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -373,8 +405,8 @@ async fn proxy(
     let timeout = pool.version().spec.timeout();
     let result = lease.instance().proxy(id, req, timeout).await;
     if result.is_err() && exceeded.load(std::sync::atomic::Ordering::Relaxed) {
-        // The upload outgrew the limit while it streamed; the function is not at fault.
-        report(&lease, id, started, "payload_too_large");
+        // The upload outgrew the limit while it streamed; the function is not at fault (the
+        // answer is counted as rejected, not as the function's invocation).
         return Err(payload_too_large(limit));
     }
     let outcome = match &result {
@@ -384,7 +416,7 @@ async fn proxy(
         Err(InvokeError::OutOfMemory(_)) => "out_of_memory",
         Err(_) => "error",
     };
-    report(&lease, id, started, outcome);
+    report(dp.metrics(), &lease, id, started, outcome);
     match result {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();

@@ -12,6 +12,7 @@ mod apigw;
 pub mod body;
 mod error;
 mod gateway;
+pub mod metrics;
 pub mod pool;
 
 pub use error::{invoke_error, ErrorResponse};
@@ -55,6 +56,7 @@ type Key = (String, String);
 
 struct Inner {
     env: RuntimeEnv,
+    metrics: Arc<metrics::Metrics>,
     source: Arc<dyn VersionSource>,
     /// Latest version of each deployed function.
     latest: RwLock<HashMap<Key, u32>>,
@@ -80,6 +82,7 @@ impl DataPlane {
         Self {
             inner: Arc::new(Inner {
                 env,
+                metrics: Arc::new(metrics::Metrics::default()),
                 source,
                 latest: RwLock::new(HashMap::new()),
                 pools: Mutex::new(HashMap::new()),
@@ -90,6 +93,10 @@ impl DataPlane {
 
     pub fn env(&self) -> &RuntimeEnv {
         &self.inner.env
+    }
+
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// A new version is the latest: requests without a version go to it from now on. Its pool is
@@ -104,7 +111,15 @@ impl DataPlane {
             for p in by_version.values() {
                 p.retire();
             }
-            by_version.insert(version, Pool::new(Arc::new(v), self.inner.env.clone(), min));
+            by_version.insert(
+                version,
+                Pool::new(
+                    Arc::new(v),
+                    self.inner.env.clone(),
+                    self.inner.metrics.clone(),
+                    min,
+                ),
+            );
         }
         self.inner.latest.write().unwrap().insert(key, version);
     }
@@ -165,9 +180,14 @@ impl DataPlane {
         };
         let mut pools = self.inner.pools.lock().unwrap();
         let by_version = pools.entry(key).or_default();
-        let pool = by_version
-            .entry(version)
-            .or_insert_with(|| Pool::new(Arc::new(v), self.inner.env.clone(), 0));
+        let pool = by_version.entry(version).or_insert_with(|| {
+            Pool::new(
+                Arc::new(v),
+                self.inner.env.clone(),
+                self.inner.metrics.clone(),
+                0,
+            )
+        });
         Ok(pool.clone())
     }
 

@@ -48,6 +48,7 @@ pub struct PoolStats {
 pub struct Pool {
     version: Arc<DeployedVersion>,
     env: RuntimeEnv,
+    metrics: Arc<crate::metrics::Metrics>,
     state: Mutex<PoolState>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -102,12 +103,18 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    pub fn new(version: Arc<DeployedVersion>, env: RuntimeEnv, min_instances: usize) -> Arc<Self> {
+    pub fn new(
+        version: Arc<DeployedVersion>,
+        env: RuntimeEnv,
+        metrics: Arc<crate::metrics::Metrics>,
+        min_instances: usize,
+    ) -> Arc<Self> {
         let spec = &version.spec;
         let permits = (spec.max_instances as usize) * (spec.concurrency as usize);
         let pool = Arc::new(Self {
             version,
             env,
+            metrics,
             state: Mutex::new(PoolState::default()),
             permits: Arc::new(Semaphore::new(permits)),
             waiting: AtomicUsize::new(0),
@@ -295,7 +302,14 @@ impl Pool {
             code_dir: self.version.code_dir.clone(),
         };
         tokio::spawn(async move {
+            let t0 = Instant::now();
             let result = Instance::start(&self.env, spec).await.map(Arc::new);
+            self.metrics.cold_start(
+                &self.version.namespace,
+                &self.version.spec,
+                result.is_ok(),
+                t0.elapsed(),
+            );
             {
                 let mut st = self.state.lock().unwrap();
                 if let Some(pos) = st.slots.iter().position(|s| s.id == slot) {

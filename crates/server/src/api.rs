@@ -433,6 +433,19 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
+/// Prometheus metrics (OpenMetrics text format).
+pub async fn metrics(State(app): State<App>) -> Response {
+    let text = app.dataplane.metrics().render(&app.dataplane);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }

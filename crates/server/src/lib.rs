@@ -240,6 +240,7 @@ fn router(app: App, dataplane: DataPlane) -> Router {
         .route("/v1/functions/{name}/logs", get(api::logs))
         .route("/v1/openapi.json", get(api::openapi))
         .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
         .with_state(app);
     Router::new()
         .merge(control)

@@ -223,6 +223,7 @@ async fn the_api_describes_itself_and_reports_health() {
         "/v1/functions/{name}/logs",
         "/fn/{name}/{path}",
         "/healthz",
+        "/metrics",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }

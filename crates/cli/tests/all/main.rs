@@ -7,5 +7,6 @@ mod fixtures;
 mod harness;
 mod http_fn;
 mod lifecycle;
+mod metrics;
 mod pool;
 mod wasm;

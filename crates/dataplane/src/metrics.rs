@@ -1,0 +1,220 @@
+//! Prometheus metrics of the data plane. Labels are bounded: namespace, function, runtime and
+//! outcome of deployed functions, or an error code; never a request id, a path or a name a
+//! client made up. Counters are updated off the request's critical work (a few atomic adds);
+//! pool gauges are read at scrape time.
+
+use crate::DataPlane;
+use petrel_core::FunctionSpec;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub namespace: String,
+    pub function: String,
+    pub runtime: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub namespace: String,
+    pub function: String,
+    pub runtime: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub namespace: String,
+    pub function: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to about 3.3 min.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 22))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<OutcomeLabels, Counter>,
+    duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    cold_starts: Family<OutcomeLabels, Counter>,
+    cold_start_duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    acquire: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    rejected: Family<CodeLabels, Counter>,
+    instances: Family<StateLabels, Gauge>,
+    log_lines_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "petrel_invocations",
+            "Invocations that reached a function, by outcome",
+            invocations.clone(),
+        );
+        let duration = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_invocation_duration_seconds",
+            "Time from taking a slot to the function's answer",
+            duration.clone(),
+        );
+        let cold_starts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "petrel_cold_starts",
+            "Instances started, by outcome (success or failure)",
+            cold_starts.clone(),
+        );
+        let cold_start_duration =
+            Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_cold_start_duration_seconds",
+            "Time to start an instance until it is ready",
+            cold_start_duration.clone(),
+        );
+        let acquire = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_pool_acquire_seconds",
+            "Time a request waited for a slot: queueing plus its own cold start",
+            acquire.clone(),
+        );
+        let rejected = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "petrel_requests_rejected",
+            "Requests answered with a Petrel error before reaching a function, by error code",
+            rejected.clone(),
+        );
+        let instances = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "petrel_pool",
+            "Per function: instances ready and starting, requests in flight and waiting",
+            instances.clone(),
+        );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "petrel_log_lines_dropped",
+            "Function log lines dropped because the log writer fell behind",
+            log_lines_dropped.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            cold_starts,
+            cold_start_duration,
+            acquire,
+            rejected,
+            instances,
+            log_lines_dropped,
+        }
+    }
+}
+
+fn function_labels(namespace: &str, spec: &FunctionSpec) -> FunctionLabels {
+    FunctionLabels {
+        namespace: namespace.to_owned(),
+        function: spec.name.clone(),
+        runtime: spec.runtime.to_string(),
+    }
+}
+
+fn outcome_labels(namespace: &str, spec: &FunctionSpec, outcome: &str) -> OutcomeLabels {
+    OutcomeLabels {
+        namespace: namespace.to_owned(),
+        function: spec.name.clone(),
+        runtime: spec.runtime.to_string(),
+        outcome: outcome.to_owned(),
+    }
+}
+
+impl Metrics {
+    pub fn invocation(
+        &self,
+        namespace: &str,
+        spec: &FunctionSpec,
+        outcome: &str,
+        took: Option<Duration>,
+    ) {
+        self.invocations
+            .get_or_create(&outcome_labels(namespace, spec, outcome))
+            .inc();
+        if let Some(d) = took {
+            self.duration
+                .get_or_create(&function_labels(namespace, spec))
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn cold_start(&self, namespace: &str, spec: &FunctionSpec, ok: bool, took: Duration) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.cold_starts
+            .get_or_create(&outcome_labels(namespace, spec, outcome))
+            .inc();
+        self.cold_start_duration
+            .get_or_create(&function_labels(namespace, spec))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn acquired(&self, namespace: &str, spec: &FunctionSpec, waited: Duration) {
+        self.acquire
+            .get_or_create(&function_labels(namespace, spec))
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn rejected(&self, code: &str) {
+        self.rejected
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format, with pool gauges read now.
+    pub fn render(&self, dp: &DataPlane) -> String {
+        self.instances.clear();
+        for (namespace, function, _version, s) in dp.pool_stats() {
+            for (state, v) in [
+                ("ready", s.ready as i64),
+                ("starting", s.starting as i64),
+                ("in_flight", s.in_flight as i64),
+                ("waiting", s.waiting as i64),
+            ] {
+                self.instances
+                    .get_or_create(&StateLabels {
+                        namespace: namespace.clone(),
+                        function: function.clone(),
+                        state: state.to_owned(),
+                    })
+                    .inc_by(v);
+            }
+        }
+        let dropped = dp.env().log_sink().dropped();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
