@@ -14,7 +14,8 @@ use client::Client;
 use http::Method;
 use http_body_util::BodyExt;
 use petrel_core::api::{
-    DeployResponse, FunctionDetail, FunctionList, LogLine, PACKAGE_CONTENT_TYPE,
+    DeployResponse, FunctionDetail, FunctionList, InvocationList, InvocationRecord, LogLine, Usage,
+    PACKAGE_CONTENT_TYPE,
 };
 use petrel_core::error::FUNCTION_ERROR_HEADER;
 use petrel_core::Manifest;
@@ -84,6 +85,19 @@ enum Command {
         #[arg(long, short)]
         namespace: Option<String>,
     },
+    /// Invocation records: `inv ls NAME`, `inv get ID`.
+    Inv {
+        #[command(subcommand)]
+        command: InvCommand,
+    },
+    /// Metered use per function: invocations, billed time and GB-seconds.
+    Usage {
+        /// From this long ago until now (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
     /// Show a function's logs.
     Logs {
         name: String,
@@ -102,6 +116,26 @@ enum Command {
         #[arg(long, short)]
         namespace: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum InvCommand {
+    /// A function's invocations, newest first.
+    Ls {
+        name: String,
+        /// Only this outcome (success, function_error, timeout, crashed, ...).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only from this long ago on (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// One invocation's record.
+    Get { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -298,6 +332,89 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             println!("Deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inv {
+            command:
+                InvCommand::Ls {
+                    name,
+                    outcome,
+                    since,
+                    limit,
+                    namespace,
+                },
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            q.extend(outcome.map(|o| format!("outcome={o}")));
+            q.extend(since.map(|s| format!("since={s}")));
+            q.extend(namespace.map(|n| format!("namespace={n}")));
+            let list: InvocationList = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/functions/{name}/invocations?{}", q.join("&")),
+                )
+                .await?;
+            println!(
+                "{:<36}  {:<19}  {:>9}  {:>9}  {:<4}  {:<15}  ERROR",
+                "ID", "STARTED", "DURATION", "BILLED", "COLD", "OUTCOME"
+            );
+            for r in list.invocations {
+                let err: String = r
+                    .error
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect();
+                println!(
+                    "{:<36}  {:<19}  {:>7}ms  {:>7}ms  {:<4}  {:<15}  {err}",
+                    r.id,
+                    format_ts(r.started_at),
+                    r.duration_ms,
+                    r.billed_ms,
+                    if r.cold_start { "yes" } else { "" },
+                    r.outcome
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inv {
+            command: InvCommand::Get { id },
+        } => {
+            let r: InvocationRecord = client
+                .json(Method::GET, &format!("/v1/invocations/{id}"))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage { since, namespace } => {
+            let mut q = vec![];
+            q.extend(since.map(|s| format!("since={s}")));
+            q.extend(namespace.map(|n| format!("namespace={n}")));
+            let u: Usage = client
+                .json(Method::GET, &format!("/v1/usage?{}", q.join("&")))
+                .await?;
+            println!(
+                "Usage from {} to {} (UTC)",
+                format_ts(u.since),
+                format_ts(u.until)
+            );
+            println!(
+                "{:<32} {:<12} {:>11} {:>7} {:>12} {:>12}",
+                "FUNCTION", "NAMESPACE", "INVOCATIONS", "ERRORS", "BILLED", "GB-SECONDS"
+            );
+            for f in &u.functions {
+                println!(
+                    "{:<32} {:<12} {:>11} {:>7} {:>10}ms {:>12.6}",
+                    f.function, f.namespace, f.invocations, f.errors, f.billed_ms, f.gb_seconds
+                );
+            }
+            println!(
+                "{:<32} {:<12} {:>11} {:>7} {:>12} {:>12.6}",
+                "total", "", u.total_invocations, "", "", u.total_gb_seconds
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {

@@ -83,3 +83,55 @@ pub struct LogLine {
 pub const INVOCATION_ID_HEADER: &str = "x-petrel-invocation-id";
 /// Header carrying the version that served an invocation.
 pub const VERSION_HEADER: &str = "x-petrel-version";
+
+/// One invocation as recorded: what ran, how long, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    pub version: u32,
+    /// `invoke` (the raw invoke) or `http` (`/fn/...`).
+    pub trigger: String,
+    /// Milliseconds since the Unix epoch, when the request arrived.
+    pub started_at: i64,
+    /// From arrival to the answer's head, in milliseconds.
+    pub duration_ms: u64,
+    /// Time the function ran, rounded up to the millisecond (at least 1), as metering counts it.
+    pub billed_ms: u64,
+    pub memory_mb: u32,
+    /// Whether this request waited for its instance to start.
+    pub cold_start: bool,
+    /// `success`, `function_error`, `timeout`, `crashed`, `out_of_memory`, `init_failed`, ...
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationList {
+    pub invocations: Vec<InvocationRecord>,
+}
+
+/// Metered use of one function over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionUsage {
+    pub namespace: String,
+    pub function: String,
+    pub invocations: u64,
+    pub errors: u64,
+    pub billed_ms: u64,
+    /// memory (GB) × billed duration (s), summed per invocation.
+    pub gb_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub since: i64,
+    pub until: i64,
+    pub functions: Vec<FunctionUsage>,
+    pub total_invocations: u64,
+    pub total_gb_seconds: f64,
+}

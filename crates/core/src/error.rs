@@ -20,6 +20,7 @@ pub enum ErrorCode {
     UnsupportedRuntime,
     FunctionNotFound,
     VersionNotFound,
+    InvocationNotFound,
     RouteNotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -45,6 +46,7 @@ impl ErrorCode {
         Self::UnsupportedRuntime,
         Self::FunctionNotFound,
         Self::VersionNotFound,
+        Self::InvocationNotFound,
         Self::RouteNotFound,
         Self::MethodNotAllowed,
         Self::PayloadTooLarge,
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::UnsupportedRuntime => "unsupported_runtime",
             Self::FunctionNotFound => "function_not_found",
             Self::VersionNotFound => "version_not_found",
+            Self::InvocationNotFound => "invocation_not_found",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
@@ -99,7 +102,10 @@ impl ErrorCode {
             | Self::InvalidPayload
             | Self::InvalidRequest
             | Self::UnsupportedRuntime => 400,
-            Self::FunctionNotFound | Self::VersionNotFound | Self::RouteNotFound => 404,
+            Self::FunctionNotFound
+            | Self::VersionNotFound
+            | Self::InvocationNotFound
+            | Self::RouteNotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::TooManyRequests => 429,

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
 use bytes::Bytes;
-use petrel_core::api::{INVOCATION_ID_HEADER, VERSION_HEADER};
+use petrel_core::api::{InvocationRecord, INVOCATION_ID_HEADER, VERSION_HEADER};
 use petrel_core::error::FUNCTION_ERROR_HEADER;
 use petrel_core::{now_ms, ApiError, ErrorCode, FunctionRef};
 use petrel_runtime::logs::LogSource;
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The gateway's routes; merge them into the server's router.
 pub fn routes() -> Router<DataPlane> {
@@ -80,12 +80,63 @@ fn new_invocation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Takes a slot in the pool: the version it runs, when the wait began, and the lease.
-async fn take_lease(
-    pool: &Arc<Pool>,
-    metrics: &Metrics,
-) -> Result<(u32, Instant, Lease), ApiError> {
+/// One invocation's bookkeeping, from asking for a slot to the answer.
+struct Call<'a> {
+    dp: &'a DataPlane,
+    id: &'a str,
+    /// `invoke` (the raw invoke) or `http` (`/fn/...`).
+    trigger: &'static str,
+    asked: Instant,
+    asked_ms: i64,
+}
+
+impl<'a> Call<'a> {
+    fn new(dp: &'a DataPlane, id: &'a str, trigger: &'static str) -> Self {
+        Self {
+            dp,
+            id,
+            trigger,
+            asked: Instant::now(),
+            asked_ms: now_ms(),
+        }
+    }
+
+    /// The invocation's record, written off the request path.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        (namespace, function, version, memory_mb): (&str, &str, u32, u32),
+        ran: Option<Duration>,
+        cold: bool,
+        outcome: &str,
+        error: Option<String>,
+        instance: Option<&str>,
+    ) {
+        let billed_ms = ran
+            .map(|d| (d.as_micros().div_ceil(1000) as u64).max(1))
+            .unwrap_or(0);
+        self.dp.record(InvocationRecord {
+            id: self.id.to_owned(),
+            namespace: namespace.to_owned(),
+            function: function.to_owned(),
+            version,
+            trigger: self.trigger.to_owned(),
+            started_at: self.asked_ms,
+            duration_ms: self.asked.elapsed().as_millis() as u64,
+            billed_ms,
+            memory_mb,
+            cold_start: cold,
+            outcome: outcome.to_owned(),
+            error: error.map(|e| e.chars().take(1000).collect()),
+            instance: instance.map(str::to_owned),
+        });
+    }
+}
+
+/// Takes a slot in the pool: the version it runs, when the function started, and the lease.
+async fn take_lease(call: &Call<'_>, pool: &Arc<Pool>) -> Result<(u32, Instant, Lease), ApiError> {
     let v = pool.version();
+    let metrics = call.dp.metrics();
     let t0 = Instant::now();
     let result = pool.acquire().await;
     metrics.acquired(&v.namespace, &v.spec, t0.elapsed());
@@ -95,56 +146,70 @@ async fn take_lease(
         Err(AcquireError::Refused(e)) => Err(e),
         Err(AcquireError::Start(e)) => {
             metrics.invocation(&v.namespace, &v.spec, "init_failed", None);
+            let who = (
+                v.namespace.as_str(),
+                v.name.as_str(),
+                v.version,
+                v.spec.memory_mb,
+            );
+            call.record(who, None, true, "init_failed", Some(e.to_string()), None);
             Err(invoke_error(&v.name, v.version, &e))
         }
     }
 }
 
-/// Writes the platform's one-line report of an invocation to the function's log, and counts it.
-fn report(metrics: &Metrics, lease: &Lease, id: &str, started: Instant, outcome: &str) {
+/// Writes the platform's one-line report of an invocation to the function's log, counts it, and
+/// records it.
+fn report(call: &Call<'_>, lease: &Lease, started: Instant, outcome: &str, error: Option<String>) {
     let i = lease.instance();
     let spec = i.spec();
-    metrics.invocation(
-        &spec.namespace,
-        &spec.spec,
-        outcome,
-        Some(started.elapsed()),
-    );
+    let ran = started.elapsed();
+    call.dp
+        .metrics()
+        .invocation(&spec.namespace, &spec.spec, outcome, Some(ran));
     let src = LogSource {
         namespace: spec.namespace.clone(),
         function: spec.function.clone(),
         version: spec.version,
         instance: i.id().to_owned(),
     };
+    let id = call.id;
     i.env().log_sink().emit(src.line(
         "platform",
         Some(id.to_owned()),
         format!(
             "REPORT {id} duration={}ms outcome={outcome}",
-            started.elapsed().as_millis()
+            ran.as_millis()
         ),
     ));
+    let who = (
+        spec.namespace.as_str(),
+        spec.function.as_str(),
+        spec.version,
+        spec.spec.memory_mb,
+    );
+    call.record(who, Some(ran), lease.cold(), outcome, error, Some(i.id()));
 }
 
-fn outcome_name(r: &Result<LambdaOutcome, InvokeError>) -> &'static str {
-    match r {
-        Ok(LambdaOutcome::Success(_)) => "success",
-        Ok(LambdaOutcome::FunctionError { .. }) => "function_error",
-        Err(InvokeError::Timeout(_)) => "timeout",
-        Err(InvokeError::Crashed(_)) => "crashed",
-        Err(_) => "error",
+/// The outcome label of a failed invocation.
+fn failure_outcome(e: &InvokeError) -> &'static str {
+    match e {
+        InvokeError::Timeout(_) => "timeout",
+        InvokeError::Crashed(_) => "crashed",
+        InvokeError::OutOfMemory(_) => "out_of_memory",
+        InvokeError::InitFailed { .. } => "init_failed",
+        _ => "error",
     }
 }
 
 /// Runs one Lambda event through a pool.
 async fn invoke_event(
+    call: &Call<'_>,
     pool: &Arc<Pool>,
-    metrics: &Metrics,
-    id: &str,
     event: Bytes,
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
-    let (version, started, mut lease) = take_lease(pool, metrics).await?;
+    let (version, started, mut lease) = take_lease(call, pool).await?;
     let text = |name: &str| {
         headers
             .get(name)
@@ -154,14 +219,30 @@ async fn invoke_event(
     let result = lease
         .instance()
         .invoke_lambda(LambdaRequest {
-            id: id.to_owned(),
+            id: call.id.to_owned(),
             event,
             timeout: pool.version().spec.timeout(),
             client_context: text("x-amz-client-context"),
             cognito_identity: None,
         })
         .await;
-    report(metrics, &lease, id, started, outcome_name(&result));
+    match &result {
+        Ok(LambdaOutcome::Success(_)) => report(call, &lease, started, "success", None),
+        Ok(LambdaOutcome::FunctionError { error_type, .. }) => report(
+            call,
+            &lease,
+            started,
+            "function_error",
+            Some(error_type.clone()),
+        ),
+        Err(e) => report(
+            call,
+            &lease,
+            started,
+            failure_outcome(e),
+            Some(e.to_string()),
+        ),
+    }
     if matches!(
         result,
         Err(InvokeError::Timeout(_) | InvokeError::Crashed(_))
@@ -242,6 +323,7 @@ async fn raw_invoke_inner(
     let r = parse_ref(name, q)?;
     let limit = dp.env().payload_limit();
     let pool = dp.resolve(&r).await?;
+    let call = Call::new(dp, id, "invoke");
     if !pool.version().spec.runtime.speaks_lambda() {
         // An HTTP function gets the payload as a POST to its root.
         let (mut parts, body) = req.into_parts();
@@ -253,7 +335,7 @@ async fn raw_invoke_inner(
                 HeaderValue::from_static("application/json"),
             );
         }
-        return proxy(dp, &pool, id, Request::from_parts(parts, body)).await;
+        return proxy(&call, &pool, Request::from_parts(parts, body)).await;
     }
     let (parts, body) = read_body(req, limit).await?;
     let event = if body.iter().all(u8::is_ascii_whitespace) {
@@ -267,7 +349,7 @@ async fn raw_invoke_inner(
         }
         body
     };
-    let (version, outcome) = invoke_event(&pool, dp.metrics(), id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&call, &pool, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => {
             let mut resp = (StatusCode::OK, b).into_response();
@@ -335,6 +417,7 @@ async fn fn_inner(
 ) -> Result<Response, ApiError> {
     let r = parse_ref(name, q)?;
     let pool = dp.resolve(&r).await?;
+    let call = Call::new(dp, id, "http");
     let uri = function_uri(rest, req.uri().query());
     if !pool.version().spec.runtime.speaks_lambda() {
         let (mut parts, body) = req.into_parts();
@@ -344,7 +427,7 @@ async fn fn_inner(
                 "the request path is not a valid URI",
             )
         })?;
-        return proxy(dp, &pool, id, Request::from_parts(parts, body)).await;
+        return proxy(&call, &pool, Request::from_parts(parts, body)).await;
     }
     let source_ip = req
         .extensions()
@@ -354,7 +437,7 @@ async fn fn_inner(
     let path = uri.split('?').next().unwrap_or("/").to_owned();
     let event = apigw::event(&parts, &path, &body, id, source_ip, now_ms());
     let event = Bytes::from(serde_json::to_vec(&event).expect("an event serialises"));
-    let (version, outcome) = invoke_event(&pool, dp.metrics(), id, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(&call, &pool, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => apigw::response(&b)
             .map_err(|e| {
@@ -374,18 +457,14 @@ async fn fn_inner(
 
 /// Proxies a request to an `http` function, streaming both ways. The lease is held until the
 /// response body has been sent.
-async fn proxy(
-    dp: &DataPlane,
-    pool: &Arc<Pool>,
-    id: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
+async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Response, ApiError> {
+    let (dp, id) = (call.dp, call.id);
     let limit = dp.env().payload_limit();
     if declared_length(&req).is_some_and(|n| n > limit as u64) {
         crate::body::drain(req.into_body()).await;
         return Err(payload_too_large(limit));
     }
-    let (version, started, mut lease) = take_lease(pool, dp.metrics()).await?;
+    let (version, started, mut lease) = take_lease(call, pool).await?;
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -409,14 +488,16 @@ async fn proxy(
         // answer is counted as rejected, not as the function's invocation).
         return Err(payload_too_large(limit));
     }
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(InvokeError::Timeout(_)) => "timeout",
-        Err(InvokeError::Crashed(_)) => "crashed",
-        Err(InvokeError::OutOfMemory(_)) => "out_of_memory",
-        Err(_) => "error",
-    };
-    report(dp.metrics(), &lease, id, started, outcome);
+    match &result {
+        Ok(_) => report(call, &lease, started, "success", None),
+        Err(e) => report(
+            call,
+            &lease,
+            started,
+            failure_outcome(e),
+            Some(e.to_string()),
+        ),
+    }
     match result {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();

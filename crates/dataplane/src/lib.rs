@@ -19,6 +19,7 @@ pub use error::{invoke_error, ErrorResponse};
 pub use gateway::routes;
 pub use pool::{Pool, PoolStats};
 
+use petrel_core::api::InvocationRecord;
 use petrel_core::{ApiError, ErrorCode, FunctionRef, FunctionSpec};
 use petrel_runtime::RuntimeEnv;
 use std::collections::HashMap;
@@ -41,6 +42,11 @@ pub struct DeployedVersion {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+struct RecordSink {
+    tx: tokio::sync::mpsc::Sender<InvocationRecord>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
 /// Loads a specific version that the data plane has not seen yet (an older version named by
 /// number). `Ok(None)` means it does not exist.
 pub trait VersionSource: Send + Sync + 'static {
@@ -57,6 +63,7 @@ type Key = (String, String);
 struct Inner {
     env: RuntimeEnv,
     metrics: Arc<metrics::Metrics>,
+    records: RecordSink,
     source: Arc<dyn VersionSource>,
     /// Latest version of each deployed function.
     latest: RwLock<HashMap<Key, u32>>,
@@ -78,17 +85,39 @@ impl std::fmt::Debug for DataPlane {
 }
 
 impl DataPlane {
-    pub fn new(env: RuntimeEnv, source: Arc<dyn VersionSource>) -> Self {
-        Self {
+    /// A data plane and the receiving end of its invocation records (write them somewhere).
+    pub fn new(
+        env: RuntimeEnv,
+        source: Arc<dyn VersionSource>,
+    ) -> (Self, tokio::sync::mpsc::Receiver<InvocationRecord>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
+        let dp = Self {
             inner: Arc::new(Inner {
                 env,
                 metrics: Arc::new(metrics::Metrics::default()),
+                records: RecordSink {
+                    tx,
+                    dropped: std::sync::atomic::AtomicU64::new(0),
+                },
                 source,
                 latest: RwLock::new(HashMap::new()),
                 pools: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(false),
             }),
+        };
+        (dp, rx)
+    }
+
+    /// Hands a record to the writer; a full channel drops it and counts the drop.
+    pub fn record(&self, r: InvocationRecord) {
+        if self.inner.records.tx.try_send(r).is_err() {
+            self.inner.records.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records lost to back-pressure since start.
+    pub fn records_dropped(&self) -> u64 {
+        self.inner.records.dropped.load(Ordering::Relaxed)
     }
 
     pub fn env(&self) -> &RuntimeEnv {

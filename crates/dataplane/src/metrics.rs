@@ -55,6 +55,7 @@ pub struct Metrics {
     rejected: Family<CodeLabels, Counter>,
     instances: Family<StateLabels, Gauge>,
     log_lines_dropped: Counter,
+    records_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,7 +116,14 @@ impl Default for Metrics {
             "Function log lines dropped because the log writer fell behind",
             log_lines_dropped.clone(),
         );
+        let records_dropped = Counter::default();
+        registry.register(
+            "petrel_invocation_records_dropped",
+            "Invocation records dropped because the record writer fell behind",
+            records_dropped.clone(),
+        );
         Self {
+            records_dropped,
             registry,
             invocations,
             duration,
@@ -211,6 +219,11 @@ impl Metrics {
         let counted = self.log_lines_dropped.get();
         if dropped > counted {
             self.log_lines_dropped.inc_by(dropped - counted);
+        }
+        let dropped = dp.records_dropped();
+        let counted = self.records_dropped.get();
+        if dropped > counted {
+            self.records_dropped.inc_by(dropped - counted);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -73,12 +73,18 @@ pub struct Lease {
     slot: u64,
     instance: Arc<Instance>,
     broken: bool,
+    cold: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Lease {
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// Whether the request waited for its instance to start (a cold start).
+    pub fn cold(&self) -> bool {
+        self.cold
     }
 
     /// Marks the instance unusable (it timed out or crashed): it leaves the pool on release.
@@ -183,6 +189,7 @@ impl Pool {
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait_for_permit().await?,
         };
         let (slot_id, state) = self.take_slot();
+        let cold = state.is_err();
         let instance = match state {
             Ok(i) => i,
             Err(mut rx) => {
@@ -210,6 +217,7 @@ impl Pool {
             slot: slot_id,
             instance,
             broken: false,
+            cold,
             _permit: permit,
         })
     }

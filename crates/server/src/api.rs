@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use petrel_core::api::{DeployResponse, FunctionDetail, FunctionList};
+use petrel_core::api::{
+    DeployResponse, FunctionDetail, FunctionList, InvocationList, InvocationRecord, Usage,
+};
 use petrel_core::name::validate_name;
 use petrel_core::{ApiError, ErrorCode, Manifest, Runtime};
 use petrel_dataplane::body::{collect_limited, BodyError};
@@ -312,6 +314,115 @@ pub async fn deploy(
         StatusCode::OK
     };
     Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct InvocationsQuery {
+    namespace: Option<String>,
+    outcome: Option<String>,
+    /// Only invocations from this long ago on (`10m`, `2h`).
+    since: Option<String>,
+    /// At most this many, newest first (default 100).
+    limit: Option<u32>,
+}
+
+fn since_ms(
+    since: Option<&str>,
+    default_ago: Option<std::time::Duration>,
+) -> Result<i64, ApiError> {
+    let ago = match since {
+        Some(s) => Some(humantime::parse_duration(s).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("since={s:?} is not a duration ({e}); write it like 10m, 2h or 7d"),
+            )
+        })?),
+        None => default_ago,
+    };
+    Ok(ago
+        .map(|d| petrel_store::now_ms() - d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+pub async fn invocations(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<InvocationsQuery>, QueryRejection>,
+) -> ApiResult<Json<InvocationList>> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let ns = q
+        .namespace
+        .clone()
+        .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
+    validate_name("namespace", &ns).map_err(ApiError::from)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    if app
+        .store
+        .get_function(&ns, &name)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(not_found(&name).into());
+    }
+    let since = since_ms(q.since.as_deref(), None)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let invocations = app
+        .store
+        .list_invocations(&ns, &name, q.outcome.as_deref(), since, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(InvocationList { invocations }))
+}
+
+pub async fn invocation(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InvocationRecord>> {
+    let record = app.store.get_invocation(&id).await.map_err(store_error)?;
+    record.map(Json).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvocationNotFound,
+            format!(
+                "no invocation {id}: the id is in the X-Petrel-Invocation-Id header of every invoke answer; records are kept for the log retention period"
+            ),
+        )
+        .into()
+    })
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UsageQuery {
+    namespace: Option<String>,
+    /// From this long ago (default 24h) until now.
+    since: Option<String>,
+}
+
+pub async fn usage(
+    State(app): State<App>,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> ApiResult<Json<Usage>> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    if let Some(ns) = &q.namespace {
+        validate_name("namespace", ns).map_err(ApiError::from)?;
+    }
+    let since = since_ms(
+        q.since.as_deref(),
+        Some(std::time::Duration::from_secs(24 * 3600)),
+    )?;
+    let until = petrel_store::now_ms() + 1;
+    let functions = app
+        .store
+        .usage(q.namespace.as_deref(), since, until)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(Usage {
+        since,
+        until,
+        total_invocations: functions.iter().map(|f| f.invocations).sum(),
+        total_gb_seconds: functions.iter().map(|f| f.gb_seconds).sum(),
+        functions,
+    }))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -91,6 +91,7 @@ pub struct Server {
     router: Router,
     app: App,
     log_writer: tokio::task::JoinHandle<()>,
+    record_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -126,13 +127,14 @@ impl Server {
         );
         let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit)
             .context("could not prepare the runtime directory")?;
-        let dataplane = DataPlane::new(
+        let (dataplane, records) = DataPlane::new(
             env,
             Arc::new(StoreSource {
                 store: store.clone(),
                 artifacts: artifacts.clone(),
             }),
         );
+        let record_writer = logs::spawn_record_writer(store.clone(), records);
         let mut restored = 0;
         for (namespace, v) in store
             .latest_versions()
@@ -179,6 +181,7 @@ impl Server {
             router,
             app,
             log_writer,
+            record_writer,
         })
     }
 
@@ -197,6 +200,7 @@ impl Server {
             router,
             app,
             log_writer,
+            record_writer,
         } = self;
         let grace = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -222,8 +226,12 @@ impl Server {
         }
         app.dataplane.shutdown();
         drop(app.dataplane);
-        // The last log sender goes with the data plane's runtime env; let the writer drain.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), log_writer).await;
+        // The last senders go with the data plane; let the writers drain what is queued.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = record_writer.await;
+            let _ = log_writer.await;
+        })
+        .await;
         app.store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -238,6 +246,9 @@ fn router(app: App, dataplane: DataPlane) -> Router {
             get(api::get).put(api::deploy).delete(api::delete),
         )
         .route("/v1/functions/{name}/logs", get(api::logs))
+        .route("/v1/functions/{name}/invocations", get(api::invocations))
+        .route("/v1/invocations/{id}", get(api::invocation))
+        .route("/v1/usage", get(api::usage))
         .route("/v1/openapi.json", get(api::openapi))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))

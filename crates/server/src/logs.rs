@@ -2,7 +2,7 @@
 //! fans them out to live followers, a retention sweeper, and the read/follow endpoint's stream.
 
 use bytes::Bytes;
-use petrel_core::api::LogLine;
+use petrel_core::api::{InvocationRecord, LogLine};
 use petrel_store::{LogCursor, Store};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -52,7 +52,31 @@ pub fn spawn_writer(
     (hub, task)
 }
 
-/// Trims logs to the retention bounds now and then.
+/// Writes invocation records in batches; ends when the data plane is gone, after writing what
+/// was queued.
+pub fn spawn_record_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<InvocationRecord>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(512);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = store.append_invocations(&batch).await {
+                tracing::warn!(error = %e, records = batch.len(), "could not store invocation records; they are dropped");
+            }
+            batch.clear();
+        }
+    })
+}
+
+/// Trims logs and invocation records to the retention bounds now and then.
 pub fn spawn_retention(store: Store, max_lines: u32, max_age: Duration) {
     tokio::spawn(async move {
         loop {
@@ -60,6 +84,9 @@ pub fn spawn_retention(store: Store, max_lines: u32, max_age: Duration) {
                 Ok(n) if n > 0 => tracing::debug!(dropped = n, "log retention"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "log retention failed"),
+            }
+            if let Err(e) = store.trim_invocations(max_age.as_millis() as i64).await {
+                tracing::warn!(error = %e, "invocation record retention failed");
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
         }

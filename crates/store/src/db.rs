@@ -3,7 +3,7 @@
 
 use crate::{now_ms, Result, StoreError};
 use futures_core_compat::BoxFuture;
-use petrel_core::api::{FunctionSummary, LogLine, VersionInfo};
+use petrel_core::api::{FunctionSummary, FunctionUsage, InvocationRecord, LogLine, VersionInfo};
 use petrel_core::FunctionSpec;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -23,16 +23,30 @@ pub enum Backend {
     Postgres,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "invocations",
+        include_str!("../migrations/sqlite/0002_invocations.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "invocations",
+        include_str!("../migrations/postgres/0002_invocations.sql"),
+    ),
+];
 
 /// Migrations compiled into the binary.
 #[derive(Debug)]
@@ -300,11 +314,15 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM logs WHERE namespace = $1 AND function = $2")
+        for table in ["logs", "invocations"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE namespace = $1 AND function = $2"
+            ))
             .bind(namespace)
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(gone > 0)
     }
@@ -430,6 +448,138 @@ impl Store {
         }
         Ok(dropped)
     }
+}
+
+impl Store {
+    /// Writes invocation records in one transaction.
+    pub async fn append_invocations(&self, records: &[InvocationRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO invocations (id, namespace, function, version, trigger, started_at, duration_ms,
+                   billed_ms, memory_mb, cold_start, outcome, error, instance)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&r.id)
+            .bind(&r.namespace)
+            .bind(&r.function)
+            .bind(r.version as i64)
+            .bind(&r.trigger)
+            .bind(r.started_at)
+            .bind(r.duration_ms as i64)
+            .bind(r.billed_ms as i64)
+            .bind(r.memory_mb as i64)
+            .bind(r.cold_start as i64)
+            .bind(&r.outcome)
+            .bind(r.error.as_deref())
+            .bind(r.instance.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A function's invocations, newest first, optionally of one outcome and since a time.
+    pub async fn list_invocations(
+        &self,
+        namespace: &str,
+        function: &str,
+        outcome: Option<&str>,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM invocations
+             WHERE namespace = $1 AND function = $2 AND ($3 = '' OR outcome = $3) AND started_at >= $4
+             ORDER BY started_at DESC, id DESC LIMIT $5",
+        )
+        .bind(namespace)
+        .bind(function)
+        .bind(outcome.unwrap_or(""))
+        .bind(since)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invocation_record).collect()
+    }
+
+    pub async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRecord>> {
+        let row = sqlx::query("SELECT * FROM invocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| invocation_record(&r)).transpose()
+    }
+
+    /// Metered use per function between two times (ms since the epoch), optionally in one
+    /// namespace. GB-seconds are memory_mb / 1024 × billed_ms / 1000, summed per invocation.
+    pub async fn usage(
+        &self,
+        namespace: Option<&str>,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<FunctionUsage>> {
+        let rows = sqlx::query(
+            // CAST: PostgreSQL sums BIGINT into NUMERIC, which the portable driver does not read.
+            "SELECT namespace, function, COUNT(*) AS invocations,
+                    CAST(SUM(CASE WHEN outcome = 'success' THEN 0 ELSE 1 END) AS BIGINT) AS errors,
+                    CAST(SUM(billed_ms) AS BIGINT) AS billed_ms,
+                    CAST(SUM(memory_mb * billed_ms) AS BIGINT) AS mb_ms
+             FROM invocations
+             WHERE ($1 = '' OR namespace = $1) AND started_at >= $2 AND started_at < $3
+             GROUP BY namespace, function ORDER BY namespace, function",
+        )
+        .bind(namespace.unwrap_or(""))
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let mb_ms: i64 = r.try_get("mb_ms")?;
+                Ok(FunctionUsage {
+                    namespace: r.try_get("namespace")?,
+                    function: r.try_get("function")?,
+                    invocations: r.try_get::<i64, _>("invocations")? as u64,
+                    errors: r.try_get::<i64, _>("errors")? as u64,
+                    billed_ms: r.try_get::<i64, _>("billed_ms")? as u64,
+                    gb_seconds: mb_ms as f64 / 1024.0 / 1000.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops invocation records older than `max_age_ms`.
+    pub async fn trim_invocations(&self, max_age_ms: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM invocations WHERE started_at < $1")
+            .bind(now_ms() - max_age_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+fn invocation_record(r: &AnyRow) -> Result<InvocationRecord> {
+    Ok(InvocationRecord {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        function: r.try_get("function")?,
+        version: r.try_get::<i64, _>("version")? as u32,
+        trigger: r.try_get("trigger")?,
+        started_at: r.try_get("started_at")?,
+        duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
+        billed_ms: r.try_get::<i64, _>("billed_ms")? as u64,
+        memory_mb: r.try_get::<i64, _>("memory_mb")? as u32,
+        cold_start: r.try_get::<i64, _>("cold_start")? != 0,
+        outcome: r.try_get("outcome")?,
+        error: r.try_get("error")?,
+        instance: r.try_get("instance")?,
+    })
 }
 
 fn function_record(r: &AnyRow) -> Result<FunctionRecord> {

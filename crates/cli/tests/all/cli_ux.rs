@@ -224,6 +224,9 @@ async fn the_api_describes_itself_and_reports_health() {
         "/fn/{name}/{path}",
         "/healthz",
         "/metrics",
+        "/v1/functions/{name}/invocations",
+        "/v1/invocations/{id}",
+        "/v1/usage",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }

@@ -16,7 +16,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_count_exactly_what_was_sent() {
+async fn metrics_records_and_usage_count_exactly_what_was_sent() {
     let p = Petrel::start().await;
     p.deploy(echo_function("metered", "python3", "timeout = \"2s\"").path());
     for event in [
@@ -102,4 +102,123 @@ async fn metrics_count_exactly_what_was_sent() {
     assert_eq!(get("petrel_log_lines_dropped_total"), 0.0);
     // Labels stay bounded: no request ids or made-up names.
     assert!(!r.text().contains("nope"), "{}", r.text());
+}
+
+#[derive(serde::Deserialize)]
+struct List {
+    invocations: Vec<petrel_core::api::InvocationRecord>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invocation_records_and_usage_match_what_ran() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("metered", "python3", "timeout = \"2s\"\nmemory_mb = 256").path());
+    let mut ids = Vec::new();
+    for event in [
+        "{}",
+        "{}",
+        r#"{"action": "raise"}"#,
+        r#"{"action": "sleep"}"#,
+        "{}",
+    ] {
+        let r = p.invoke("metered", event).await;
+        ids.push(r.header("x-petrel-invocation-id").unwrap().to_owned());
+    }
+    let _ = p.http("GET", "/fn/metered/web", None).await;
+    ids.push(String::new());
+
+    // Records are written off the request path: wait until all six are in.
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        list = serde_json::from_slice::<List>(
+            &p.http("GET", "/v1/functions/metered/invocations", None)
+                .await
+                .body,
+        )
+        .unwrap()
+        .invocations;
+        if list.len() == 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(list.len(), 6, "{list:?}");
+    let count = |o: &str| list.iter().filter(|r| r.outcome == o).count();
+    assert_eq!(
+        (count("success"), count("function_error"), count("timeout")),
+        (4, 1, 1)
+    );
+    assert_eq!(list.iter().filter(|r| r.cold_start).count(), 2, "{list:?}");
+    assert_eq!(list.iter().filter(|r| r.trigger == "http").count(), 1);
+    assert!(list
+        .iter()
+        .all(|r| r.memory_mb == 256 && r.version == 1 && r.billed_ms >= 1));
+    assert!(
+        list.iter()
+            .all(|r| r.duration_ms >= r.billed_ms.saturating_sub(1)),
+        "{list:?}"
+    );
+    let timeout = list.iter().find(|r| r.outcome == "timeout").unwrap();
+    assert!(
+        timeout.billed_ms >= 2000 && timeout.billed_ms < 10_000,
+        "{timeout:?}"
+    );
+    // One record by its id, as the invoke answer named it.
+    let one: petrel_core::api::InvocationRecord = serde_json::from_slice(
+        &p.http("GET", &format!("/v1/invocations/{}", ids[2]), None)
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        (one.outcome.as_str(), one.error.as_deref()),
+        ("function_error", Some("ValueError"))
+    );
+    p.http("GET", "/v1/invocations/nope", None)
+        .await
+        .assert_error(404, "invocation_not_found");
+    let failed = p
+        .http(
+            "GET",
+            "/v1/functions/metered/invocations?outcome=timeout",
+            None,
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_slice::<List>(&failed.body)
+            .unwrap()
+            .invocations
+            .len(),
+        1
+    );
+
+    // Usage: GB-seconds are memory (GB) x billed seconds, summed over exactly these records.
+    let usage: petrel_core::api::Usage =
+        serde_json::from_slice(&p.http("GET", "/v1/usage", None).await.body).unwrap();
+    assert_eq!(usage.functions.len(), 1);
+    let u = &usage.functions[0];
+    let billed: u64 = list.iter().map(|r| r.billed_ms).sum();
+    assert_eq!((u.invocations, u.errors, u.billed_ms), (6, 2, billed));
+    let expected = 256.0 / 1024.0 * billed as f64 / 1000.0;
+    assert!(
+        (u.gb_seconds - expected).abs() < 1e-9,
+        "{} != {expected}",
+        u.gb_seconds
+    );
+    assert_eq!(usage.total_invocations, 6);
+
+    // The CLI shows both.
+    let out = p.cli_ok(&["inv", "ls", "metered"]);
+    assert!(
+        out.contains("function_error") && out.contains("timeout") && out.contains(&ids[0]),
+        "{out}"
+    );
+    assert!(p
+        .cli_ok(&["inv", "get", &ids[0]])
+        .contains("\"outcome\": \"success\""));
+    let out = p.cli_ok(&["usage"]);
+    assert!(
+        out.contains("metered") && out.contains(&format!("{expected:.6}")),
+        "{out}"
+    );
 }

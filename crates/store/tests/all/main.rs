@@ -104,6 +104,7 @@ both_backends!(
     concurrent_deploys_get_distinct_versions,
     list_get_and_delete,
     logs_are_read_filtered_and_trimmed,
+    invocations_are_recorded_and_metered,
 );
 
 async fn versions_are_numbered_and_immutable(store: Store) {
@@ -338,6 +339,114 @@ async fn logs_are_read_filtered_and_trimmed(store: Store) {
         .await
         .unwrap();
     assert_eq!(store.trim_logs(4, 3_600_000).await.unwrap(), 1);
+}
+
+fn record(
+    id: &str,
+    function: &str,
+    started_at: i64,
+    billed_ms: u64,
+    memory_mb: u32,
+    outcome: &str,
+) -> petrel_core::api::InvocationRecord {
+    petrel_core::api::InvocationRecord {
+        id: id.into(),
+        namespace: "default".into(),
+        function: function.into(),
+        version: 1,
+        trigger: "invoke".into(),
+        started_at,
+        duration_ms: billed_ms,
+        billed_ms,
+        memory_mb,
+        cold_start: id == "a",
+        outcome: outcome.into(),
+        error: (outcome != "success").then(|| "boom".into()),
+        instance: Some("i-1".into()),
+    }
+}
+
+async fn invocations_are_recorded_and_metered(store: Store) {
+    let now = petrel_store::now_ms();
+    let records = vec![
+        record("a", "billed", now - 3000, 100, 128, "success"),
+        record("b", "billed", now - 2000, 250, 128, "function_error"),
+        record("c", "billed", now - 1000, 1, 1024, "success"),
+        record("d", "other", now - 500, 40, 256, "timeout"),
+    ];
+    store.append_invocations(&records).await.unwrap();
+    // Writing a record twice (a retried batch) keeps one.
+    store.append_invocations(&records[..1]).await.unwrap();
+
+    let list = store
+        .list_invocations("default", "billed", None, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        list.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["c", "b", "a"]
+    );
+    assert_eq!(list[2], records[0]);
+    let failed = store
+        .list_invocations("default", "billed", Some("function_error"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        store
+            .list_invocations("default", "billed", None, now - 1500, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.get_invocation("d").await.unwrap().unwrap().outcome,
+        "timeout"
+    );
+    assert!(store.get_invocation("zzz").await.unwrap().is_none());
+
+    let usage = store.usage(None, now - 10_000, now + 1).await.unwrap();
+    assert_eq!(usage.len(), 2);
+    let billed = &usage[0];
+    assert_eq!(
+        (
+            billed.function.as_str(),
+            billed.invocations,
+            billed.errors,
+            billed.billed_ms
+        ),
+        ("billed", 3, 1, 351)
+    );
+    // 128 MB x 100 ms + 128 MB x 250 ms + 1024 MB x 1 ms, in GB-seconds.
+    let expected = (128.0 * 100.0 + 128.0 * 250.0 + 1024.0 * 1.0) / 1024.0 / 1000.0;
+    assert!(
+        (billed.gb_seconds - expected).abs() < 1e-12,
+        "{} != {expected}",
+        billed.gb_seconds
+    );
+    assert_eq!(
+        store
+            .usage(None, now - 1500, now + 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| u.invocations)
+            .sum::<u64>(),
+        2
+    );
+
+    // Deleting a function deletes its records.
+    store
+        .create_version("default", &spec("other", "python3"), "d", 1)
+        .await
+        .unwrap();
+    assert!(store.delete_function("default", "other").await.unwrap());
+    assert!(store.get_invocation("d").await.unwrap().is_none());
+    // Retention drops what is older than the bound (here: only "a", 3 s old).
+    assert_eq!(store.trim_invocations(2500).await.unwrap(), 1);
+    assert!(store.get_invocation("a").await.unwrap().is_none());
+    assert!(store.get_invocation("b").await.unwrap().is_some());
 }
 
 #[tokio::test]
