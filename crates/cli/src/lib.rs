@@ -6,6 +6,7 @@
 pub mod client;
 pub mod package;
 pub mod scaffold;
+pub mod top;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -95,6 +96,17 @@ enum Command {
         /// From this long ago until now (default 24h).
         #[arg(long)]
         since: Option<String>,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// A live view of functions: rate, errors, p50/p99, instances, cold starts.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Print one frame (two scrapes an interval apart) and exit.
+        #[arg(long)]
+        once: bool,
         #[arg(long, short)]
         namespace: Option<String>,
     },
@@ -388,6 +400,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Top {
+            interval,
+            once,
+            namespace,
+        } => {
+            let interval = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
+            let scrape = || async {
+                let (_, body) = client.call(Method::GET, "/metrics", None).await?;
+                anyhow::Ok((
+                    std::time::Instant::now(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ))
+            };
+            let mut before = scrape().await?;
+            loop {
+                tokio::time::sleep(interval).await;
+                let after = scrape().await?;
+                let secs = after.0.duration_since(before.0).as_secs_f64();
+                let text = top::frame(&before.1, &after.1, secs, namespace.as_deref());
+                if once {
+                    print!("{text}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // Clear the screen, then draw.
+                print!(
+                    "\x1b[2J\x1b[H{} (every {:.1}s, Ctrl-C to quit)\n\n{text}",
+                    client.base(),
+                    interval.as_secs_f64()
+                );
+                std::io::stdout().flush()?;
+                before = after;
+            }
         }
         Command::Usage { since, namespace } => {
             let mut q = vec![];

@@ -222,3 +222,31 @@ async fn invocation_records_and_usage_match_what_ran() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn petrel_top_shows_each_function() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("watched", "nodejs", "").path());
+    p.deploy(echo_function("idle", "python3", "").path());
+    for _ in 0..5 {
+        assert_eq!(p.invoke("watched", "{}").await.status, 200);
+    }
+    let out = p.cli_ok(&["top", "--once", "--interval", "0.5"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("watched "))
+        .unwrap_or_else(|| panic!("no row for watched:\n{out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // FUNCTION NAMESPACE REQ/S ERR/S P50 P99 INST BUSY QUEUED COLD TOTAL
+    assert_eq!(cols[1], "default");
+    assert_eq!(cols[6], "1", "one warm instance: {row}");
+    assert_eq!(cols[10], "5", "five invocations in all: {row}");
+    // A deployed function that never ran is listed, idle.
+    let idle: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("idle "))
+        .unwrap_or_else(|| panic!("no row for idle:\n{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!((idle[6], idle[10]), ("0", "0"), "{out}");
+}
