@@ -68,19 +68,28 @@ pub struct LimitedBody {
     remaining: usize,
     drained: u64,
     exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    passed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a [`LimitedBody`] saw: whether it outgrew its limit, and how many bytes it passed on.
+#[derive(Debug, Clone, Default)]
+pub struct BodyWatch {
+    pub exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub passed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Body, limit: usize) -> (Self, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub fn new(inner: Body, limit: usize) -> (Self, BodyWatch) {
+        let watch = BodyWatch::default();
         (
             Self {
                 inner,
                 remaining: limit,
                 drained: 0,
-                exceeded: exceeded.clone(),
+                exceeded: watch.exceeded.clone(),
+                passed: watch.passed.clone(),
             },
-            exceeded,
+            watch,
         )
     }
 }
@@ -121,6 +130,7 @@ impl http_body::Body for LimitedBody {
                 continue;
             }
             this.remaining -= len;
+            this.passed.fetch_add(len as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(frame)));
         }
     }

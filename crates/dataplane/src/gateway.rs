@@ -210,6 +210,10 @@ async fn invoke_event(
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
     let (version, started, mut lease) = take_lease(call, pool).await?;
+    let v = pool.version();
+    call.dp
+        .metrics()
+        .bytes(&v.namespace, &v.spec, "in", event.len() as u64);
     let text = |name: &str| {
         headers
             .get(name)
@@ -226,6 +230,11 @@ async fn invoke_event(
             cognito_identity: None,
         })
         .await;
+    if let Ok(LambdaOutcome::Success(b) | LambdaOutcome::FunctionError { body: b, .. }) = &result {
+        call.dp
+            .metrics()
+            .bytes(&v.namespace, &v.spec, "out", b.len() as u64);
+    }
     match &result {
         Ok(LambdaOutcome::Success(_)) => report(call, &lease, started, "success", None),
         Ok(LambdaOutcome::FunctionError { error_type, .. }) => report(
@@ -479,11 +488,11 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
             h.insert("x-forwarded-for", v);
         }
     }
-    let (body, exceeded) = LimitedBody::new(body, limit);
+    let (body, watch) = LimitedBody::new(body, limit);
     let req = http::Request::from_parts(parts, Body::new(body));
     let timeout = pool.version().spec.timeout();
     let result = lease.instance().proxy(id, req, timeout).await;
-    if result.is_err() && exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+    if result.is_err() && watch.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
         // The upload outgrew the limit while it streamed; the function is not at fault (the
         // answer is counted as rejected, not as the function's invocation).
         return Err(payload_too_large(limit));
@@ -506,6 +515,10 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
                 Body::new(LeasedBody {
                     inner: body,
                     _lease: lease,
+                    metrics: dp.metrics().clone(),
+                    version: pool.version().clone(),
+                    request: watch,
+                    sent: 0,
                 }),
             );
             stamp(&mut resp, id, version);
@@ -521,9 +534,26 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
 }
 
 /// A response body that keeps its instance slot taken until it has been sent (or dropped).
+/// Counts the bytes both ways when it is done.
 struct LeasedBody {
     inner: Body,
     _lease: Lease,
+    metrics: Arc<Metrics>,
+    version: Arc<crate::DeployedVersion>,
+    request: crate::body::BodyWatch,
+    sent: u64,
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        let v = &self.version;
+        let received = self
+            .request
+            .passed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.bytes(&v.namespace, &v.spec, "in", received);
+        self.metrics.bytes(&v.namespace, &v.spec, "out", self.sent);
+    }
 }
 
 impl http_body::Body for LeasedBody {
@@ -534,7 +564,11 @@ impl http_body::Body for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.sent += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

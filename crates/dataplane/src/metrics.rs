@@ -29,6 +29,14 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub namespace: String,
+    pub function: String,
+    pub runtime: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub namespace: String,
     pub function: String,
@@ -56,6 +64,7 @@ pub struct Metrics {
     instances: Family<StateLabels, Gauge>,
     log_lines_dropped: Counter,
     records_dropped: Counter,
+    bytes: Family<DirectionLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,7 +131,14 @@ impl Default for Metrics {
             "Invocation records dropped because the record writer fell behind",
             records_dropped.clone(),
         );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "petrel_bytes",
+            "Body bytes to functions (direction=in) and from them (direction=out)",
+            bytes.clone(),
+        );
         Self {
+            bytes,
             records_dropped,
             registry,
             invocations,
@@ -186,6 +202,21 @@ impl Metrics {
         self.acquire
             .get_or_create(&function_labels(namespace, spec))
             .observe(waited.as_secs_f64());
+    }
+
+    /// Body bytes that went to (`in`) or came from (`out`) a function.
+    pub fn bytes(&self, namespace: &str, spec: &FunctionSpec, direction: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                namespace: namespace.to_owned(),
+                function: spec.name.clone(),
+                runtime: spec.runtime.to_string(),
+                direction: direction.to_owned(),
+            })
+            .inc_by(n);
     }
 
     pub fn rejected(&self, code: &str) {

@@ -19,6 +19,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 async fn metrics_records_and_usage_count_exactly_what_was_sent() {
     let p = Petrel::start().await;
     p.deploy(echo_function("metered", "python3", "timeout = \"2s\"").path());
+    let (mut bytes_in, mut bytes_out) = (0, 0);
     for event in [
         "{}",
         "{}",
@@ -26,7 +27,12 @@ async fn metrics_records_and_usage_count_exactly_what_was_sent() {
         r#"{"action": "sleep"}"#,
         "{}",
     ] {
-        p.invoke("metered", event).await;
+        let r = p.invoke("metered", event).await;
+        bytes_in += event.len();
+        // The function's own answers count; Petrel's timeout answer does not.
+        if r.header("x-petrel-error").is_none() {
+            bytes_out += r.body.len();
+        }
     }
     p.invoke("nope", "{}")
         .await
@@ -100,6 +106,11 @@ async fn metrics_records_and_usage_count_exactly_what_was_sent() {
         0.0
     );
     assert_eq!(get("petrel_log_lines_dropped_total"), 0.0);
+    let dir = |d: &str| {
+        format!("petrel_bytes_total{{namespace=\"default\",function=\"metered\",runtime=\"python3\",direction=\"{d}\"}}")
+    };
+    assert_eq!(get(&dir("in")), bytes_in as f64);
+    assert_eq!(get(&dir("out")), bytes_out as f64);
     // Labels stay bounded: no request ids or made-up names.
     assert!(!r.text().contains("nope"), "{}", r.text());
 }
@@ -249,4 +260,35 @@ async fn petrel_top_shows_each_function() {
         .split_whitespace()
         .collect();
     assert_eq!((idle[6], idle[10]), ("0", "0"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_streamed_to_and_from_an_http_function_are_counted() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("streamer", "http", "").path());
+    let sent = vec![b'x'; 100_000];
+    let r = p
+        .http(
+            "POST",
+            "/fn/streamer/up",
+            Some(("application/octet-stream", sent.clone())),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let streamed = p.http("GET", "/fn/streamer/stream", None).await;
+    let out = (r.body.len() + streamed.body.len()) as f64;
+    let dir = |d: &str| {
+        format!("petrel_bytes_total{{namespace=\"default\",function=\"streamer\",runtime=\"http\",direction=\"{d}\"}}")
+    };
+    let mut m = HashMap::new();
+    // The counts land when each response body has been sent; give the last one a moment.
+    for _ in 0..50 {
+        m = samples(&p.http("GET", "/metrics", None).await.text());
+        if m.get(&dir("out")) == Some(&out) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(m.get(&dir("in")), Some(&(sent.len() as f64)));
+    assert_eq!(m.get(&dir("out")), Some(&out));
 }
