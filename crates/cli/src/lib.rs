@@ -170,6 +170,9 @@ struct ServeArgs {
     /// Write Petrel's own log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Export invocation spans as OTLP over HTTP to this collector (http://HOST:4318).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -721,6 +724,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.store {
         cfg.store = Some(s);
+    }
+    if let Some(e) = args.otlp_endpoint {
+        cfg.otlp_endpoint = Some(e);
     }
     let server = petrel_server::Server::start(cfg).await?;
     let addr = server.local_addr();

@@ -5,6 +5,7 @@
 use crate::body::{collect_limited, BodyError, LimitedBody};
 use crate::metrics::Metrics;
 use crate::pool::{AcquireError, Lease, Pool};
+use crate::trace::{SpanRecord, TraceContext};
 use crate::{apigw, invoke_error, DataPlane, ErrorResponse};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
 use bytes::Bytes;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use petrel_core::api::{InvocationRecord, INVOCATION_ID_HEADER, VERSION_HEADER};
 use petrel_core::error::FUNCTION_ERROR_HEADER;
 use petrel_core::{now_ms, ApiError, ErrorCode, FunctionRef};
@@ -21,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The gateway's routes; merge them into the server's router.
 pub fn routes() -> Router<DataPlane> {
@@ -88,17 +90,87 @@ struct Call<'a> {
     trigger: &'static str,
     asked: Instant,
     asked_ms: i64,
+    asked_at: SystemTime,
+    /// The invocation's span; its parent is the caller's span when it sent a `traceparent`.
+    trace: TraceContext,
+    parent: Option<[u8; 8]>,
+    method: String,
 }
 
 impl<'a> Call<'a> {
-    fn new(dp: &'a DataPlane, id: &'a str, trigger: &'static str) -> Self {
+    fn new(dp: &'a DataPlane, id: &'a str, trigger: &'static str, req: &Request) -> Self {
+        let caller = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse);
         Self {
             dp,
             id,
             trigger,
             asked: Instant::now(),
             asked_ms: now_ms(),
+            asked_at: SystemTime::now(),
+            trace: caller
+                .map(|c| c.child())
+                .unwrap_or_else(TraceContext::new_root),
+            parent: caller.map(|c| c.span_id),
+            method: req.method().to_string(),
         }
+    }
+
+    /// Sends a span of this invocation to the exporter, if one is configured.
+    fn span(
+        &self,
+        name: &'static str,
+        context: TraceContext,
+        start: SystemTime,
+        attributes: Vec<(&'static str, String)>,
+        error: Option<String>,
+    ) {
+        if let Some(sink) = self.dp.spans() {
+            let (parent, kind) = if name == "invoke" {
+                (self.parent, SpanKind::Server)
+            } else {
+                (Some(self.trace.span_id), SpanKind::Internal)
+            };
+            sink.emit(SpanRecord {
+                context,
+                parent,
+                name,
+                kind,
+                start,
+                end: SystemTime::now(),
+                attributes,
+                error,
+            });
+        }
+    }
+
+    /// The invocation's own span, with OpenTelemetry's FaaS attributes.
+    fn finish(&self, v: (&str, &str, u32), cold: bool, outcome: &str, error: Option<String>) {
+        let (namespace, function, version) = v;
+        let trigger = if self.trigger == "http" {
+            "http"
+        } else {
+            "other"
+        };
+        self.span(
+            "invoke",
+            self.trace,
+            self.asked_at,
+            vec![
+                ("faas.name", function.to_owned()),
+                ("faas.version", version.to_string()),
+                ("faas.invocation_id", self.id.to_owned()),
+                ("faas.trigger", trigger.to_owned()),
+                ("faas.coldstart", cold.to_string()),
+                ("petrel.namespace", namespace.to_owned()),
+                ("petrel.outcome", outcome.to_owned()),
+                ("http.request.method", self.method.clone()),
+            ],
+            error,
+        );
     }
 
     /// The invocation's record, written off the request path.
@@ -138,8 +210,24 @@ async fn take_lease(call: &Call<'_>, pool: &Arc<Pool>) -> Result<(u32, Instant, 
     let v = pool.version();
     let metrics = call.dp.metrics();
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let result = pool.acquire().await;
     metrics.acquired(&v.namespace, &v.spec, t0.elapsed());
+    let cold = result.as_ref().map(Lease::cold).unwrap_or(true);
+    call.span("pool.acquire", call.trace.child(), t0_wall, vec![], None);
+    if cold {
+        let error = result
+            .as_ref()
+            .err()
+            .map(|_| "the instance failed to start".to_owned());
+        call.span(
+            "instance.cold_start",
+            call.trace.child(),
+            t0_wall,
+            vec![],
+            error,
+        );
+    }
     match result {
         Ok(lease) => Ok((v.version, Instant::now(), lease)),
         // Counted as rejected where the answer goes out.
@@ -153,6 +241,8 @@ async fn take_lease(call: &Call<'_>, pool: &Arc<Pool>) -> Result<(u32, Instant, 
                 v.spec.memory_mb,
             );
             call.record(who, None, true, "init_failed", Some(e.to_string()), None);
+            let v3 = (v.namespace.as_str(), v.name.as_str(), v.version);
+            call.finish(v3, true, "init_failed", Some(e.to_string()));
             Err(invoke_error(&v.name, v.version, &e))
         }
     }
@@ -160,7 +250,13 @@ async fn take_lease(call: &Call<'_>, pool: &Arc<Pool>) -> Result<(u32, Instant, 
 
 /// Writes the platform's one-line report of an invocation to the function's log, counts it, and
 /// records it.
-fn report(call: &Call<'_>, lease: &Lease, started: Instant, outcome: &str, error: Option<String>) {
+fn report(
+    call: &Call<'_>,
+    lease: &Lease,
+    (started, started_at, call_span): (Instant, SystemTime, TraceContext),
+    outcome: &str,
+    error: Option<String>,
+) {
     let i = lease.instance();
     let spec = i.spec();
     let ran = started.elapsed();
@@ -188,6 +284,22 @@ fn report(call: &Call<'_>, lease: &Lease, started: Instant, outcome: &str, error
         spec.version,
         spec.spec.memory_mb,
     );
+    let failed =
+        (outcome != "success").then(|| error.clone().unwrap_or_else(|| outcome.to_owned()));
+    let instance = vec![("petrel.instance", i.id().to_owned())];
+    call.span(
+        "function.call",
+        call_span,
+        started_at,
+        instance,
+        failed.clone(),
+    );
+    let v3 = (
+        spec.namespace.as_str(),
+        spec.function.as_str(),
+        spec.version,
+    );
+    call.finish(v3, lease.cold(), outcome, failed);
     call.record(who, Some(ran), lease.cold(), outcome, error, Some(i.id()));
 }
 
@@ -210,6 +322,8 @@ async fn invoke_event(
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
     let (version, started, mut lease) = take_lease(call, pool).await?;
+    let timing = (started, SystemTime::now(), call.trace.child());
+    let call_span = timing.2;
     let v = pool.version();
     call.dp
         .metrics()
@@ -228,6 +342,7 @@ async fn invoke_event(
             timeout: pool.version().spec.timeout(),
             client_context: text("x-amz-client-context"),
             cognito_identity: None,
+            trace_id: Some(call_span.xray()),
         })
         .await;
     if let Ok(LambdaOutcome::Success(b) | LambdaOutcome::FunctionError { body: b, .. }) = &result {
@@ -236,18 +351,18 @@ async fn invoke_event(
             .bytes(&v.namespace, &v.spec, "out", b.len() as u64);
     }
     match &result {
-        Ok(LambdaOutcome::Success(_)) => report(call, &lease, started, "success", None),
+        Ok(LambdaOutcome::Success(_)) => report(call, &lease, timing, "success", None),
         Ok(LambdaOutcome::FunctionError { error_type, .. }) => report(
             call,
             &lease,
-            started,
+            timing,
             "function_error",
             Some(error_type.clone()),
         ),
         Err(e) => report(
             call,
             &lease,
-            started,
+            timing,
             failure_outcome(e),
             Some(e.to_string()),
         ),
@@ -332,7 +447,7 @@ async fn raw_invoke_inner(
     let r = parse_ref(name, q)?;
     let limit = dp.env().payload_limit();
     let pool = dp.resolve(&r).await?;
-    let call = Call::new(dp, id, "invoke");
+    let call = Call::new(dp, id, "invoke", &req);
     if !pool.version().spec.runtime.speaks_lambda() {
         // An HTTP function gets the payload as a POST to its root.
         let (mut parts, body) = req.into_parts();
@@ -426,7 +541,7 @@ async fn fn_inner(
 ) -> Result<Response, ApiError> {
     let r = parse_ref(name, q)?;
     let pool = dp.resolve(&r).await?;
-    let call = Call::new(dp, id, "http");
+    let call = Call::new(dp, id, "http", &req);
     let uri = function_uri(rest, req.uri().query());
     if !pool.version().spec.runtime.speaks_lambda() {
         let (mut parts, body) = req.into_parts();
@@ -474,8 +589,13 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
         return Err(payload_too_large(limit));
     }
     let (version, started, mut lease) = take_lease(call, pool).await?;
+    let timing = (started, SystemTime::now(), call.trace.child());
+    let call_span = timing.2;
     let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&call_span.traceparent()) {
+        h.insert("traceparent", v);
+    }
     if let Ok(v) = HeaderValue::from_str(id) {
         h.insert(INVOCATION_ID_HEADER, v);
     }
@@ -498,11 +618,11 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
         return Err(payload_too_large(limit));
     }
     match &result {
-        Ok(_) => report(call, &lease, started, "success", None),
+        Ok(_) => report(call, &lease, timing, "success", None),
         Err(e) => report(
             call,
             &lease,
-            started,
+            timing,
             failure_outcome(e),
             Some(e.to_string()),
         ),

@@ -14,6 +14,7 @@ mod error;
 mod gateway;
 pub mod metrics;
 pub mod pool;
+pub mod trace;
 
 pub use error::{invoke_error, ErrorResponse};
 pub use gateway::routes;
@@ -61,6 +62,7 @@ pub trait VersionSource: Send + Sync + 'static {
 type Key = (String, String);
 
 struct Inner {
+    spans: std::sync::OnceLock<trace::SpanSink>,
     env: RuntimeEnv,
     metrics: Arc<metrics::Metrics>,
     records: RecordSink,
@@ -93,6 +95,7 @@ impl DataPlane {
         let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
         let dp = Self {
             inner: Arc::new(Inner {
+                spans: std::sync::OnceLock::new(),
                 env,
                 metrics: Arc::new(metrics::Metrics::default()),
                 records: RecordSink {
@@ -113,6 +116,15 @@ impl DataPlane {
         if self.inner.records.tx.try_send(r).is_err() {
             self.inner.records.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Exports invocation spans as OTLP to `endpoint` (e.g. `http://127.0.0.1:4318`) from now on.
+    pub fn export_spans_to(&self, endpoint: &str) {
+        let _ = self.inner.spans.set(trace::spawn_exporter(endpoint));
+    }
+
+    pub(crate) fn spans(&self) -> Option<&trace::SpanSink> {
+        self.inner.spans.get()
     }
 
     /// Records lost to back-pressure since start.

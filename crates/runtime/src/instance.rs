@@ -50,6 +50,8 @@ pub struct LambdaRequest {
     pub timeout: Duration,
     pub client_context: Option<String>,
     pub cognito_identity: Option<String>,
+    /// `Lambda-Runtime-Trace-Id` (X-Ray form); a new one when `None`.
+    pub trace_id: Option<String>,
 }
 
 /// What an instance runs: a version of a function and where its code is unpacked.
@@ -465,7 +467,7 @@ impl Instance {
             id: req.id,
             event: req.event,
             deadline_ms,
-            trace_id: new_trace_id(),
+            trace_id: req.trace_id.unwrap_or_else(new_trace_id),
             client_context: req.client_context,
             cognito_identity: req.cognito_identity,
         });

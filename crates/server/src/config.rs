@@ -18,6 +18,8 @@ pub struct ServeConfig {
     pub log_retention: Duration,
     /// How long in-flight requests may take to finish after a stop signal.
     pub shutdown_timeout: Duration,
+    /// Where to export invocation spans as OTLP over HTTP (`http://collector:4318`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -31,6 +33,7 @@ impl Default for ServeConfig {
             log_retention_lines: 10_000,
             log_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
+            otlp_endpoint: None,
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct ConfigFile {
     pub log_retention_lines: Option<u32>,
     pub log_retention: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -58,6 +62,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log_retention_lines",
     "log_retention",
     "shutdown_timeout",
+    "otlp_endpoint",
 ];
 
 impl ConfigFile {
@@ -110,6 +115,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.log_retention {
             base.log_retention = dur(&v, "log_retention")?;
+        }
+        if let Some(v) = self.otlp_endpoint {
+            base.otlp_endpoint = Some(v);
         }
         if let Some(v) = self.shutdown_timeout {
             base.shutdown_timeout = dur(&v, "shutdown_timeout")?;

@@ -135,6 +135,10 @@ impl Server {
             }),
         );
         let record_writer = logs::spawn_record_writer(store.clone(), records);
+        if let Some(endpoint) = &config.otlp_endpoint {
+            dataplane.export_spans_to(endpoint);
+            tracing::info!(%endpoint, "exporting invocation spans over OTLP");
+        }
         let mut restored = 0;
         for (namespace, v) in store
             .latest_versions()

@@ -35,6 +35,7 @@ def handler(event, context):
         "request_id": context.aws_request_id,
         "remaining_ms": context.get_remaining_time_in_millis(),
         "arn": context.invoked_function_arn,
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
     }
 "#;
 

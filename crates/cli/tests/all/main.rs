@@ -9,4 +9,5 @@ mod http_fn;
 mod lifecycle;
 mod metrics;
 mod pool;
+mod tracing;
 mod wasm;
