@@ -326,6 +326,28 @@ pub struct InvocationsQuery {
     limit: Option<u32>,
 }
 
+/// The namespace of a request about a function that must exist, or the error saying why not.
+async fn existing_function(
+    app: &App,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<String, ApiError> {
+    let ns = namespace
+        .unwrap_or(petrel_core::DEFAULT_NAMESPACE)
+        .to_owned();
+    validate_name("namespace", &ns)?;
+    validate_name("function name", name)?;
+    match app
+        .store
+        .get_function(&ns, name)
+        .await
+        .map_err(store_error)?
+    {
+        Some(_) => Ok(ns),
+        None => Err(not_found(name)),
+    }
+}
+
 fn since_ms(
     since: Option<&str>,
     default_ago: Option<std::time::Duration>,
@@ -350,21 +372,7 @@ pub async fn invocations(
     q: Result<Query<InvocationsQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
-    let ns = q
-        .namespace
-        .clone()
-        .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
-    validate_name("namespace", &ns).map_err(ApiError::from)?;
-    validate_name("function name", &name).map_err(ApiError::from)?;
-    if app
-        .store
-        .get_function(&ns, &name)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
-        return Err(not_found(&name).into());
-    }
+    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
     let since = since_ms(q.since.as_deref(), None)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let invocations = app
@@ -445,33 +453,8 @@ pub async fn logs(
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
-    let ns = q
-        .namespace
-        .clone()
-        .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
-    validate_name("namespace", &ns).map_err(ApiError::from)?;
-    validate_name("function name", &name).map_err(ApiError::from)?;
-    if app
-        .store
-        .get_function(&ns, &name)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
-        return Err(not_found(&name).into());
-    }
-    let since_ts = match &q.since {
-        Some(s) => {
-            let d = humantime::parse_duration(s).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("since={s:?} is not a duration ({e}); write it like 10m or 2h"),
-                )
-            })?;
-            petrel_store::now_ms() - d.as_millis() as i64
-        }
-        None => 0,
-    };
+    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let since_ts = since_ms(q.since.as_deref(), None)?;
     let (limit, tail) = match (q.tail, q.since.is_some()) {
         (Some(n), _) => (n.min(100_000), true),
         (None, true) => (100_000, false),
