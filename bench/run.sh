@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: Petrel next to its peers and the physical limit, on this machine, with
+# the same load generator, in one run. Writes a markdown report to bench/results/.
+#
+#   bench/run.sh [warm-http] [gateway-overhead] [cold-start] [many-functions]   (default: all)
+#
+# Installs what it needs when missing: wrk (Debian), wasmtime-cli 48.0.8 (crates.io), workerd
+# 1.20261117.1 (npm, under bench/.tools). Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
+# DURATION (seconds per measurement, default 10) and N (functions, default 1000) tune it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+DURATION=${DURATION:-10}
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+N=${N:-1000}
+scenarios=("$@")
+[ ${#scenarios[@]} -eq 0 ] && scenarios=(warm-http gateway-overhead cold-start many-functions)
+
+tools=$root/bench/.tools
+mkdir -p "$tools" bench/results
+work=$(mktemp -d)
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+trap 'stop_all; rm -rf "$work"' EXIT
+
+say() { echo "bench: $*" >&2; }
+_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- tools -------------------------------------------------------------------------------------
+command -v wrk >/dev/null || { say "installing wrk"; _sudo apt-get update -qq; _sudo apt-get install -y -qq wrk >/dev/null; }
+WASMTIME=${WASMTIME:-$HOME/.cargo/bin/wasmtime}
+[ -x "$WASMTIME" ] || { say "installing wasmtime-cli 48.0.8 (about 14 min)"; cargo install wasmtime-cli --version 48.0.8 --locked; }
+WORKERD=$tools/node_modules/.bin/workerd
+[ -x "$WORKERD" ] || { say "installing workerd"; (cd "$tools" && npm install --silent workerd@1.20261117.1); }
+say "building Petrel, the hyper baseline and the hello component (release)"
+cargo build -q --release
+cargo build -q --release --manifest-path bench/hello-hyper/Cargo.toml
+HYPER=$root/bench/hello-hyper/target/release/hello-hyper
+CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
+cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
+PETREL=$root/target/release/petrel
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ok() { for _ in $(seq 1 300); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; say "no answer from $1"; return 1; }
+pinned() { taskset -c "$SERVER_CPU" "$@"; }
+
+# wrk at C connections against URL; prints "req/s p50 p99" (latencies as wrk writes them).
+load() {
+  local url=$1 c=$2
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" > "$work/wrk.out" 2>&1 || true
+  awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {printf "%s %s %s\n", r, p50, p99}' "$work/wrk.out"
+}
+
+start_petrel() {
+  local port; port=$(free_port)
+  pinned "$PETREL" serve --listen "127.0.0.1:$port" --data-dir "$work/petrel-$port" > "$work/petrel.out" 2>/dev/null &
+  pids+=($!)
+  wait_ok "http://127.0.0.1:$port/healthz"
+  PETREL_URL="http://127.0.0.1:$port"
+}
+
+report=bench/results/$(date -u +%Y%m%dT%H%M%SZ).md
+{
+  echo "# Petrel benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
+  echo "Linux $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg). Servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU,"
+  echo "${DURATION}s per measurement. wrk corrects for coordinated omission, so a few stalls raise its p99."
+  echo
+} > "$report"
+
+warm_http() {
+  say "warm-http"
+  local rows=() name url
+  declare -A base
+  run_target() { # name url
+    for c in 1 64; do
+      read -r rps p50 p99 < <(load "$2" "$c")
+      [ "$1" = "hyper (bare, the limit)" ] && base[$c]=$rps
+      rows+=("| $1 | $c | ${rps:-?} | ${p50:-?} | ${p99:-?} | $(python3 -c "b=float('${base[$c]:-0}' or 0); r=float('${rps:-0}' or 0); print(f'{r/b:.2f}' if b else '-')") |")
+    done
+  }
+  local port; port=$(free_port)
+  pinned "$HYPER" "127.0.0.1:$port" > /dev/null & pids+=($!); wait_ok "http://127.0.0.1:$port/"
+  run_target "hyper (bare, the limit)" "http://127.0.0.1:$port/"; stop_all
+
+  start_petrel
+  for ex in hello-wasm hello-http hello-python hello-node; do PETREL_SERVER=$PETREL_URL "$PETREL" deploy "examples/$ex" > /dev/null; done
+  for ex in hello-wasm hello-http hello-python hello-node; do wait_ok "$PETREL_URL/fn/$ex/"; done
+  run_target "Petrel wasm (fresh instance per request)" "$PETREL_URL/fn/hello-wasm/"
+  run_target "Petrel http (Node server)" "$PETREL_URL/fn/hello-http/"
+  run_target "Petrel python3 handler" "$PETREL_URL/fn/hello-python/"
+  run_target "Petrel nodejs handler" "$PETREL_URL/fn/hello-node/"
+  stop_all
+
+  port=$(free_port)
+  pinned "$WASMTIME" serve -S cli=y --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm 2>/dev/null & pids+=($!)
+  wait_ok "http://127.0.0.1:$port/"
+  run_target "wasmtime serve (fresh instance, default)" "http://127.0.0.1:$port/"; stop_all
+  port=$(free_port)
+  pinned "$WASMTIME" serve -S cli=y --max-instance-reuse-count 1000000 --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm 2>/dev/null & pids+=($!)
+  wait_ok "http://127.0.0.1:$port/"
+  run_target "wasmtime serve (instances reused)" "http://127.0.0.1:$port/"; stop_all
+
+  port=$(free_port)
+  sed "s/PORT/$port/" bench/workerd/config.capnp > "$work/config.capnp"; cp bench/workerd/worker.js "$work/"
+  pinned "$WORKERD" serve "$work/config.capnp" > /dev/null 2>&1 & pids+=($!)
+  wait_ok "http://127.0.0.1:$port/"
+  run_target "workerd (JS hello worker)" "http://127.0.0.1:$port/"; stop_all
+
+  {
+    echo "## warm-http: the same hello answer, one wrk thread"
+    echo
+    echo "| target | connections | requests/s | p50 | p99 | requests/s ÷ bare hyper |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+    echo
+  } >> "$report"
+}
+
+gateway_overhead() {
+  say "gateway-overhead"
+  start_petrel
+  PETREL_SERVER=$PETREL_URL "$PETREL" deploy examples/hello-http > /dev/null
+  wait_ok "$PETREL_URL/fn/hello-http/"
+  local port; port=$(free_port)
+  (cd examples/hello-http && PORT=$port pinned node server.js > /dev/null) & pids+=($!)
+  wait_ok "http://127.0.0.1:$port/"
+  {
+    echo "## gateway-overhead: the Node http example, called directly and through Petrel"
+    echo
+    echo "| connections | direct p50 | through Petrel p50 | direct p99 | through Petrel p99 | direct req/s | through Petrel req/s |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    for c in 1 64; do
+      read -r dr d50 d99 < <(load "http://127.0.0.1:$port/" "$c")
+      read -r pr p50 p99 < <(load "$PETREL_URL/fn/hello-http/" "$c")
+      echo "| $c | $d50 | $p50 | $d99 | $p99 | $dr | $pr |"
+    done
+    echo
+  } >> "$report"
+  stop_all
+}
+
+cold_start() {
+  say "cold-start"
+  {
+    echo "## cold-start"
+    echo
+    python3 bench/quick.py --petrel "$PETREL" --cold 20 --warm 500 | sed -n '/## Cold start/,/## Warm/p' | sed '$d'
+    echo "Peers, from spawning the server to its first answer (median of 20):"
+    echo
+    python3 bench/start_time.py --n 20 \
+      --target "wasmtime serve=$WASMTIME serve -S cli=y --addr 127.0.0.1:{port} examples/hello-wasm/hello.wasm" \
+      --target "workerd=$WORKERD serve {config}" --workerd-config bench/workerd/config.capnp
+    echo
+  } >> "$report"
+}
+
+many_functions() {
+  say "many-functions ($N)"
+  { echo "## many-functions"; echo; python3 bench/many_wasm.py --petrel "$PETREL" --n "$N" --calls 2000 | sed 1d; echo; } >> "$report"
+}
+
+for s in "${scenarios[@]}"; do
+  case "$s" in
+    warm-http) warm_http ;;
+    gateway-overhead) gateway_overhead ;;
+    cold-start) cold_start ;;
+    many-functions) many_functions ;;
+    *) say "unknown scenario $s (warm-http, gateway-overhead, cold-start, many-functions)"; exit 2 ;;
+  esac
+done
+say "report: $report"
+cat "$report"
