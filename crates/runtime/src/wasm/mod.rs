@@ -325,7 +325,10 @@ impl WasmFunction {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundPolicy::new(self.policy.clone()),
+            hooks: OutboundPolicy::new(
+                self.policy.clone(),
+                Some((sink.clone(), source.clone(), invocation.to_owned())),
+            ),
             limits: MemoryLimit {
                 max_bytes: self.spec.memory_mb as usize * 1024 * 1024,
                 refused: false,

@@ -2,6 +2,7 @@
 //! (see `petrel_core::outbound`). Allowed requests go out over plain HTTP/1.1; HTTPS is refused
 //! until TLS is built in.
 
+use crate::logs::{LogSink, LogSource};
 use petrel_core::outbound::{default_port, HostPattern};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 /// The hooks of one request's store: the outbound policy and the sender.
 pub struct OutboundPolicy {
     allowed: Arc<Vec<HostPattern>>,
+    /// Says in the function's log what was denied (the guest's own error may be less clear).
+    log: Option<(LogSink, LogSource, String)>,
 }
 
 impl OutboundPolicy {
-    pub fn new(allowed: Arc<Vec<HostPattern>>) -> Self {
-        Self { allowed }
+    pub fn new(allowed: Arc<Vec<HostPattern>>, log: Option<(LogSink, LogSource, String)>) -> Self {
+        Self { allowed, log }
     }
 }
 
@@ -39,6 +42,7 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> SendFuture {
         drop(fut);
         let allowed = self.allowed.clone();
+        let log = self.log.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
             let uri = request.uri().clone();
@@ -49,6 +53,13 @@ impl WasiHttpHooks for OutboundPolicy {
                 .or_else(|| default_port(&scheme))
                 .ok_or(Error::HttpRequestUriInvalid)?;
             if !allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
+                if let Some((sink, source, id)) = log {
+                    sink.emit(source.line(
+                        "platform",
+                        Some(id),
+                        format!("outbound request to {scheme}://{host}:{port} denied: it is not in allowed_outbound_hosts"),
+                    ));
+                }
                 return Err(Error::HttpRequestDenied);
             }
             if scheme != "http" {
