@@ -341,23 +341,37 @@ impl Store {
         if lines.is_empty() {
             return Ok(ids);
         }
+        // Many rows per statement: one statement per row made the log writer the costliest part
+        // of a busy function's invocations.
         let mut tx = self.pool.begin().await?;
-        for l in lines {
-            let row = sqlx::query(
-                "INSERT INTO logs (namespace, function, version, instance, invocation, stream, ts, line)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            )
-            .bind(&l.namespace)
-            .bind(&l.function)
-            .bind(l.version as i64)
-            .bind(&l.instance)
-            .bind(l.invocation.as_deref())
-            .bind(&l.stream)
-            .bind(l.ts)
-            .bind(&l.line)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(row.try_get::<i64, _>(0)?);
+        for chunk in lines.chunks(ROWS_PER_INSERT) {
+            let sql = multi_row_insert(
+                "INSERT INTO logs (namespace, function, version, instance, invocation, stream, ts, line) VALUES ",
+                8,
+                chunk.len(),
+                " RETURNING id",
+            );
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q
+                    .bind(&l.namespace)
+                    .bind(&l.function)
+                    .bind(l.version as i64)
+                    .bind(&l.instance)
+                    .bind(l.invocation.as_deref())
+                    .bind(&l.stream)
+                    .bind(l.ts)
+                    .bind(&l.line);
+            }
+            let mut chunk_ids = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            // Ids grow in insertion order; RETURNING does not promise an order.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
         tx.commit().await?;
         Ok(ids)
@@ -457,28 +471,32 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            let sql = multi_row_insert(
                 "INSERT INTO invocations (id, namespace, function, version, trigger, started_at, duration_ms,
-                   billed_ms, memory_mb, cold_start, outcome, error, instance)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&r.id)
-            .bind(&r.namespace)
-            .bind(&r.function)
-            .bind(r.version as i64)
-            .bind(&r.trigger)
-            .bind(r.started_at)
-            .bind(r.duration_ms as i64)
-            .bind(r.billed_ms as i64)
-            .bind(r.memory_mb as i64)
-            .bind(r.cold_start as i64)
-            .bind(&r.outcome)
-            .bind(r.error.as_deref())
-            .bind(r.instance.as_deref())
-            .execute(&mut *tx)
-            .await?;
+                   billed_ms, memory_mb, cold_start, outcome, error, instance) VALUES ",
+                13,
+                chunk.len(),
+                " ON CONFLICT (id) DO NOTHING",
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&r.id)
+                    .bind(&r.namespace)
+                    .bind(&r.function)
+                    .bind(r.version as i64)
+                    .bind(&r.trigger)
+                    .bind(r.started_at)
+                    .bind(r.duration_ms as i64)
+                    .bind(r.billed_ms as i64)
+                    .bind(r.memory_mb as i64)
+                    .bind(r.cold_start as i64)
+                    .bind(&r.outcome)
+                    .bind(r.error.as_deref())
+                    .bind(r.instance.as_deref());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -562,6 +580,29 @@ impl Store {
             .await?
             .rows_affected())
     }
+}
+
+/// Rows per INSERT statement: well under SQLite's limit of bound parameters.
+const ROWS_PER_INSERT: usize = 100;
+
+/// `head ($1, ..., $k), ($k+1, ...), ... tail` for `rows` rows of `columns` values.
+fn multi_row_insert(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::from(head);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * columns + c + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
 }
 
 fn invocation_record(r: &AnyRow) -> Result<InvocationRecord> {
