@@ -2,7 +2,7 @@
 //! graceful stop.
 
 use crate::fixtures::echo_function;
-use crate::harness::{wait_exit, Petrel, BIN};
+use crate::harness::{wait_exit, Petrel, StoreKind, BIN};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -255,4 +255,68 @@ fn serve_refuses_a_bad_store_url_and_a_busy_port() {
         .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_options_and_invoke_inputs_work_through_the_binary() {
+    // A node config file: its payload limit applies; --log-json makes the server log JSON lines.
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(&path, "payload_limit_mb = 1\nlog_retention = \"1h\"\n").unwrap();
+    let p = Petrel::start_with(
+        StoreKind::Sqlite,
+        &["--config", path.to_str().unwrap(), "--log-json"],
+    )
+    .await;
+    p.deploy(crate::fixtures::echo_function("inputs", "python3", "").path());
+    let big = format!("\"{}\"", "x".repeat(1024 * 1024 + 10));
+    p.invoke("inputs", &big)
+        .await
+        .assert_error(413, "payload_too_large");
+    let fits = format!("\"{}\"", "x".repeat(512 * 1024));
+    assert_eq!(p.invoke("inputs", &fits).await.status, 200);
+    let log = p.server_log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(log.contains("petrel started"), "{log}");
+
+    // petrel invoke --data @FILE and --data - (standard input).
+    let event = cfg.path().join("event.json");
+    std::fs::write(&event, r#"{"from": "file"}"#).unwrap();
+    let out = p.cli_ok(&[
+        "invoke",
+        "inputs",
+        "--data",
+        &format!("@{}", event.display()),
+    ]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["event"]["from"],
+        "file"
+    );
+    let mut child = Command::new(BIN)
+        .args(["invoke", "inputs", "--data", "-"])
+        .env("PETREL_SERVER", &p.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"from": "stdin"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["event"]["from"], "stdin");
+    let out = p.cli(&["invoke", "inputs", "--data", "@/nonexistent/event.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not read"));
 }
