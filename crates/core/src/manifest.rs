@@ -65,11 +65,6 @@ impl Runtime {
         }
     }
 
-    /// Whether this build of Petrel can run functions of this runtime.
-    pub fn is_available(self) -> bool {
-        true
-    }
-
     /// Whether instances speak the AWS Lambda Runtime API (else they serve HTTP on `$PORT`).
     pub fn speaks_lambda(self) -> bool {
         matches!(self, Runtime::Python3 | Runtime::Nodejs | Runtime::Provided)
@@ -165,12 +160,6 @@ impl Manifest {
                 hint: "add runtime = \"python3\" (or nodejs, provided, http)",
             })?
             .parse()?;
-        if !runtime.is_available() {
-            return Err(ManifestError::UnsupportedRuntime {
-                runtime: runtime.to_string(),
-                hint: "this build of Petrel does not run wasm components yet; use python3, nodejs, provided or http".into(),
-            });
-        }
         let handler = self.handler.clone().unwrap_or_default();
         validate_handler(runtime, &handler)?;
 

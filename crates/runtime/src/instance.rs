@@ -148,7 +148,6 @@ pub struct Instance {
     process: Option<Process>,
     attribution: Arc<Attribution>,
     scratch: PathBuf,
-    started: Instant,
     env: RuntimeEnv,
 }
 
@@ -299,7 +298,7 @@ impl Instance {
             process: Some(process),
             attribution,
             scratch,
-            started: t0,
+
             env: env.clone(),
         };
         let init_timeout = instance.spec.spec.timeout().max(MIN_INIT_TIMEOUT);
@@ -374,7 +373,7 @@ impl Instance {
             kind: Kind::Wasm(function),
             process: None,
             attribution: Arc::new(Attribution::default()),
-            started: t0,
+
             env: env.clone(),
         })
     }
@@ -429,10 +428,6 @@ impl Instance {
         self.process.as_ref().is_none_or(|p| !p.has_exited())
     }
 
-    pub fn age(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// Kills the instance's whole process group (a wasm instance has none: each request's
     /// instance ends with its request).
     pub fn kill(&self) {
@@ -446,11 +441,6 @@ impl Instance {
         self.process
             .as_ref()
             .expect("lambda and http instances have a process")
-    }
-
-    /// Whether this instance speaks the Lambda Runtime API (else it is an HTTP server).
-    pub fn speaks_lambda(&self) -> bool {
-        matches!(self.kind, Kind::Lambda(_))
     }
 
     /// Runs one Lambda invocation. On timeout the instance is killed.
