@@ -22,29 +22,21 @@ impl LogHub {
 /// Starts the writer; it ends when every sender of `rx` is gone, after writing what was queued.
 pub fn spawn_writer(
     store: Store,
-    mut rx: mpsc::Receiver<LogLine>,
+    rx: mpsc::Receiver<LogLine>,
 ) -> (LogHub, tokio::task::JoinHandle<()>) {
     let (tx, _) = broadcast::channel(4096);
     let hub = LogHub { tx: tx.clone() };
-    let task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(512);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(l) => batch.push(l),
-                    Err(_) => break,
-                }
-            }
+    let task = spawn_batched(rx, move |batch: Vec<LogLine>| {
+        let (store, tx) = (store.clone(), tx.clone());
+        async move {
             match store.append_logs(&batch).await {
                 Ok(ids) => {
-                    for (id, line) in ids.into_iter().zip(batch.drain(..)) {
+                    for (id, line) in ids.into_iter().zip(batch) {
                         let _ = tx.send((id, line));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, lines = batch.len(), "could not store log lines; they are dropped");
-                    batch.clear();
+                    tracing::warn!(error = %e, lines = batch.len(), "could not store log lines; they are dropped")
                 }
             }
         }
@@ -56,22 +48,37 @@ pub fn spawn_writer(
 /// was queued.
 pub fn spawn_record_writer(
     store: Store,
-    mut rx: mpsc::Receiver<InvocationRecord>,
+    rx: mpsc::Receiver<InvocationRecord>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(512);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
+    spawn_batched(rx, move |batch: Vec<InvocationRecord>| {
+        let store = store.clone();
+        async move {
             if let Err(e) = store.append_invocations(&batch).await {
                 tracing::warn!(error = %e, records = batch.len(), "could not store invocation records; they are dropped");
             }
-            batch.clear();
+        }
+    })
+}
+
+/// Takes what a channel holds, up to 512 items at a time, and hands each batch to `write`;
+/// ends when every sender is gone, after writing what was queued.
+fn spawn_batched<T, F, Fut>(mut rx: mpsc::Receiver<T>, write: F) -> tokio::task::JoinHandle<()>
+where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            write(batch).await;
         }
     })
 }
