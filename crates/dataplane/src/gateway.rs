@@ -304,6 +304,19 @@ fn report(
 }
 
 /// The outcome label of a failed invocation.
+/// Reports a failed invocation, and takes an instance that timed out or crashed out of its pool.
+fn report_failure(
+    call: &Call<'_>,
+    lease: &mut Lease,
+    timing: (Instant, SystemTime, TraceContext),
+    e: &InvokeError,
+) {
+    report(call, lease, timing, failure_outcome(e), Some(e.to_string()));
+    if matches!(e, InvokeError::Timeout(_) | InvokeError::Crashed(_)) {
+        lease.discard_instance();
+    }
+}
+
 fn failure_outcome(e: &InvokeError) -> &'static str {
     match e {
         InvokeError::Timeout(_) => "timeout",
@@ -359,19 +372,7 @@ async fn invoke_event(
             "function_error",
             Some(error_type.clone()),
         ),
-        Err(e) => report(
-            call,
-            &lease,
-            timing,
-            failure_outcome(e),
-            Some(e.to_string()),
-        ),
-    }
-    if matches!(
-        result,
-        Err(InvokeError::Timeout(_) | InvokeError::Crashed(_))
-    ) {
-        lease.discard_instance();
+        Err(e) => report_failure(call, &mut lease, timing, e),
     }
     result
         .map(|o| (version, o))
@@ -619,13 +620,7 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
     }
     match &result {
         Ok(_) => report(call, &lease, timing, "success", None),
-        Err(e) => report(
-            call,
-            &lease,
-            timing,
-            failure_outcome(e),
-            Some(e.to_string()),
-        ),
+        Err(e) => report_failure(call, &mut lease, timing, e),
     }
     match result {
         Ok(resp) => {
@@ -644,12 +639,7 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
             stamp(&mut resp, id, version);
             Ok(resp)
         }
-        Err(e) => {
-            if matches!(e, InvokeError::Timeout(_) | InvokeError::Crashed(_)) {
-                lease.discard_instance();
-            }
-            Err(invoke_error(&pool.version().name, version, &e))
-        }
+        Err(e) => Err(invoke_error(&pool.version().name, version, &e)),
     }
 }
 
