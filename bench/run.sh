@@ -6,11 +6,14 @@
 #
 # Installs what it needs when missing: wrk (Debian), wasmtime-cli 48.0.8 (crates.io), workerd
 # 1.20261117.1 (npm, under bench/.tools). Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
-# DURATION (seconds per measurement, default 10) and N (functions, default 1000) tune it.
+# DURATION (seconds per measurement, default 5), REPS (repetitions of each load measurement,
+# default 3), N (functions, default 1000) and PROFILE=0 (skip the perf profile) tune it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
+REPS=${REPS:-3}
+PROFILE=${PROFILE:-1}
 SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 N=${N:-1000}
@@ -37,6 +40,8 @@ say "building Petrel, the hyper baseline and the hello component (release)"
 cargo build -q --release
 cargo build -q --release --manifest-path bench/hello-hyper/Cargo.toml
 HYPER=$root/bench/hello-hyper/target/release/hello-hyper
+cargo build -q --release --manifest-path bench/hello-lambda-rs/Cargo.toml
+LAMBDA_RS=$root/bench/hello-lambda-rs/target/release/hello-lambda-rs
 CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
 cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
 PETREL=$root/target/release/petrel
@@ -50,6 +55,17 @@ load() {
   local url=$1 c=$2
   taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "$url" > "$work/wrk.out" 2>&1 || true
   awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {printf "%s %s %s\n", r, p50, p99}' "$work/wrk.out"
+}
+
+raw=$work/raw.tsv
+: > "$raw"
+# measure SCENARIO TARGET URL C: REPS runs of wrk, each appended to the raw samples.
+measure() {
+  local rep r p50 p99
+  for rep in $(seq 1 "$REPS"); do
+    read -r r p50 p99 < <(load "$3" "$4")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$4" "$rep" "${r:-}" "${p50:-}" "${p99:-}" >> "$raw"
+  done
 }
 
 start_petrel() {
@@ -66,21 +82,13 @@ report=bench/results/$(date -u +%Y%m%dT%H%M%SZ).md
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB,"
   echo "Linux $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg). Servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU,"
-  echo "${DURATION}s per measurement. wrk corrects for coordinated omission, so a few stalls raise its p99."
+  echo "${DURATION}s per measurement, $REPS repetitions. wrk corrects for coordinated omission, so a few stalls raise its p99."
   echo
 } > "$report"
 
 warm_http() {
   say "warm-http"
-  local rows=() name url
-  declare -A base
-  run_target() { # name url
-    for c in 1 64; do
-      read -r rps p50 p99 < <(load "$2" "$c")
-      [ "$1" = "hyper (bare, the limit)" ] && base[$c]=$rps
-      rows+=("| $1 | $c | ${rps:-?} | ${p50:-?} | ${p99:-?} | $(python3 -c "b=float('${base[$c]:-0}' or 0); r=float('${rps:-0}' or 0); print(f'{r/b:.2f}' if b else '-')") |")
-    done
-  }
+  run_target() { measure warm-http "$1" "$2" 1; measure warm-http "$1" "$2" 64; }
   local port; port=$(free_port)
   pinned "$HYPER" "127.0.0.1:$port" > /dev/null & pids+=($!); wait_ok "http://127.0.0.1:$port/"
   run_target "hyper (bare, the limit)" "http://127.0.0.1:$port/"; stop_all
@@ -92,6 +100,7 @@ warm_http() {
   run_target "Petrel http (Node server)" "$PETREL_URL/fn/hello-http/"
   run_target "Petrel python3 handler" "$PETREL_URL/fn/hello-python/"
   run_target "Petrel nodejs handler" "$PETREL_URL/fn/hello-node/"
+  if [ "$PROFILE" = 1 ] && command -v perf > /dev/null; then profile_wasm; fi
   stop_all
 
   port=$(free_port)
@@ -108,15 +117,35 @@ warm_http() {
   pinned "$WORKERD" serve "$work/config.capnp" > /dev/null 2>&1 & pids+=($!)
   wait_ok "http://127.0.0.1:$port/"
   run_target "workerd (JS hello worker)" "http://127.0.0.1:$port/"; stop_all
+}
 
+# Where the server's time goes while it serves the wasm hello at one connection: by thread and by
+# binary (perf, frame-pointer-free sampling), then the hottest symbols.
+profile_wasm() {
+  say "profiling Petrel wasm at 1 connection"
+  local pid; pid=$(pgrep -f "petrel serve --listen ${PETREL_URL#http://}" | head -1)
+  (taskset -c "$LOAD_CPU" wrk -t1 -c1 -d"$((DURATION + 2))s" "$PETREL_URL/fn/hello-wasm/" > /dev/null 2>&1 &)
+  sleep 1
+  perf record -q -F 2000 -p "$pid" -o "$work/perf.data" -- sleep "$DURATION" > /dev/null 2>&1 || return 0
+  sleep 2
   {
-    echo "## warm-http: the same hello answer, one wrk thread"
+    echo "## Profile: Petrel serving the wasm hello at 1 connection (perf, ${DURATION}s)"
     echo
-    echo "| target | connections | requests/s | p50 | p99 | requests/s ÷ bare hyper |"
-    echo "| --- | --- | --- | --- | --- | --- |"
-    printf '%s\n' "${rows[@]}"
+    echo "By thread and by binary (share of samples; the server was pinned to one core):"
     echo
-  } >> "$report"
+    echo '```'
+    perf report -i "$work/perf.data" --no-children -g none --sort comm 2>/dev/null | grep '%' | head -6 || true
+    echo
+    perf report -i "$work/perf.data" --no-children -g none --sort dso 2>/dev/null | grep '%' | head -6 || true
+    echo '```'
+    echo
+    echo "Hottest symbols:"
+    echo
+    echo '```'
+    perf report -i "$work/perf.data" --no-children -g none --sort sym 2>/dev/null | grep '%' | head -25 || true
+    echo '```'
+    echo
+  } > "$work/profile.md"
 }
 
 gateway_overhead() {
@@ -127,39 +156,39 @@ gateway_overhead() {
   local port; port=$(free_port)
   (cd examples/hello-http && PORT=$port pinned node server.js > /dev/null) & pids+=($!)
   wait_ok "http://127.0.0.1:$port/"
-  {
-    echo "## gateway-overhead: the Node http example, called directly and through Petrel"
-    echo
-    echo "| connections | direct p50 | through Petrel p50 | direct p99 | through Petrel p99 | direct req/s | through Petrel req/s |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
-    for c in 1 64; do
-      read -r dr d50 d99 < <(load "http://127.0.0.1:$port/" "$c")
-      read -r pr p50 p99 < <(load "$PETREL_URL/fn/hello-http/" "$c")
-      echo "| $c | $d50 | $p50 | $d99 | $p99 | $dr | $pr |"
+  local c rep
+  for c in 1 64; do
+    for rep in $(seq 1 "$REPS"); do # interleaved, so that drift in the machine hits both alike
+      REPS=1 measure gateway-overhead direct "http://127.0.0.1:$port/" "$c"
+      REPS=1 measure gateway-overhead petrel "$PETREL_URL/fn/hello-http/" "$c"
     done
-    echo
-  } >> "$report"
+  done
   stop_all
 }
 
 cold_start() {
   say "cold-start"
   {
-    echo "## cold-start"
+    echo "## cold-start: request to response with no instance, median of 20"
     echo
-    python3 bench/quick.py --petrel "$PETREL" --cold 20 --warm 500 | sed -n '/## Cold start/,/## Warm/p' | sed '$d'
+    echo "Each sample deploys a new version (so no instance exists) and times one raw invoke. The"
+    echo "bare start is the same language's process start, timed the same way in this run."
+    echo
+    python3 bench/cold_start.py --petrel "$PETREL" --n 20 --server-cpu "$SERVER_CPU" \
+      --provided "$LAMBDA_RS" --wasm examples/hello-wasm
+    echo
     echo "Peers, from spawning the server to its first answer (median of 20):"
     echo
     python3 bench/start_time.py --n 20 \
       --target "wasmtime serve=$WASMTIME serve -S cli=y --addr 127.0.0.1:{port} examples/hello-wasm/hello.wasm" \
       --target "workerd=$WORKERD serve {config}" --workerd-config bench/workerd/config.capnp
     echo
-  } >> "$report"
+  } >> "$work/later.md"
 }
 
 many_functions() {
   say "many-functions ($N)"
-  { echo "## many-functions"; echo; python3 bench/many_wasm.py --petrel "$PETREL" --n "$N" --calls 2000 | sed 1d; echo; } >> "$report"
+  { echo "## many-functions"; echo; python3 bench/many_wasm.py --petrel "$PETREL" --n "$N" --calls 2000 | sed 1d; echo; } >> "$work/later.md"
 }
 
 for s in "${scenarios[@]}"; do
@@ -171,5 +200,8 @@ for s in "${scenarios[@]}"; do
     *) say "unknown scenario $s (warm-http, gateway-overhead, cold-start, many-functions)"; exit 2 ;;
   esac
 done
+if [ -s "$raw" ]; then python3 bench/report.py "$raw" >> "$report"; fi
+if [ -s "$work/profile.md" ]; then cat "$work/profile.md" >> "$report"; fi
+if [ -s "$work/later.md" ]; then cat "$work/later.md" >> "$report"; fi
 say "report: $report"
 cat "$report"

@@ -60,8 +60,14 @@ pub fn spawn_record_writer(
     })
 }
 
-/// Takes what a channel holds, up to 512 items at a time, and hands each batch to `write`;
-/// ends when every sender is gone, after writing what was queued.
+/// How long a batch waits for company after its first item. Under load this turns one SQLite
+/// transaction (and one hop to its worker thread) per invocation into one per few milliseconds;
+/// a record or log line reaches the store at most this much later.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Takes what a channel holds, up to 512 items at a time, waiting up to [`LINGER`] after the
+/// first, and hands each batch to `write`; ends when every sender is gone, after writing what
+/// was queued.
 fn spawn_batched<T, F, Fut>(mut rx: mpsc::Receiver<T>, write: F) -> tokio::task::JoinHandle<()>
 where
     T: Send + 'static,
@@ -72,10 +78,11 @@ where
         while let Some(first) = rx.recv().await {
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
+            let deadline = tokio::time::Instant::now() + LINGER;
             while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(item)) => batch.push(item),
+                    Ok(None) | Err(_) => break,
                 }
             }
             write(batch).await;

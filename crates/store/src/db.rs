@@ -344,8 +344,9 @@ impl Store {
         // Many rows per statement: one statement per row made the log writer the costliest part
         // of a busy function's invocations.
         let mut tx = self.pool.begin().await?;
-        for chunk in lines.chunks(ROWS_PER_INSERT) {
+        for chunk in insert_chunks(lines) {
             let sql = multi_row_insert(
+                self.backend,
                 "INSERT INTO logs (namespace, function, version, instance, invocation, stream, ts, line) VALUES ",
                 8,
                 chunk.len(),
@@ -471,8 +472,9 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_INSERT) {
+        for chunk in insert_chunks(records) {
             let sql = multi_row_insert(
+                self.backend,
                 "INSERT INTO invocations (id, namespace, function, version, trigger, started_at, duration_ms,
                    billed_ms, memory_mb, cold_start, outcome, error, instance) VALUES ",
                 13,
@@ -583,10 +585,33 @@ impl Store {
 }
 
 /// Rows per INSERT statement: well under SQLite's limit of bound parameters.
-const ROWS_PER_INSERT: usize = 100;
+/// Rows per multi-row INSERT. Batches are cut into these sizes only, so that a handful of
+/// prepared statements, cached per connection, serve every batch: preparing a fresh statement of
+/// a new size for each batch cost more than the insert itself.
+const INSERT_SIZES: [usize; 3] = [64, 8, 1];
+
+/// Splits `items` into chunks whose lengths are all in [`INSERT_SIZES`].
+fn insert_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let n = *INSERT_SIZES.iter().find(|&&n| n <= rest.len())?;
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
 
 /// `head ($1, ..., $k), ($k+1, ...), ... tail` for `rows` rows of `columns` values.
-fn multi_row_insert(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+/// `INSERT ... VALUES (..), (..)` for `rows` rows of `columns` parameters. SQLite gets anonymous
+/// `?` parameters: it resolves a numbered `$N` by scanning every parameter name, so binding a
+/// batch with numbered ones costs time quadratic in its size.
+fn multi_row_insert(
+    backend: Backend,
+    head: &str,
+    columns: usize,
+    rows: usize,
+    tail: &str,
+) -> String {
     let mut sql = String::from(head);
     for r in 0..rows {
         if r > 0 {
@@ -597,7 +622,10 @@ fn multi_row_insert(head: &str, columns: usize, rows: usize, tail: &str) -> Stri
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * columns + c + 1));
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", r * columns + c + 1)),
+            }
         }
         sql.push(')');
     }
@@ -643,4 +671,35 @@ fn version_info(r: &AnyRow) -> Result<VersionInfo> {
         spec: serde_json::from_str(&spec)
             .map_err(|e| StoreError::Corrupt(format!("version spec: {e}")))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_the_cached_statement_sizes() {
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 200, 513] {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = insert_chunks(&items).collect();
+            assert!(
+                chunks.iter().all(|c| INSERT_SIZES.contains(&c.len())),
+                "{n}"
+            );
+            let joined: Vec<usize> = chunks.concat();
+            assert_eq!(joined, items, "{n}: every item once, in order");
+        }
+    }
+
+    #[test]
+    fn sqlite_gets_anonymous_parameters_and_postgres_numbered_ones() {
+        assert_eq!(
+            multi_row_insert(Backend::Sqlite, "I ", 2, 2, ""),
+            "I (?, ?), (?, ?)"
+        );
+        assert_eq!(
+            multi_row_insert(Backend::Postgres, "I ", 2, 2, ""),
+            "I ($1, $2), ($3, $4)"
+        );
+    }
 }
