@@ -11,7 +11,10 @@ const fs = require('fs');
 const path = require('path');
 const { pathToFileURL } = require('url');
 
-const [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
+// Set from the environment when the instance starts (at once, or after a standby process is
+// handed its function).
+let HOST;
+let PORT;
 const BASE = '/2018-06-01/runtime';
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 
@@ -163,7 +166,33 @@ process.on('unhandledRejection', (reason) => {
   process.exit(128);
 });
 
+// Standby (`bootstrap.js --standby`): a generic runtime process started before any function
+// needs it, with Node and this shim loaded. It reads one line of JSON from stdin, {"env": {...},
+// "cwd": "..."}, becomes that instance, and carries on as if it had been started with them.
+function specialise() {
+  const chunks = [];
+  const buf = Buffer.alloc(65536);
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      if (e.code === 'EAGAIN') continue;
+      throw e;
+    }
+    if (n === 0) process.exit(0); // Petrel let the standby go
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+    if (buf.subarray(0, n).includes(10)) break;
+  }
+  const spec = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  for (const k of Object.keys(process.env)) delete process.env[k];
+  Object.assign(process.env, spec.env);
+  process.chdir(spec.cwd);
+}
+
 (async () => {
+  if (process.argv.includes('--standby')) specialise();
+  [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
   const handler = await loadHandler();
   const workers = Math.max(1, Number(process.env.PETREL_CONCURRENCY || 1));
   await Promise.all(Array.from({ length: workers }, () => worker(handler)));

@@ -14,8 +14,8 @@ import threading
 import time
 import traceback
 
-API = os.environ["AWS_LAMBDA_RUNTIME_API"]
-HOST, _, PORT = API.partition(":")
+# Set from the environment when the instance starts (at once, or in a child of the fork server).
+HOST, PORT = "", ""
 BASE = "/2018-06-01/runtime"
 
 
@@ -157,6 +157,8 @@ class _MarshalError(Exception):
 
 
 def main():
+    global HOST, PORT
+    HOST, _, PORT = os.environ["AWS_LAMBDA_RUNTIME_API"].partition(":")
     handler = _load_handler()
     workers = max(1, int(os.environ.get("PETREL_CONCURRENCY", "1")))
     threads = [threading.Thread(target=_worker, args=(handler,), daemon=True) for _ in range(workers - 1)]
@@ -165,5 +167,149 @@ def main():
     _worker(handler)
 
 
+# The fork server (`bootstrap.py --zygote`, after SOCK, ATC'18): one process per Petrel server
+# with the interpreter, this shim and the standard library modules handlers commonly import
+# already loaded. Petrel sends it, over the SOCK_SEQPACKET socket on its stdin, one message per
+# instance: JSON {"id", "env", "cwd"} with the instance's stdout and stderr pipes attached. It
+# forks; the child takes the pipes, the environment and the directory, leads a process group of
+# its own and runs main(). The server answers {"id", "pid"} (or {"id", "error"}) and reports every
+# child's end as {"exit": pid, "code"} or {"exit": pid, "signal"}.
+PRELOAD = (
+    "base64", "collections", "copy", "csv", "dataclasses", "datetime", "decimal", "enum",
+    "functools", "gzip", "hashlib", "hmac", "io", "itertools", "logging", "math", "random", "re",
+    "string", "struct", "tempfile", "textwrap", "typing", "urllib.parse", "urllib.request", "uuid",
+    "zlib", "ssl", "email.utils", "concurrent.futures", "asyncio",
+    # http.client encodes the host name with the idna codec, which loads these on first use.
+    "encodings.idna", "stringprep", "unicodedata",
+)
+
+
+def _unshadow(task_root):
+    # A function's own module named like a preloaded one (its uuid.py, its "logging" package)
+    # must win, as it would in a fresh interpreter: forget the preloaded one.
+    try:
+        names = {os.path.splitext(e)[0] for e in os.listdir(task_root)}
+    except OSError:
+        return
+    shadowed = names & {n.partition(".")[0] for n in PRELOAD}
+    for mod in list(sys.modules):
+        if mod.partition(".")[0] in shadowed:
+            del sys.modules[mod]
+
+
+def _zygote():
+    import selectors
+    import signal
+    import socket
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module this Python lacks is simply not preloaded
+            pass
+    "localhost".encode("idna")
+    import gc
+    gc.freeze()  # what is loaded now stays shared with every child, not copied on first GC
+    ctl = socket.socket(fileno=0)
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: go when Petrel goes
+    except Exception:
+        libc = None
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    sel.register(wake_r, selectors.EVENT_READ, "chld")
+
+    def send(msg):
+        ctl.sendall(json.dumps(msg).encode())
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if os.WIFSIGNALED(status):
+                send({"exit": pid, "signal": os.WTERMSIG(status)})
+            else:
+                send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    while True:
+        for key, _ in sel.select():
+            if key.data == "chld":
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                reap()
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 2)
+            except OSError:
+                os._exit(0)
+            if not data:
+                os._exit(0)  # Petrel closed the socket
+            msg = json.loads(data)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                send({"id": msg["id"], "error": str(exc)})
+                continue
+            if pid == 0:
+                try:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    sel.close()
+                    ctl.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    os.setpgid(0, 0)
+                    if libc is not None:
+                        libc.prctl(1, 9)
+                    os.dup2(fds[0], 1)
+                    os.dup2(fds[1], 2)
+                    for fd in fds:
+                        os.close(fd)
+                    sys.argv = [__file__]
+                    os.environ.clear()
+                    os.environ.update(msg["env"])
+                    os.chdir(msg["cwd"])
+                    _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
+                    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
+                    if prefix:
+                        sys.pycache_prefix = prefix
+                    extra = msg["env"].get("PYTHONPATH")
+                    if extra:
+                        sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
+                    main()
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+                except BaseException:
+                    traceback.print_exc()
+                    sys.stderr.flush()
+                    os._exit(1)
+                os._exit(0)
+            for fd in fds:
+                os.close(fd)
+            send({"id": msg["id"], "pid": pid})
+
+
 if __name__ == "__main__":
-    main()
+    if "--zygote" in sys.argv:
+        _zygote()
+    else:
+        main()

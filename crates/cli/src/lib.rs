@@ -99,6 +99,19 @@ enum Command {
         #[arg(long, short)]
         namespace: Option<String>,
     },
+    /// Replay a synthetic workload shaped like the Azure Functions trace through the keep-alive
+    /// policies (fixed 10 min and hybrid) on virtual time; print cold starts and idle memory.
+    Sim {
+        /// Applications in the workload.
+        #[arg(long, default_value_t = 1000)]
+        apps: usize,
+        /// Days of virtual time.
+        #[arg(long, default_value_t = 3.0)]
+        days: f64,
+        /// Seed of the workload generator (the same seed gives the same workload).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// A live view of functions: rate, errors, p50/p99, instances, cold starts.
     Top {
         /// Seconds between refreshes.
@@ -173,6 +186,14 @@ struct ServeArgs {
     /// Export invocation spans as OTLP over HTTP to this collector (http://HOST:4318).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Start every python3 and nodejs instance as a new process: no Python fork server, no
+    /// standby Node processes.
+    #[arg(long)]
+    no_prewarm: bool,
+    /// Memory that live process instances may hold together (sum of their memory_mb): 80%
+    /// (of this machine's memory, the default), 512MiB, 8GiB.
+    #[arg(long)]
+    memory_budget: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -232,12 +253,20 @@ fn ns_query(ns: &Option<String>) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Sim { apps, days, seed } = cli.command {
+        anyhow::ensure!(
+            apps > 0 && days > 0.0 && days <= 60.0,
+            "use --apps of at least 1 and --days between 0 and 60"
+        );
+        print!("{}", petrel_server::keepalive::report(apps, days, seed));
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Serve(args) = cli.command {
         return serve(args).await.map(|_| ExitCode::SUCCESS);
     }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Sim { .. } => unreachable!("handled above"),
         Command::New { name, runtime, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let files = scaffold::scaffold(&dir, &name, &runtime)?;
@@ -727,6 +756,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(e) = args.otlp_endpoint {
         cfg.otlp_endpoint = Some(e);
+    }
+    if let Some(b) = &args.memory_budget {
+        cfg.memory_budget_mb = petrel_server::parse_memory_budget(b)?;
+    }
+    if args.no_prewarm {
+        cfg.prewarm = petrel_server::PrewarmConfig::OFF;
     }
     let server = petrel_server::Server::start(cfg).await?;
     let addr = server.local_addr();

@@ -104,6 +104,7 @@ pub struct Manifest {
     pub min_instances: Option<u32>,
     pub max_instances: Option<u32>,
     pub keep_alive: Option<String>,
+    pub keep_alive_policy: Option<String>,
     pub queue_size: Option<u32>,
     pub queue_timeout: Option<String>,
     pub allowed_outbound_hosts: Option<Vec<String>>,
@@ -216,6 +217,16 @@ impl Manifest {
         if keep_alive > Duration::from_secs(24 * 3600) {
             return Err(ManifestError::invalid("keep_alive", "must be at most 24h"));
         }
+        let keep_alive_policy = match self.keep_alive_policy.as_deref() {
+            None | Some("fixed") => KeepAlivePolicy::Fixed,
+            Some("hybrid") => KeepAlivePolicy::Hybrid,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "keep_alive_policy",
+                    format!("{other:?} is not a policy: use \"fixed\" (stop after keep_alive idle) or \"hybrid\" (learn the function's idle times)"),
+                ))
+            }
+        };
         let queue_size = self.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
         if queue_size > 100_000 {
             return Err(ManifestError::invalid(
@@ -258,6 +269,7 @@ impl Manifest {
             min_instances,
             max_instances,
             keep_alive_ms: keep_alive.as_millis() as u64,
+            keep_alive_policy,
             queue_size,
             queue_timeout_ms: queue_timeout.as_millis() as u64,
             allowed_outbound_hosts,
@@ -353,6 +365,22 @@ fn validate_env_key(key: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
+/// How idle instances are stopped: after `keep_alive` (`fixed`), or by the function's learned
+/// idle-time histogram with `keep_alive` as the fallback (`hybrid`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAlivePolicy {
+    #[default]
+    Fixed,
+    Hybrid,
+}
+
+impl KeepAlivePolicy {
+    pub fn is_fixed(&self) -> bool {
+        *self == KeepAlivePolicy::Fixed
+    }
+}
+
 /// A validated function configuration: what a version stores and what the data plane runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionSpec {
@@ -365,6 +393,8 @@ pub struct FunctionSpec {
     pub min_instances: u32,
     pub max_instances: u32,
     pub keep_alive_ms: u64,
+    #[serde(default, skip_serializing_if = "KeepAlivePolicy::is_fixed")]
+    pub keep_alive_policy: KeepAlivePolicy,
     pub queue_size: u32,
     pub queue_timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

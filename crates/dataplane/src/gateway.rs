@@ -260,9 +260,13 @@ fn report(
     let i = lease.instance();
     let spec = i.spec();
     let ran = started.elapsed();
-    call.dp
-        .metrics()
-        .invocation(&spec.namespace, &spec.spec, outcome, Some(ran));
+    let metrics = call.dp.metrics();
+    metrics.invocation(&spec.namespace, &spec.spec, outcome, Some(ran));
+    if lease.cold() {
+        let (ns, fs) = (&spec.namespace, &spec.spec);
+        metrics.cold_start_phase(ns, fs, "wait_for_slot", lease.slot_wait());
+        metrics.cold_start_phase(ns, fs, "first_response", ran);
+    }
     let src = LogSource {
         namespace: spec.namespace.clone(),
         function: spec.function.clone(),

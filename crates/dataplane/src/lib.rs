@@ -10,8 +10,10 @@
 
 mod apigw;
 pub mod body;
+pub mod budget;
 mod error;
 mod gateway;
+pub mod keepalive;
 pub mod metrics;
 pub mod pool;
 pub mod trace;
@@ -65,6 +67,9 @@ struct Inner {
     spans: std::sync::OnceLock<trace::SpanSink>,
     env: RuntimeEnv,
     metrics: Arc<metrics::Metrics>,
+    budget: Arc<budget::MemoryBudget>,
+    /// Each function's idle-time histogram, for the hybrid keep-alive policy.
+    idle_hists: Mutex<HashMap<Key, Arc<Mutex<keepalive::IdleHistogram>>>>,
     records: RecordSink,
     source: Arc<dyn VersionSource>,
     /// Latest version of each deployed function.
@@ -98,6 +103,8 @@ impl DataPlane {
                 spans: std::sync::OnceLock::new(),
                 env,
                 metrics: Arc::new(metrics::Metrics::default()),
+                budget: Arc::default(),
+                idle_hists: Mutex::default(),
                 records: RecordSink {
                     tx,
                     dropped: std::sync::atomic::AtomicU64::new(0),
@@ -125,6 +132,39 @@ impl DataPlane {
 
     pub(crate) fn spans(&self) -> Option<&trace::SpanSink> {
         self.inner.spans.get()
+    }
+
+    fn idle_hist(&self, key: &Key) -> Arc<Mutex<keepalive::IdleHistogram>> {
+        self.inner
+            .idle_hists
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// What the hybrid policy learned so far, per function with any idle time recorded.
+    pub fn idle_histograms(&self) -> Vec<(String, String, keepalive::IdleHistogram)> {
+        let hists = self.inner.idle_hists.lock().unwrap();
+        hists
+            .iter()
+            .map(|((ns, name), h)| (ns.clone(), name.clone(), h.lock().unwrap().clone()))
+            .filter(|(_, _, h)| h.samples() > 0)
+            .collect()
+    }
+
+    /// Restores a histogram learned before a restart.
+    pub fn restore_idle_histogram(&self, ns: &str, name: &str, hist: keepalive::IdleHistogram) {
+        *self
+            .idle_hist(&(ns.to_owned(), name.to_owned()))
+            .lock()
+            .unwrap() = hist;
+    }
+
+    /// The node's memory budget for process instances.
+    pub fn memory_budget(&self) -> &budget::MemoryBudget {
+        &self.inner.budget
     }
 
     /// Records lost to back-pressure since start.
@@ -158,11 +198,33 @@ impl DataPlane {
                     Arc::new(v),
                     self.inner.env.clone(),
                     self.inner.metrics.clone(),
+                    self.inner.budget.clone(),
+                    self.idle_hist(&key),
                     min,
                 ),
             );
         }
         self.inner.latest.write().unwrap().insert(key, version);
+    }
+
+    /// Loads the latest version's code ahead of its first request (wasm; a no-op otherwise).
+    /// Called after a deploy, not at restore: a restart should not load every component.
+    pub async fn preload_latest(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(v) = self.inner.latest.read().unwrap().get(&key).copied() else {
+            return;
+        };
+        let pool = self
+            .inner
+            .pools
+            .lock()
+            .unwrap()
+            .get(&key)
+            .and_then(|m| m.get(&v))
+            .cloned();
+        if let Some(p) = pool {
+            p.preload().await;
+        }
     }
 
     /// A function was deleted: its pools close (busy instances finish their request).
@@ -226,6 +288,8 @@ impl DataPlane {
                 Arc::new(v),
                 self.inner.env.clone(),
                 self.inner.metrics.clone(),
+                self.inner.budget.clone(),
+                self.idle_hist(&(r.namespace.clone(), r.name.clone())),
                 0,
             )
         });

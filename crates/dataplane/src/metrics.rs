@@ -65,6 +65,22 @@ pub struct Metrics {
     log_lines_dropped: Counter,
     records_dropped: Counter,
     bytes: Family<DirectionLabels, Counter>,
+    evictions: Family<FunctionLabels, Counter>,
+    cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    memory_budget: Family<BudgetLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    function: String,
+    runtime: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    kind: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,7 +153,29 @@ impl Default for Metrics {
             "Body bytes to functions (direction=in) and from them (direction=out)",
             bytes.clone(),
         );
+        let evictions = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "petrel_evictions",
+            "Idle instances stopped to make room under the node's memory budget",
+            evictions.clone(),
+        );
+        let cold_start_phases =
+            Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_cold_start_phase_seconds",
+            "Cold starts split into phases: wait_for_slot (queued for capacity), start (process or component), init (until ready), first_response (the first request's call)",
+            cold_start_phases.clone(),
+        );
+        let memory_budget = Family::<BudgetLabels, Gauge>::default();
+        registry.register(
+            "petrel_memory_budget_mib",
+            "The node's memory budget (kind=limit) and what live instances hold of it (kind=used)",
+            memory_budget.clone(),
+        );
         Self {
+            cold_start_phases,
+            evictions,
+            memory_budget,
             bytes,
             records_dropped,
             registry,
@@ -198,6 +236,41 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// One phase of a cold start (see `petrel_cold_start_phase_seconds`).
+    pub fn cold_start_phase(
+        &self,
+        namespace: &str,
+        spec: &FunctionSpec,
+        phase: &'static str,
+        took: Duration,
+    ) {
+        self.cold_start_phases
+            .get_or_create(&PhaseLabels {
+                namespace: namespace.to_owned(),
+                function: spec.name.clone(),
+                runtime: spec.runtime.to_string(),
+                phase,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn evicted(&self, namespace: &str, spec: &FunctionSpec) {
+        self.evictions
+            .get_or_create(&function_labels(namespace, spec))
+            .inc();
+    }
+
+    /// Sets the memory budget gauges (at scrape time).
+    pub fn memory_budget(&self, limit_mb: u64, used_mb: u64) {
+        let limit = i64::try_from(limit_mb).unwrap_or(i64::MAX);
+        self.memory_budget
+            .get_or_create(&BudgetLabels { kind: "limit" })
+            .set(limit);
+        self.memory_budget
+            .get_or_create(&BudgetLabels { kind: "used" })
+            .set(used_mb as i64);
+    }
+
     pub fn acquired(&self, namespace: &str, spec: &FunctionSpec, waited: Duration) {
         self.acquire
             .get_or_create(&function_labels(namespace, spec))
@@ -246,6 +319,8 @@ impl Metrics {
                     .inc_by(v);
             }
         }
+        let budget = dp.memory_budget();
+        self.memory_budget(budget.limit_mb(), budget.used_mb());
         let dropped = dp.env().log_sink().dropped();
         let counted = self.log_lines_dropped.get();
         if dropped > counted {

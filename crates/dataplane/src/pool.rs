@@ -8,6 +8,8 @@
 //! caller that goes away does not waste the start, and every request waiting for that instance is
 //! told the same outcome.
 
+use crate::budget::{MemoryBudget, Reservation};
+use crate::keepalive::{IdleHistogram, Policy};
 use crate::DeployedVersion;
 use petrel_core::{ApiError, ErrorCode};
 use petrel_runtime::{Instance, InstanceSpec, InvokeError, RuntimeEnv};
@@ -28,7 +30,12 @@ struct Slot {
     state: SlotState,
     in_flight: u32,
     last_used: Instant,
+    /// This instance's share of the node's memory budget, given back when the slot goes.
+    _reservation: Option<Reservation>,
 }
+
+/// `take_slot` needs a new instance and the memory budget has no room for it.
+struct NeedRoom;
 
 #[derive(Default)]
 struct PoolState {
@@ -49,12 +56,21 @@ pub struct Pool {
     version: Arc<DeployedVersion>,
     env: RuntimeEnv,
     metrics: Arc<crate::metrics::Metrics>,
+    budget: Arc<MemoryBudget>,
+    /// The function's idle-time histogram (shared by its versions, kept across restarts).
+    idle_hist: Arc<Mutex<IdleHistogram>>,
+    /// When the pool last had no request in flight; `None` while busy.
+    idle_since: Mutex<Option<Instant>>,
     state: Mutex<PoolState>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     /// Keep this many instances warm (the latest version's `min_instances`; 0 once retired).
     min_instances: AtomicUsize,
     closed: AtomicBool,
+    /// A newer version took over: no pre-warming for this one.
+    preloaded_retired: AtomicBool,
+    /// The version's code, loaded at deploy (wasm), so its first request only creates an instance.
+    preloaded: Mutex<Option<petrel_runtime::Preloaded>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -74,6 +90,7 @@ pub struct Lease {
     instance: Arc<Instance>,
     broken: bool,
     cold: bool,
+    slot_wait: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -85,6 +102,11 @@ impl Lease {
     /// Whether the request waited for its instance to start (a cold start).
     pub fn cold(&self) -> bool {
         self.cold
+    }
+
+    /// How long the request waited in the queue for capacity before its slot.
+    pub fn slot_wait(&self) -> Duration {
+        self.slot_wait
     }
 
     /// Marks the instance unusable (it timed out or crashed): it leaves the pool on release.
@@ -105,6 +127,9 @@ impl Drop for Lease {
                 st.slots.remove(pos);
             }
         }
+        if st.slots.iter().all(|s| s.in_flight == 0) {
+            *self.pool.idle_since.lock().unwrap() = Some(Instant::now());
+        }
     }
 }
 
@@ -113,6 +138,8 @@ impl Pool {
         version: Arc<DeployedVersion>,
         env: RuntimeEnv,
         metrics: Arc<crate::metrics::Metrics>,
+        budget: Arc<MemoryBudget>,
+        idle_hist: Arc<Mutex<IdleHistogram>>,
         min_instances: usize,
     ) -> Arc<Self> {
         let spec = &version.spec;
@@ -121,12 +148,18 @@ impl Pool {
             version,
             env,
             metrics,
+            budget,
+            idle_hist,
+            idle_since: Mutex::new(None),
             state: Mutex::new(PoolState::default()),
             permits: Arc::new(Semaphore::new(permits)),
             waiting: AtomicUsize::new(0),
             min_instances: AtomicUsize::new(min_instances),
             closed: AtomicBool::new(false),
+            preloaded_retired: AtomicBool::new(false),
+            preloaded: Mutex::new(None),
         });
+        pool.budget.register(&pool);
         pool.clone().spawn_keeper();
         pool
     }
@@ -151,8 +184,29 @@ impl Pool {
         s
     }
 
+    /// Loads the version's code ahead of its first request.
+    pub async fn preload(self: &Arc<Self>) {
+        if let Some(p) = self.env.preload(&self.instance_spec()).await {
+            if !self.closed.load(Ordering::Relaxed) {
+                *self.preloaded.lock().unwrap() = Some(p);
+            }
+        }
+    }
+
+    fn instance_spec(&self) -> InstanceSpec {
+        InstanceSpec {
+            namespace: self.version.namespace.clone(),
+            function: self.version.name.clone(),
+            version: self.version.version,
+            spec: self.version.spec.clone(),
+            code_dir: self.version.code_dir.clone(),
+        }
+    }
+
     /// Stops keeping instances warm (a newer version took over): idle ones go at the next sweep.
     pub fn retire(self: &Arc<Self>) {
+        self.preloaded_retired.store(true, Ordering::Relaxed);
+        self.preloaded.lock().unwrap().take();
         self.min_instances.store(0, Ordering::Relaxed);
         self.sweep(Duration::ZERO);
     }
@@ -162,6 +216,7 @@ impl Pool {
         self.closed.store(true, Ordering::Relaxed);
         self.permits.close();
         self.min_instances.store(0, Ordering::Relaxed);
+        self.preloaded.lock().unwrap().take();
         let mut st = self.state.lock().unwrap();
         st.slots.retain(|s| s.in_flight > 0);
     }
@@ -181,6 +236,7 @@ impl Pool {
         if self.closed.load(Ordering::Relaxed) {
             return Err(AcquireError::Refused(self.gone()));
         }
+        let queued_at = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => {
@@ -188,7 +244,23 @@ impl Pool {
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait_for_permit().await?,
         };
-        let (slot_id, state) = self.take_slot();
+        let slot_wait = queued_at.elapsed();
+        if let Some(since) = self.idle_since.lock().unwrap().take() {
+            self.idle_hist.lock().unwrap().record(since.elapsed());
+        }
+        let mut tries = 0;
+        let (slot_id, state) = loop {
+            match self.take_slot() {
+                Ok(taken) => break taken,
+                // Room freed by an eviction can be taken by another start first: try again a
+                // few times, evicting each time.
+                Err(NeedRoom) if tries < 8 && self.budget.evict_one(self) => tries += 1,
+                Err(NeedRoom) => {
+                    drop(permit);
+                    return Err(AcquireError::Refused(self.over_budget()));
+                }
+            }
+        };
         let cold = state.is_err();
         let instance = match state {
             Ok(i) => i,
@@ -218,6 +290,7 @@ impl Pool {
             instance,
             broken: false,
             cold,
+            slot_wait,
             _permit: permit,
         })
     }
@@ -261,9 +334,71 @@ impl Pool {
         }
     }
 
+    fn over_budget(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::NoCapacity,
+            format!(
+                "no room to start an instance of {} ({} MiB): the node's memory budget of {} MiB is held by running instances and none is idle; retry later, lower memory_mb, or raise --memory-budget",
+                self.version.name,
+                self.version.spec.memory_mb,
+                self.budget.limit_mb()
+            ),
+        )
+        .with_retry_after(1)
+    }
+
+    /// The memory a new instance holds against the node's budget (none for wasm).
+    fn reserve(&self) -> Result<Option<Reservation>, NeedRoom> {
+        if self.version.spec.runtime == petrel_core::Runtime::Wasm {
+            return Ok(None);
+        }
+        self.budget
+            .try_reserve(self.version.spec.memory_mb as u64)
+            .map(Some)
+            .ok_or(NeedRoom)
+    }
+
+    /// The idle instance an eviction would stop here (when above `min_instances`): when it was
+    /// last used, and its slot.
+    pub(crate) fn oldest_evictable(&self) -> Option<(Instant, u64)> {
+        let min = self.min_instances.load(Ordering::Relaxed);
+        let st = self.state.lock().unwrap();
+        if st.slots.len() <= min {
+            return None;
+        }
+        st.slots
+            .iter()
+            .filter(|s| s.in_flight == 0 && s._reservation.is_some())
+            .filter(|s| matches!(s.state, SlotState::Ready(_)))
+            .map(|s| (s.last_used, s.id))
+            .min()
+    }
+
+    /// Stops an idle instance to make room under the memory budget; false if it is busy now.
+    pub(crate) fn evict(&self, slot: u64) -> bool {
+        let removed = {
+            let mut st = self.state.lock().unwrap();
+            let pos = st.slots.iter().position(|s| {
+                s.id == slot && s.in_flight == 0 && matches!(s.state, SlotState::Ready(_))
+            });
+            pos.map(|p| st.slots.remove(p))
+        };
+        let Some(slot) = removed else { return false };
+        if let SlotState::Ready(i) = &slot.state {
+            tracing::info!(function = %self.version.name, version = self.version.version, instance = i.id(), "idle instance stopped to make room under the memory budget");
+            i.log_platform("instance stopped to make room under the node's memory budget");
+        }
+        self.metrics
+            .evicted(&self.version.namespace, &self.version.spec);
+        true
+    }
+
     /// With a permit held: picks the fullest instance that has a free slot (so the others can go
     /// idle and be stopped), preferring ready ones, or begins a new instance.
-    fn take_slot(self: &Arc<Self>) -> (u64, Result<Arc<Instance>, watch::Receiver<StartResult>>) {
+    #[allow(clippy::type_complexity)]
+    fn take_slot(
+        self: &Arc<Self>,
+    ) -> Result<(u64, Result<Arc<Instance>, watch::Receiver<StartResult>>), NeedRoom> {
         let concurrency = self.version.spec.concurrency;
         let mut st = self.state.lock().unwrap();
         st.slots.retain(|s| match &s.state {
@@ -286,8 +421,9 @@ impl Pool {
                 SlotState::Ready(i) => Ok(i.clone()),
                 SlotState::Starting(rx) => Err(rx.clone()),
             };
-            return (s.id, r);
+            return Ok((s.id, r));
         }
+        let reservation = self.reserve()?;
         let id = st.next_id;
         st.next_id += 1;
         let rx = self.clone().start_instance(id);
@@ -296,19 +432,14 @@ impl Pool {
             state: SlotState::Starting(rx.clone()),
             in_flight: 1,
             last_used: Instant::now(),
+            _reservation: reservation,
         });
-        (id, Err(rx))
+        Ok((id, Err(rx)))
     }
 
     fn start_instance(self: Arc<Self>, slot: u64) -> watch::Receiver<StartResult> {
         let (tx, rx) = watch::channel(None);
-        let spec = InstanceSpec {
-            namespace: self.version.namespace.clone(),
-            function: self.version.name.clone(),
-            version: self.version.version,
-            spec: self.version.spec.clone(),
-            code_dir: self.version.code_dir.clone(),
-        };
+        let spec = self.instance_spec();
         tokio::spawn(async move {
             let t0 = Instant::now();
             let result = Instance::start(&self.env, spec).await.map(Arc::new);
@@ -318,6 +449,12 @@ impl Pool {
                 result.is_ok(),
                 t0.elapsed(),
             );
+            if let Ok(i) = &result {
+                let t = i.start_timings();
+                let (ns, fs) = (&self.version.namespace, &self.version.spec);
+                self.metrics.cold_start_phase(ns, fs, "start", t.start);
+                self.metrics.cold_start_phase(ns, fs, "init", t.init);
+            }
             {
                 let mut st = self.state.lock().unwrap();
                 if let Some(pos) = st.slots.iter().position(|s| s.id == slot) {
@@ -342,7 +479,13 @@ impl Pool {
     /// Stops idle instances past `keep_alive` (beyond `min_instances`) and starts instances up to
     /// `min_instances`.
     fn sweep(self: &Arc<Self>, keep_alive: Duration) {
-        let min = self.min_instances.load(Ordering::Relaxed);
+        self.sweep_keeping(keep_alive, 0);
+    }
+
+    /// [`Pool::sweep`], keeping at least `floor` instances (started if need be) besides
+    /// `min_instances`.
+    fn sweep_keeping(self: &Arc<Self>, keep_alive: Duration, floor: usize) {
+        let min = self.min_instances.load(Ordering::Relaxed).max(floor);
         let mut st = self.state.lock().unwrap();
         st.slots.retain(|s| match &s.state {
             SlotState::Ready(i) => i.is_alive() || s.in_flight > 0,
@@ -369,6 +512,10 @@ impl Pool {
             return;
         }
         while live < min {
+            let Ok(reservation) = self.reserve() else {
+                tracing::warn!(function = %self.version.name, min_instances = min, "the memory budget has no room for min_instances; starting fewer");
+                break;
+            };
             let id = st.next_id;
             st.next_id += 1;
             let rx = self.clone().start_instance(id);
@@ -377,14 +524,53 @@ impl Pool {
                 state: SlotState::Starting(rx),
                 in_flight: 0,
                 last_used: Instant::now(),
+                _reservation: reservation,
             });
             live += 1;
         }
     }
 
+    /// One keep-alive decision. `fixed`: stop instances idle for `keep_alive`. `hybrid`: follow
+    /// the learned windows after the pool went idle: nothing kept during the pre-warm window,
+    /// one instance (pre-warmed if need be) during the keep-alive window, nothing after.
+    fn keep(self: &Arc<Self>) {
+        let spec = &self.version.spec;
+        let policy = match spec.keep_alive_policy {
+            petrel_core::KeepAlivePolicy::Fixed => return self.sweep(spec.keep_alive()),
+            petrel_core::KeepAlivePolicy::Hybrid => Policy::Hybrid {
+                fallback: spec.keep_alive(),
+            },
+        };
+        let w = policy.windows(&self.idle_hist.lock().unwrap());
+        let idle_for = self.idle_since.lock().unwrap().map(|t| t.elapsed());
+        match idle_for {
+            // Busy, or a pattern with no pre-warm gap: per-instance idle time decides.
+            None => self.sweep(w.prewarm + w.keep_alive),
+            Some(_) if w.prewarm.is_zero() => self.sweep(w.keep_alive),
+            Some(e) if e < w.prewarm || e >= w.prewarm + w.keep_alive => self.sweep(Duration::ZERO),
+            Some(_) => {
+                if self.retired() {
+                    self.sweep(Duration::ZERO)
+                } else {
+                    self.sweep_keeping(Duration::MAX, 1)
+                }
+            }
+        }
+    }
+
+    /// Whether a newer version took over (or the pool closed): nothing is pre-warmed for it.
+    fn retired(&self) -> bool {
+        self.closed.load(Ordering::Relaxed) || self.preloaded_retired.load(Ordering::Relaxed)
+    }
+
     fn spawn_keeper(self: Arc<Self>) {
         let keep_alive = self.version.spec.keep_alive();
-        let tick = (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+        let tick = match self.version.spec.keep_alive_policy {
+            petrel_core::KeepAlivePolicy::Hybrid => Duration::from_secs(5),
+            petrel_core::KeepAlivePolicy::Fixed => {
+                (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
+            }
+        };
         let weak = Arc::downgrade(&self);
         self.sweep(keep_alive);
         drop(self);
@@ -395,7 +581,7 @@ impl Pool {
                 if pool.closed.load(Ordering::Relaxed) {
                     return;
                 }
-                pool.sweep(keep_alive);
+                pool.keep();
             }
         });
     }

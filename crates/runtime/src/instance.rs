@@ -2,6 +2,7 @@
 
 use crate::lambda::{self, InitState, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
+use crate::prewarm::{Prewarm, PrewarmConfig};
 use crate::process::Process;
 use crate::wasm::{WasmEngine, WasmFunction};
 use crate::{http as http_ep, shims, Body};
@@ -72,6 +73,7 @@ pub struct RuntimeEnv {
 
 #[derive(Debug)]
 struct EnvInner {
+    prewarm: Arc<Prewarm>,
     wasm: std::sync::OnceLock<Result<Arc<WasmEngine>, String>>,
     wasm_cache: PathBuf,
     shims_dir: PathBuf,
@@ -87,7 +89,12 @@ const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RuntimeEnv {
     /// Installs the shims under `data_dir` and prepares scratch space.
-    pub fn new(data_dir: &Path, sink: LogSink, payload_limit: usize) -> std::io::Result<Self> {
+    pub fn new(
+        data_dir: &Path,
+        sink: LogSink,
+        payload_limit: usize,
+        prewarm: PrewarmConfig,
+    ) -> std::io::Result<Self> {
         let shims_dir = shims::install(data_dir)?;
         let scratch_root = data_dir.join("scratch");
         // Scratch space of instances from an earlier run is garbage now.
@@ -95,16 +102,25 @@ impl RuntimeEnv {
         std::fs::create_dir_all(&scratch_root)?;
         let pycache = data_dir.join("cache").join("pycache");
         std::fs::create_dir_all(&pycache)?;
+        let host_path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let prewarm = Arc::new(Prewarm::new(
+            prewarm,
+            shims_dir.clone(),
+            host_path.clone(),
+            pycache.clone(),
+            sink.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(EnvInner {
+                prewarm,
                 wasm: std::sync::OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
                 shims_dir,
                 scratch_root,
                 pycache,
                 sink,
-                host_path: std::env::var("PATH")
-                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+                host_path,
                 payload_limit,
             }),
         })
@@ -116,6 +132,62 @@ impl RuntimeEnv {
 
     pub fn payload_limit(&self) -> usize {
         self.inner.payload_limit
+    }
+
+    /// Starts what is configured to be kept warm (the Python fork server, standby Node
+    /// processes); call once at server start.
+    pub fn prewarm(&self) {
+        self.inner.prewarm.fill();
+    }
+
+    /// Starts an instance's process: forked from the Python fork server, a standby Node process
+    /// handed its function, or a plain start of `cmd`. Says which.
+    async fn start_process(
+        &self,
+        runtime: Runtime,
+        cmd: Command,
+        source: &LogSource,
+    ) -> (std::io::Result<Process>, Arc<Attribution>, &'static str) {
+        let prewarm = &self.inner.prewarm;
+        match runtime {
+            Runtime::Python3 => {
+                let attribution = Arc::new(Attribution::default());
+                let cell = Arc::new(std::sync::RwLock::new(source.clone()));
+                match prewarm.fork_python(&cmd, cell, attribution.clone()).await {
+                    Ok(p) => return (Ok(p), attribution, "forked from the Python fork server"),
+                    Err(e) if prewarm.zygote().is_some() => {
+                        tracing::warn!(error = %e, "fork server failed; starting python3 plainly")
+                    }
+                    Err(_) => {}
+                }
+            }
+            Runtime::Nodejs => {
+                if let Some((p, a)) = prewarm.take_node(&cmd, source.clone()).await {
+                    return (Ok(p), a, "a standby Node process");
+                }
+            }
+            _ => {}
+        }
+        let attribution = Arc::new(Attribution::default());
+        let cell = Arc::new(std::sync::RwLock::new(source.clone()));
+        let p = Process::spawn(cmd, cell, self.inner.sink.clone(), attribution.clone());
+        (p, attribution, "a new process")
+    }
+
+    /// Loads a wasm version's compiled component ahead of its first request (at deploy), so
+    /// that request's cold start is an instance's creation only; `None` for other runtimes or
+    /// when loading fails (the first request then loads it and reports why).
+    pub async fn preload(&self, spec: &InstanceSpec) -> Option<Preloaded> {
+        if spec.spec.runtime != Runtime::Wasm {
+            return None;
+        }
+        let engine = self.wasm().ok()?.clone();
+        let path = spec.code_dir.join(&spec.spec.handler);
+        let pre = tokio::task::spawn_blocking(move || engine.load(&path))
+            .await
+            .ok()?
+            .ok()?;
+        Some(Preloaded(pre))
     }
 
     /// The wasmtime engine, created on first use (servers that run no wasm never pay for it).
@@ -132,10 +204,27 @@ impl RuntimeEnv {
     }
 }
 
+/// A component kept loaded while its holder lives (see [`RuntimeEnv::preload`]).
+pub struct Preloaded(#[allow(dead_code)] Arc<crate::wasm::ProxyPreState>);
+
+impl std::fmt::Debug for Preloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Preloaded")
+    }
+}
+
 enum Kind {
     Lambda(lambda::Endpoint),
     Http(http_ep::Endpoint),
     Wasm(WasmFunction),
+}
+
+/// How an instance's start was spent: making its process (or loading its component), then its
+/// own initialisation until it was ready for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartTimings {
+    pub start: Duration,
+    pub init: Duration,
 }
 
 /// A running instance. Dropping it kills its process group and removes its scratch space.
@@ -143,6 +232,7 @@ enum Kind {
 /// gets a fresh wasm instance of its own.
 pub struct Instance {
     id: String,
+    timings: StartTimings,
     spec: InstanceSpec,
     kind: Kind,
     process: Option<Process>,
@@ -276,23 +366,22 @@ impl Instance {
             Kind::Http(http_ep::Endpoint::new(port))
         };
 
-        let attribution = Arc::new(Attribution::default());
         let source = LogSource {
             namespace: spec.namespace.clone(),
             function: spec.function.clone(),
             version: spec.version,
             instance: id.clone(),
         };
-        let process = Process::spawn(
-            cmd,
-            source.clone(),
-            env.inner.sink.clone(),
-            attribution.clone(),
-        )
-        .map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
+        let (process, attribution, how) = env.start_process(fs.runtime, cmd, &source).await;
+        let process = process.map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
+        let started = t0.elapsed();
 
-        let instance = Self {
+        let mut instance = Self {
             id,
+            timings: StartTimings {
+                start: started,
+                init: Duration::ZERO,
+            },
             spec,
             kind,
             process: Some(process),
@@ -315,10 +404,16 @@ impl Instance {
                 )));
             }
         }
+        instance.timings.init = t0.elapsed().saturating_sub(started);
         env.inner.sink.emit(source.line(
             "platform",
             None,
-            format!("instance started in {} ms", t0.elapsed().as_millis()),
+            format!(
+                "instance started in {} ms ({how}; process {} ms, init {} ms)",
+                t0.elapsed().as_millis(),
+                instance.timings.start.as_millis(),
+                instance.timings.init.as_millis()
+            ),
         ));
         Ok(instance)
     }
@@ -333,9 +428,12 @@ impl Instance {
     ) -> Result<Self, InvokeError> {
         let engine = env.wasm().map_err(init_failed)?.clone();
         let path = spec.code_dir.join(&spec.spec.handler);
-        let pre = tokio::task::spawn_blocking(move || engine.load(&path))
-            .await
-            .map_err(|e| init_failed(format!("loading the component failed: {e}")))??;
+        let pre = match engine.loaded(&path) {
+            Some(pre) => pre,
+            None => tokio::task::spawn_blocking(move || engine.load(&path))
+                .await
+                .map_err(|e| init_failed(format!("loading the component failed: {e}")))??,
+        };
         let wasm_env = spec
             .spec
             .env
@@ -368,6 +466,10 @@ impl Instance {
         ));
         Ok(Self {
             scratch: env.inner.scratch_root.join(&id),
+            timings: StartTimings {
+                start: t0.elapsed(),
+                init: Duration::ZERO,
+            },
             id,
             spec,
             kind: Kind::Wasm(function),
@@ -413,6 +515,25 @@ impl Instance {
                 Ok(())
             }
         }
+    }
+
+    /// How this instance's start was spent.
+    pub fn start_timings(&self) -> StartTimings {
+        self.timings
+    }
+
+    /// Writes a platform line to this instance's log.
+    pub fn log_platform(&self, message: &str) {
+        let source = LogSource {
+            namespace: self.spec.namespace.clone(),
+            function: self.spec.function.clone(),
+            version: self.spec.version,
+            instance: self.id.clone(),
+        };
+        self.env
+            .inner
+            .sink
+            .emit(source.line("platform", None, message.to_owned()));
     }
 
     pub fn id(&self) -> &str {

@@ -12,12 +12,18 @@ mod http;
 mod instance;
 mod lambda;
 pub mod logs;
+mod prewarm;
 mod process;
 mod shims;
 pub mod wasm;
+mod zygote;
 
-pub use instance::{Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, RuntimeEnv};
+pub use instance::{
+    Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, Preloaded, RuntimeEnv,
+    StartTimings,
+};
 pub use logs::LogSink;
+pub use prewarm::PrewarmConfig;
 
 /// The body type requests and responses are proxied with.
 pub type Body = axum::body::Body;

@@ -6,9 +6,11 @@ use crate::logs::{read_lines, Attribution, LogSink, LogSource};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -23,10 +25,14 @@ pub(crate) struct Process {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
+/// The identity stamped on a process's output; a standby process gets its function's when it is
+/// handed one.
+pub(crate) type SourceCell = Arc<RwLock<LogSource>>;
+
 impl Process {
     pub(crate) fn spawn(
         mut cmd: Command,
-        source: LogSource,
+        source: SourceCell,
         sink: LogSink,
         attribution: Arc<Attribution>,
     ) -> std::io::Result<Self> {
@@ -35,16 +41,92 @@ impl Process {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        Self::spawn_with_stdin(cmd, source, sink, attribution).map(|(p, _)| p)
+    }
+
+    /// Like [`Process::spawn`], with stdin as the command set it (a standby process reads its
+    /// function from a pipe).
+    pub(crate) fn spawn_with_stdin(
+        mut cmd: Command,
+        source: SourceCell,
+        sink: LogSink,
+        attribution: Arc<Attribution>,
+    ) -> std::io::Result<(Self, Option<tokio::process::ChildStdin>)> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let pid = child.id().expect("a just-spawned child has a pid") as i32;
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let exit = async move {
+            match child.wait().await {
+                Ok(s) => describe_exit(s),
+                Err(e) => format!("could not be waited for ({e})"),
+            }
+        };
+        Ok((
+            Self::watch(pid, stdout, stderr, exit, source, sink, attribution),
+            stdin,
+        ))
+    }
+
+    /// A process the Python fork server made: not Petrel's child, so its end comes from the
+    /// fork server's report; its output comes through the pipes Petrel handed it.
+    pub(crate) fn forked(
+        forked: crate::zygote::Forked,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        source: SourceCell,
+        sink: LogSink,
+        attribution: Arc<Attribution>,
+    ) -> std::io::Result<Self> {
+        let out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
+        let err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
+        let mut rx = forked.exit;
+        let exit = async move {
+            match rx.wait_for(|e| e.is_some()).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => "ended".to_owned(),
+            }
+        };
+        Ok(Self::watch(
+            forked.pid,
+            out,
+            err,
+            exit,
+            source,
+            sink,
+            attribution,
+        ))
+    }
+
+    /// Reads the output, keeps the stderr tail, and turns the end of the process into the exit
+    /// watch (killing what the leader left behind in its group).
+    fn watch<O, E>(
+        pid: i32,
+        stdout: O,
+        stderr: E,
+        ended: impl std::future::Future<Output = String> + Send + 'static,
+        source: SourceCell,
+        sink: LogSink,
+        attribution: Arc<Attribution>,
+    ) -> Self
+    where
+        O: AsyncRead + Unpin + Send + 'static,
+        E: AsyncRead + Unpin + Send + 'static,
+    {
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let out_reader = {
             let (source, sink, attribution) = (source.clone(), sink.clone(), attribution.clone());
             tokio::spawn(read_lines(stdout, move |line| {
-                sink.emit(source.line("stdout", attribution.current(), line));
+                let l = source
+                    .read()
+                    .unwrap()
+                    .line("stdout", attribution.current(), line);
+                emit(&sink, l);
             }))
         };
         let err_reader = {
@@ -57,13 +139,17 @@ impl Process {
                     }
                     t.push_back(line.clone());
                 }
-                sink.emit(source.line("stderr", attribution.current(), line));
+                let l = source
+                    .read()
+                    .unwrap()
+                    .line("stderr", attribution.current(), line);
+                emit(&sink, l);
             }))
         };
 
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let how = ended.await;
             // Whatever the leader left behind in its group goes with it.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             // Let the readers drain what was written before the exit, so the tail is complete.
@@ -72,18 +158,19 @@ impl Process {
                 let _ = err_reader.await;
             })
             .await;
-            let how = match status {
-                Ok(s) => describe_exit(s),
-                Err(e) => format!("could not be waited for ({e})"),
-            };
-            sink.emit(source.line("platform", None, format!("instance process {how}")));
+            let l =
+                source
+                    .read()
+                    .unwrap()
+                    .line("platform", None, format!("instance process {how}"));
+            emit(&sink, l);
             let _ = exit_tx.send(Some(how));
         });
-        Ok(Self {
+        Self {
             pid,
             exit,
             stderr_tail,
-        })
+        }
     }
 
     /// Kills the whole process group. Idempotent.
@@ -143,5 +230,13 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         format!("was killed by signal {name}")
     } else {
         "ended".to_owned()
+    }
+}
+
+/// Output of a standby process that was never handed a function (it has no namespace) is not
+/// any function's log.
+fn emit(sink: &LogSink, line: petrel_core::api::LogLine) {
+    if !line.namespace.is_empty() {
+        sink.emit(line);
     }
 }

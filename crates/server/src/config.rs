@@ -20,6 +20,10 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Where to export invocation spans as OTLP over HTTP (`http://collector:4318`).
     pub otlp_endpoint: Option<String>,
+    /// Runtime processes kept ready for cold starts (the Python fork server, standby Node).
+    pub prewarm: petrel_runtime::PrewarmConfig,
+    /// The sum of `memory_mb` over live process instances stays under this (MiB).
+    pub memory_budget_mb: u64,
 }
 
 impl Default for ServeConfig {
@@ -34,6 +38,8 @@ impl Default for ServeConfig {
             log_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
             otlp_endpoint: None,
+            prewarm: petrel_runtime::PrewarmConfig::default(),
+            memory_budget_mb: parse_memory_budget("80%").unwrap_or(u64::MAX),
         }
     }
 }
@@ -51,6 +57,9 @@ pub struct ConfigFile {
     pub log_retention: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub otlp_endpoint: Option<String>,
+    pub python_fork_server: Option<bool>,
+    pub node_standby: Option<usize>,
+    pub memory_budget: Option<String>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -63,6 +72,9 @@ const KNOWN_KEYS: &[&str] = &[
     "log_retention",
     "shutdown_timeout",
     "otlp_endpoint",
+    "python_fork_server",
+    "node_standby",
+    "memory_budget",
 ];
 
 impl ConfigFile {
@@ -119,11 +131,69 @@ impl ConfigFile {
         if let Some(v) = self.otlp_endpoint {
             base.otlp_endpoint = Some(v);
         }
+        if let Some(v) = self.python_fork_server {
+            base.prewarm.python_fork_server = v;
+        }
+        if let Some(v) = self.node_standby {
+            base.prewarm.node_standby = v;
+        }
+        if let Some(v) = self.memory_budget {
+            base.memory_budget_mb = parse_memory_budget(&v)?;
+        }
         if let Some(v) = self.shutdown_timeout {
             base.shutdown_timeout = dur(&v, "shutdown_timeout")?;
         }
         Ok(base)
     }
+}
+
+/// A memory budget in MiB from `80%` (of this machine's memory), `512MiB`, `8GiB` or a bare
+/// number of MiB.
+pub fn parse_memory_budget(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "memory budget {s:?} is not a size: use a percentage of this machine's memory (80%), MiB (512MiB) or GiB (8GiB)"
+        )
+    };
+    if let Some(p) = t.strip_suffix('%') {
+        let pct: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&pct) || pct == 0.0 {
+            return Err(bad());
+        }
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("could not read this machine's memory from /proc/meminfo; give the budget in MiB or GiB")
+            })?;
+        return Ok(((total_kib as f64 / 1024.0) * pct / 100.0) as u64);
+    }
+    let lower = t.to_ascii_lowercase();
+    let (num, mult) = [
+        ("gib", 1024.0),
+        ("gb", 1024.0),
+        ("g", 1024.0),
+        ("mib", 1.0),
+        ("mb", 1.0),
+        ("m", 1.0),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| {
+        lower
+            .strip_suffix(suffix)
+            .map(|n| (n.trim().to_owned(), *m))
+    })
+    .unwrap_or((lower.clone(), 1.0));
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if n <= 0.0 {
+        return Err(bad());
+    }
+    Ok((n * mult) as u64)
 }
 
 #[cfg(test)]
@@ -142,5 +212,20 @@ mod tests {
         assert_eq!(cfg.listen, "127.0.0.1:9999");
         assert_eq!(cfg.payload_limit, 1024 * 1024);
         assert_eq!(cfg.log_retention, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn memory_budgets_parse_in_every_documented_form() {
+        assert_eq!(parse_memory_budget("512").unwrap(), 512);
+        assert_eq!(parse_memory_budget("512MiB").unwrap(), 512);
+        assert_eq!(parse_memory_budget("2GiB").unwrap(), 2048);
+        assert_eq!(parse_memory_budget("1.5g").unwrap(), 1536);
+        let all = parse_memory_budget("100%").unwrap();
+        let most = parse_memory_budget("80%").unwrap();
+        assert!(most < all && most > all / 2, "{most} of {all}");
+        for bad in ["", "lots", "-3GiB", "0%", "120%"] {
+            let e = parse_memory_budget(bad).unwrap_err().to_string();
+            assert!(e.contains("not a size"), "{bad}: {e}");
+        }
     }
 }

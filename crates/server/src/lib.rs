@@ -10,7 +10,9 @@ mod api;
 pub mod config;
 mod logs;
 
-pub use config::{ConfigFile, ServeConfig};
+pub use config::{parse_memory_budget, ConfigFile, ServeConfig};
+pub use petrel_dataplane::keepalive;
+pub use petrel_runtime::PrewarmConfig;
 
 use anyhow::Context;
 use axum::routing::get;
@@ -49,6 +51,27 @@ impl App {
             .await;
         });
     }
+}
+
+/// Saves what the hybrid keep-alive policy learned, so a restart keeps it.
+async fn save_histograms(store: &Store, dp: &DataPlane) {
+    let rows: Vec<(String, String, String)> = dp
+        .idle_histograms()
+        .into_iter()
+        .filter_map(|(ns, name, h)| Some((ns, name, serde_json::to_string(&h).ok()?)))
+        .collect();
+    if let Err(e) = store.save_idle_histograms(&rows).await {
+        tracing::warn!(error = %e, "could not save idle-time histograms");
+    }
+}
+
+fn spawn_histogram_saver(store: Store, dp: DataPlane) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            save_histograms(&store, &dp).await;
+        }
+    });
 }
 
 /// Loads versions from the store for the data plane.
@@ -125,8 +148,9 @@ impl Server {
             config.log_retention_lines,
             config.log_retention,
         );
-        let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit)
+        let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit, config.prewarm)
             .context("could not prepare the runtime directory")?;
+        env.prewarm();
         let (dataplane, records) = DataPlane::new(
             env,
             Arc::new(StoreSource {
@@ -134,6 +158,9 @@ impl Server {
                 artifacts: artifacts.clone(),
             }),
         );
+        dataplane
+            .memory_budget()
+            .set_limit_mb(config.memory_budget_mb);
         let record_writer = logs::spawn_record_writer(store.clone(), records);
         if let Some(endpoint) = &config.otlp_endpoint {
             dataplane.export_spans_to(endpoint);
@@ -166,6 +193,26 @@ impl Server {
                 }
             }
         }
+        match store.load_idle_histograms().await {
+            Ok(rows) => {
+                for (ns, name, json) in rows {
+                    match serde_json::from_str(&json) {
+                        Ok(h) => dataplane.restore_idle_histogram(&ns, &name, h),
+                        Err(e) => {
+                            tracing::warn!(function = %name, error = %e, "a saved idle-time histogram is unreadable; learning again")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not load idle-time histograms"),
+        }
+        spawn_histogram_saver(store.clone(), dataplane.clone());
+        tracing::info!(
+            memory_budget_mib = config.memory_budget_mb,
+            python_fork_server = config.prewarm.python_fork_server,
+            node_standby = config.prewarm.node_standby,
+            "cold-start and capacity settings"
+        );
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -228,6 +275,7 @@ impl Server {
                 "in-flight requests did not finish within the shutdown timeout; stopping anyway"
             ),
         }
+        save_histograms(&app.store, &app.dataplane).await;
         app.dataplane.shutdown();
         drop(app.dataplane);
         // The last senders go with the data plane; let the writers drain what is queued.

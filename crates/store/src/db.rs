@@ -34,6 +34,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "invocations",
         include_str!("../migrations/sqlite/0002_invocations.sql"),
     ),
+    (
+        3,
+        "idle_histograms",
+        include_str!("../migrations/sqlite/0003_idle_histograms.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -45,6 +50,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "invocations",
         include_str!("../migrations/postgres/0002_invocations.sql"),
+    ),
+    (
+        3,
+        "idle_histograms",
+        include_str!("../migrations/postgres/0003_idle_histograms.sql"),
     ),
 ];
 
@@ -466,6 +476,39 @@ impl Store {
 }
 
 impl Store {
+    /// Saves learned idle-time histograms (JSON), one row per function.
+    pub async fn save_idle_histograms(&self, rows: &[(String, String, String)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for (ns, name, hist) in rows {
+            sqlx::query(
+                "INSERT INTO idle_histograms (namespace, function, histogram, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (namespace, function) DO UPDATE SET histogram = excluded.histogram, updated_at = excluded.updated_at",
+            )
+            .bind(ns)
+            .bind(name)
+            .bind(hist)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every saved idle-time histogram: (namespace, function, JSON).
+    pub async fn load_idle_histograms(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT namespace, function, histogram FROM idle_histograms")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// Writes invocation records in one transaction.
     pub async fn append_invocations(&self, records: &[InvocationRecord]) -> Result<()> {
         if records.is_empty() {

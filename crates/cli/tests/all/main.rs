@@ -2,6 +2,7 @@
 //! Tests whose name ends in `_postgres` need the PostgreSQL server from `scripts/services.sh`.
 
 mod cli_ux;
+mod coldstart;
 mod errors;
 mod fixtures;
 mod harness;

@@ -245,6 +245,12 @@ impl WasmEngine {
         })
     }
 
+    /// The pre-instantiated component if it is loaded already (no file access, no blocking).
+    pub fn loaded(&self, component_path: &Path) -> Option<Arc<ProxyPre<WasmState>>> {
+        let cached = self.prepared.lock().unwrap().get(component_path)?.clone();
+        self.loaded.lock().unwrap().get(&cached)?.upgrade()
+    }
+
     /// The pre-instantiated component, shared while any instance of its version holds it.
     pub fn load(&self, component_path: &Path) -> Result<Arc<ProxyPre<WasmState>>, InvokeError> {
         let fail = |m: String| InvokeError::InitFailed {
@@ -271,6 +277,9 @@ fn root(e: &wasmtime::Error) -> String {
         .map(|c| c.to_string())
         .unwrap_or_else(|| e.to_string())
 }
+
+/// A pre-instantiated `wasi:http/proxy` component.
+pub type ProxyPreState = ProxyPre<WasmState>;
 
 /// A loaded component for one function version: what an `Instance` of kind wasm holds.
 pub struct WasmFunction {

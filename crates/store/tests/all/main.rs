@@ -105,7 +105,35 @@ both_backends!(
     list_get_and_delete,
     logs_are_read_filtered_and_trimmed,
     invocations_are_recorded_and_metered,
+    idle_histograms_are_saved_and_replaced,
 );
+
+async fn idle_histograms_are_saved_and_replaced(store: Store) {
+    assert!(store.load_idle_histograms().await.unwrap().is_empty());
+    let rows = vec![
+        (
+            "default".to_owned(),
+            "a".to_owned(),
+            r#"{"v":1}"#.to_owned(),
+        ),
+        ("dev".to_owned(), "a".to_owned(), r#"{"v":2}"#.to_owned()),
+    ];
+    store.save_idle_histograms(&rows).await.unwrap();
+    // Saving again replaces a function's row rather than adding one.
+    store
+        .save_idle_histograms(&[("default".into(), "a".into(), r#"{"v":3}"#.into())])
+        .await
+        .unwrap();
+    let mut got = store.load_idle_histograms().await.unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("default".into(), "a".into(), r#"{"v":3}"#.into()),
+            ("dev".into(), "a".into(), r#"{"v":2}"#.into()),
+        ]
+    );
+}
 
 async fn versions_are_numbered_and_immutable(store: Store) {
     let s1 = spec("hello", "python3");

@@ -1,0 +1,253 @@
+//! Runtime processes made before a function needs them, so that a cold start skips the
+//! interpreter's own start:
+//!
+//! - `python3`: the fork server ([`crate::zygote`]), forked per instance;
+//! - `nodejs`: standby processes (`bootstrap.js --standby`, Node and the shim loaded) that are
+//!   handed their function on stdin when one is needed, and replaced in the background.
+//!
+//! Both fall back to a plain start when they are off or unavailable; a function sees the same
+//! environment, directory and process group either way.
+
+use crate::logs::{Attribution, LogSink, LogSource};
+use crate::process::{Process, SourceCell};
+use crate::zygote::Zygote;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{ChildStdin, Command};
+
+/// What to keep warm. The server turns both on; `python_fork_server: false` and
+/// `node_standby: 0` give plain starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrewarmConfig {
+    pub python_fork_server: bool,
+    pub node_standby: usize,
+}
+
+impl PrewarmConfig {
+    pub const OFF: Self = Self {
+        python_fork_server: false,
+        node_standby: 0,
+    };
+}
+
+impl Default for PrewarmConfig {
+    fn default() -> Self {
+        Self {
+            python_fork_server: true,
+            node_standby: 1,
+        }
+    }
+}
+
+/// A generic Node process waiting for its function.
+struct Standby {
+    process: Process,
+    stdin: ChildStdin,
+    source: SourceCell,
+    attribution: Arc<Attribution>,
+}
+
+pub(crate) struct Prewarm {
+    config: PrewarmConfig,
+    shims_dir: PathBuf,
+    host_path: String,
+    pycache: PathBuf,
+    sink: LogSink,
+    zygote: Mutex<ZygoteSlot>,
+    standby: Mutex<Vec<Standby>>,
+}
+
+#[derive(Default)]
+struct ZygoteSlot {
+    current: Option<Arc<Zygote>>,
+    failed_at: Option<Instant>,
+}
+
+/// How long after a failed fork server start Petrel tries again (plain starts meanwhile).
+const ZYGOTE_RETRY: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for Prewarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prewarm")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Prewarm {
+    pub(crate) fn new(
+        config: PrewarmConfig,
+        shims_dir: PathBuf,
+        host_path: String,
+        pycache: PathBuf,
+        sink: LogSink,
+    ) -> Self {
+        Self {
+            config,
+            shims_dir,
+            host_path,
+            pycache,
+            sink,
+            zygote: Mutex::default(),
+            standby: Mutex::default(),
+        }
+    }
+
+    /// Starts what is configured now, so that even the first cold start finds it ready.
+    pub(crate) fn fill(self: &Arc<Self>) {
+        if self.config.python_fork_server {
+            let _ = self.zygote();
+        }
+        for _ in 0..self.config.node_standby {
+            self.clone().replace_standby();
+        }
+    }
+
+    /// The fork server, started (again) if needed; `None` when off or not startable.
+    pub(crate) fn zygote(&self) -> Option<Arc<Zygote>> {
+        if !self.config.python_fork_server {
+            return None;
+        }
+        let mut slot = self.zygote.lock().unwrap();
+        if let Some(z) = &slot.current {
+            if z.is_alive() {
+                return Some(z.clone());
+            }
+            tracing::warn!("the Python fork server ended; starting a new one");
+            slot.current = None;
+        }
+        if slot.failed_at.is_some_and(|t| t.elapsed() < ZYGOTE_RETRY) {
+            return None;
+        }
+        let shim = self.shims_dir.join(crate::shims::PYTHON_SHIM_PATH);
+        match Zygote::start(&shim, &self.host_path, &self.pycache) {
+            Ok(z) => {
+                let z = Arc::new(z);
+                slot.current = Some(z.clone());
+                slot.failed_at = None;
+                Some(z)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the Python fork server could not start; python3 instances start plainly");
+                slot.failed_at = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    /// Forks a `python3` instance from the fork server with `cmd`'s environment and directory.
+    pub(crate) async fn fork_python(
+        &self,
+        cmd: &Command,
+        source: SourceCell,
+        attribution: Arc<Attribution>,
+    ) -> Result<Process, String> {
+        let zygote = self.zygote().ok_or("no fork server")?;
+        let (env, cwd) = env_and_dir(cmd);
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let forked = zygote.fork(&env, &cwd, out_w, err_w).await?;
+        Process::forked(forked, out_r, err_r, source, self.sink.clone(), attribution)
+            .map_err(|e| format!("could not read the forked instance's output: {e}"))
+    }
+
+    /// Hands a standby Node process the instance `cmd` describes; `None` when none is ready.
+    pub(crate) async fn take_node(
+        self: &Arc<Self>,
+        cmd: &Command,
+        source: LogSource,
+    ) -> Option<(Process, Arc<Attribution>)> {
+        let mut sb = loop {
+            let sb = self.standby.lock().unwrap().pop()?;
+            self.clone().replace_standby();
+            if !sb.process.has_exited() {
+                break sb;
+            }
+        };
+        let (env, cwd) = env_and_dir(cmd);
+        let line = serde_json::json!({
+            "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
+            "cwd": cwd,
+        })
+        .to_string()
+            + "\n";
+        *sb.source.write().unwrap() = source;
+        if let Err(e) = sb.stdin.write_all(line.as_bytes()).await {
+            tracing::warn!(error = %e, "a standby Node process could not be handed its function");
+            return None;
+        }
+        drop(sb.stdin);
+        Some((sb.process, sb.attribution))
+    }
+
+    fn replace_standby(self: Arc<Self>) {
+        if self.config.node_standby == 0 {
+            return;
+        }
+        tokio::spawn(async move {
+            match self.spawn_standby() {
+                Ok(sb) => {
+                    let mut v = self.standby.lock().unwrap();
+                    if v.len() < self.config.node_standby {
+                        v.push(sb);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a standby Node process could not start; nodejs instances start plainly")
+                }
+            }
+        });
+    }
+
+    fn spawn_standby(&self) -> std::io::Result<Standby> {
+        let mut cmd = Command::new("node");
+        cmd.arg(self.shims_dir.join(crate::shims::NODE_SHIM_PATH))
+            .arg("--standby")
+            .env_clear()
+            .env("PATH", &self.host_path)
+            .env("LANG", "C.UTF-8")
+            .env("TZ", ":UTC")
+            .current_dir("/")
+            .stdin(Stdio::piped());
+        let source: SourceCell = Arc::new(RwLock::new(LogSource {
+            namespace: String::new(),
+            function: "(standby)".into(),
+            version: 0,
+            instance: String::new(),
+        }));
+        let attribution = Arc::new(Attribution::default());
+        let (process, stdin) =
+            Process::spawn_with_stdin(cmd, source.clone(), self.sink.clone(), attribution.clone())?;
+        Ok(Standby {
+            process,
+            stdin: stdin.expect("stdin is piped"),
+            source,
+            attribution,
+        })
+    }
+}
+
+fn env_and_dir(cmd: &Command) -> (Vec<(String, String)>, PathBuf) {
+    let std = cmd.as_std();
+    let env = std
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some((
+                k.to_string_lossy().into_owned(),
+                v?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    let cwd = std
+        .get_current_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    (env, cwd)
+}
+
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
