@@ -7,7 +7,10 @@ same run, and checked against the targets of issue #5.
         --wasm examples/hello-wasm [--n 20]
 
 Each sample redeploys the function with a new environment value, which makes a new version with
-no instance, then times one raw invoke over a kept-alive connection. Prints a markdown table.
+no instance, then times one raw invoke over a kept-alive connection. Samples are --gap seconds
+apart (default 0.25), so that the standby Node processes taken by one are replaced before the
+next; --gap 0 shows back-to-back cold starts, which outrun the replacements. Prints a markdown
+table.
 """
 import argparse
 import http.client
@@ -80,10 +83,16 @@ def main():
     ap.add_argument("--wasm", help="a directory with a wasm function (examples/hello-wasm)")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--server-cpu", help="pin the server to this CPU (taskset)")
+    ap.add_argument("--config", help="a petrel serve --config file")
+    ap.add_argument("--only", help="comma-separated runtimes to measure")
+    ap.add_argument("--gap", type=float, default=0.25,
+                    help="seconds between samples, so that standby processes are back (0: back to back)")
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="petrel-cold-")
     cmd = [a.petrel, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "data")]
+    if a.config:
+        cmd += ["--config", a.config]
     if a.server_cpu is not None:
         cmd = ["taskset", "-c", a.server_cpu, *cmd]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -109,9 +118,12 @@ def main():
         print("| runtime | median | p90 | min | max | bare start, median | ratio | target | met |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for rt, d, bare, label, target in subjects:
+            if a.only and rt.split()[0] not in a.only.split(","):
+                continue
             name = os.path.basename(d)
             xs = []
             for i in range(a.n):
+                time.sleep(a.gap)
                 subprocess.run([a.petrel, "deploy", d, "--name", name, "--env", f"RUN={i}"], env=env,
                                check=True, stdout=subprocess.DEVNULL)
                 t0 = time.perf_counter()

@@ -24,7 +24,10 @@ tools=$root/bench/.tools
 mkdir -p "$tools" bench/results
 work=$(mktemp -d)
 pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+# A background job here is a subshell running taskset (or a cd and then taskset): stop the whole
+# tree under it, not only the subshell, or the servers outlive the run.
+kill_tree() { local c; for c in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$c"; done; kill "$1" 2>/dev/null || true; }
+stop_all() { for p in "${pids[@]}"; do kill_tree "$p"; wait "$p" 2>/dev/null || true; done; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
 
 say() { echo "bench: $*" >&2; }

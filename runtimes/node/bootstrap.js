@@ -190,8 +190,37 @@ function specialise() {
   process.chdir(spec.cwd);
 }
 
+// A standby process runs one request through Node's HTTP client and server before it waits, so
+// the modules and code paths the Runtime API loop uses are loaded and compiled ahead of time.
+async function warmUp() {
+  const server = http.createServer((q, s) => {
+    q.resume();
+    q.on('end', () => s.end(JSON.stringify({ warm: true })));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const warmAgent = new http.Agent({ keepAlive: true });
+  const once = (method, body) => new Promise((resolve) => {
+    const req = http.request({ host: '127.0.0.1', port: server.address().port, method, path: '/warm', agent: warmAgent,
+      headers: { 'Content-Type': 'application/json' } }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve(JSON.parse(Buffer.concat(chunks).toString())));
+    });
+    req.on('error', () => resolve(null));
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+  await once('GET');
+  await once('POST', JSON.stringify({ warm: 1 }));
+  warmAgent.destroy();
+  await new Promise((r) => server.close(r));
+}
+
 (async () => {
-  if (process.argv.includes('--standby')) specialise();
+  if (process.argv.includes('--standby')) {
+    await warmUp();
+    specialise();
+  }
   [HOST, PORT] = process.env.AWS_LAMBDA_RUNTIME_API.split(':');
   const handler = await loadHandler();
   const workers = Math.max(1, Number(process.env.PETREL_CONCURRENCY || 1));

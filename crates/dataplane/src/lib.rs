@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod apigw;
+pub mod autoscale;
 pub mod body;
 pub mod budget;
 mod error;

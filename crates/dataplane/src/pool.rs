@@ -61,6 +61,7 @@ pub struct Pool {
     idle_hist: Arc<Mutex<IdleHistogram>>,
     /// When the pool last had no request in flight; `None` while busy.
     idle_since: Mutex<Option<Instant>>,
+    autoscaler: Mutex<crate::autoscale::Autoscaler>,
     state: Mutex<PoolState>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -151,6 +152,7 @@ impl Pool {
             budget,
             idle_hist,
             idle_since: Mutex::new(None),
+            autoscaler: Mutex::default(),
             state: Mutex::new(PoolState::default()),
             permits: Arc::new(Semaphore::new(permits)),
             waiting: AtomicUsize::new(0),
@@ -245,6 +247,13 @@ impl Pool {
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait_for_permit().await?,
         };
         let slot_wait = queued_at.elapsed();
+        {
+            let c = self.stats();
+            self.autoscaler
+                .lock()
+                .unwrap()
+                .observe(Instant::now(), (c.in_flight + 1) as f64 + c.waiting as f64);
+        }
         if let Some(since) = self.idle_since.lock().unwrap().take() {
             self.idle_hist.lock().unwrap().record(since.elapsed());
         }
@@ -533,8 +542,15 @@ impl Pool {
     /// One keep-alive decision. `fixed`: stop instances idle for `keep_alive`. `hybrid`: follow
     /// the learned windows after the pool went idle: nothing kept during the pre-warm window,
     /// one instance (pre-warmed if need be) during the keep-alive window, nothing after.
+    ///
+    /// Before either, instances the autoscaler wants beyond the live ones are started ahead of
+    /// demand (see [`crate::autoscale`]); stopping stays the keep-alive policy's call.
     fn keep(self: &Arc<Self>) {
         let spec = &self.version.spec;
+        let want = self.autoscale();
+        if !self.retired() {
+            self.prestart(want);
+        }
         let policy = match spec.keep_alive_policy {
             petrel_core::KeepAlivePolicy::Fixed => return self.sweep(spec.keep_alive()),
             petrel_core::KeepAlivePolicy::Hybrid => Policy::Hybrid {
@@ -548,14 +564,47 @@ impl Pool {
             None => self.sweep(w.prewarm + w.keep_alive),
             Some(_) if w.prewarm.is_zero() => self.sweep(w.keep_alive),
             Some(e) if e < w.prewarm || e >= w.prewarm + w.keep_alive => self.sweep(Duration::ZERO),
-            Some(_) => {
-                if self.retired() {
-                    self.sweep(Duration::ZERO)
-                } else {
-                    self.sweep_keeping(Duration::MAX, 1)
-                }
-            }
+            Some(_) if self.retired() => self.sweep(Duration::ZERO),
+            Some(_) => self.sweep_keeping(Duration::MAX, 1),
         }
+    }
+
+    /// Starts instances until `want` are live (never past max_instances or the memory budget).
+    fn prestart(self: &Arc<Self>, want: usize) {
+        let max = self.version.spec.max_instances as usize;
+        let mut st = self.state.lock().unwrap();
+        while st.slots.len() < want.min(max) {
+            let Ok(reservation) = self.reserve() else {
+                break;
+            };
+            let id = st.next_id;
+            st.next_id += 1;
+            let rx = self.clone().start_instance(id);
+            st.slots.push(Slot {
+                id,
+                state: SlotState::Starting(rx),
+                in_flight: 0,
+                last_used: Instant::now(),
+                _reservation: reservation,
+            });
+        }
+    }
+
+    /// Observes the pool's concurrency now and returns the instances the autoscaler wants.
+    fn autoscale(&self) -> usize {
+        let (live, in_flight) = {
+            let st = self.state.lock().unwrap();
+            (
+                st.slots.len(),
+                st.slots.iter().map(|s| s.in_flight).sum::<u32>(),
+            )
+        };
+        let concurrency = in_flight as f64 + self.waiting.load(Ordering::Relaxed) as f64;
+        let spec = &self.version.spec;
+        let now = Instant::now();
+        let mut a = self.autoscaler.lock().unwrap();
+        a.observe(now, concurrency);
+        a.desired(now, live, spec.concurrency, spec.max_instances as usize)
     }
 
     /// Whether a newer version took over (or the pool closed): nothing is pre-warmed for it.
@@ -565,12 +614,8 @@ impl Pool {
 
     fn spawn_keeper(self: Arc<Self>) {
         let keep_alive = self.version.spec.keep_alive();
-        let tick = match self.version.spec.keep_alive_policy {
-            petrel_core::KeepAlivePolicy::Hybrid => Duration::from_secs(5),
-            petrel_core::KeepAlivePolicy::Fixed => {
-                (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
-            }
-        };
+        // Once a second at most, for the autoscaler's one-second buckets.
+        let tick = (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let weak = Arc::downgrade(&self);
         self.sweep(keep_alive);
         drop(self);

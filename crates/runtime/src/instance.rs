@@ -140,6 +140,11 @@ impl RuntimeEnv {
         self.inner.prewarm.fill();
     }
 
+    /// Stops the prewarmed processes (the fork server, standby Node processes); at shutdown.
+    pub fn stop_prewarmed(&self) {
+        self.inner.prewarm.stop();
+    }
+
     /// Starts an instance's process: forked from the Python fork server, a standby Node process
     /// handed its function, or a plain start of `cmd`. Says which.
     async fn start_process(

@@ -37,7 +37,7 @@ impl Default for PrewarmConfig {
     fn default() -> Self {
         Self {
             python_fork_server: true,
-            node_standby: 1,
+            node_standby: 2,
         }
     }
 }
@@ -57,7 +57,9 @@ pub(crate) struct Prewarm {
     pycache: PathBuf,
     sink: LogSink,
     zygote: Mutex<ZygoteSlot>,
-    standby: Mutex<Vec<Standby>>,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Oldest first: the front has had the longest to get ready.
+    standby: Mutex<std::collections::VecDeque<Standby>>,
 }
 
 #[derive(Default)]
@@ -92,6 +94,7 @@ impl Prewarm {
             pycache,
             sink,
             zygote: Mutex::default(),
+            stopped: Default::default(),
             standby: Mutex::default(),
         }
     }
@@ -106,9 +109,21 @@ impl Prewarm {
         }
     }
 
+    /// Stops the fork server and the standby processes (at shutdown); nothing is started again.
+    pub(crate) fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.standby.lock().unwrap().clear();
+        self.zygote.lock().unwrap().current = None;
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The fork server, started (again) if needed; `None` when off or not startable.
     pub(crate) fn zygote(&self) -> Option<Arc<Zygote>> {
-        if !self.config.python_fork_server {
+        if !self.config.python_fork_server || self.is_stopped() {
             return None;
         }
         let mut slot = self.zygote.lock().unwrap();
@@ -161,7 +176,7 @@ impl Prewarm {
         source: LogSource,
     ) -> Option<(Process, Arc<Attribution>)> {
         let mut sb = loop {
-            let sb = self.standby.lock().unwrap().pop()?;
+            let sb = self.standby.lock().unwrap().pop_front()?;
             self.clone().replace_standby();
             if !sb.process.has_exited() {
                 break sb;
@@ -184,15 +199,15 @@ impl Prewarm {
     }
 
     fn replace_standby(self: Arc<Self>) {
-        if self.config.node_standby == 0 {
+        if self.config.node_standby == 0 || self.is_stopped() {
             return;
         }
         tokio::spawn(async move {
             match self.spawn_standby() {
                 Ok(sb) => {
                     let mut v = self.standby.lock().unwrap();
-                    if v.len() < self.config.node_standby {
-                        v.push(sb);
+                    if v.len() < self.config.node_standby && !self.is_stopped() {
+                        v.push_back(sb);
                     }
                 }
                 Err(e) => {

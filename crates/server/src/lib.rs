@@ -277,6 +277,7 @@ impl Server {
         }
         save_histograms(&app.store, &app.dataplane).await;
         app.dataplane.shutdown();
+        app.dataplane.env().stop_prewarmed();
         drop(app.dataplane);
         // The last senders go with the data plane; let the writers drain what is queued.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

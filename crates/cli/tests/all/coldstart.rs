@@ -270,3 +270,38 @@ async fn what_the_hybrid_policy_learned_survives_a_restart() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(echo_function("bursty", "python3", "max_instances = 5").path());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.invoke("bursty", r#"{"action": "slow", "secs": 0.2}"#)
+                .await
+        }));
+    }
+    let mut pids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "no request fails while capacity exists: {}",
+            r.text()
+        );
+        pids.insert(r.json()["pid"].as_u64().unwrap());
+    }
+    assert!(pids.len() <= 5, "{} instances served the burst", pids.len());
+    let logs = p.cli_ok(&["logs", "bursty", "--tail", "1000"]);
+    let started = logs
+        .lines()
+        .filter(|l| l.contains("instance started"))
+        .count();
+    assert!(
+        (1..=5).contains(&started),
+        "{started} instances started:\n{logs}"
+    );
+}
