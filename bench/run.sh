@@ -174,10 +174,11 @@ cold_start() {
   {
     echo "## cold-start: request to response with no instance, median of 20"
     echo
-    echo "Each sample deploys a new version (so no instance exists) and times one raw invoke. The"
-    echo "bare start is the same language's process start, timed the same way in this run."
+    echo "Each sample deploys a new version (so no instance exists) and times one raw invoke, 0.25 s"
+    echo "after the previous one (so standby processes are back). The bare start is the same"
+    echo "language's process start, timed the same way in this run. Not pinned: no load runs here."
     echo
-    python3 bench/cold_start.py --petrel "$PETREL" --n 20 --server-cpu "$SERVER_CPU" \
+    python3 bench/cold_start.py --petrel "$PETREL" --n 20 \
       --provided "$LAMBDA_RS" --wasm examples/hello-wasm
     echo
     echo "Peers, from spawning the server to its first answer (median of 20):"

@@ -308,8 +308,38 @@ def _zygote():
             send({"id": msg["id"], "pid": pid})
 
 
+def _standby():
+    # A generic runtime process started before any function needs it (used when the fork
+    # server is off): the shim and common modules loaded, it reads one line of JSON from stdin,
+    # {"env": {...}, "cwd": "..."}, becomes that instance and carries on as if started with them.
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+    "localhost".encode("idna")
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.exit(0)  # Petrel let the standby go
+    msg = json.loads(line)
+    sys.argv = [__file__]
+    os.environ.clear()
+    os.environ.update(msg["env"])
+    os.chdir(msg["cwd"])
+    _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
+    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
+    if prefix:
+        sys.pycache_prefix = prefix
+    extra = msg["env"].get("PYTHONPATH")
+    if extra:
+        sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
+    main()
+
+
 if __name__ == "__main__":
     if "--zygote" in sys.argv:
         _zygote()
+    elif "--standby" in sys.argv:
+        _standby()
     else:
         main()

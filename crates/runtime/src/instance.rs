@@ -2,7 +2,7 @@
 
 use crate::lambda::{self, InitState, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
-use crate::prewarm::{Prewarm, PrewarmConfig};
+use crate::prewarm::{Kind as StandbyKind, Prewarm, PrewarmConfig};
 use crate::process::Process;
 use crate::wasm::{WasmEngine, WasmFunction};
 use crate::{http as http_ep, shims, Body};
@@ -165,9 +165,15 @@ impl RuntimeEnv {
                     }
                     Err(_) => {}
                 }
+                if let Some((p, a)) = prewarm
+                    .take(StandbyKind::Python, &cmd, source.clone())
+                    .await
+                {
+                    return (Ok(p), a, "a standby Python process");
+                }
             }
             Runtime::Nodejs => {
-                if let Some((p, a)) = prewarm.take_node(&cmd, source.clone()).await {
+                if let Some((p, a)) = prewarm.take(StandbyKind::Node, &cmd, source.clone()).await {
                     return (Ok(p), a, "a standby Node process");
                 }
             }
@@ -192,6 +198,7 @@ impl RuntimeEnv {
             .await
             .ok()?
             .ok()?;
+        crate::wasm::warm_slot(&pre, spec.spec.memory_mb).await;
         Some(Preloaded(pre))
     }
 

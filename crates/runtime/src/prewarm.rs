@@ -3,7 +3,9 @@
 //!
 //! - `python3`: the fork server ([`crate::zygote`]), forked per instance;
 //! - `nodejs`: standby processes (`bootstrap.js --standby`, Node and the shim loaded) that are
-//!   handed their function on stdin when one is needed, and replaced in the background.
+//!   handed their function on stdin when one is needed, and replaced in the background;
+//! - `python3` without the fork server: standby processes of the same kind
+//!   (`bootstrap.py --standby`), if configured.
 //!
 //! Both fall back to a plain start when they are off or unavailable; a function sees the same
 //! environment, directory and process group either way.
@@ -18,18 +20,21 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, Command};
 
-/// What to keep warm. The server turns both on; `python_fork_server: false` and
-/// `node_standby: 0` give plain starts.
+/// What to keep warm. The server forks python3 instances and keeps two standby Node processes;
+/// [`PrewarmConfig::OFF`] gives plain starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrewarmConfig {
     pub python_fork_server: bool,
     pub node_standby: usize,
+    /// Standby Python processes, used when the fork server is off or unavailable.
+    pub python_standby: usize,
 }
 
 impl PrewarmConfig {
     pub const OFF: Self = Self {
         python_fork_server: false,
         node_standby: 0,
+        python_standby: 0,
     };
 }
 
@@ -38,11 +43,19 @@ impl Default for PrewarmConfig {
         Self {
             python_fork_server: true,
             node_standby: 2,
+            python_standby: 0,
         }
     }
 }
 
-/// A generic Node process waiting for its function.
+/// The runtimes that have standby processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Node,
+    Python,
+}
+
+/// A generic runtime process waiting for its function.
 struct Standby {
     process: Process,
     stdin: ChildStdin,
@@ -60,6 +73,7 @@ pub(crate) struct Prewarm {
     stopped: std::sync::atomic::AtomicBool,
     /// Oldest first: the front has had the longest to get ready.
     standby: Mutex<std::collections::VecDeque<Standby>>,
+    py_standby: Mutex<std::collections::VecDeque<Standby>>,
 }
 
 #[derive(Default)]
@@ -96,6 +110,7 @@ impl Prewarm {
             zygote: Mutex::default(),
             stopped: Default::default(),
             standby: Mutex::default(),
+            py_standby: Mutex::default(),
         }
     }
 
@@ -105,7 +120,10 @@ impl Prewarm {
             let _ = self.zygote();
         }
         for _ in 0..self.config.node_standby {
-            self.clone().replace_standby();
+            self.clone().replace_standby(Kind::Node);
+        }
+        for _ in 0..self.config.python_standby {
+            self.clone().replace_standby(Kind::Python);
         }
     }
 
@@ -114,6 +132,7 @@ impl Prewarm {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
         self.standby.lock().unwrap().clear();
+        self.py_standby.lock().unwrap().clear();
         self.zygote.lock().unwrap().current = None;
     }
 
@@ -169,15 +188,30 @@ impl Prewarm {
             .map_err(|e| format!("could not read the forked instance's output: {e}"))
     }
 
-    /// Hands a standby Node process the instance `cmd` describes; `None` when none is ready.
-    pub(crate) async fn take_node(
+    fn queue(&self, kind: Kind) -> &Mutex<std::collections::VecDeque<Standby>> {
+        match kind {
+            Kind::Node => &self.standby,
+            Kind::Python => &self.py_standby,
+        }
+    }
+
+    fn wanted(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Node => self.config.node_standby,
+            Kind::Python => self.config.python_standby,
+        }
+    }
+
+    /// Hands a standby process of `kind` the instance `cmd` describes; `None` when there is none.
+    pub(crate) async fn take(
         self: &Arc<Self>,
+        kind: Kind,
         cmd: &Command,
         source: LogSource,
     ) -> Option<(Process, Arc<Attribution>)> {
         let mut sb = loop {
-            let sb = self.standby.lock().unwrap().pop_front()?;
-            self.clone().replace_standby();
+            let sb = self.queue(kind).lock().unwrap().pop_front()?;
+            self.clone().replace_standby(kind);
             if !sb.process.has_exited() {
                 break sb;
             }
@@ -191,36 +225,48 @@ impl Prewarm {
             + "\n";
         *sb.source.write().unwrap() = source;
         if let Err(e) = sb.stdin.write_all(line.as_bytes()).await {
-            tracing::warn!(error = %e, "a standby Node process could not be handed its function");
+            tracing::warn!(error = %e, ?kind, "a standby process could not be handed its function");
             return None;
         }
         drop(sb.stdin);
         Some((sb.process, sb.attribution))
     }
 
-    fn replace_standby(self: Arc<Self>) {
-        if self.config.node_standby == 0 || self.is_stopped() {
+    fn replace_standby(self: Arc<Self>, kind: Kind) {
+        if self.wanted(kind) == 0 || self.is_stopped() {
             return;
         }
         tokio::spawn(async move {
-            match self.spawn_standby() {
+            match self.spawn_standby(kind) {
                 Ok(sb) => {
-                    let mut v = self.standby.lock().unwrap();
-                    if v.len() < self.config.node_standby && !self.is_stopped() {
+                    let mut v = self.queue(kind).lock().unwrap();
+                    if v.len() < self.wanted(kind) && !self.is_stopped() {
                         v.push_back(sb);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "a standby Node process could not start; nodejs instances start plainly")
+                    tracing::warn!(error = %e, ?kind, "a standby process could not start; instances start plainly")
                 }
             }
         });
     }
 
-    fn spawn_standby(&self) -> std::io::Result<Standby> {
-        let mut cmd = Command::new("node");
-        cmd.arg(self.shims_dir.join(crate::shims::NODE_SHIM_PATH))
-            .arg("--standby")
+    fn spawn_standby(&self, kind: Kind) -> std::io::Result<Standby> {
+        let mut cmd = match kind {
+            Kind::Node => {
+                let mut c = Command::new("node");
+                c.arg(self.shims_dir.join(crate::shims::NODE_SHIM_PATH));
+                c
+            }
+            Kind::Python => {
+                let mut c = Command::new("python3");
+                c.arg("-u")
+                    .arg(self.shims_dir.join(crate::shims::PYTHON_SHIM_PATH))
+                    .env("PYTHONPYCACHEPREFIX", &self.pycache);
+                c
+            }
+        };
+        cmd.arg("--standby")
             .env_clear()
             .env("PATH", &self.host_path)
             .env("LANG", "C.UTF-8")

@@ -59,6 +59,7 @@ pub struct ConfigFile {
     pub otlp_endpoint: Option<String>,
     pub python_fork_server: Option<bool>,
     pub node_standby: Option<usize>,
+    pub python_standby: Option<usize>,
     pub memory_budget: Option<String>,
 }
 
@@ -74,6 +75,7 @@ const KNOWN_KEYS: &[&str] = &[
     "otlp_endpoint",
     "python_fork_server",
     "node_standby",
+    "python_standby",
     "memory_budget",
 ];
 
@@ -136,6 +138,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.node_standby {
             base.prewarm.node_standby = v;
+        }
+        if let Some(v) = self.python_standby {
+            base.prewarm.python_standby = v;
         }
         if let Some(v) = self.memory_budget {
             base.memory_budget_mb = parse_memory_budget(&v)?;

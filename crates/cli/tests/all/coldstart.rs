@@ -305,3 +305,29 @@ async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
         "{started} instances started:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_fork_server_python_takes_a_standby_process() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(&path, "python_fork_server = false\npython_standby = 1\n").unwrap();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
+    for (name, who) in [("sb-a", "a"), ("sb-b", "b")] {
+        p.deploy(who_python(name, who, "").path());
+        // Give the replacement standby time to start, as between cold starts in practice.
+        let ready = eventually(Duration::from_secs(10), || {
+            std::process::Command::new("pgrep")
+                .args(["-f", "bootstrap.py --standby"])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(ready, "a standby Python process is waiting");
+        let j = p.invoke(name, "{}").await.json();
+        assert_eq!(j["who"], who, "{j}");
+        assert_eq!(j["helper"], format!("helper of {who}"), "{j}");
+        let logs = p.cli_ok(&["logs", name, "--tail", "100"]);
+        assert!(logs.contains("a standby Python process"), "{logs}");
+    }
+}

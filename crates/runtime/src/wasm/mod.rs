@@ -281,6 +281,32 @@ fn root(e: &wasmtime::Error) -> String {
 /// A pre-instantiated `wasi:http/proxy` component.
 pub type ProxyPreState = ProxyPre<WasmState>;
 
+/// Instantiates the component once and drops the instance, calling nothing. The pooling
+/// allocator keeps a slot's memory image for the module it last held, so the first real request
+/// finds the image mapped instead of setting it up. Best effort: an error only means no warming.
+pub async fn warm_slot(pre: &ProxyPreState, memory_mb: u32) {
+    let state = WasmState {
+        wasi: WasiCtx::builder().build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        hooks: OutboundPolicy::new(Arc::new(Vec::new()), None),
+        limits: MemoryLimit {
+            max_bytes: memory_mb as usize * 1024 * 1024,
+            refused: false,
+        },
+        started: Instant::now(),
+        timeout: Duration::from_secs(1),
+        timed_out: false,
+    };
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    // Instantiation runs no guest code of a proxy component beyond its start functions; a
+    // deadline of a few ticks stops anything longer.
+    store.set_epoch_deadline(YIELD_EVERY_TICKS * 100);
+    store.epoch_deadline_trap();
+    let _ = pre.instantiate_async(&mut store).await;
+}
+
 /// A loaded component for one function version: what an `Instance` of kind wasm holds.
 pub struct WasmFunction {
     pre: Arc<ProxyPre<WasmState>>,
