@@ -184,6 +184,32 @@ PRELOAD = (
 )
 
 
+def _become(msg):
+    # Turns a generic process (a fork server's child, a standby) into the instance Petrel
+    # described: its environment, directory and import paths, as a fresh start would have them.
+    sys.argv = [__file__]
+    os.environ.clear()
+    os.environ.update(msg["env"])
+    os.chdir(msg["cwd"])
+    _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
+    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
+    if prefix:
+        sys.pycache_prefix = prefix
+    extra = msg["env"].get("PYTHONPATH")
+    if extra:
+        sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
+
+
+def _preload():
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module this Python lacks is simply not preloaded
+            pass
+    # http.client encodes the host name with the idna codec: load it now, not in each instance.
+    "localhost".encode("idna")
+
+
 def _unshadow(task_root):
     # A function's own module named like a preloaded one (its uuid.py, its "logging" package)
     # must win, as it would in a fresh interpreter: forget the preloaded one.
@@ -202,12 +228,7 @@ def _zygote():
     import signal
     import socket
 
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception:  # a module this Python lacks is simply not preloaded
-            pass
-    "localhost".encode("idna")
+    _preload()
     import gc
     gc.freeze()  # what is loaded now stays shared with every child, not copied on first GC
     ctl = socket.socket(fileno=0)
@@ -281,17 +302,7 @@ def _zygote():
                     os.dup2(fds[1], 2)
                     for fd in fds:
                         os.close(fd)
-                    sys.argv = [__file__]
-                    os.environ.clear()
-                    os.environ.update(msg["env"])
-                    os.chdir(msg["cwd"])
-                    _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
-                    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
-                    if prefix:
-                        sys.pycache_prefix = prefix
-                    extra = msg["env"].get("PYTHONPATH")
-                    if extra:
-                        sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
+                    _become(msg)
                     main()
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else 1
@@ -312,27 +323,11 @@ def _standby():
     # A generic runtime process started before any function needs it (used when the fork
     # server is off): the shim and common modules loaded, it reads one line of JSON from stdin,
     # {"env": {...}, "cwd": "..."}, becomes that instance and carries on as if started with them.
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
-    "localhost".encode("idna")
+    _preload()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit(0)  # Petrel let the standby go
-    msg = json.loads(line)
-    sys.argv = [__file__]
-    os.environ.clear()
-    os.environ.update(msg["env"])
-    os.chdir(msg["cwd"])
-    _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
-    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
-    if prefix:
-        sys.pycache_prefix = prefix
-    extra = msg["env"].get("PYTHONPATH")
-    if extra:
-        sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
+    _become(json.loads(line))
     main()
 
 

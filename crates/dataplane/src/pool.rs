@@ -433,17 +433,28 @@ impl Pool {
             return Ok((s.id, r));
         }
         let reservation = self.reserve()?;
+        let (id, rx) = self.begin_instance(&mut st, reservation, 1);
+        Ok((id, Err(rx)))
+    }
+
+    /// Adds a slot for a new instance and starts it; `in_flight` requests already count on it.
+    fn begin_instance(
+        self: &Arc<Self>,
+        st: &mut PoolState,
+        reservation: Option<Reservation>,
+        in_flight: u32,
+    ) -> (u64, watch::Receiver<StartResult>) {
         let id = st.next_id;
         st.next_id += 1;
         let rx = self.clone().start_instance(id);
         st.slots.push(Slot {
             id,
             state: SlotState::Starting(rx.clone()),
-            in_flight: 1,
+            in_flight,
             last_used: Instant::now(),
             _reservation: reservation,
         });
-        Ok((id, Err(rx)))
+        (id, rx)
     }
 
     fn start_instance(self: Arc<Self>, slot: u64) -> watch::Receiver<StartResult> {
@@ -525,16 +536,7 @@ impl Pool {
                 tracing::warn!(function = %self.version.name, min_instances = min, "the memory budget has no room for min_instances; starting fewer");
                 break;
             };
-            let id = st.next_id;
-            st.next_id += 1;
-            let rx = self.clone().start_instance(id);
-            st.slots.push(Slot {
-                id,
-                state: SlotState::Starting(rx),
-                in_flight: 0,
-                last_used: Instant::now(),
-                _reservation: reservation,
-            });
+            self.begin_instance(&mut st, reservation, 0);
             live += 1;
         }
     }
@@ -577,16 +579,7 @@ impl Pool {
             let Ok(reservation) = self.reserve() else {
                 break;
             };
-            let id = st.next_id;
-            st.next_id += 1;
-            let rx = self.clone().start_instance(id);
-            st.slots.push(Slot {
-                id,
-                state: SlotState::Starting(rx),
-                in_flight: 0,
-                last_used: Instant::now(),
-                _reservation: reservation,
-            });
+            self.begin_instance(&mut st, reservation, 0);
         }
     }
 
