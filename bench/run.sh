@@ -36,9 +36,10 @@ _sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- tools -------------------------------------------------------------------------------------
 command -v wrk >/dev/null || { say "installing wrk"; _sudo apt-get update -qq; _sudo apt-get install -y -qq wrk >/dev/null; }
 WASMTIME=${WASMTIME:-$HOME/.cargo/bin/wasmtime}
-[ -x "$WASMTIME" ] || { say "installing wasmtime-cli 48.0.8 (about 14 min)"; cargo install wasmtime-cli --version 48.0.8 --locked; }
+# A peer that cannot be installed or does not answer is not fatal: its rows say why.
+[ -x "$WASMTIME" ] || { say "installing wasmtime-cli 48.0.8 (about 14 min)"; cargo install wasmtime-cli --version 48.0.8 --locked || say "wasmtime-cli could not be installed"; }
 WORKERD=$tools/node_modules/.bin/workerd
-[ -x "$WORKERD" ] || { say "installing workerd"; (cd "$tools" && npm install --silent workerd@1.20261117.1); }
+[ -x "$WORKERD" ] || { say "installing workerd"; (cd "$tools" && npm install --silent workerd@1.20261117.1) || say "workerd could not be installed"; }
 say "building Petrel, the hyper baseline and the hello component (release)"
 cargo build -q --release
 cargo build -q --release --manifest-path bench/hello-hyper/Cargo.toml
@@ -92,6 +93,20 @@ report=bench/results/$(date -u +%Y%m%dT%H%M%SZ).md
 warm_http() {
   say "warm-http"
   run_target() { measure warm-http "$1" "$2" 1; measure warm-http "$1" "$2" 64; }
+  # peer NAME BINARY URL COMMAND...: measures a peer, or records why it could not be.
+  peer() {
+    local name=$1 bin=$2 url=$3; shift 3
+    if [ ! -x "$bin" ]; then
+      printf '%s\t%s\n' "$name" "not installed ($bin is missing)" >> "$work/missing.tsv"; return 0
+    fi
+    pinned "$@" > /dev/null 2>&1 & pids+=($!)
+    if wait_ok "$url"; then
+      run_target "$name" "$url"
+    else
+      printf '%s\t%s\n' "$name" "started but did not answer within 15 s" >> "$work/missing.tsv"
+    fi
+    stop_all
+  }
   local port; port=$(free_port)
   pinned "$HYPER" "127.0.0.1:$port" > /dev/null & pids+=($!); wait_ok "http://127.0.0.1:$port/"
   run_target "hyper (bare, the limit)" "http://127.0.0.1:$port/"; stop_all
@@ -107,19 +122,15 @@ warm_http() {
   stop_all
 
   port=$(free_port)
-  pinned "$WASMTIME" serve -S cli=y --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm 2>/dev/null & pids+=($!)
-  wait_ok "http://127.0.0.1:$port/"
-  run_target "wasmtime serve (fresh instance, default)" "http://127.0.0.1:$port/"; stop_all
+  peer "wasmtime serve (fresh instance, default)" "$WASMTIME" "http://127.0.0.1:$port/" \
+    "$WASMTIME" serve -S cli=y --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm
   port=$(free_port)
-  pinned "$WASMTIME" serve -S cli=y --max-instance-reuse-count 1000000 --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm 2>/dev/null & pids+=($!)
-  wait_ok "http://127.0.0.1:$port/"
-  run_target "wasmtime serve (instances reused)" "http://127.0.0.1:$port/"; stop_all
+  peer "wasmtime serve (instances reused)" "$WASMTIME" "http://127.0.0.1:$port/" \
+    "$WASMTIME" serve -S cli=y --max-instance-reuse-count 1000000 --addr "127.0.0.1:$port" examples/hello-wasm/hello.wasm
 
   port=$(free_port)
   sed "s/PORT/$port/" bench/workerd/config.capnp > "$work/config.capnp"; cp bench/workerd/worker.js "$work/"
-  pinned "$WORKERD" serve "$work/config.capnp" > /dev/null 2>&1 & pids+=($!)
-  wait_ok "http://127.0.0.1:$port/"
-  run_target "workerd (JS hello worker)" "http://127.0.0.1:$port/"; stop_all
+  peer "workerd (JS hello worker)" "$WORKERD" "http://127.0.0.1:$port/" "$WORKERD" serve "$work/config.capnp"
 }
 
 # Where the server's time goes while it serves the wasm hello at one connection: by thread and by
@@ -205,6 +216,9 @@ for s in "${scenarios[@]}"; do
   esac
 done
 if [ -s "$raw" ]; then python3 bench/report.py "$raw" >> "$report"; fi
+if [ -s "$work/missing.tsv" ]; then
+  { echo "Peers not measured:"; echo; awk -F'\t' '{printf "- %s: %s\n", $1, $2}' "$work/missing.tsv"; echo; } >> "$report"
+fi
 if [ -s "$work/profile.md" ]; then cat "$work/profile.md" >> "$report"; fi
 if [ -s "$work/later.md" ]; then cat "$work/later.md" >> "$report"; fi
 say "report: $report"

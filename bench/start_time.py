@@ -48,7 +48,7 @@ def main():
     try:
         for t in a.target:
             name, cmd = t.split("=", 1)
-            times = []
+            times, missing = [], False
             for _ in range(a.n):
                 port = free_port()
                 config = ""
@@ -61,13 +61,20 @@ def main():
                     shutil.copy(os.path.join(os.path.dirname(a.workerd_config), "worker.js"), work)
                 argv = shlex.split(cmd.format(port=port, config=config))
                 t0 = time.perf_counter()
-                p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                except OSError as e:
+                    print(f"| {name} | not measured: {e.strerror} ({argv[0]}) | |")
+                    missing = True
+                    break
                 ok = first_answer(port, t0 + 30)
                 dt = time.perf_counter() - t0
                 p.kill()
                 p.wait()
                 if ok:
                     times.append(dt)
+            if missing:
+                continue
             if times:
                 times.sort()
                 p90 = times[min(len(times) - 1, int(0.9 * (len(times) - 1)))]

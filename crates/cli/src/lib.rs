@@ -339,12 +339,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("Handler:    {}", s.handler);
                 println!("Memory:     {} MB", s.memory_mb);
                 println!("Timeout:    {}", humantime::format_duration(s.timeout()));
+                let keep_alive = match s.keep_alive_policy {
+                    petrel_core::KeepAlivePolicy::Fixed => {
+                        humantime::format_duration(s.keep_alive()).to_string()
+                    }
+                    petrel_core::KeepAlivePolicy::Hybrid => format!(
+                        "hybrid (learned; {} until it has learned)",
+                        humantime::format_duration(s.keep_alive())
+                    ),
+                };
                 println!(
-                    "Concurrency {} per instance, {}..{} instances, keep alive {}",
-                    s.concurrency,
-                    s.min_instances,
-                    s.max_instances,
-                    humantime::format_duration(s.keep_alive())
+                    "Concurrency {} per instance, {}..{} instances, keep alive {keep_alive}",
+                    s.concurrency, s.min_instances, s.max_instances,
                 );
                 if !s.env.is_empty() {
                     let keys: Vec<&str> = s.env.keys().map(String::as_str).collect();

@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
+/// How long a fork may take before Petrel gives up on the fork server for that instance.
+const FORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A child the fork server made: its pid and a watch that gets how it ended.
 pub(crate) struct Forked {
     pub pid: i32,
@@ -131,8 +134,19 @@ impl Zygote {
             self.shared.replies.lock().unwrap().remove(&id);
             return Err(format!("could not reach the Python fork server: {e}"));
         }
-        rx.await
-            .unwrap_or_else(|_| Err("the Python fork server ended during a fork".into()))
+        // The first fork after start waits for the preloads (well under a second); a fork server
+        // that takes longer is stuck, and the instance starts plainly instead.
+        match tokio::time::timeout(FORK_TIMEOUT, rx).await {
+            Ok(reply) => {
+                reply.unwrap_or_else(|_| Err("the Python fork server ended during a fork".into()))
+            }
+            Err(_) => {
+                self.shared.replies.lock().unwrap().remove(&id);
+                Err(format!(
+                    "the Python fork server did not fork within {FORK_TIMEOUT:?}"
+                ))
+            }
+        }
     }
 }
 
@@ -165,6 +179,13 @@ fn read_loop(sock: OwnedFd, shared: Arc<Shared>) {
         }
         let Some(id) = m.id else { continue };
         let Some(tx) = shared.replies.lock().unwrap().remove(&id) else {
+            // Petrel gave up on this fork (it timed out): the child has no instance to serve.
+            if let Some(pid) = m.pid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             continue;
         };
         let reply = match (m.pid, m.error) {
