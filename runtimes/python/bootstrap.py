@@ -289,6 +289,10 @@ def _zygote():
                 continue
             if pid == 0:
                 try:
+                    # Into the instance's cgroups before anything else runs.
+                    for procs in msg.get("cgroup_procs") or ():
+                        with open(procs, "w") as f:
+                            f.write("0")
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     sel.close()

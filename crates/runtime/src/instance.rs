@@ -1,5 +1,6 @@
 //! An instance: a started process plus the endpoint Petrel talks to it through.
 
+use crate::cgroup::{Cgroups, InstanceCgroup};
 use crate::lambda::{self, InitState, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
 use crate::prewarm::{Kind as StandbyKind, Prewarm, PrewarmConfig};
@@ -74,6 +75,7 @@ pub struct RuntimeEnv {
 #[derive(Debug)]
 struct EnvInner {
     prewarm: Arc<Prewarm>,
+    cgroups: Cgroups,
     wasm: std::sync::OnceLock<Result<Arc<WasmEngine>, String>>,
     wasm_cache: PathBuf,
     shims_dir: PathBuf,
@@ -114,6 +116,7 @@ impl RuntimeEnv {
         Ok(Self {
             inner: Arc::new(EnvInner {
                 prewarm,
+                cgroups: Cgroups::detect(),
                 wasm: std::sync::OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
                 shims_dir,
@@ -140,9 +143,19 @@ impl RuntimeEnv {
         self.inner.prewarm.fill();
     }
 
+    /// Which resource limits are on, in one line (for the start-up log).
+    pub fn limits_status(&self) -> &str {
+        self.inner.cgroups.status()
+    }
+
     /// Stops the prewarmed processes (the fork server, standby Node processes); at shutdown.
     pub fn stop_prewarmed(&self) {
         self.inner.prewarm.stop();
+    }
+
+    /// Removes this server's cgroups; at shutdown, after every instance has stopped.
+    pub fn remove_cgroups(&self) {
+        self.inner.cgroups.remove();
     }
 
     /// Starts an instance's process: forked from the Python fork server, a standby Node process
@@ -150,7 +163,8 @@ impl RuntimeEnv {
     async fn start_process(
         &self,
         runtime: Runtime,
-        cmd: Command,
+        mut cmd: Command,
+        cgroup: Option<&InstanceCgroup>,
         source: &LogSource,
     ) -> (std::io::Result<Process>, Arc<Attribution>, &'static str) {
         let prewarm = &self.inner.prewarm;
@@ -158,7 +172,10 @@ impl RuntimeEnv {
             Runtime::Python3 => {
                 let attribution = Arc::new(Attribution::default());
                 let cell = Arc::new(std::sync::RwLock::new(source.clone()));
-                match prewarm.fork_python(&cmd, cell, attribution.clone()).await {
+                match prewarm
+                    .fork_python(&cmd, cgroup, cell, attribution.clone())
+                    .await
+                {
                     Ok(p) => return (Ok(p), attribution, "forked from the Python fork server"),
                     Err(e) if prewarm.zygote().is_some() => {
                         tracing::warn!(error = %e, "fork server failed; starting python3 plainly")
@@ -166,14 +183,17 @@ impl RuntimeEnv {
                     Err(_) => {}
                 }
                 if let Some((p, a)) = prewarm
-                    .take(StandbyKind::Python, &cmd, source.clone())
+                    .take(StandbyKind::Python, &cmd, cgroup, source.clone())
                     .await
                 {
                     return (Ok(p), a, "a standby Python process");
                 }
             }
             Runtime::Nodejs => {
-                if let Some((p, a)) = prewarm.take(StandbyKind::Node, &cmd, source.clone()).await {
+                if let Some((p, a)) = prewarm
+                    .take(StandbyKind::Node, &cmd, cgroup, source.clone())
+                    .await
+                {
                     return (Ok(p), a, "a standby Node process");
                 }
             }
@@ -181,6 +201,12 @@ impl RuntimeEnv {
         }
         let attribution = Arc::new(Attribution::default());
         let cell = Arc::new(std::sync::RwLock::new(source.clone()));
+        if let Some(cg) = cgroup {
+            match cg.open_procs() {
+                Ok(fds) => crate::cgroup::join_before_exec(&mut cmd, fds),
+                Err(e) => return (Err(e), attribution, "a new process"),
+            }
+        }
         let p = Process::spawn(cmd, cell, self.inner.sink.clone(), attribution.clone());
         (p, attribution, "a new process")
     }
@@ -244,6 +270,8 @@ pub struct StartTimings {
 /// gets a fresh wasm instance of its own.
 pub struct Instance {
     id: String,
+    /// Dropped after the process is killed (fields drop after `Drop::drop`).
+    cgroup: Option<InstanceCgroup>,
     timings: StartTimings,
     spec: InstanceSpec,
     kind: Kind,
@@ -384,12 +412,20 @@ impl Instance {
             version: spec.version,
             instance: id.clone(),
         };
-        let (process, attribution, how) = env.start_process(fs.runtime, cmd, &source).await;
+        let cgroup = env
+            .inner
+            .cgroups
+            .create(&id, fs.memory_mb)
+            .map_err(|e| init_failed(format!("could not create the instance's cgroup: {e}")))?;
+        let (process, attribution, how) = env
+            .start_process(fs.runtime, cmd, cgroup.as_ref(), &source)
+            .await;
         let process = process.map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
         let started = t0.elapsed();
 
         let mut instance = Self {
             id,
+            cgroup,
             timings: StartTimings {
                 start: started,
                 init: Duration::ZERO,
@@ -407,7 +443,10 @@ impl Instance {
         tokio::select! {
             r = instance.wait_ready() => r?,
             how = process.exited() => {
-                return Err(init_failed(process.exit_report(&how)));
+                return Err(match instance.ended(&how) {
+                    InvokeError::Crashed(report) => init_failed(report),
+                    oom => oom,
+                });
             }
             _ = tokio::time::sleep(init_timeout) => {
                 process.kill();
@@ -477,6 +516,7 @@ impl Instance {
             format!("component loaded in {} µs", t0.elapsed().as_micros()),
         ));
         Ok(Self {
+            cgroup: None,
             scratch: env.inner.scratch_root.join(&id),
             timings: StartTimings {
                 start: t0.elapsed(),
@@ -526,6 +566,18 @@ impl Instance {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Why the instance's process ended: killed for passing its memory limit, or a crash
+    /// (with how it ended and its last lines of stderr).
+    fn ended(&self, how: &str) -> InvokeError {
+        match &self.cgroup {
+            Some(cg) if cg.oom_killed() => InvokeError::OutOfMemory(format!(
+                "it used more than its memory_mb of {} MiB and the kernel stopped it",
+                self.spec.spec.memory_mb
+            )),
+            _ => InvokeError::Crashed(self.proc().exit_report(how)),
         }
     }
 
@@ -596,7 +648,7 @@ impl Instance {
         });
         let result = tokio::select! {
             r = rx => r.unwrap_or_else(|_| Err(InvokeError::Crashed("the instance stopped".into()))),
-            how = self.proc().exited() => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
+            how = self.proc().exited() => Err(self.ended(&how)),
             _ = tokio::time::sleep(req.timeout) => {
                 self.proc().kill();
                 Err(InvokeError::Timeout(req.timeout))
@@ -649,12 +701,12 @@ impl Instance {
                 Err(e) => {
                     // A dropped connection is most often a crash: give the exit a moment to show.
                     match tokio::time::timeout(Duration::from_millis(500), self.proc().exited()).await {
-                        Ok(how) => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
+                        Ok(how) => Err(self.ended(&how)),
                         Err(_) => Err(InvokeError::BadResponse(format!("the connection to the function failed ({e})"))),
                     }
                 }
             },
-            how = self.proc().exited() => Err(InvokeError::Crashed(self.proc().exit_report(&how))),
+            how = self.proc().exited() => Err(self.ended(&how)),
             _ = tokio::time::sleep(timeout) => {
                 self.proc().kill();
                 Err(InvokeError::Timeout(timeout))

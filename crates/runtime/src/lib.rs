@@ -8,6 +8,7 @@
 //! later layer that plugs in where the process is spawned (`process.rs`). The `wasm` runtime
 //! runs components of the `wasi:http/proxy` world in-process on wasmtime (`wasm/`).
 
+pub mod cgroup;
 mod http;
 mod instance;
 mod lambda;

@@ -10,6 +10,7 @@
 //! Both fall back to a plain start when they are off or unavailable; a function sees the same
 //! environment, directory and process group either way.
 
+use crate::cgroup::InstanceCgroup;
 use crate::logs::{Attribution, LogSink, LogSource};
 use crate::process::{Process, SourceCell};
 use crate::zygote::Zygote;
@@ -176,6 +177,7 @@ impl Prewarm {
     pub(crate) async fn fork_python(
         &self,
         cmd: &Command,
+        cgroup: Option<&InstanceCgroup>,
         source: SourceCell,
         attribution: Arc<Attribution>,
     ) -> Result<Process, String> {
@@ -183,7 +185,8 @@ impl Prewarm {
         let (env, cwd) = env_and_dir(cmd);
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let forked = zygote.fork(&env, &cwd, out_w, err_w).await?;
+        let procs = cgroup.map(InstanceCgroup::procs_files).unwrap_or_default();
+        let forked = zygote.fork(&env, &cwd, &procs, out_w, err_w).await?;
         Process::forked(forked, out_r, err_r, source, self.sink.clone(), attribution)
             .map_err(|e| format!("could not read the forked instance's output: {e}"))
     }
@@ -207,6 +210,7 @@ impl Prewarm {
         self: &Arc<Self>,
         kind: Kind,
         cmd: &Command,
+        cgroup: Option<&InstanceCgroup>,
         source: LogSource,
     ) -> Option<(Process, Arc<Attribution>)> {
         let mut sb = loop {
@@ -223,6 +227,14 @@ impl Prewarm {
         })
         .to_string()
             + "\n";
+        // The standby waits on stdin and runs nothing of the function yet: moving it into the
+        // instance's cgroup now limits everything the function will do.
+        if let Some(cg) = cgroup {
+            if let Err(e) = cg.adopt(sb.process.pid()) {
+                tracing::warn!(error = %e, "a standby process could not join its cgroup; starting plainly");
+                return None;
+            }
+        }
         *sb.source.write().unwrap() = source;
         if let Err(e) = sb.stdin.write_all(line.as_bytes()).await {
             tracing::warn!(error = %e, ?kind, "a standby process could not be handed its function");

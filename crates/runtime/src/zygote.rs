@@ -105,6 +105,7 @@ impl Zygote {
         &self,
         env: &[(String, String)],
         cwd: &Path,
+        cgroup_procs: &[std::path::PathBuf],
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<Forked, String> {
@@ -116,6 +117,7 @@ impl Zygote {
             "id": id,
             "env": env.iter().cloned().collect::<HashMap<String, String>>(),
             "cwd": cwd,
+            "cgroup_procs": cgroup_procs,
         })
         .to_string();
         let (tx, rx) = oneshot::channel();

@@ -151,6 +151,7 @@ impl Server {
         let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit, config.prewarm)
             .context("could not prepare the runtime directory")?;
         env.prewarm();
+        let env_status = env.limits_status().to_owned();
         let (dataplane, records) = DataPlane::new(
             env,
             Arc::new(StoreSource {
@@ -207,6 +208,7 @@ impl Server {
             Err(e) => tracing::warn!(error = %e, "could not load idle-time histograms"),
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
+        tracing::info!(limits = env_status, "instance limits");
         tracing::info!(
             memory_budget_mib = config.memory_budget_mb,
             python_fork_server = config.prewarm.python_fork_server,
@@ -278,6 +280,9 @@ impl Server {
         save_histograms(&app.store, &app.dataplane).await;
         app.dataplane.shutdown();
         app.dataplane.env().stop_prewarmed();
+        // Give the killed instances' processes a moment to leave their cgroups.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        app.dataplane.env().remove_cgroups();
         drop(app.dataplane);
         // The last senders go with the data plane; let the writers drain what is queued.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

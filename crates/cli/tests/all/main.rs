@@ -8,6 +8,7 @@ mod fixtures;
 mod harness;
 mod http_fn;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod pool;
 mod tracing;

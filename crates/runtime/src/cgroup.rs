@@ -1,0 +1,363 @@
+//! Per-instance cgroups: a memory limit of `memory_mb` (past it the kernel kills the instance,
+//! and the invocation is answered `function_out_of_memory`) and a pids limit (a fork bomb stays
+//! inside its instance). Works on cgroup v1 (separate `memory` and `pids` hierarchies, as on this
+//! machine) and on cgroup v2 (one unified hierarchy); off, and saying why, where Petrel may not
+//! create cgroups (not root, no controllers).
+//!
+//! A process joins its cgroup before it runs any function code: a spawned one writes `0` to the
+//! `cgroup.procs` files between fork and exec (the one unsafe block here), a forked one does it
+//! first thing in the fork server's child, a standby one is moved while it waits for its function.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Tasks (processes and their threads) an instance may have at once.
+pub const PIDS_MAX: u32 = 256;
+
+#[derive(Debug, Clone)]
+enum Layout {
+    /// cgroup v1: the `petrel` group under the memory and under the pids hierarchy.
+    V1 { memory: PathBuf, pids: PathBuf },
+    /// cgroup v2: the `petrel` group in the unified hierarchy, memory and pids enabled below it.
+    V2 { root: PathBuf },
+}
+
+/// The node's cgroup setup; `None` inside when cgroups are off.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Option<Layout>,
+    status: String,
+}
+
+impl Cgroups {
+    /// Finds a usable hierarchy and creates Petrel's parent group in it.
+    pub fn detect() -> Self {
+        Self::detect_at(Path::new("/sys/fs/cgroup"))
+    }
+
+    fn detect_at(base: &Path) -> Self {
+        let off = |why: String| Self {
+            layout: None,
+            status: format!("cgroups off: {why}"),
+        };
+        let group = format!("petrel-{}", std::process::id());
+        for parent in [base.to_path_buf(), base.join("memory"), base.join("pids")] {
+            remove_stale(&parent, &group);
+        }
+        if base.join("cgroup.controllers").is_file() {
+            let controllers =
+                std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+            if !(controllers.contains("memory") && controllers.contains("pids")) {
+                return off(format!(
+                    "cgroup v2 without the memory and pids controllers ({})",
+                    controllers.trim()
+                ));
+            }
+            let root = base.join(&group);
+            let made = std::fs::create_dir_all(&root).and_then(|_| {
+                std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids")?;
+                std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids")
+            });
+            return match made {
+                Ok(()) => Self {
+                    status: format!(
+                        "cgroups v2 at {}: memory and pids limits per instance",
+                        root.display()
+                    ),
+                    layout: Some(Layout::V2 { root }),
+                },
+                Err(e) => off(format!(
+                    "cannot create {} ({e}); run Petrel as root for limits",
+                    root.display()
+                )),
+            };
+        }
+        let (memory, pids) = (
+            base.join("memory").join(&group),
+            base.join("pids").join(&group),
+        );
+        if !base.join("memory").is_dir() || !base.join("pids").is_dir() {
+            return off(format!(
+                "no cgroup v2 and no v1 memory and pids hierarchies under {}",
+                base.display()
+            ));
+        }
+        match std::fs::create_dir_all(&memory).and_then(|_| std::fs::create_dir_all(&pids)) {
+            Ok(()) => Self {
+                status: format!(
+                    "cgroups v1 at {} and {}: memory and pids limits per instance",
+                    memory.display(),
+                    pids.display()
+                ),
+                layout: Some(Layout::V1 { memory, pids }),
+            },
+            Err(e) => off(format!(
+                "cannot create {} ({e}); run Petrel as root for limits",
+                memory.display()
+            )),
+        }
+    }
+
+    /// Off, for tests and configurations that want no limits.
+    pub fn off(why: &str) -> Self {
+        Self {
+            layout: None,
+            status: format!("cgroups off: {why}"),
+        }
+    }
+
+    /// What is on, in one line, for the start-up log.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// Removes this server's parent groups (at shutdown, once its instances are gone).
+    pub fn remove(&self) {
+        let dirs = match &self.layout {
+            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
+            Some(Layout::V2 { root }) => vec![root.clone()],
+            None => return,
+        };
+        for d in dirs {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+
+    /// Creates the cgroup of one instance with its limits; `None` when cgroups are off.
+    pub fn create(
+        &self,
+        instance: &str,
+        memory_mb: u32,
+    ) -> std::io::Result<Option<InstanceCgroup>> {
+        let Some(layout) = &self.layout else {
+            return Ok(None);
+        };
+        let bytes = (memory_mb as u64 * 1024 * 1024).to_string();
+        let dirs = match layout {
+            Layout::V1 { memory, pids } => {
+                let (m, p) = (memory.join(instance), pids.join(instance));
+                std::fs::create_dir_all(&m)?;
+                std::fs::create_dir_all(&p)?;
+                std::fs::write(m.join("memory.limit_in_bytes"), &bytes)?;
+                // Without swap accounting this file is absent; with it, swap counts too.
+                let _ = std::fs::write(m.join("memory.memsw.limit_in_bytes"), &bytes);
+                std::fs::write(p.join("pids.max"), PIDS_MAX.to_string())?;
+                vec![m, p]
+            }
+            Layout::V2 { root } => {
+                let d = root.join(instance);
+                std::fs::create_dir(&d)?;
+                std::fs::write(d.join("memory.max"), &bytes)?;
+                let _ = std::fs::write(d.join("memory.swap.max"), "0");
+                std::fs::write(d.join("pids.max"), PIDS_MAX.to_string())?;
+                vec![d]
+            }
+        };
+        let v2 = matches!(layout, Layout::V2 { .. });
+        Ok(Some(InstanceCgroup { dirs, v2 }))
+    }
+}
+
+/// Removes the empty groups earlier Petrel servers left under `parent` (a group that still holds a
+/// process cannot be removed, and stays).
+fn remove_stale(parent: &Path, ours: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name.strip_prefix("petrel-") else {
+            continue;
+        };
+        // Another Petrel server that still runs keeps its groups, empty or not.
+        let running = pid
+            .parse::<u32>()
+            .is_ok_and(|p| Path::new("/proc").join(p.to_string()).exists());
+        if name == ours || running || !e.path().is_dir() {
+            continue;
+        }
+        if let Ok(children) = std::fs::read_dir(e.path()) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(c.path());
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}
+
+/// One instance's cgroup (one directory per hierarchy). Removed on drop once empty.
+#[derive(Debug)]
+pub struct InstanceCgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl InstanceCgroup {
+    /// The `cgroup.procs` files a process writes `0` to in order to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Open `cgroup.procs` files for a child to join between fork and exec.
+    pub fn open_procs(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.procs_files()
+            .iter()
+            .map(|p| File::options().write(true).open(p).map(OwnedFd::from))
+            .collect()
+    }
+
+    /// Moves a running process (a standby that waits for its function) in.
+    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
+        for p in self.procs_files() {
+            File::options()
+                .write(true)
+                .open(p)?
+                .write_all(pid.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel killed a process here for passing the memory limit.
+    pub fn oom_killed(&self) -> bool {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.dirs.iter().any(|d| {
+            std::fs::read_to_string(d.join(file))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill "))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+                .is_some_and(|n| n > 0)
+        })
+    }
+}
+
+impl Drop for InstanceCgroup {
+    fn drop(&mut self) {
+        // The instance's processes were killed just before; the kernel may need a moment to let
+        // go of them. Retry off the caller's thread.
+        let dirs = std::mem::take(&mut self.dirs);
+        let remove = move || {
+            for attempt in 0..50 {
+                let left: Vec<_> = dirs
+                    .iter()
+                    .filter(|d| std::fs::remove_dir(d).is_err() && d.exists())
+                    .collect();
+                if left.is_empty() {
+                    return;
+                }
+                if attempt == 49 {
+                    tracing::warn!(cgroups = ?left, "could not remove an instance's cgroup");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let _ = std::thread::Builder::new()
+            .name("petrel-cgroup-rm".into())
+            .spawn(remove);
+    }
+}
+
+/// Makes `cmd`'s child join `procs` (open `cgroup.procs` files) before it executes anything.
+pub fn join_before_exec(cmd: &mut tokio::process::Command, procs: Vec<OwnedFd>) {
+    if procs.is_empty() {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it calls write(2) on descriptors opened before the fork and allocates
+    // nothing. "0" moves the writing process into the cgroup (v1 and v2).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &procs {
+                nix::unistd::write(fd.as_fd(), b"0").map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_without_controllers_turns_cgroups_off_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cgroups::detect_at(dir.path());
+        assert!(!c.enabled());
+        assert!(
+            c.status().contains("no cgroup v2 and no v1"),
+            "{}",
+            c.status()
+        );
+        assert!(c.create("i-1", 128).unwrap().is_none());
+    }
+
+    #[test]
+    fn v1_and_v2_layouts_get_their_limits_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("memory")).unwrap();
+        std::fs::create_dir_all(dir.path().join("pids")).unwrap();
+        let c = Cgroups::detect_at(dir.path());
+        assert!(c.enabled(), "{}", c.status());
+        let g = c.create("i-1", 128).unwrap().unwrap();
+        let group = format!("petrel-{}", std::process::id());
+        let mem = dir.path().join("memory").join(&group).join("i-1");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            (128u64 << 20).to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pids").join(&group).join("i-1/pids.max"))
+                .unwrap(),
+            PIDS_MAX.to_string()
+        );
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert!(g.oom_killed());
+
+        let dir2 = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir2.path().join("cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .unwrap();
+        let c2 = Cgroups::detect_at(dir2.path());
+        assert!(c2.enabled(), "{}", c2.status());
+        let g2 = c2.create("i-2", 64).unwrap().unwrap();
+        let d = dir2.path().join(&group).join("i-2");
+        assert_eq!(
+            std::fs::read_to_string(d.join("memory.max")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert!(!g2.oom_killed());
+        std::fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(g2.oom_killed());
+    }
+}
