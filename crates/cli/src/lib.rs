@@ -194,6 +194,10 @@ struct ServeArgs {
     /// (of this machine's memory, the default), 512MiB, 8GiB.
     #[arg(long)]
     memory_budget: Option<String>,
+    /// Give each process instance a cgroup: memory_mb enforced, at most 256 tasks (needs root;
+    /// on cgroup v1 it adds milliseconds to every cold start, see docs/security.md).
+    #[arg(long)]
+    instance_limits: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -765,6 +769,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = &args.memory_budget {
         cfg.memory_budget_mb = petrel_server::parse_memory_budget(b)?;
+    }
+    if args.instance_limits {
+        cfg.instance_limits = true;
     }
     if args.no_prewarm {
         cfg.prewarm = petrel_server::PrewarmConfig::OFF;

@@ -1,8 +1,8 @@
 //! Per-instance cgroups: a memory limit of `memory_mb` (past it the kernel kills the instance,
 //! and the invocation is answered `function_out_of_memory`) and a pids limit (a fork bomb stays
 //! inside its instance). Works on cgroup v1 (separate `memory` and `pids` hierarchies, as on this
-//! machine) and on cgroup v2 (one unified hierarchy); off, and saying why, where Petrel may not
-//! create cgroups (not root, no controllers).
+//! machine) and on cgroup v2 (one unified hierarchy); off, and saying why, when not asked for
+//! (`--instance-limits`) or where Petrel may not create cgroups (not root, no controllers).
 //!
 //! A process joins its cgroup before it runs any function code: a spawned one writes `0` to the
 //! `cgroup.procs` files between fork and exec (the one unsafe block here), a forked one does it

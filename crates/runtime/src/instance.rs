@@ -96,6 +96,7 @@ impl RuntimeEnv {
         sink: LogSink,
         payload_limit: usize,
         prewarm: PrewarmConfig,
+        instance_limits: bool,
     ) -> std::io::Result<Self> {
         let shims_dir = shims::install(data_dir)?;
         let scratch_root = data_dir.join("scratch");
@@ -116,7 +117,11 @@ impl RuntimeEnv {
         Ok(Self {
             inner: Arc::new(EnvInner {
                 prewarm,
-                cgroups: Cgroups::detect(),
+                cgroups: if instance_limits {
+                    Cgroups::detect()
+                } else {
+                    Cgroups::off("not turned on (--instance-limits, or instance_limits = true)")
+                },
                 wasm: std::sync::OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
                 shims_dir,

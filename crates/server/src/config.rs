@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub prewarm: petrel_runtime::PrewarmConfig,
     /// The sum of `memory_mb` over live process instances stays under this (MiB).
     pub memory_budget_mb: u64,
+    /// A cgroup per process instance (memory_mb enforced, a pids limit); needs root.
+    pub instance_limits: bool,
 }
 
 impl Default for ServeConfig {
@@ -40,6 +42,7 @@ impl Default for ServeConfig {
             otlp_endpoint: None,
             prewarm: petrel_runtime::PrewarmConfig::default(),
             memory_budget_mb: parse_memory_budget("80%").unwrap_or(u64::MAX),
+            instance_limits: false,
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct ConfigFile {
     pub node_standby: Option<usize>,
     pub python_standby: Option<usize>,
     pub memory_budget: Option<String>,
+    pub instance_limits: Option<bool>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -77,6 +81,7 @@ const KNOWN_KEYS: &[&str] = &[
     "node_standby",
     "python_standby",
     "memory_budget",
+    "instance_limits",
 ];
 
 impl ConfigFile {
@@ -141,6 +146,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.python_standby {
             base.prewarm.python_standby = v;
+        }
+        if let Some(v) = self.instance_limits {
+            base.instance_limits = v;
         }
         if let Some(v) = self.memory_budget {
             base.memory_budget_mb = parse_memory_budget(&v)?;

@@ -148,8 +148,14 @@ impl Server {
             config.log_retention_lines,
             config.log_retention,
         );
-        let env = RuntimeEnv::new(&config.data_dir, sink, config.payload_limit, config.prewarm)
-            .context("could not prepare the runtime directory")?;
+        let env = RuntimeEnv::new(
+            &config.data_dir,
+            sink,
+            config.payload_limit,
+            config.prewarm,
+            config.instance_limits,
+        )
+        .context("could not prepare the runtime directory")?;
         env.prewarm();
         let env_status = env.limits_status().to_owned();
         let (dataplane, records) = DataPlane::new(

@@ -2,7 +2,7 @@
 //! answered function_out_of_memory; a fork bomb stays inside its pids limit; after each, a
 //! neighbouring function answers and nothing is left running.
 
-use crate::harness::{eventually, function_dir, manifest, Petrel};
+use crate::harness::{eventually, function_dir, manifest, Petrel, StoreKind};
 use std::time::Duration;
 
 const HOG: &str = r#"
@@ -50,12 +50,23 @@ fn group_alive(pgid: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_is_stopped_at_its_memory_mb_and_a_fork_bomb_at_its_pids_limit() {
-    let p = Petrel::start().await;
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--instance-limits"]).await;
     assert!(
         p.server_log().contains("cgroups v1") || p.server_log().contains("cgroups v2"),
         "these tests run as root with cgroups; the server said: {}",
         p.server_log()
     );
+    // Without --instance-limits the server says they are off, and does not pretend.
+    let plain = Petrel::start().await;
+    assert!(
+        plain
+            .server_log()
+            .contains("cgroups off: not turned on (--instance-limits"),
+        "{}",
+        plain.server_log()
+    );
+    drop(plain);
+
     let hog = py("hog", HOG, "memory_mb = 128");
     let bomb = py("bomb", BOMB, "memory_mb = 1024");
     let ok = py("neighbour", OK, "");
