@@ -331,3 +331,38 @@ async fn without_the_fork_server_python_takes_a_standby_process() {
         assert!(logs.contains("a standby Python process"), "{logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_autoscaler_starts_an_instance_ahead_of_demand() {
+    // One instance takes 10 requests; 9 in flight fit in it, so admission alone would never
+    // start a second. The autoscaler aims at 70% of an instance's concurrency (7), so it does.
+    let p = Arc::new(Petrel::start().await);
+    p.deploy(echo_function("ahead", "python3", "concurrency = 10\nmax_instances = 3").path());
+    let mut tasks = Vec::new();
+    for _ in 0..9 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            p.invoke("ahead", r#"{"action": "slow", "secs": 3}"#).await
+        }));
+    }
+    let started = eventually(Duration::from_secs(6), || {
+        p.cli_ok(&["logs", "ahead", "--tail", "1000"])
+            .lines()
+            .filter(|l| l.contains("instance started"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(started, "no second instance was started ahead of demand");
+    let mut pids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        pids.insert(r.json()["pid"].as_u64().unwrap());
+    }
+    assert_eq!(
+        pids.len(),
+        1,
+        "the nine requests all fitted in the first instance"
+    );
+}
