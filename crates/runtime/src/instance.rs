@@ -206,12 +206,11 @@ impl RuntimeEnv {
         }
         let attribution = Arc::new(Attribution::default());
         let cell = Arc::new(std::sync::RwLock::new(source.clone()));
-        if let Some(cg) = cgroup {
-            match cg.open_procs() {
-                Ok(fds) => crate::cgroup::join_before_exec(&mut cmd, fds),
-                Err(e) => return (Err(e), attribution, "a new process"),
-            }
-        }
+        let procs = match cgroup.map(InstanceCgroup::open_procs).transpose() {
+            Ok(fds) => fds.unwrap_or_default(),
+            Err(e) => return (Err(e), attribution, "a new process"),
+        };
+        crate::cgroup::confine_before_exec(&mut cmd, procs);
         let p = Process::spawn(cmd, cell, self.inner.sink.clone(), attribution.clone());
         (p, attribution, "a new process")
     }

@@ -285,6 +285,7 @@ impl Prewarm {
             .env("TZ", ":UTC")
             .current_dir("/")
             .stdin(Stdio::piped());
+        crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
         let source: SourceCell = Arc::new(RwLock::new(LogSource {
             namespace: String::new(),
             function: "(standby)".into(),

@@ -65,8 +65,8 @@ impl Zygote {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        let child = tokio::process::Command::new("python3")
-            .arg("-u")
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg("-u")
             .arg(shim)
             .arg("--zygote")
             .env_clear()
@@ -79,8 +79,10 @@ impl Zygote {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // Its children inherit the limits.
+        crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+        let child = cmd.spawn()?;
         let shared = Arc::new(Shared::default());
         let reader = ours.try_clone()?;
         let s = shared.clone();

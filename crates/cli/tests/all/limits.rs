@@ -102,3 +102,65 @@ async fn a_memory_hog_is_stopped_at_its_memory_mb_and_a_fork_bomb_at_its_pids_li
         "the bomb's processes outlived its instance"
     );
 }
+
+const RLIMITS_PY: &str = r#"
+import resource, tempfile
+def handler(event, context):
+    out = {name: resource.getrlimit(getattr(resource, name))
+           for name in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_FSIZE")}
+    files = []
+    try:
+        for _ in range(10000):
+            files.append(tempfile.TemporaryFile())
+    except OSError as e:
+        out["open_failed_after"] = len(files)
+        out["errno"] = e.errno
+    return out
+"#;
+
+const RLIMITS_BOOTSTRAP: &str = r#"#!/usr/bin/env python3
+import json, os, resource, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation"
+while True:
+    with urllib.request.urlopen(api + "/next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        r.read()
+    out = {name: resource.getrlimit(getattr(resource, name))
+           for name in ("RLIMIT_CORE", "RLIMIT_NOFILE", "RLIMIT_FSIZE")}
+    urllib.request.urlopen(urllib.request.Request(api + "/" + rid + "/response", data=json.dumps(out).encode(), method="POST"))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_instance_runs_without_core_dumps_and_with_bounded_files() {
+    let p = Petrel::start().await;
+    p.deploy(py("rl-py", RLIMITS_PY, "").path());
+    let provided = function_dir(&[
+        (
+            "petrel.toml",
+            &manifest("rl-provided", "provided", "x.y", ""),
+        ),
+        ("bootstrap", RLIMITS_BOOTSTRAP),
+    ]);
+    p.deploy(provided.path());
+    // A forked python3 instance and a spawned provided one.
+    for name in ["rl-py", "rl-provided"] {
+        let r = p.invoke(name, "{}").await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let j = r.json();
+        assert_eq!(j["RLIMIT_CORE"], serde_json::json!([0, 0]), "{name}: {j}");
+        assert_eq!(
+            j["RLIMIT_NOFILE"],
+            serde_json::json!([4096, 4096]),
+            "{name}: {j}"
+        );
+        assert_eq!(
+            j["RLIMIT_FSIZE"],
+            serde_json::json!([1u64 << 30, 1u64 << 30]),
+            "{name}: {j}"
+        );
+    }
+    let j = p.invoke("rl-py", "{}").await.json();
+    let opened = j["open_failed_after"].as_u64().unwrap();
+    assert!(opened < 4096, "{j}");
+    assert_eq!(j["errno"], 24, "EMFILE: {j}");
+}
