@@ -124,6 +124,11 @@ async fn forked_and_standby_instances_run_their_own_function_only() {
         serde_json::json!([]),
         "no fork-server arguments leak: {py}"
     );
+    // Log lines reach the store a few milliseconds after the answer: wait for them first.
+    p.wait_for_log("py-b", "forked from the Python fork server", 1)
+        .await;
+    p.wait_for_log("py-b", "who-py b", 2).await;
+    p.wait_for_log("node-a", "who-node a", 1).await;
     let py_logs = p.cli_ok(&["logs", "py-b", "--tail", "100"]);
     assert!(
         py_logs.contains("forked from the Python fork server"),
@@ -164,8 +169,7 @@ async fn without_prewarm_instances_start_as_new_processes() {
     assert_eq!(p.invoke("plain-py", "{}").await.json()["who"], "p");
     assert_eq!(p.invoke("plain-node", "{}").await.json()["who"], "n");
     for name in ["plain-py", "plain-node"] {
-        let logs = p.cli_ok(&["logs", name, "--tail", "100"]);
-        assert!(logs.contains("(a new process;"), "{logs}");
+        p.wait_for_log(name, "(a new process;", 1).await;
     }
 }
 
@@ -295,6 +299,7 @@ async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
         pids.insert(r.json()["pid"].as_u64().unwrap());
     }
     assert!(pids.len() <= 5, "{} instances served the burst", pids.len());
+    p.wait_for_log("bursty", "instance started", 1).await;
     let logs = p.cli_ok(&["logs", "bursty", "--tail", "1000"]);
     let started = logs
         .lines()
@@ -327,8 +332,7 @@ async fn without_the_fork_server_python_takes_a_standby_process() {
         let j = p.invoke(name, "{}").await.json();
         assert_eq!(j["who"], who, "{j}");
         assert_eq!(j["helper"], format!("helper of {who}"), "{j}");
-        let logs = p.cli_ok(&["logs", name, "--tail", "100"]);
-        assert!(logs.contains("a standby Python process"), "{logs}");
+        p.wait_for_log(name, "a standby Python process", 1).await;
     }
 }
 

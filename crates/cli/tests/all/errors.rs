@@ -359,9 +359,8 @@ async fn a_function_that_cannot_start_says_why() {
     assert!(m.contains("exited with status 7"), "{m}");
 
     // The failures are in the function's logs too.
-    assert!(p
-        .cli_ok(&["logs", "bad-import"])
-        .contains("bad config at import"));
+    p.wait_for_log("bad-import", "bad config at import", 1)
+        .await;
     p.deploy(echo_function("healthy", "python3", "").path());
     healthy(&p).await;
 }
