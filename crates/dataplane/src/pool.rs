@@ -64,6 +64,8 @@ pub struct Pool {
     autoscaler: Mutex<crate::autoscale::Autoscaler>,
     state: Mutex<PoolState>,
     permits: Arc<Semaphore>,
+    /// The semaphore's size: `max_instances × concurrency`.
+    max_permits: usize,
     waiting: AtomicUsize,
     /// Keep this many instances warm (the latest version's `min_instances`; 0 once retired).
     min_instances: AtomicUsize,
@@ -155,6 +157,7 @@ impl Pool {
             autoscaler: Mutex::default(),
             state: Mutex::new(PoolState::default()),
             permits: Arc::new(Semaphore::new(permits)),
+            max_permits: permits,
             waiting: AtomicUsize::new(0),
             min_instances: AtomicUsize::new(min_instances),
             closed: AtomicBool::new(false),
@@ -247,13 +250,10 @@ impl Pool {
             Err(tokio::sync::TryAcquireError::NoPermits) => self.wait_for_permit().await?,
         };
         let slot_wait = queued_at.elapsed();
-        {
-            let c = self.stats();
-            self.autoscaler
-                .lock()
-                .unwrap()
-                .observe(Instant::now(), (c.in_flight + 1) as f64 + c.waiting as f64);
-        }
+        self.autoscaler
+            .lock()
+            .unwrap()
+            .observe(Instant::now(), self.concurrency_now());
         if let Some(since) = self.idle_since.lock().unwrap().take() {
             self.idle_hist.lock().unwrap().record(since.elapsed());
         }
@@ -585,19 +585,19 @@ impl Pool {
 
     /// Observes the pool's concurrency now and returns the instances the autoscaler wants.
     fn autoscale(&self) -> usize {
-        let (live, in_flight) = {
-            let st = self.state.lock().unwrap();
-            (
-                st.slots.len(),
-                st.slots.iter().map(|s| s.in_flight).sum::<u32>(),
-            )
-        };
-        let concurrency = in_flight as f64 + self.waiting.load(Ordering::Relaxed) as f64;
+        let live = self.state.lock().unwrap().slots.len();
         let spec = &self.version.spec;
         let now = Instant::now();
         let mut a = self.autoscaler.lock().unwrap();
-        a.observe(now, concurrency);
+        a.observe(now, self.concurrency_now());
         a.desired(now, live, spec.concurrency, spec.max_instances as usize)
+    }
+
+    /// Requests in flight plus waiting. Every request in flight holds one admission permit, so
+    /// the semaphore counts them without taking the pool's lock.
+    fn concurrency_now(&self) -> f64 {
+        let taken = self.max_permits - self.permits.available_permits();
+        (taken + self.waiting.load(Ordering::Relaxed)) as f64
     }
 
     /// Whether a newer version took over (or the pool closed): nothing is pre-warmed for it.

@@ -221,15 +221,20 @@ impl Drop for Process {
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        format!("exited with status {code}")
-    } else if let Some(sig) = status.signal() {
-        let name = Signal::try_from(sig)
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|_| sig.to_string());
-        format!("was killed by signal {name}")
-    } else {
-        "ended".to_owned()
+    describe_end(status.code(), status.signal())
+}
+
+/// How a process ended, from its exit code or the signal that killed it (the signal wins).
+pub(crate) fn describe_end(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| sig.to_string());
+            format!("was killed by signal {name}")
+        }
+        (Some(code), None) => format!("exited with status {code}"),
+        (None, None) => "ended".to_owned(),
     }
 }
 

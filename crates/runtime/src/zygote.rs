@@ -166,16 +166,7 @@ fn read_loop(sock: OwnedFd, shared: Arc<Shared>) {
             continue;
         };
         if let Some(pid) = m.exit {
-            let how = match (m.code, m.signal) {
-                (_, Some(sig)) => {
-                    let name = nix::sys::signal::Signal::try_from(sig)
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_else(|_| sig.to_string());
-                    format!("was killed by signal {name}")
-                }
-                (Some(code), None) => format!("exited with status {code}"),
-                (None, None) => "ended".to_owned(),
-            };
+            let how = crate::process::describe_end(m.code, m.signal);
             if let Some(tx) = shared.exits.lock().unwrap().remove(&pid) {
                 let _ = tx.send(Some(how));
             }

@@ -54,22 +54,44 @@ impl App {
 }
 
 /// Saves what the hybrid keep-alive policy learned, so a restart keeps it.
-async fn save_histograms(store: &Store, dp: &DataPlane) {
-    let rows: Vec<(String, String, String)> = dp
+/// Idle times each function's saved histogram holds, so that unchanged ones are not rewritten.
+type Saved = std::collections::HashMap<(String, String), u32>;
+
+/// Saves what the hybrid keep-alive policy learned since the last save (everything when
+/// `saved` is empty), so a restart keeps it.
+async fn save_histograms(store: &Store, dp: &DataPlane, saved: &mut Saved) {
+    let changed: Vec<_> = dp
         .idle_histograms()
         .into_iter()
-        .filter_map(|(ns, name, h)| Some((ns, name, serde_json::to_string(&h).ok()?)))
+        .filter(|(ns, name, h)| saved.get(&(ns.clone(), name.clone())) != Some(&h.samples()))
         .collect();
-    if let Err(e) = store.save_idle_histograms(&rows).await {
-        tracing::warn!(error = %e, "could not save idle-time histograms");
+    let rows: Vec<(String, String, String)> = changed
+        .iter()
+        .filter_map(|(ns, name, h)| {
+            Some((ns.clone(), name.clone(), serde_json::to_string(h).ok()?))
+        })
+        .collect();
+    match store.save_idle_histograms(&rows).await {
+        Ok(()) => saved.extend(
+            changed
+                .into_iter()
+                .map(|(ns, name, h)| ((ns, name), h.samples())),
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not save idle-time histograms"),
     }
 }
 
+/// Saves changed histograms every minute; what was restored at start counts as saved.
 fn spawn_histogram_saver(store: Store, dp: DataPlane) {
+    let mut saved: Saved = dp
+        .idle_histograms()
+        .into_iter()
+        .map(|(ns, name, h)| ((ns, name), h.samples()))
+        .collect();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            save_histograms(&store, &dp).await;
+            save_histograms(&store, &dp, &mut saved).await;
         }
     });
 }
@@ -283,7 +305,7 @@ impl Server {
                 "in-flight requests did not finish within the shutdown timeout; stopping anyway"
             ),
         }
-        save_histograms(&app.store, &app.dataplane).await;
+        save_histograms(&app.store, &app.dataplane, &mut Saved::new()).await;
         app.dataplane.shutdown();
         app.dataplane.env().stop_prewarmed();
         // Give the killed instances' processes a moment to leave their cgroups.
