@@ -4,7 +4,9 @@
 //! start it cannot make room for.
 
 use crate::fixtures::echo_function;
-use crate::harness::{alive, eventually, function_dir, manifest, Petrel, StoreKind};
+use crate::harness::{
+    alive, eventually, function_dir, manifest, parallel, spawn_invokes, Petrel, StoreKind,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,17 +281,8 @@ async fn what_the_hybrid_policy_learned_survives_a_restart() {
 async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
     let p = Arc::new(Petrel::start().await);
     p.deploy(echo_function("bursty", "python3", "max_instances = 5").path());
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            p.invoke("bursty", r#"{"action": "slow", "secs": 0.2}"#)
-                .await
-        }));
-    }
     let mut pids = std::collections::HashSet::new();
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in parallel(&p, "bursty", r#"{"action": "slow", "secs": 0.2}"#, 50).await {
         assert_eq!(
             r.status,
             200,
@@ -342,13 +335,7 @@ async fn the_autoscaler_starts_an_instance_ahead_of_demand() {
     // start a second. The autoscaler aims at 70% of an instance's concurrency (7), so it does.
     let p = Arc::new(Petrel::start().await);
     p.deploy(echo_function("ahead", "python3", "concurrency = 10\nmax_instances = 3").path());
-    let mut tasks = Vec::new();
-    for _ in 0..9 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            p.invoke("ahead", r#"{"action": "slow", "secs": 3}"#).await
-        }));
-    }
+    let tasks = spawn_invokes(&p, "ahead", r#"{"action": "slow", "secs": 3}"#, 9);
     let started = eventually(Duration::from_secs(6), || {
         p.cli_ok(&["logs", "ahead", "--tail", "1000"])
             .lines()

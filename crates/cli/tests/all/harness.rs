@@ -331,6 +331,30 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Polls `f` until it holds or `limit` passes; returns whether it held.
+/// Starts `n` invocations of `name` with `event` at once; their answers come from the handles.
+pub fn spawn_invokes(
+    p: &std::sync::Arc<Petrel>,
+    name: &str,
+    event: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Resp>> {
+    (0..n)
+        .map(|_| {
+            let (p, name, event) = (p.clone(), name.to_owned(), event.to_owned());
+            tokio::spawn(async move { p.invoke(&name, &event).await })
+        })
+        .collect()
+}
+
+/// `n` invocations at once; their answers, in the order they were started.
+pub async fn parallel(p: &std::sync::Arc<Petrel>, name: &str, event: &str, n: usize) -> Vec<Resp> {
+    let mut out = Vec::new();
+    for t in spawn_invokes(p, name, event, n) {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < limit {

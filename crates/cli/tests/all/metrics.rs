@@ -15,18 +15,21 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Two successes, a handler error, a timeout (the function is given 2 s) and a success.
+const MIXED_EVENTS: [&str; 5] = [
+    "{}",
+    "{}",
+    r#"{"action": "raise"}"#,
+    r#"{"action": "sleep"}"#,
+    "{}",
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_records_and_usage_count_exactly_what_was_sent() {
     let p = Petrel::start().await;
     p.deploy(echo_function("metered", "python3", "timeout = \"2s\"").path());
     let (mut bytes_in, mut bytes_out) = (0, 0);
-    for event in [
-        "{}",
-        "{}",
-        r#"{"action": "raise"}"#,
-        r#"{"action": "sleep"}"#,
-        "{}",
-    ] {
+    for event in MIXED_EVENTS {
         let r = p.invoke("metered", event).await;
         bytes_in += event.len();
         // The function's own answers count; Petrel's timeout answer does not.
@@ -125,13 +128,7 @@ async fn invocation_records_and_usage_match_what_ran() {
     let p = Petrel::start().await;
     p.deploy(echo_function("metered", "python3", "timeout = \"2s\"\nmemory_mb = 256").path());
     let mut ids = Vec::new();
-    for event in [
-        "{}",
-        "{}",
-        r#"{"action": "raise"}"#,
-        r#"{"action": "sleep"}"#,
-        "{}",
-    ] {
+    for event in MIXED_EVENTS {
         let r = p.invoke("metered", event).await;
         ids.push(r.header("x-petrel-invocation-id").unwrap().to_owned());
     }

@@ -2,23 +2,10 @@
 //! clear errors, kept warm (min_instances) and stopped when idle (keep_alive).
 
 use crate::fixtures::echo_function;
-use crate::harness::{alive, eventually, Petrel};
+use crate::harness::{alive, eventually, parallel, Petrel};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-
-async fn parallel(p: &Arc<Petrel>, name: &str, event: &str, n: usize) -> Vec<crate::harness::Resp> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (p, name, event) = (p.clone(), name.to_owned(), event.to_owned());
-        tasks.push(tokio::spawn(async move { p.invoke(&name, &event).await }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_instances_are_reused_and_never_more_than_max() {

@@ -98,12 +98,7 @@ async fn a_callers_trace_continues_into_the_function_and_the_spans_reach_otlp() 
         .unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
-    let r = client.request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let seen = send_json(&client, req).await;
     let forwarded = seen["headers"]["traceparent"].as_str().unwrap().to_owned();
     assert!(
         forwarded.starts_with(&format!("00-{trace}-")),
@@ -145,12 +140,7 @@ async fn a_callers_trace_continues_into_the_function_and_the_spans_reach_otlp() 
         .header("traceparent", format!("00-{trace2}-b7ad6b7169203331-01"))
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
-    let r = client.request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let seen = send_json(&client, req).await;
     let xray = seen["trace"].as_str().unwrap();
     assert!(
         xray.starts_with(&format!("Root=1-{}-{};Parent=", &trace2[..8], &trace2[8..])),
@@ -182,4 +172,20 @@ async fn a_callers_trace_continues_into_the_function_and_the_spans_reach_otlp() 
         fresh[0].parent_span_id.is_empty(),
         "a root span has no parent"
     );
+}
+
+/// Sends a request and reads its answer as JSON.
+async fn send_json<C>(
+    client: &hyper_util::client::legacy::Client<C, http_body_util::Full<bytes::Bytes>>,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> serde_json::Value
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let r = client.request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice(&body).unwrap()
 }
