@@ -198,6 +198,10 @@ struct ServeArgs {
     /// on cgroup v1 it adds milliseconds to every cold start, see docs/security.md).
     #[arg(long)]
     instance_limits: bool,
+    /// Run process instances without the sandbox (namespaces, read-only root, unprivileged
+    /// user, seccomp): only for debugging a function that fails only when confined.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -772,6 +776,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.instance_limits {
         cfg.instance_limits = true;
+    }
+    if args.no_sandbox {
+        cfg.sandbox = false;
     }
     if args.no_prewarm {
         cfg.prewarm = petrel_server::PrewarmConfig::OFF;

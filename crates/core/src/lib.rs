@@ -14,7 +14,7 @@ pub mod name;
 pub mod outbound;
 
 pub use error::{ApiError, ErrorCode};
-pub use manifest::{FunctionSpec, KeepAlivePolicy, Manifest, ManifestError, Runtime};
+pub use manifest::{FunctionSpec, KeepAlivePolicy, Manifest, ManifestError, Network, Runtime};
 pub use name::{FunctionRef, NameError};
 
 /// Largest request or response payload accepted by default (as AWS Lambda's synchronous limit).

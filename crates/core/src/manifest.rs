@@ -108,6 +108,8 @@ pub struct Manifest {
     pub queue_size: Option<u32>,
     pub queue_timeout: Option<String>,
     pub allowed_outbound_hosts: Option<Vec<String>>,
+    pub network: Option<String>,
+    pub tmp_mb: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }
@@ -123,6 +125,10 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 10;
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_QUEUE_SIZE: u32 = 100;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Size of a sandboxed process instance's private `/tmp` (memory-backed: it counts towards the
+/// instance's memory when cgroups are on).
+pub const DEFAULT_TMP_MB: u32 = 64;
+pub const MAX_TMP_MB: u32 = 10_240;
 
 /// Environment variable names Petrel sets itself; a manifest may not override them.
 const RESERVED_ENV: &[&str] = &[
@@ -259,6 +265,29 @@ impl Manifest {
             crate::outbound::HostPattern::parse(h)
                 .map_err(|e| ManifestError::invalid("allowed_outbound_hosts", e))?;
         }
+        let network = match self.network.as_deref() {
+            None | Some("none") => Network::None,
+            Some("host") if runtime == Runtime::Wasm => {
+                return Err(ManifestError::invalid(
+                    "network",
+                    "does not apply to runtime wasm: list the hosts it may call in allowed_outbound_hosts",
+                ))
+            }
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "network",
+                    format!("{other:?} is not a network mode: use \"none\" (loopback only, the default) or \"host\" (the node's network)"),
+                ))
+            }
+        };
+        let tmp_mb = self.tmp_mb.unwrap_or(DEFAULT_TMP_MB);
+        if !(1..=MAX_TMP_MB).contains(&tmp_mb) {
+            return Err(ManifestError::invalid(
+                "tmp_mb",
+                format!("{tmp_mb} is out of range: use 1 to {MAX_TMP_MB}"),
+            ));
+        }
         Ok(FunctionSpec {
             name,
             runtime,
@@ -273,6 +302,8 @@ impl Manifest {
             queue_size,
             queue_timeout_ms: queue_timeout.as_millis() as u64,
             allowed_outbound_hosts,
+            network,
+            tmp_mb,
             env: self.env.clone(),
         })
     }
@@ -399,8 +430,47 @@ pub struct FunctionSpec {
     pub queue_timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// What a sandboxed process instance can reach.
+    #[serde(default, skip_serializing_if = "Network::is_none")]
+    pub network: Network,
+    #[serde(default = "default_tmp_mb", skip_serializing_if = "is_default_tmp_mb")]
+    pub tmp_mb: u32,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+fn default_tmp_mb() -> u32 {
+    DEFAULT_TMP_MB
+}
+
+fn is_default_tmp_mb(v: &u32) -> bool {
+    *v == DEFAULT_TMP_MB
+}
+
+/// A process instance's network in the sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A network namespace of its own with loopback only; Petrel reaches it from outside.
+    #[default]
+    None,
+    /// The node's network.
+    Host,
+}
+
+impl Network {
+    pub fn is_none(&self) -> bool {
+        *self == Network::None
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Network::None => "none",
+            Network::Host => "host",
+        })
+    }
 }
 
 impl FunctionSpec {
@@ -478,6 +548,31 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{text}: {e}");
+        }
+        let spec = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"").unwrap();
+        assert_eq!((spec.network, spec.tmp_mb), (Network::None, DEFAULT_TMP_MB));
+        let spec = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nnetwork = \"host\"\ntmp_mb = 512").unwrap();
+        assert_eq!((spec.network, spec.tmp_mb), (Network::Host, 512));
+        for (toml, field) in [
+            (
+                "runtime = \"python3\"\nhandler = \"a.b\"\nnetwork = \"bridge\"",
+                "network",
+            ),
+            (
+                "runtime = \"wasm\"\nhandler = \"a.wasm\"\nnetwork = \"host\"",
+                "network",
+            ),
+            (
+                "runtime = \"python3\"\nhandler = \"a.b\"\ntmp_mb = 0",
+                "tmp_mb",
+            ),
+            (
+                "runtime = \"python3\"\nhandler = \"a.b\"\ntmp_mb = 20000",
+                "tmp_mb",
+            ),
+        ] {
+            let e = parse(&format!("name = \"a\"\n{toml}")).unwrap_err();
+            assert!(e.to_string().contains(field), "{toml}: {e}");
         }
         let e = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nallowed_outbound_hosts = [\"*://*:*\"]").unwrap_err();
         assert!(e.to_string().contains("wasm only"), "{e}");

@@ -1,13 +1,20 @@
 //! Instances that serve HTTP on `$PORT` (the Knative / Cloud Run / of-watchdog contract): Petrel
 //! waits for the port to accept connections, then proxies requests to it as sent.
 
+use crate::sandbox::NetNs;
 use crate::Body;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// Headers that describe one hop, not the message; never forwarded.
 const HOP_BY_HOP: &[HeaderName] = &[
@@ -43,24 +50,71 @@ pub(crate) fn pick_port() -> std::io::Result<u16> {
 
 pub(crate) struct Endpoint {
     pub(crate) port: u16,
-    client: Client<HttpConnector, Body>,
+    net: Option<Arc<NetNs>>,
+    client: Client<Connector, Body>,
+}
+
+/// Connects to the instance's port: on the host's loopback, or on the loopback of the
+/// instance's own network namespace (a socket made in it).
+#[derive(Clone)]
+pub(crate) struct Connector {
+    net: Option<Arc<NetNs>>,
+    plain: HttpConnector,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let net = self.net.clone();
+        let mut plain = self.plain.clone();
+        Box::pin(async move {
+            match net {
+                Some(net) => {
+                    let port = uri.port_u16().unwrap_or(80);
+                    let s = connect_in(&net, port).await?;
+                    Ok(TokioIo::new(s))
+                }
+                None => plain.call(uri).await.map_err(std::io::Error::other),
+            }
+        })
+    }
+}
+
+async fn connect_in(net: &NetNs, port: u16) -> std::io::Result<TcpStream> {
+    let s = net.tcp_socket()?;
+    let s = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 impl Endpoint {
-    pub(crate) fn new(port: u16) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    pub(crate) fn new(port: u16, net: Option<Arc<NetNs>>) -> Self {
+        let mut plain = HttpConnector::new();
+        plain.set_nodelay(true);
+        let connector = Connector {
+            net: net.clone(),
+            plain,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { port, client }
+        Self { port, net, client }
     }
 
     /// Whether the instance accepts connections yet.
     pub(crate) async fn accepts(&self) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_ok()
+        match &self.net {
+            Some(net) => connect_in(net, self.port).await.is_ok(),
+            None => TcpStream::connect(("127.0.0.1", self.port)).await.is_ok(),
+        }
     }
 
     pub(crate) async fn send(

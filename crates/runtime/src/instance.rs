@@ -5,11 +5,12 @@ use crate::lambda::{self, InitState, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
 use crate::prewarm::{Kind as StandbyKind, Prewarm, PrewarmConfig};
 use crate::process::Process;
+use crate::sandbox::Sandbox;
 use crate::wasm::{WasmEngine, WasmFunction};
 use crate::{http as http_ep, shims, Body};
 use bytes::Bytes;
 use http::{Request, Response};
-use petrel_core::{FunctionSpec, Runtime};
+use petrel_core::{FunctionSpec, Network, Runtime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,9 @@ pub struct RuntimeEnv {
 struct EnvInner {
     prewarm: Arc<Prewarm>,
     cgroups: Cgroups,
+    sandbox: Sandbox,
+    /// `PATH` inside the sandbox: the runtimes' own directories, then the system's.
+    sandbox_path: String,
     wasm: std::sync::OnceLock<Result<Arc<WasmEngine>, String>>,
     wasm_cache: PathBuf,
     shims_dir: PathBuf,
@@ -95,8 +99,9 @@ impl RuntimeEnv {
         data_dir: &Path,
         sink: LogSink,
         payload_limit: usize,
-        prewarm: PrewarmConfig,
+        mut prewarm: PrewarmConfig,
         instance_limits: bool,
+        sandbox: bool,
     ) -> std::io::Result<Self> {
         let shims_dir = shims::install(data_dir)?;
         let scratch_root = data_dir.join("scratch");
@@ -107,6 +112,33 @@ impl RuntimeEnv {
         std::fs::create_dir_all(&pycache)?;
         let host_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let (sandbox, sandbox_path) = if sandbox {
+            let runtimes = crate::sandbox::runtime_prefixes(&host_path);
+            let mut sb = Sandbox::new(&runtimes, &shims_dir);
+            if sb.enabled() {
+                if let Err(e) = probe_sandbox(&sb, &scratch_root) {
+                    sb.disable(e);
+                }
+            }
+            let path = runtimes
+                .iter()
+                .map(|p| p.join("bin").display().to_string())
+                .chain(["/usr/local/bin".into(), "/usr/bin".into(), "/bin".into()])
+                .collect::<Vec<_>>()
+                .join(":");
+            (sb, path)
+        } else {
+            (
+                Sandbox::off("not turned on (--no-sandbox, or sandbox = false)"),
+                String::new(),
+            )
+        };
+        if sandbox.enabled() && prewarm != PrewarmConfig::OFF {
+            // Standby processes and the fork server start before their function is known, so
+            // they cannot be given its root; under the sandbox every start is a plain one.
+            tracing::info!("prewarmed processes are off under the sandbox: the Python fork server and standby processes cannot be confined per function yet");
+            prewarm = PrewarmConfig::OFF;
+        }
         let prewarm = Arc::new(Prewarm::new(
             prewarm,
             shims_dir.clone(),
@@ -122,6 +154,8 @@ impl RuntimeEnv {
                 } else {
                     Cgroups::off("not turned on (--instance-limits, or instance_limits = true)")
                 },
+                sandbox,
+                sandbox_path,
                 wasm: std::sync::OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
                 shims_dir,
@@ -153,6 +187,11 @@ impl RuntimeEnv {
         self.inner.cgroups.status()
     }
 
+    /// Whether the process sandbox is on, and its layers, in one line (for the start-up log).
+    pub fn sandbox_status(&self) -> &str {
+        self.inner.sandbox.status()
+    }
+
     /// Stops the prewarmed processes (the fork server, standby Node processes); at shutdown.
     pub fn stop_prewarmed(&self) {
         self.inner.prewarm.stop();
@@ -170,10 +209,12 @@ impl RuntimeEnv {
         runtime: Runtime,
         mut cmd: Command,
         cgroup: Option<&InstanceCgroup>,
+        plan: Option<crate::sandbox::Plan>,
         source: &LogSource,
     ) -> (std::io::Result<Process>, Arc<Attribution>, &'static str) {
         let prewarm = &self.inner.prewarm;
         match runtime {
+            _ if plan.is_some() => {}
             Runtime::Python3 => {
                 let attribution = Arc::new(Attribution::default());
                 let cell = Arc::new(std::sync::RwLock::new(source.clone()));
@@ -211,8 +252,15 @@ impl RuntimeEnv {
             Err(e) => return (Err(e), attribution, "a new process"),
         };
         crate::cgroup::confine_before_exec(&mut cmd, procs);
+        let how = match plan {
+            Some(plan) => {
+                plan.apply(cmd.as_std_mut());
+                "a new sandboxed process"
+            }
+            None => "a new process",
+        };
         let p = Process::spawn(cmd, cell, self.inner.sink.clone(), attribution.clone());
-        (p, attribution, "a new process")
+        (p, attribution, how)
     }
 
     /// Loads a wasm version's compiled component ahead of its first request (at deploy), so
@@ -361,12 +409,18 @@ impl Instance {
             }
             Runtime::Wasm => unreachable!("wasm instances start in start_wasm"),
         };
+        let sandboxed = env.inner.sandbox.enabled();
+        let (path, home) = if sandboxed {
+            (env.inner.sandbox_path.as_str(), Path::new("/tmp"))
+        } else {
+            (env.inner.host_path.as_str(), scratch.as_path())
+        };
         cmd.current_dir(&spec.code_dir)
             .env_clear()
-            .env("PATH", &env.inner.host_path)
+            .env("PATH", path)
             .env("LANG", "C.UTF-8")
-            .env("HOME", &scratch)
-            .env("TMPDIR", &scratch)
+            .env("HOME", home)
+            .env("TMPDIR", home)
             .env("TZ", ":UTC")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -378,12 +432,37 @@ impl Instance {
             .env("PETREL_CONCURRENCY", fs.concurrency.to_string())
             .env("PETREL_INSTANCE_ID", &id);
 
+        // An instance of its own network: the Runtime API listener is bound in it before the
+        // instance starts, and Petrel reaches an `http` instance's port through it.
+        let mut net = if sandboxed && fs.network == Network::None {
+            Some(
+                env.inner
+                    .sandbox
+                    .new_net(fs.runtime.speaks_lambda())
+                    .map_err(|e| {
+                        init_failed(format!("could not create the instance's network: {e}"))
+                    })?,
+            )
+        } else {
+            None
+        };
+        let plan = if sandboxed {
+            Some(
+                env.inner
+                    .sandbox
+                    .plan(&scratch, &spec.code_dir, fs.tmp_mb, net.as_ref())
+                    .map_err(|e| init_failed(format!("could not prepare the sandbox: {e}")))?,
+            )
+        } else {
+            None
+        };
         let kind = if fs.runtime.speaks_lambda() {
             let arn = format!(
                 "arn:aws:lambda:us-east-1:000000000000:function:{}:{}",
                 spec.function, spec.version
             );
-            let ep = lambda::Endpoint::bind(arn, env.inner.payload_limit)
+            let listener = net.as_mut().and_then(|n| n.listener.take());
+            let ep = lambda::Endpoint::bind(arn, env.inner.payload_limit, listener)
                 .await
                 .map_err(|e| {
                     init_failed(format!("could not open the Runtime API endpoint: {e}"))
@@ -400,14 +479,22 @@ impl Instance {
                     format!("/petrel/{}/{}", spec.namespace, spec.function),
                 )
                 .env("AWS_LAMBDA_LOG_STREAM_NAME", &id)
-                .env("AWS_EXECUTION_ENV", format!("Petrel_{}", fs.runtime))
-                .env("PYTHONPYCACHEPREFIX", &env.inner.pycache);
+                .env("AWS_EXECUTION_ENV", format!("Petrel_{}", fs.runtime));
+            if sandboxed {
+                // The shared bytecode cache would be a channel between functions.
+                cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+            } else {
+                cmd.env("PYTHONPYCACHEPREFIX", &env.inner.pycache);
+            }
             Kind::Lambda(ep)
         } else {
-            let port = http_ep::pick_port()
-                .map_err(|e| init_failed(format!("could not find a free port: {e}")))?;
+            let port = match &net {
+                Some(_) => crate::sandbox::HTTP_PORT,
+                None => http_ep::pick_port()
+                    .map_err(|e| init_failed(format!("could not find a free port: {e}")))?,
+            };
             cmd.env("PORT", port.to_string());
-            Kind::Http(http_ep::Endpoint::new(port))
+            Kind::Http(http_ep::Endpoint::new(port, net.take().map(Arc::new)))
         };
 
         let source = LogSource {
@@ -422,7 +509,7 @@ impl Instance {
             .create(&id, fs.memory_mb)
             .map_err(|e| init_failed(format!("could not create the instance's cgroup: {e}")))?;
         let (process, attribution, how) = env
-            .start_process(fs.runtime, cmd, cgroup.as_ref(), &source)
+            .start_process(fs.runtime, cmd, cgroup.as_ref(), plan, &source)
             .await;
         let process = process.map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
         let started = t0.elapsed();
@@ -700,7 +787,19 @@ impl Instance {
             r = ep.send(req) => match r {
                 Ok(mut resp) => {
                     crate::http::strip_hop_by_hop(resp.headers_mut());
-                    Ok(resp.map(Body::new))
+                    // Bounded like a Runtime API response: refused whole when its length says
+                    // so, else streamed and cut (the stream fails) at the limit.
+                    let limit = self.env.inner.payload_limit;
+                    let declared = resp
+                        .headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if declared.is_some_and(|n| n > limit as u64) {
+                        Err(InvokeError::ResponseTooLarge(limit))
+                    } else {
+                        Ok(resp.map(|b| Body::new(http_body_util::Limited::new(b, limit))))
+                    }
                 }
                 Err(e) => {
                     // A dropped connection is most often a crash: give the exit a moment to show.
@@ -747,4 +846,54 @@ fn new_trace_id() -> String {
         &u[8..32],
         &u[16..32]
     )
+}
+
+/// Runs a shell through the whole sandbox once, and checks from inside that each layer is on:
+/// PID 1 of its own namespace, the unprivileged user with no capabilities, `no_new_privs` and
+/// seccomp, loopback only, `/etc/shadow` absent, the root read-only and `/tmp` writable.
+fn probe_sandbox(sb: &Sandbox, scratch_root: &Path) -> Result<(), String> {
+    const CHECKS: &str = r#"
+fail() { echo "$1" >&2; exit 1; }
+[ "$$" = 1 ] || fail "not PID 1 of its own PID namespace (pid $$)"
+[ "$(id -u)" = 65534 ] || fail "runs as user $(id -u)"
+grep -q '^CapEff:[[:space:]]*0*$' /proc/self/status || fail "has capabilities"
+grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status || fail "no_new_privs is not set"
+grep -q '^Seccomp:[[:space:]]*2' /proc/self/status || fail "no seccomp filter"
+[ "$(grep -c : /proc/net/dev)" = 1 ] || fail "sees network interfaces besides loopback"
+[ ! -e /etc/shadow ] || fail "sees /etc/shadow"
+( : > /probe ) 2>/dev/null && fail "can write to /"
+: > /tmp/probe || fail "cannot write to /tmp"
+exit 0
+"#;
+    let root = scratch_root.join("sandbox-probe");
+    let code = scratch_root.join("sandbox-probe-code");
+    for d in [&root, &code] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let net = sb
+        .new_net(false)
+        .map_err(|e| format!("network namespace: {e}"))?;
+    let plan = sb
+        .plan(&root, &code, 1, Some(&net))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(CHECKS)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(&code)
+        .stdin(std::process::Stdio::null());
+    plan.apply(&mut cmd);
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir(&root);
+    let _ = std::fs::remove_dir(&code);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ))
+    }
 }

@@ -61,8 +61,20 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) async fn bind(function_arn: String, response_limit: usize) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// Serves the Runtime API on `listener` (bound in the instance's own network namespace by
+    /// the sandbox), or on a new loopback port of the host.
+    pub(crate) async fn bind(
+        function_arn: String,
+        response_limit: usize,
+        listener: Option<std::net::TcpListener>,
+    ) -> std::io::Result<Self> {
+        let listener = match listener {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
         let addr = listener.local_addr()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(InitState::Starting);

@@ -4,8 +4,8 @@
 //!
 //! This crate starts, invokes, watches and kills instances, and captures their output as log
 //! lines. It does not decide how many instances run or which one serves a request: that is the
-//! pool in `petrel-dataplane`. Sandboxing beyond a process group and a clean environment is a
-//! later layer that plugs in where the process is spawned (`process.rs`). The `wasm` runtime
+//! pool in `petrel-dataplane`. Process instances are confined by cgroups (`cgroup.rs`) and the
+//! sandbox (`sandbox.rs`: namespaces, a read-only root, an unprivileged user, seccomp). The `wasm` runtime
 //! runs components of the `wasi:http/proxy` world in-process on wasmtime (`wasm/`).
 
 pub mod cgroup;
@@ -15,6 +15,7 @@ mod lambda;
 pub mod logs;
 mod prewarm;
 mod process;
+pub mod sandbox;
 mod shims;
 pub mod wasm;
 mod zygote;

@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Marker appended to a line that was cut.
 pub const TRUNCATED_MARKER: &str = " [petrel: line truncated]";
+/// Most log output kept per invocation (stdout and stderr together); the rest is dropped after
+/// one marker line, so that one chatty or hostile invocation cannot flood the log store.
+pub const MAX_LOG_BYTES_PER_INVOCATION: usize = 2 * 1024 * 1024;
 
 /// Where log lines go: a bounded channel whose overflow is counted, never waited on.
 #[derive(Debug, Clone)]
@@ -49,6 +52,17 @@ impl LogSink {
 #[derive(Debug, Default)]
 pub struct Attribution {
     state: Mutex<(Vec<String>, Option<String>)>,
+    /// Log bytes of the invocation output is attributed to: (invocation, bytes, cut).
+    volume: Mutex<(Option<String>, usize, bool)>,
+}
+
+/// What to do with a line of output, given its invocation's log volume so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Charge {
+    Keep,
+    /// The invocation just went past its volume: write the marker instead of the line.
+    Cut,
+    Drop,
 }
 
 impl Attribution {
@@ -61,6 +75,23 @@ impl Attribution {
         let mut s = self.state.lock().unwrap();
         s.0.retain(|x| x != id);
         s.1 = Some(id.to_owned());
+    }
+
+    /// Counts `bytes` of output towards `invocation`'s log volume.
+    pub fn charge(&self, invocation: Option<&str>, bytes: usize) -> Charge {
+        let mut v = self.volume.lock().unwrap();
+        if v.0.as_deref() != invocation {
+            *v = (invocation.map(str::to_owned), 0, false);
+        }
+        if v.2 {
+            return Charge::Drop;
+        }
+        v.1 += bytes + 1;
+        if v.1 > MAX_LOG_BYTES_PER_INVOCATION {
+            v.2 = true;
+            return Charge::Cut;
+        }
+        Charge::Keep
     }
 
     pub fn current(&self) -> Option<String> {
@@ -179,6 +210,25 @@ mod tests {
             Some("b"),
             "late output belongs to the last one"
         );
+    }
+
+    #[test]
+    fn log_volume_is_bounded_per_invocation() {
+        let a = Attribution::default();
+        let line = MAX_LOG_BYTES_PER_INVOCATION / 4;
+        let got: Vec<Charge> = (0..6).map(|_| a.charge(Some("a"), line)).collect();
+        assert_eq!(
+            got,
+            [
+                Charge::Keep,
+                Charge::Keep,
+                Charge::Keep,
+                Charge::Cut,
+                Charge::Drop,
+                Charge::Drop
+            ]
+        );
+        assert_eq!(a.charge(Some("b"), line), Charge::Keep, "a new invocation");
     }
 
     #[test]

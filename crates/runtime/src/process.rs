@@ -2,7 +2,9 @@
 //! its output captured line by line, its exit watched, and the whole group killed on request or
 //! when the instance is dropped, so nothing it started is left running.
 
-use crate::logs::{read_lines, Attribution, LogSink, LogSource};
+use crate::logs::{
+    read_lines, Attribution, Charge, LogSink, LogSource, MAX_LOG_BYTES_PER_INVOCATION,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
@@ -13,6 +15,28 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::watch;
+
+/// Emits a line of output unless its invocation is past its log volume; the first line past
+/// it becomes the marker saying so.
+fn emit_bounded(
+    sink: &LogSink,
+    source: &SourceCell,
+    attribution: &Attribution,
+    stream: &str,
+    line: String,
+) {
+    let id = attribution.current();
+    let line = match attribution.charge(id.as_deref(), line.len()) {
+        Charge::Keep => line,
+        Charge::Cut => format!(
+            "[petrel: log output of this invocation cut after {} MiB; the rest is dropped]",
+            MAX_LOG_BYTES_PER_INVOCATION >> 20
+        ),
+        Charge::Drop => return,
+    };
+    let l = source.read().unwrap().line(stream, id, line);
+    emit(sink, l);
+}
 
 /// Lines of stderr kept to explain a crash or a failed start.
 const STDERR_TAIL_LINES: usize = 20;
@@ -122,15 +146,16 @@ impl Process {
         let out_reader = {
             let (source, sink, attribution) = (source.clone(), sink.clone(), attribution.clone());
             tokio::spawn(read_lines(stdout, move |line| {
-                let l = source
-                    .read()
-                    .unwrap()
-                    .line("stdout", attribution.current(), line);
-                emit(&sink, l);
+                emit_bounded(&sink, &source, &attribution, "stdout", line);
             }))
         };
         let err_reader = {
-            let (source, sink, tail) = (source.clone(), sink.clone(), stderr_tail.clone());
+            let (source, sink, tail, attribution) = (
+                source.clone(),
+                sink.clone(),
+                stderr_tail.clone(),
+                attribution.clone(),
+            );
             tokio::spawn(read_lines(stderr, move |line| {
                 {
                     let mut t = tail.lock().unwrap();
@@ -139,11 +164,7 @@ impl Process {
                     }
                     t.push_back(line.clone());
                 }
-                let l = source
-                    .read()
-                    .unwrap()
-                    .line("stderr", attribution.current(), line);
-                emit(&sink, l);
+                emit_bounded(&sink, &source, &attribution, "stderr", line);
             }))
         };
 

@@ -26,6 +26,9 @@ pub struct ServeConfig {
     pub memory_budget_mb: u64,
     /// A cgroup per process instance (memory_mb enforced, a pids limit); needs root.
     pub instance_limits: bool,
+    /// The process sandbox (namespaces, a read-only root, an unprivileged user, seccomp), used
+    /// when Petrel can (as root); off only when asked.
+    pub sandbox: bool,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +46,7 @@ impl Default for ServeConfig {
             prewarm: petrel_runtime::PrewarmConfig::default(),
             memory_budget_mb: parse_memory_budget("80%").unwrap_or(u64::MAX),
             instance_limits: false,
+            sandbox: true,
         }
     }
 }
@@ -65,6 +69,7 @@ pub struct ConfigFile {
     pub python_standby: Option<usize>,
     pub memory_budget: Option<String>,
     pub instance_limits: Option<bool>,
+    pub sandbox: Option<bool>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -82,6 +87,7 @@ const KNOWN_KEYS: &[&str] = &[
     "python_standby",
     "memory_budget",
     "instance_limits",
+    "sandbox",
 ];
 
 impl ConfigFile {
@@ -149,6 +155,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.instance_limits {
             base.instance_limits = v;
+        }
+        if let Some(v) = self.sandbox {
+            base.sandbox = v;
         }
         if let Some(v) = self.memory_budget {
             base.memory_budget_mb = parse_memory_budget(&v)?;

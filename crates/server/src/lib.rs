@@ -176,10 +176,12 @@ impl Server {
             config.payload_limit,
             config.prewarm,
             config.instance_limits,
+            config.sandbox,
         )
         .context("could not prepare the runtime directory")?;
         env.prewarm();
         let env_status = env.limits_status().to_owned();
+        let sandbox_status = env.sandbox_status().to_owned();
         let (dataplane, records) = DataPlane::new(
             env,
             Arc::new(StoreSource {
@@ -237,6 +239,7 @@ impl Server {
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
         tracing::info!(limits = env_status, "instance limits");
+        tracing::info!(sandbox = sandbox_status, "process sandbox");
         tracing::info!(
             memory_budget_mib = config.memory_budget_mb,
             python_fork_server = config.prewarm.python_fork_server,

@@ -212,8 +212,11 @@ impl ArtifactStore {
             #[cfg(unix)]
             if let Some(mode) = entry.unix_mode() {
                 use std::os::unix::fs::PermissionsExt;
-                // Keep the executable bits; never setuid/setgid/sticky.
-                let perms = std::fs::Permissions::from_mode((mode & 0o777) | 0o400);
+                // Readable by everyone (a sandboxed instance runs as an unprivileged user, and
+                // sees only its own function's code), executable by everyone if by anyone;
+                // never writable by others, setuid, setgid or sticky.
+                let perms =
+                    std::fs::Permissions::from_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
                 std::fs::set_permissions(&out, perms).map_err(io_err(&out))?;
             }
         }

@@ -5,7 +5,8 @@
 
 use crate::fixtures::echo_function;
 use crate::harness::{
-    alive, eventually, function_dir, manifest, parallel, spawn_invokes, Petrel, StoreKind,
+    alive, eventually, function_dir, instance_alive, manifest, parallel, spawn_invokes, Petrel,
+    StoreKind,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +64,8 @@ fn who_node(name: &str, who: &str, extra: &str) -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forked_and_standby_instances_run_their_own_function_only() {
-    let p = Petrel::start().await;
+    // The fork server and standby processes exist only outside the sandbox.
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--no-sandbox"]).await;
     let dirs = [
         who_python("py-a", "a", ""),
         who_python("py-b", "b", ""),
@@ -171,7 +173,7 @@ async fn without_prewarm_instances_start_as_new_processes() {
     assert_eq!(p.invoke("plain-py", "{}").await.json()["who"], "p");
     assert_eq!(p.invoke("plain-node", "{}").await.json()["who"], "n");
     for name in ["plain-py", "plain-node"] {
-        p.wait_for_log(name, "(a new process;", 1).await;
+        p.wait_for_log(name, "(a new sandboxed process;", 1).await;
     }
 }
 
@@ -181,21 +183,18 @@ async fn the_memory_budget_evicts_idle_instances_and_refuses_what_it_cannot_fit(
     for name in ["mem-a", "mem-b", "mem-c"] {
         p.deploy(echo_function(name, "python3", "memory_mb = 128").path());
     }
-    let a = p.invoke("mem-a", "{}").await.json()["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let id = |r: crate::harness::Resp| r.json()["instance"].as_str().unwrap().to_owned();
+    let a = id(p.invoke("mem-a", "{}").await);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let b = p.invoke("mem-b", "{}").await.json()["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let b = id(p.invoke("mem-b", "{}").await);
     // 256 MiB held; mem-c needs 128 more: the least recently used idle instance (mem-a) goes.
     let c = p.invoke("mem-c", "{}").await;
     assert_eq!(c.status, 200, "{}", c.text());
     assert!(
-        eventually(Duration::from_secs(5), || !alive(a)).await,
+        eventually(Duration::from_secs(5), || !instance_alive(&a)).await,
         "mem-a's idle instance was evicted"
     );
-    assert!(alive(b), "mem-b was used more recently and stays");
+    assert!(instance_alive(&b), "mem-b was used more recently and stays");
     p.wait_for_log("mem-a", "to make room under the node's memory budget", 1)
         .await;
     let metrics = p.http("GET", "/metrics", None).await.text();
@@ -289,7 +288,7 @@ async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
             "no request fails while capacity exists: {}",
             r.text()
         );
-        pids.insert(r.json()["pid"].as_u64().unwrap());
+        pids.insert(r.json()["instance"].to_string());
     }
     assert!(pids.len() <= 5, "{} instances served the burst", pids.len());
     p.wait_for_log("bursty", "instance started", 1).await;
@@ -308,7 +307,11 @@ async fn a_burst_from_zero_to_fifty_is_served_by_at_most_max_instances() {
 async fn without_the_fork_server_python_takes_a_standby_process() {
     let cfg = tempfile::tempdir().unwrap();
     let path = cfg.path().join("node.toml");
-    std::fs::write(&path, "python_fork_server = false\npython_standby = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "python_fork_server = false\npython_standby = 1\nsandbox = false\n",
+    )
+    .unwrap();
     let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
     for (name, who) in [("sb-a", "a"), ("sb-b", "b")] {
         p.deploy(who_python(name, who, "").path());
@@ -349,7 +352,7 @@ async fn the_autoscaler_starts_an_instance_ahead_of_demand() {
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        pids.insert(r.json()["pid"].as_u64().unwrap());
+        pids.insert(r.json()["instance"].to_string());
     }
     assert_eq!(
         pids.len(),

@@ -2,7 +2,7 @@
 //! serving: each case is followed by a healthy request.
 
 use crate::fixtures::echo_function;
-use crate::harness::{alive, eventually, function_dir, manifest, Petrel};
+use crate::harness::{eventually, function_dir, instance_alive, instance_pids, manifest, Petrel};
 use petrel_cli::package::package_dir;
 use std::time::Duration;
 
@@ -248,32 +248,33 @@ async fn a_handler_that_raises_gets_a_lambda_style_error() {
 async fn a_timeout_kills_the_instance_tree_and_answers_504() {
     let p = Petrel::start().await;
     p.deploy(echo_function("sleepy", "python3", "timeout = \"2s\"").path());
-    let first_pid = p.invoke("sleepy", "{}").await.json()["pid"]
-        .as_u64()
-        .unwrap();
-    let r = p.invoke("sleepy", r#"{"action": "sleep"}"#).await;
-    assert!(r.assert_error(504, "function_timeout").contains("2s"));
-    // The handler printed its pid and its child's; both must be gone.
-    let logs = p.cli_ok(&["logs", "sleepy"]);
-    let pids: Vec<u32> = logs
-        .lines()
-        .find_map(|l| l.split("pids ").nth(1))
-        .unwrap_or_else(|| panic!("no pids line in logs:\n{logs}"))
-        .split_whitespace()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(
-        pids[0] as u64, first_pid,
-        "the warm instance served the sleep"
-    );
+    let first = p.invoke("sleepy", "{}").await.json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (pp, id) = (std::sync::Arc::new(p), first.clone());
+    let sleeping = {
+        let pp = pp.clone();
+        tokio::spawn(async move { pp.invoke("sleepy", r#"{"action": "sleep"}"#).await })
+    };
+    // The handler and the child it started are both running...
     assert!(
-        eventually(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))).await,
-        "left running: {pids:?}"
+        eventually(Duration::from_secs(5), || instance_pids(&id).len() >= 2).await,
+        "the sleeping handler and its child: {:?}",
+        instance_pids(&id)
+    );
+    let r = sleeping.await.unwrap();
+    assert!(r.assert_error(504, "function_timeout").contains("2s"));
+    // ...and after the timeout, none of the instance's processes is.
+    assert!(
+        eventually(Duration::from_secs(5), || !instance_alive(&id)).await,
+        "left running: {:?}",
+        instance_pids(&id)
     );
     // A fresh instance serves the next request.
-    let r = p.invoke("sleepy", "{}").await;
+    let r = pp.invoke("sleepy", "{}").await;
     assert_eq!(r.status, 200);
-    assert_ne!(r.json()["pid"].as_u64().unwrap(), first_pid);
+    assert_ne!(r.json()["instance"].as_str().unwrap(), first);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,17 +370,15 @@ async fn a_function_that_cannot_start_says_why() {
 async fn a_response_over_the_limit_is_refused_and_the_instance_keeps_serving() {
     let p = Petrel::start().await;
     p.deploy(echo_function("healthy", "python3", "").path());
-    let pid = p.invoke("healthy", "{}").await.json()["pid"]
-        .as_u64()
-        .unwrap();
+    let id = p.invoke("healthy", "{}").await.json()["instance"].to_string();
     p.invoke("healthy", r#"{"action": "big"}"#)
         .await
         .assert_error(502, "response_too_large");
     let r = p.invoke("healthy", "{}").await;
     assert_eq!(r.status, 200);
     assert_eq!(
-        r.json()["pid"].as_u64().unwrap(),
-        pid,
+        r.json()["instance"].to_string(),
+        id,
         "the instance was not at fault"
     );
 }

@@ -28,6 +28,7 @@ def handler(event, context):
     return {
         "mark": os.environ.get("MARK"),
         "pid": os.getpid(),
+        "instance": os.environ.get("PETREL_INSTANCE_ID"),
         "event": event,
         "secret": os.environ.get("PETREL_TEST_SECRET"),
         "function_name": context.function_name,
@@ -50,6 +51,7 @@ exports.handler = async (event, context) => {
   return {
     mark: process.env.MARK || null,
     pid: process.pid,
+    instance: process.env.PETREL_INSTANCE_ID,
     event,
     secret: process.env.PETREL_TEST_SECRET || null,
     function_name: context.functionName,
@@ -81,7 +83,7 @@ http.createServer((req, res) => {
     res.setHeader('content-type', 'application/json');
     res.setHeader('x-from', 'http');
     res.end(JSON.stringify({
-      mark: process.env.MARK || null, pid: process.pid, method: req.method, path: url.pathname,
+      mark: process.env.MARK || null, pid: process.pid, instance: process.env.PETREL_INSTANCE_ID, method: req.method, path: url.pathname,
       query: url.search, headers: req.headers, bytes: n, sha256: hash.digest('hex'),
       secret: process.env.PETREL_TEST_SECRET || null,
     }));
@@ -107,7 +109,7 @@ while True:
                                      headers={"Lambda-Runtime-Function-Error-Type": "CustomError"})
         urllib.request.urlopen(req)
         continue
-    out = {"mark": os.environ.get("MARK"), "pid": os.getpid(), "event": event, "handler": os.environ.get("_HANDLER"),
+    out = {"mark": os.environ.get("MARK"), "pid": os.getpid(), "instance": os.environ.get("PETREL_INSTANCE_ID"), "event": event, "handler": os.environ.get("_HANDLER"),
            "deadline": deadline, "secret": os.environ.get("PETREL_TEST_SECRET")}
     urllib.request.urlopen(urllib.request.Request(api + "/" + rid + "/response", data=json.dumps(out).encode(), method="POST"))
 "#;

@@ -129,6 +129,11 @@ impl Petrel {
         self.url = url;
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -315,6 +320,28 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
         assert!(t0.elapsed() < limit, "server did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The host pids of an instance's processes (the function sees other pids, in its own PID
+/// namespace): every live process whose environment names the instance.
+pub fn instance_pids(instance: &str) -> Vec<u32> {
+    let needle = format!("PETREL_INSTANCE_ID={instance}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// Whether any process of an instance is still running.
+pub fn instance_alive(instance: &str) -> bool {
+    !instance_pids(instance).is_empty()
 }
 
 /// Whether a process is still alive (and not a zombie).

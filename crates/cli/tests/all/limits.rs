@@ -1,8 +1,11 @@
-//! Resource limits of process instances (cgroups): a memory hog is stopped at its memory_mb and
-//! answered function_out_of_memory; a fork bomb stays inside its pids limit; after each, a
-//! neighbouring function answers and nothing is left running.
+//! Confinement of process instances. Resource limits (cgroups): a memory hog is stopped at its
+//! memory_mb and answered function_out_of_memory; a fork bomb stays inside its pids limit. The
+//! sandbox: a suite of hostile functions, each denied. After each, a neighbouring function
+//! answers and nothing is left running.
 
-use crate::harness::{eventually, function_dir, manifest, Petrel, StoreKind};
+use crate::harness::{
+    eventually, function_dir, instance_alive, instance_pids, manifest, Petrel, StoreKind,
+};
 use std::time::Duration;
 
 const HOG: &str = r#"
@@ -24,8 +27,8 @@ def handler(event, context):
                 os._exit(0)
             n += 1
     except OSError as e:
-        return {"forked": n, "error": type(e).__name__, "pgid": os.getpgid(0)}
-    return {"forked": n, "pgid": os.getpgid(0)}
+        return {"forked": n, "error": type(e).__name__, "instance": os.environ["PETREL_INSTANCE_ID"]}
+    return {"forked": n, "instance": os.environ["PETREL_INSTANCE_ID"]}
 "#;
 
 const OK: &str = "def handler(event, context):\n    return {'ok': True}\n";
@@ -40,9 +43,9 @@ fn py(name: &str, code: &str, extra: &str) -> tempfile::TempDir {
     ])
 }
 
-fn group_alive(pgid: i64) -> bool {
+fn host_processes_matching(pattern: &str) -> bool {
     std::process::Command::new("pgrep")
-        .args(["-g", &pgid.to_string()])
+        .args(["-f", pattern])
         .output()
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false)
@@ -94,12 +97,13 @@ async fn a_memory_hog_is_stopped_at_its_memory_mb_and_a_fork_bomb_at_its_pids_li
     assert_eq!(j["error"], "BlockingIOError", "{j}");
     assert_eq!(p.invoke("neighbour", "{}").await.status, 200);
     // Deleting the function stops the instance and everything it forked.
-    let pgid = j["pgid"].as_i64().unwrap();
-    assert!(group_alive(pgid));
+    let id = j["instance"].as_str().unwrap();
+    assert!(instance_pids(id).len() > 10, "the bomb's children wait");
     p.cli_ok(&["rm", "bomb"]);
     assert!(
-        eventually(Duration::from_secs(10), || !group_alive(pgid)).await,
-        "the bomb's processes outlived its instance"
+        eventually(Duration::from_secs(10), || !instance_alive(id)).await,
+        "the bomb's processes outlived its instance: {:?}",
+        instance_pids(id)
     );
 }
 
@@ -163,4 +167,289 @@ async fn every_process_instance_runs_without_core_dumps_and_with_bounded_files()
     let opened = j["open_failed_after"].as_u64().unwrap();
     assert!(opened < 4096, "{j}");
     assert_eq!(j["errno"], 24, "EMFILE: {j}");
+}
+
+const HOSTILE: &str = r#"
+import ctypes, errno, os, socket, subprocess, sys, time
+
+def err(e):
+    return {"error": errno.errorcode.get(e.errno, str(e))}
+
+def handler(event, context):
+    what = event["what"]
+    if what == "whoami":
+        status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+        return {"uid": os.getuid(), "pid": os.getpid(), "ppid": os.getppid(),
+                "hostname": socket.gethostname(), "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+                **{k: status[k].strip() for k in ("CapEff", "NoNewPrivs", "Seccomp")}}
+    if what == "read":
+        try:
+            with open(event["path"], "rb") as f:
+                return {"read": len(f.read())}
+        except OSError as e:
+            return err(e)
+    if what == "list":
+        try:
+            return {"entries": sorted(os.listdir(event["path"]))}
+        except OSError as e:
+            return err(e)
+    if what == "write":
+        try:
+            with open(event["path"], "wb") as f:
+                f.write(b"x")
+            return {"wrote": True}
+        except OSError as e:
+            return err(e)
+    if what == "fill":
+        n = 0
+        try:
+            with open("/tmp/fill", "wb") as f:
+                while n < 1024:
+                    f.write(b"\0" * (1 << 20)); f.flush(); n += 1
+        except OSError as e:
+            os.remove("/tmp/fill")
+            return {"mib": n, **err(e)}
+        return {"mib": n}
+    if what == "connect":
+        s = socket.socket()
+        s.settimeout(3)
+        try:
+            s.connect((event["host"], event["port"]))
+            return {"connected": True}
+        except OSError as e:
+            return err(e)
+    if what == "syscalls":
+        libc = ctypes.CDLL(None, use_errno=True)
+        out = {}
+        for name, call in [
+            ("unshare_user", lambda: libc.unshare(0x10000000)),
+            ("ptrace_traceme", lambda: libc.ptrace(0, 0, None, None)),
+            ("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        ]:
+            r = call()
+            out[name] = errno.errorcode.get(ctypes.get_errno()) if r != 0 else "allowed"
+        return out
+    if what == "kill":
+        try:
+            os.kill(event["pid"], 9)
+            return {"killed": True}
+        except OSError as e:
+            return err(e)
+    if what == "daemon":
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["sleep", event["marker"]])
+            os._exit(0)
+        os.wait()
+        return {"daemon": True}
+    if what == "shout":
+        line = "y" * 1000
+        for _ in range(event["lines"]):
+            print(line)
+        sys.stdout.flush()
+        return {"printed": event["lines"]}
+"#;
+
+/// Every file under `dir` named `name`.
+fn find_files(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(find_files(&p, name));
+        } else if p.file_name().is_some_and(|n| n == name) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_functions_are_denied_and_the_node_keeps_serving() {
+    let p = Petrel::start().await;
+    assert!(
+        p.server_log().contains("sandbox on:"),
+        "these tests run as root, where the sandbox must be on: {}",
+        p.server_log()
+    );
+    let hostile = py("hostile", HOSTILE, "tmp_mb = 8\ntimeout = \"20s\"");
+    let hosted = py("hosted", HOSTILE, "network = \"host\"");
+    let victim = function_dir(&[
+        (
+            "petrel.toml",
+            &manifest("victim", "python3", "app.handler", ""),
+        ),
+        ("app.py", OK),
+        ("victim-secret.txt", "the victim's secret"),
+    ]);
+    let ok = py("neighbour", OK, "");
+    for d in [&hostile, &hosted, &victim, &ok] {
+        p.deploy(d.path());
+    }
+    let call = |what: serde_json::Value| {
+        let p = &p;
+        async move {
+            let r = p.invoke("hostile", &what.to_string()).await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            assert_eq!(
+                p.invoke("neighbour", "{}").await.status,
+                200,
+                "after {what}"
+            );
+            r.json()
+        }
+    };
+    use serde_json::json;
+
+    // Who it is: PID 1 of its own namespace, seeing no other process; an unprivileged user
+    // with no capabilities, no_new_privs and a seccomp filter.
+    let me = call(json!({"what": "whoami"})).await;
+    assert_eq!(me["uid"], 65534, "{me}");
+    assert_eq!((&me["pid"], &me["ppid"]), (&json!(1), &json!(0)), "{me}");
+    assert_eq!(me["processes"], json!([1]), "{me}");
+    assert_eq!(me["hostname"], "petrel", "{me}");
+    assert_eq!(me["CapEff"], "0000000000000000", "{me}");
+    assert_eq!(
+        (&me["NoNewPrivs"], &me["Seccomp"]),
+        (&json!("1"), &json!("2")),
+        "{me}"
+    );
+
+    // Another function's code, Petrel's data directory and the host's secrets are not there.
+    let secret = find_files(p.data_dir.path(), "victim-secret.txt");
+    assert!(
+        !secret.is_empty(),
+        "the victim's code is unpacked on the host"
+    );
+    let db = p.data_dir.path().join("data").join("petrel.db");
+    assert!(db.exists());
+    for path in [
+        secret[0].as_path(),
+        db.as_path(),
+        std::path::Path::new("/etc/shadow"),
+    ] {
+        let r = call(json!({"what": "read", "path": path})).await;
+        assert_eq!(r["error"], "ENOENT", "{}: {r}", path.display());
+    }
+    // Of Petrel's data directory, only the path to its own code and the shims shows.
+    let r = call(json!({"what": "list", "path": db.parent().unwrap()})).await;
+    let entries: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(!entries.contains(&"petrel.db"), "{r}");
+    let on_host = std::fs::read_dir(db.parent().unwrap()).unwrap().count();
+    assert!(entries.len() < on_host, "{r}");
+    let root = call(json!({"what": "list", "path": "/root"})).await;
+    assert!(
+        root["entries"]
+            .as_array()
+            .is_none_or(|e| e.iter().all(|n| n == ".pyenv")),
+        "only a runtime's installation may show under /root: {root}"
+    );
+
+    // Writing: not to its own code, not to the system, only to /tmp; and /tmp is bounded.
+    let code = find_files(p.data_dir.path(), "app.py");
+    for path in [
+        code[0].as_path(),
+        std::path::Path::new("/etc/passwd"),
+        std::path::Path::new("/usr/evil"),
+    ] {
+        let r = call(json!({"what": "write", "path": path})).await;
+        assert_eq!(r["error"], "EROFS", "{}: {r}", path.display());
+    }
+    assert_eq!(
+        call(json!({"what": "write", "path": "/tmp/ok"})).await["wrote"],
+        true
+    );
+    let fill = call(json!({"what": "fill"})).await;
+    assert_eq!(fill["error"], "ENOSPC", "{fill}");
+    assert!(
+        fill["mib"].as_u64().unwrap() <= 8,
+        "tmp_mb = 8 held: {fill}"
+    );
+
+    // The network: loopback of its own only. Petrel's port is not there; nothing else is
+    // reachable. With network = "host", Petrel's port is.
+    let port: u16 = p
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let r = call(json!({"what": "connect", "host": "127.0.0.1", "port": port})).await;
+    assert_eq!(r["error"], "ECONNREFUSED", "{r}");
+    let r = call(json!({"what": "connect", "host": "10.1.2.3", "port": 80})).await;
+    assert_eq!(r["error"], "ENETUNREACH", "{r}");
+    let r = p
+        .invoke(
+            "hosted",
+            &json!({"what": "connect", "host": "127.0.0.1", "port": port}).to_string(),
+        )
+        .await;
+    assert_eq!(r.json()["connected"], true, "{}", r.text());
+
+    // System calls a function never needs are refused, even those an unprivileged process
+    // could otherwise make (a user namespace, ptrace).
+    let sys = call(json!({"what": "syscalls"})).await;
+    assert_eq!(
+        sys,
+        json!({"unshare_user": "EPERM", "ptrace_traceme": "EPERM", "mount": "EPERM"})
+    );
+
+    // Petrel is not there to be killed.
+    let r = call(json!({"what": "kill", "pid": p.pid()})).await;
+    assert_eq!(r["error"], "ESRCH", "{r}");
+
+    // Huge output: the log keeps a bounded share of it and says where it was cut.
+    let r = call(json!({"what": "shout", "lines": 5000})).await;
+    assert_eq!(r["printed"], 5000);
+    p.wait_for_log(
+        "hostile",
+        "log output of this invocation cut after 2 MiB",
+        1,
+    )
+    .await;
+    let logs = p.cli_ok(&["logs", "hostile", "--tail", "100000"]);
+    let kept = logs
+        .lines()
+        .filter(|l| l.ends_with(&"y".repeat(1000)))
+        .count();
+    assert!(
+        (1000..2100).contains(&kept),
+        "{kept} lines of 1,000 bytes kept"
+    );
+
+    // A daemon it leaves behind goes with its instance.
+    let marker = format!("{}", 7000 + std::process::id() % 1000);
+    call(json!({"what": "daemon", "marker": marker})).await;
+    let pattern = format!("^sleep {marker}$");
+    assert!(host_processes_matching(&pattern), "the daemon runs");
+    p.cli_ok(&["rm", "hostile"]);
+    assert!(
+        eventually(Duration::from_secs(10), || !host_processes_matching(
+            &pattern
+        ))
+        .await,
+        "the daemon outlived its instance"
+    );
+    assert_eq!(p.invoke("neighbour", "{}").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_sandbox_the_server_says_so() {
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--no-sandbox"]).await;
+    assert!(
+        p.server_log()
+            .contains("sandbox off: not turned on (--no-sandbox, or sandbox = false)"),
+        "{}",
+        p.server_log()
+    );
+    p.deploy(py("plain", OK, "").path());
+    assert_eq!(p.invoke("plain", "{}").await.status, 200);
 }

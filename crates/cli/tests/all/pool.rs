@@ -2,7 +2,7 @@
 //! clear errors, kept warm (min_instances) and stopped when idle (keep_alive).
 
 use crate::fixtures::echo_function;
-use crate::harness::{alive, eventually, parallel, Petrel};
+use crate::harness::{eventually, instance_alive, parallel, Petrel};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +11,10 @@ use std::time::Duration;
 async fn warm_instances_are_reused_and_never_more_than_max() {
     let p = Arc::new(Petrel::start().await);
     p.deploy(echo_function("bounded", "python3", "max_instances = 2").path());
-    let pids: HashSet<u64> = {
+    let pids: HashSet<String> = {
         let mut s = HashSet::new();
         for _ in 0..3 {
-            s.insert(
-                p.invoke("bounded", "{}").await.json()["pid"]
-                    .as_u64()
-                    .unwrap(),
-            );
+            s.insert(p.invoke("bounded", "{}").await.json()["instance"].to_string());
         }
         s
     };
@@ -44,9 +40,9 @@ async fn one_instance_serves_concurrent_requests_up_to_its_concurrency() {
     p.deploy(echo_function("wide", "nodejs", "concurrency = 4\nmax_instances = 1").path());
     let results = parallel(&p, "wide", r#"{"action": "slow", "secs": 0.5}"#, 4).await;
     assert!(results.iter().all(|r| r.status == 200));
-    let pids: HashSet<u64> = results
+    let pids: HashSet<String> = results
         .iter()
-        .map(|r| r.json()["pid"].as_u64().unwrap())
+        .map(|r| r.json()["instance"].to_string())
         .collect();
     assert_eq!(pids.len(), 1, "one instance took all four");
 }
@@ -94,17 +90,18 @@ async fn a_full_queue_is_429_and_a_long_wait_is_503_both_with_retry_after() {
 async fn idle_instances_stop_after_keep_alive_and_min_instances_stay_warm() {
     let p = Petrel::start().await;
     p.deploy(echo_function("brief", "python3", "keep_alive = \"1s\"").path());
-    let pid = p.invoke("brief", "{}").await.json()["pid"]
-        .as_u64()
-        .unwrap() as u32;
-    assert!(alive(pid));
+    let id = p.invoke("brief", "{}").await.json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(instance_alive(&id));
     assert!(
-        eventually(Duration::from_secs(10), || !alive(pid)).await,
-        "idle instance {pid} was not stopped"
+        eventually(Duration::from_secs(10), || !instance_alive(&id)).await,
+        "idle instance {id} was not stopped"
     );
     let again = p.invoke("brief", "{}").await;
     assert_eq!(again.status, 200);
-    assert_ne!(again.json()["pid"].as_u64().unwrap() as u32, pid);
+    assert_ne!(again.json()["instance"].as_str().unwrap(), id);
 
     // min_instances: started at deploy, before any request, and kept past keep_alive.
     p.deploy(echo_function("warm", "python3", "keep_alive = \"1s\"\nmin_instances = 1").path());
@@ -113,11 +110,14 @@ async fn idle_instances_stop_after_keep_alive_and_min_instances_stay_warm() {
     })
     .await;
     assert!(started, "min_instances did not start an instance at deploy");
-    let pid = p.invoke("warm", "{}").await.json()["pid"].as_u64().unwrap() as u32;
+    let id = p.invoke("warm", "{}").await.json()["instance"].to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(alive(pid), "the provisioned instance was stopped");
+    assert!(
+        instance_alive(id.trim_matches('"')),
+        "the provisioned instance was stopped"
+    );
     assert_eq!(
-        p.invoke("warm", "{}").await.json()["pid"].as_u64().unwrap() as u32,
-        pid
+        p.invoke("warm", "{}").await.json()["instance"].to_string(),
+        id
     );
 }

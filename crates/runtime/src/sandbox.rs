@@ -1,0 +1,829 @@
+//! The process sandbox: each process instance in PID, mount, IPC and UTS namespaces of its own,
+//! a network namespace of its own unless its function asks for the host's (`network = "host"`),
+//! a root file system with the system's directories and its own code read-only and a private
+//! `/tmp` of `tmp_mb`, as an unprivileged user with no capabilities, `no_new_privs`, and a
+//! seccomp filter refusing what a function never needs.
+//!
+//! The node-wide part ([`Sandbox`]) is probed once at start by confining a real process; if
+//! anything fails the sandbox is off and says why, never half on. The per-instance part
+//! ([`Plan`]) is computed before the fork, so that the child runs only system calls on memory
+//! prepared for it (the rules between fork and exec in a threaded program).
+//!
+//! A network namespace is made by Petrel itself, on a short-lived thread (a network namespace
+//! is a per-thread attribute), with loopback up and the instance's Runtime API listener bound
+//! in it: the listening socket belongs to the sandbox's network, and Petrel accepts on it from
+//! outside. Connections to an `http` instance's port are made the same way, with a socket
+//! created in the instance's namespace.
+
+use nix::libc;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The user and group a sandboxed instance runs as (`nobody` on Debian and most systems).
+pub const SANDBOX_UID: u32 = 65534;
+pub const SANDBOX_GID: u32 = 65534;
+/// The Runtime API's address inside an instance's own network namespace, as on Lambda.
+pub const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
+/// The port an `http` instance listens on inside its own network namespace.
+pub const HTTP_PORT: u16 = 8080;
+
+/// Entries of the host's `/etc` a function may need (the loader, time zones, name service,
+/// TLS roots, Java's configuration); nothing else of it is visible (no `shadow`, no `sudoers`).
+const ETC_ALLOWED: &[&str] = &[
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "gai.conf",
+    "host.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "protocols",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
+];
+/// Prefixes of further `/etc` entries allowed (`java-17-openjdk`, ...).
+const ETC_ALLOWED_PREFIXES: &[&str] = &["java-"];
+
+/// Top-level system directories bound read-only (those that exist; symbolic links such as
+/// `/bin -> usr/bin` are recreated as links).
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Device nodes a function may open.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The node-wide sandbox: whether it is on, and what every instance's root is made of.
+#[derive(Debug)]
+pub struct Sandbox {
+    status: String,
+    on: bool,
+    /// The directories every instance sees read-only, besides its code: system directories,
+    /// the runtimes' installations, Petrel's shims.
+    read_only: Vec<PathBuf>,
+    links: Vec<(PathBuf, PathBuf)>,
+    etc: Vec<PathBuf>,
+    seccomp: Vec<libc::sock_filter>,
+    /// The host's network namespace, to return to after making a socket in an instance's.
+    host_net: Option<OwnedFd>,
+}
+
+impl Sandbox {
+    /// A sandbox that is off, saying why.
+    pub fn off(why: impl Into<String>) -> Self {
+        Self {
+            status: format!("sandbox off: {}", why.into()),
+            on: false,
+            read_only: Vec::new(),
+            links: Vec::new(),
+            etc: Vec::new(),
+            seccomp: Vec::new(),
+            host_net: None,
+        }
+    }
+
+    /// Prepares the sandbox: `runtimes` are installation directories to make visible (the
+    /// Python prefix, ...), `shims` Petrel's runtime shims. Off, with the reason, when not
+    /// root.
+    pub fn new(runtimes: &[PathBuf], shims: &Path) -> Self {
+        #[allow(unsafe_code)]
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            return Self::off(
+                "Petrel is not running as root, and the sandbox does not use user namespaces yet; run as root for namespaces, an unprivileged user and seccomp",
+            );
+        }
+        let host_net = match std::fs::File::open("/proc/thread-self/ns/net") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => return Self::off(format!("cannot open the host's network namespace: {e}")),
+        };
+        let mut read_only = Vec::new();
+        let mut links = Vec::new();
+        for d in SYSTEM_DIRS {
+            let p = Path::new(d);
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(t) = std::fs::read_link(p) {
+                        links.push((t, p.to_path_buf()));
+                    }
+                }
+                Ok(m) if m.is_dir() => read_only.push(p.to_path_buf()),
+                _ => {}
+            }
+        }
+        for r in runtimes.iter().chain(std::iter::once(&shims.to_path_buf())) {
+            if !read_only.iter().any(|d| r.starts_with(d)) {
+                read_only.push(r.clone());
+            }
+        }
+        let etc = std::fs::read_dir("/etc")
+            .map(|rd| {
+                let mut v: Vec<PathBuf> = rd
+                    .flatten()
+                    .filter(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        ETC_ALLOWED.contains(&n.as_ref())
+                            || ETC_ALLOWED_PREFIXES.iter().any(|p| n.starts_with(p))
+                    })
+                    .map(|e| e.path())
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default();
+        Self {
+            status: String::new(),
+            on: true,
+            read_only,
+            links,
+            etc,
+            seccomp: seccomp_filter(),
+            host_net: Some(host_net),
+        }
+        .described()
+    }
+
+    fn described(mut self) -> Self {
+        self.status = format!(
+            "sandbox on: PID, mount, IPC, UTS and network namespaces; a read-only root ({}, the function's code) with a private /tmp; user {SANDBOX_UID} with no capabilities and no_new_privs; seccomp refusing {} system calls",
+            self.read_only
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            DENIED.len() + 2,
+        );
+        self
+    }
+
+    /// Turns the sandbox off after a failed probe.
+    pub fn disable(&mut self, why: impl std::fmt::Display) {
+        *self = Self::off(format!("the probe failed: {why}"));
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.on
+    }
+
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    /// The plan for one instance: `root` an empty directory to assemble its root on, its code
+    /// directory (read-only, also its working directory), the size of its `/tmp`, and its
+    /// network namespace (`None`: the host's).
+    pub(crate) fn plan(
+        &self,
+        root: &Path,
+        code_dir: &Path,
+        tmp_mb: u32,
+        net: Option<&NetNs>,
+    ) -> std::io::Result<Plan> {
+        let root = root.to_path_buf();
+        let mut ops = Vec::new();
+        let r = |p: &Path| -> PathBuf { root.join(p.strip_prefix("/").unwrap_or(p)) };
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut mkdir_p = |ops: &mut Vec<Op>, p: &Path| {
+            let mut acc = PathBuf::from("/");
+            for c in p.strip_prefix("/").unwrap_or(p).components() {
+                acc.push(c);
+                if !dirs.contains(&acc) {
+                    dirs.push(acc.clone());
+                    ops.push(Op::Mkdir(cpath(&r(&acc))?, 0o755));
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        // The root itself: a small memory-backed file system, read-only once assembled.
+        ops.push(Op::Mount {
+            src: cstr("petrel"),
+            dst: cpath(&root)?,
+            fstype: Some(cstr("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(cstr("size=1m,mode=0755")),
+        });
+        // /tmp first: the code and the shims may live under the host's /tmp, and are bound
+        // on top of this one. Private, bounded, the only writable place besides /dev/shm.
+        mkdir_p(&mut ops, Path::new("/tmp"))?;
+        let tmp_opts = format!("size={}m,mode=1777", tmp_mb);
+        ops.push(Op::Mount {
+            src: cstr("tmpfs"),
+            dst: cpath(&r(Path::new("/tmp")))?,
+            fstype: Some(cstr("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(CString::new(tmp_opts.clone())?),
+        });
+        // /dev: the harmless device nodes, bound from the host's; shared memory, bounded.
+        mkdir_p(&mut ops, Path::new("/dev"))?;
+        ops.push(Op::Mount {
+            src: cstr("tmpfs"),
+            dst: cpath(&r(Path::new("/dev")))?,
+            fstype: Some(cstr("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+            data: Some(cstr("size=64k,mode=0755")),
+        });
+        for d in DEVICES {
+            let host = Path::new("/dev").join(d);
+            if host.exists() {
+                let inside = r(&host);
+                ops.push(Op::File(cpath(&inside)?, Vec::new()));
+                ops.push(Op::Mount {
+                    src: cpath(&host)?,
+                    dst: cpath(&inside)?,
+                    fstype: None,
+                    flags: libc::MS_BIND,
+                    data: None,
+                });
+            }
+        }
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            ops.push(Op::Symlink(
+                cstr(target),
+                cpath(&r(&Path::new("/dev").join(link)))?,
+            ));
+        }
+        ops.push(Op::Mkdir(cpath(&r(Path::new("/dev/shm")))?, 0o1777));
+        ops.push(Op::Mount {
+            src: cstr("tmpfs"),
+            dst: cpath(&r(Path::new("/dev/shm")))?,
+            fstype: Some(cstr("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(CString::new(tmp_opts)?),
+        });
+        for d in &self.read_only {
+            mkdir_p(&mut ops, d)?;
+            bind_ro(&mut ops, d, &r(d))?;
+        }
+        mkdir_p(&mut ops, code_dir)?;
+        bind_ro(&mut ops, code_dir, &r(code_dir))?;
+        for (target, link) in &self.links {
+            ops.push(Op::Symlink(cpath(target)?, cpath(&r(link))?));
+        }
+        mkdir_p(&mut ops, Path::new("/etc"))?;
+        for e in &self.etc {
+            if e.is_dir() {
+                mkdir_p(&mut ops, e)?;
+            } else {
+                ops.push(Op::File(cpath(&r(e))?, Vec::new()));
+            }
+            bind_ro(&mut ops, e, &r(e))?;
+        }
+        ops.push(Op::File(
+            cpath(&r(Path::new("/etc/passwd")))?,
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/tmp:/usr/sbin/nologin\n"
+            )
+            .into_bytes(),
+        ));
+        ops.push(Op::File(
+            cpath(&r(Path::new("/etc/group")))?,
+            format!("root:x:0:\nsbx_user:x:{SANDBOX_GID}:\n").into_bytes(),
+        ));
+        ops.push(Op::File(
+            cpath(&r(Path::new("/etc/hostname")))?,
+            b"petrel\n".to_vec(),
+        ));
+        if net.is_some() || !Path::new("/etc/hosts").exists() {
+            ops.push(Op::File(
+                cpath(&r(Path::new("/etc/hosts")))?,
+                b"127.0.0.1 localhost petrel\n::1 localhost\n".to_vec(),
+            ));
+        } else {
+            ops.push(Op::File(cpath(&r(Path::new("/etc/hosts")))?, Vec::new()));
+            bind_ro(
+                &mut ops,
+                Path::new("/etc/hosts"),
+                &r(Path::new("/etc/hosts")),
+            )?;
+        }
+        // /proc of the instance's own PID namespace (mounted after pivoting, see `enter`).
+        mkdir_p(&mut ops, Path::new("/proc"))?;
+        Ok(Plan {
+            root: cpath(&root)?,
+            ops,
+            workdir: cpath(code_dir)?,
+            net: match net {
+                Some(n) => Some(n.fd.try_clone()?),
+                None => None,
+            },
+            seccomp: self.seccomp.clone(),
+        })
+    }
+
+    /// A new network namespace with loopback up, and the instance's Runtime API listener
+    /// bound in it at [`RUNTIME_API_ADDR`] (when `listen` is set).
+    pub(crate) fn new_net(&self, listen: bool) -> std::io::Result<NetNs> {
+        let host = self
+            .host_net
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the sandbox is off"))?
+            .try_clone()?;
+        std::thread::Builder::new()
+            .name("petrel-netns".into())
+            .spawn(move || -> std::io::Result<NetNs> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let fd = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?);
+                loopback_up()?;
+                let listener = if listen {
+                    Some(std::net::TcpListener::bind(RUNTIME_API_ADDR)?)
+                } else {
+                    None
+                };
+                Ok(NetNs { fd, host, listener })
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
+    }
+}
+
+/// An instance's own network namespace.
+#[derive(Debug)]
+pub(crate) struct NetNs {
+    fd: OwnedFd,
+    host: OwnedFd,
+    /// The Runtime API listener, in the namespace (taken by the endpoint).
+    pub(crate) listener: Option<std::net::TcpListener>,
+}
+
+impl NetNs {
+    /// A TCP socket of this namespace (not yet connected, non-blocking): the calling thread
+    /// enters the namespace for the `socket` call only.
+    pub(crate) fn tcp_socket(&self) -> std::io::Result<tokio::net::TcpSocket> {
+        use nix::sched::{setns, CloneFlags};
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        setns(&self.fd, CloneFlags::CLONE_NEWNET)?;
+        let s = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        );
+        // Back to the host's namespace whatever happened; a thread left in an instance's
+        // network would be a leak between functions, so failing here is fatal.
+        if let Err(e) = setns(&self.host, CloneFlags::CLONE_NEWNET) {
+            panic!("cannot return to the host's network namespace: {e}");
+        }
+        let s = std::net::TcpStream::from(s?);
+        Ok(tokio::net::TcpSocket::from_std_stream(s))
+    }
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    #[allow(unsafe_code)]
+    // SAFETY: `ifr` is a zeroed, properly sized `ifreq` naming "lo"; SIOCGIFFLAGS and
+    // SIOCSIFFLAGS read and write only its flags field.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Installation prefixes of the runtimes outside the system directories (a pyenv Python under
+/// `/root`, a Node under `/opt`), to be visible read-only in the sandbox.
+pub(crate) fn runtime_prefixes(path: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = Vec::new();
+    if let Ok(out) = std::process::Command::new("python3")
+        .env("PATH", path)
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        if out.status.success() {
+            v.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    for bin in ["node", "java"] {
+        let found = std::env::split_paths(path)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        if let Some(prefix) = found
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+        {
+            v.push(prefix.to_path_buf());
+        }
+    }
+    v.retain(|p| p.is_absolute() && !SYSTEM_DIRS.iter().any(|d| p.starts_with(d)));
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("a constant without NUL")
+}
+
+fn cpath(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other(format!("{} contains a NUL byte", p.display())))
+}
+
+fn bind_ro(ops: &mut Vec<Op>, src: &Path, dst: &Path) -> std::io::Result<()> {
+    let (src, dst) = (cpath(src)?, cpath(dst)?);
+    ops.push(Op::Mount {
+        src,
+        dst: dst.clone(),
+        fstype: None,
+        flags: libc::MS_BIND | libc::MS_REC,
+        data: None,
+    });
+    ops.push(Op::Mount {
+        src: cstr("none"),
+        dst,
+        fstype: None,
+        flags: libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV,
+        data: None,
+    });
+    Ok(())
+}
+
+/// One step of assembling an instance's root.
+#[derive(Debug)]
+enum Op {
+    Mkdir(CString, u32),
+    /// A regular file with these contents (empty: a mount point for a bound file).
+    File(CString, Vec<u8>),
+    Symlink(CString, CString),
+    Mount {
+        src: CString,
+        dst: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+}
+
+/// Everything one instance's confinement needs, prepared before the fork.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    root: CString,
+    ops: Vec<Op>,
+    workdir: CString,
+    net: Option<OwnedFd>,
+    seccomp: Vec<libc::sock_filter>,
+}
+
+/// Fails with the OS error (and the step, for the probe's report) when `r` is negative.
+macro_rules! check {
+    ($r:expr) => {
+        if $r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    };
+}
+
+impl Plan {
+    /// Registers the confinement to run in `cmd`'s child between fork and exec, after the
+    /// rlimits and cgroup (registered before). The child enters the namespaces and forks: its
+    /// child, PID 1 of the new PID namespace, assembles the root, drops privileges and goes on
+    /// to exec; the first child stays outside, waits for it and exits as it did, so Petrel's
+    /// view of the process (its pid, its exit, its process group) is unchanged.
+    pub(crate) fn apply(self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the child between fork and exec, where a threaded
+        // program's child may only make async-signal-safe calls. It makes system calls only
+        // (setns, unshare, fork, waitpid, close_range, mount, mkdir, open, write, symlink,
+        // pivot_root, chdir, sethostname, prctl, setgroups, setresgid, setresuid, kill,
+        // signal, _exit) on memory prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || self.enter());
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn enter(&self) -> std::io::Result<()> {
+        // SAFETY (for each block below): plain system calls on C strings and buffers that
+        // outlive them; see `apply`.
+        unsafe {
+            if let Some(net) = &self.net {
+                check!(libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET));
+            }
+            check!(libc::unshare(
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
+            ));
+            let child = libc::fork();
+            check!(child);
+            if child > 0 {
+                reap(child);
+            }
+            // PID 1 of the instance's namespace: dies with the process waiting for it (and the
+            // whole namespace with it). A session of its own: nothing it does to its process
+            // group reaches the process outside.
+            check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+            check!(libc::setsid());
+            check!(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ));
+            for op in &self.ops {
+                match op {
+                    Op::Mkdir(p, mode) => {
+                        if libc::mkdir(p.as_ptr(), *mode as libc::mode_t) < 0
+                            && *libc::__errno_location() != libc::EEXIST
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        if *mode & 0o7000 != 0 {
+                            check!(libc::chmod(p.as_ptr(), *mode as libc::mode_t));
+                        }
+                    }
+                    Op::File(p, contents) => {
+                        let fd = libc::open(
+                            p.as_ptr(),
+                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_TRUNC,
+                            0o644,
+                        );
+                        check!(fd);
+                        let mut off = 0;
+                        while off < contents.len() {
+                            let n = libc::write(
+                                fd,
+                                contents[off..].as_ptr().cast(),
+                                contents.len() - off,
+                            );
+                            check!(n);
+                            off += n as usize;
+                        }
+                        libc::close(fd);
+                    }
+                    Op::Symlink(target, link) => {
+                        check!(libc::symlink(target.as_ptr(), link.as_ptr()));
+                    }
+                    Op::Mount {
+                        src,
+                        dst,
+                        fstype,
+                        flags,
+                        data,
+                    } => {
+                        check!(libc::mount(
+                            src.as_ptr(),
+                            dst.as_ptr(),
+                            fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                            *flags,
+                            data.as_ref()
+                                .map_or(std::ptr::null(), |d| d.as_ptr().cast())
+                        ));
+                    }
+                }
+            }
+            // Swap roots: the old one is stacked under the new and detached.
+            check!(libc::chdir(self.root.as_ptr()));
+            check!(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
+            );
+            check!(libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
+            check!(libc::chdir(c"/".as_ptr()));
+            check!(libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null()
+            ));
+            check!(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID,
+                std::ptr::null()
+            ));
+            check!(libc::chdir(self.workdir.as_ptr()));
+            check!(libc::sethostname(c"petrel".as_ptr(), 6));
+            // No capability may come back through exec.
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            check!(libc::setgroups(0, std::ptr::null()));
+            check!(libc::setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID));
+            check!(libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID));
+            // Changing credentials cleared the parent-death signal.
+            check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+            check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+            let prog = libc::sock_fprog {
+                len: self.seccomp.len() as libc::c_ushort,
+                filter: self.seccomp.as_ptr() as *mut libc::sock_filter,
+            };
+            check!(libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+                0,
+                0
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The process between Petrel and an instance's PID 1: closes everything it inherited (so
+/// Petrel's spawn sees the exec of PID 1, not this process), waits for PID 1, and ends the way
+/// it ended.
+#[allow(unsafe_code)]
+unsafe fn reap(child: libc::pid_t) -> ! {
+    // SAFETY: system calls only; see `Plan::apply`.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(child, &mut status, 0);
+            if r == child {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
+}
+
+/// System calls a function never needs, refused with `EPERM`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_bpf,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_syslog,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_vhangup,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_ioperm,
+];
+
+/// Refused with `ENOSYS`, so that callers fall back: `clone3` (its flags are behind a pointer
+/// the filter cannot read; glibc falls back to `clone`, whose flags it can) and io_uring (libuv
+/// falls back to its thread pool).
+const UNSUPPORTED: &[libc::c_long] = &[
+    libc::SYS_clone3,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+/// `clone` flags that make new namespaces.
+const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u32;
+
+/// The seccomp program: a foreign architecture kills the process; the denied calls, `clone`
+/// making namespaces, and (on x86_64) the x32 ABI get `EPERM`; everything else is allowed.
+fn seccomp_filter() -> Vec<libc::sock_filter> {
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let eperm = RET_ERRNO | libc::EPERM as u32;
+    let mut p = vec![
+        stmt(ld, 4), // seccomp_data.arch
+        jump(jeq, AUDIT_ARCH, 1, 0),
+        stmt(ret, RET_KILL_PROCESS),
+        stmt(ld, 0), // seccomp_data.nr
+    ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        p.push(jump(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            0x4000_0000,
+            0,
+            1,
+        ));
+        p.push(stmt(ret, eperm));
+    }
+    for nr in DENIED {
+        p.push(jump(jeq, *nr as u32, 0, 1));
+        p.push(stmt(ret, eperm));
+    }
+    for nr in UNSUPPORTED {
+        p.push(jump(jeq, *nr as u32, 0, 1));
+        p.push(stmt(ret, RET_ERRNO | libc::ENOSYS as u32));
+    }
+    p.extend([
+        jump(jeq, libc::SYS_clone as u32, 0, 3),
+        stmt(ld, 16), // the low half of seccomp_data.args[0]: clone's flags
+        jump(
+            libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K,
+            NAMESPACE_FLAGS,
+            0,
+            1,
+        ),
+        stmt(ret, eperm),
+        stmt(ret, RET_ALLOW),
+    ]);
+    p
+}
