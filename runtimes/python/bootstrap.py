@@ -190,11 +190,21 @@ def _become(msg):
     sys.argv = [__file__]
     os.environ.clear()
     os.environ.update(msg["env"])
+    # Its environment block is still the fork server's; its name tells `ps` which instance it is.
+    instance = msg["env"].get("PETREL_INSTANCE_ID")
+    if instance:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(15, instance.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        except Exception:
+            pass
     os.chdir(msg["cwd"])
     _unshadow(msg["env"].get("LAMBDA_TASK_ROOT", msg["cwd"]))
-    prefix = msg["env"].get("PYTHONPYCACHEPREFIX")
-    if prefix:
-        sys.pycache_prefix = prefix
+    # As a fresh interpreter with this environment would have them (a sandboxed instance has no
+    # shared bytecode cache, and writes none).
+    sys.pycache_prefix = msg["env"].get("PYTHONPYCACHEPREFIX") or None
+    sys.dont_write_bytecode = bool(msg["env"].get("PYTHONDONTWRITEBYTECODE"))
     extra = msg["env"].get("PYTHONPATH")
     if extra:
         sys.path[1:1] = [p for p in extra.split(os.pathsep) if p]
@@ -221,6 +231,95 @@ def _unshadow(task_root):
     for mod in list(sys.modules):
         if mod.partition(".")[0] in shadowed:
             del sys.modules[mod]
+
+
+def _confine(plan, netfd):
+    # The sandbox, entered by a fork server's child before any function code runs: the same
+    # steps as Petrel's own (crates/runtime/src/sandbox.rs, Plan::enter), from the plan it sent.
+    # Returns in PID 1 of the instance's namespaces; the process that called it stays outside,
+    # waits for that one and ends as it did.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ulong, null = ctypes.c_ulong, None
+
+    def check(r, what):
+        if r < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "sandbox: %s: %s" % (what, os.strerror(e)))
+
+    if netfd is not None:
+        check(libc.setns(netfd, 0x40000000), "entering the instance's network")
+        os.close(netfd)
+    # CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    check(libc.unshare(0x00020000 | 0x20000000 | 0x08000000 | 0x04000000), "unshare")
+    pid = os.fork()
+    if pid:
+        import signal
+
+        os.closerange(0, 1 << 16)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status))
+    check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
+    os.setsid()
+    b = os.fsencode
+    MS_REC, MS_PRIVATE, MS_REMOUNT, MS_BIND, MS_RDONLY = 0x4000, 1 << 18, 32, 4096, 1
+    MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+    check(libc.mount(null, b"/", null, ulong(MS_REC | MS_PRIVATE), null), "making / private")
+    for op in plan["ops"]:
+        kind = op[0]
+        if kind == "mkdir":
+            try:
+                os.mkdir(op[1], op[2])
+            except FileExistsError:
+                pass
+            if op[2] & 0o7000:
+                os.chmod(op[1], op[2])
+        elif kind == "file":
+            with open(op[1], "w") as f:
+                f.write(op[2])
+        elif kind == "symlink":
+            os.symlink(op[1], op[2])
+        else:
+            _, src, dst, fstype, flags, data = op
+            check(libc.mount(b(src), b(dst), b(fstype) if fstype else null, ulong(flags),
+                             b(data) if data else null), "mounting %s" % dst)
+    os.chdir(plan["root"])
+    check(libc.syscall(plan["sys_pivot_root"], b".", b"."), "pivot_root")
+    check(libc.umount2(b".", 2), "detaching the old root")  # MNT_DETACH
+    os.chdir("/")
+    check(libc.mount(b"proc", b"/proc", b"proc", ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), null),
+          "mounting /proc")
+    check(libc.mount(null, b"/", null, ulong(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID), null),
+          "making / read-only")
+    os.chdir(plan["workdir"])
+    check(libc.sethostname(b"petrel", 6), "sethostname")
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
+            check(-1, "dropping capability %d" % cap)
+    os.setgroups([])
+    os.setresgid(plan["gid"], plan["gid"], plan["gid"])
+    os.setresuid(plan["uid"], plan["uid"], plan["uid"])
+    check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
+    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = bytes.fromhex(plan["seccomp"])
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = Fprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    check(libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "installing the seccomp filter")
 
 
 def _zygote():
@@ -272,7 +371,7 @@ def _zygote():
                 reap()
                 continue
             try:
-                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 2)
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 3)
             except OSError:
                 os._exit(0)
             if not data:
@@ -304,8 +403,10 @@ def _zygote():
                         libc.prctl(1, 9)
                     os.dup2(fds[0], 1)
                     os.dup2(fds[1], 2)
-                    for fd in fds:
+                    for fd in fds[:2]:
                         os.close(fd)
+                    if msg.get("sandbox"):
+                        _confine(msg["sandbox"], fds[2] if len(fds) > 2 else None)
                     _become(msg)
                     main()
                 except SystemExit as exc:

@@ -133,11 +133,13 @@ impl RuntimeEnv {
                 String::new(),
             )
         };
-        if sandbox.enabled() && prewarm != PrewarmConfig::OFF {
-            // Standby processes and the fork server start before their function is known, so
-            // they cannot be given its root; under the sandbox every start is a plain one.
-            tracing::info!("prewarmed processes are off under the sandbox: the Python fork server and standby processes cannot be confined per function yet");
-            prewarm = PrewarmConfig::OFF;
+        if sandbox.enabled() && (prewarm.node_standby > 0 || prewarm.python_standby > 0) {
+            // Standby processes start before their function is known, so they cannot be given
+            // its root. The Python fork server can: its child confines itself before it runs
+            // any function code.
+            tracing::info!("standby processes are off under the sandbox: they cannot be confined per function yet (the Python fork server is unaffected)");
+            prewarm.node_standby = 0;
+            prewarm.python_standby = 0;
         }
         let prewarm = Arc::new(Prewarm::new(
             prewarm,
@@ -187,6 +189,11 @@ impl RuntimeEnv {
         self.inner.cgroups.status()
     }
 
+    /// The prewarm settings in effect (the sandbox turns standby processes off).
+    pub fn prewarm_config(&self) -> PrewarmConfig {
+        self.inner.prewarm.config()
+    }
+
     /// Whether the process sandbox is on, and its layers, in one line (for the start-up log).
     pub fn sandbox_status(&self) -> &str {
         self.inner.sandbox.status()
@@ -214,14 +221,20 @@ impl RuntimeEnv {
     ) -> (std::io::Result<Process>, Arc<Attribution>, &'static str) {
         let prewarm = &self.inner.prewarm;
         match runtime {
-            _ if plan.is_some() => {}
             Runtime::Python3 => {
                 let attribution = Arc::new(Attribution::default());
                 let cell = Arc::new(std::sync::RwLock::new(source.clone()));
                 match prewarm
-                    .fork_python(&cmd, cgroup, cell, attribution.clone())
+                    .fork_python(&cmd, cgroup, plan.as_ref(), cell, attribution.clone())
                     .await
                 {
+                    Ok(p) if plan.is_some() => {
+                        return (
+                            Ok(p),
+                            attribution,
+                            "forked from the Python fork server into its sandbox",
+                        )
+                    }
                     Ok(p) => return (Ok(p), attribution, "forked from the Python fork server"),
                     Err(e) if prewarm.zygote().is_some() => {
                         tracing::warn!(error = %e, "fork server failed; starting python3 plainly")
@@ -235,6 +248,9 @@ impl RuntimeEnv {
                     return (Ok(p), a, "a standby Python process");
                 }
             }
+            // Standby processes start before their function is known: they cannot be given its
+            // root, so sandboxed instances never take one.
+            _ if plan.is_some() => {}
             Runtime::Nodejs => {
                 if let Some((p, a)) = prewarm
                     .take(StandbyKind::Node, &cmd, cgroup, source.clone())

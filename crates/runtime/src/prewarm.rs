@@ -95,6 +95,10 @@ impl std::fmt::Debug for Prewarm {
 }
 
 impl Prewarm {
+    pub(crate) fn config(&self) -> PrewarmConfig {
+        self.config
+    }
+
     pub(crate) fn new(
         config: PrewarmConfig,
         shims_dir: PathBuf,
@@ -178,6 +182,7 @@ impl Prewarm {
         &self,
         cmd: &Command,
         cgroup: Option<&InstanceCgroup>,
+        sandbox: Option<&crate::sandbox::Plan>,
         source: SourceCell,
         attribution: Arc<Attribution>,
     ) -> Result<Process, String> {
@@ -186,7 +191,9 @@ impl Prewarm {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let procs = cgroup.map(InstanceCgroup::procs_files).unwrap_or_default();
-        let forked = zygote.fork(&env, &cwd, &procs, out_w, err_w).await?;
+        let forked = zygote
+            .fork(&env, &cwd, &procs, sandbox, out_w, err_w)
+            .await?;
         Process::forked(forked, out_r, err_r, source, self.sink.clone(), attribution)
             .map_err(|e| format!("could not read the forked instance's output: {e}"))
     }

@@ -503,6 +503,67 @@ pub(crate) struct Plan {
     seccomp: Vec<libc::sock_filter>,
 }
 
+impl Plan {
+    /// The plan as the Python fork server carries it out in a forked child (see
+    /// `runtimes/python/bootstrap.py`, `_confine`): the same steps, in the same order, as
+    /// [`Plan::apply`]; the network namespace travels separately, as a descriptor.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let s = |c: &CString| String::from_utf8_lossy(c.as_bytes()).into_owned();
+        let ops: Vec<serde_json::Value> = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Mkdir(p, mode) => json!(["mkdir", s(p), mode]),
+                Op::File(p, contents) => {
+                    json!(["file", s(p), String::from_utf8_lossy(contents)])
+                }
+                Op::Symlink(t, l) => json!(["symlink", s(t), s(l)]),
+                Op::Mount {
+                    src,
+                    dst,
+                    fstype,
+                    flags,
+                    data,
+                } => json!([
+                    "mount",
+                    s(src),
+                    s(dst),
+                    fstype.as_ref().map(s),
+                    flags,
+                    data.as_ref().map(s)
+                ]),
+            })
+            .collect();
+        let filter: Vec<u8> = self
+            .seccomp
+            .iter()
+            .flat_map(|f| {
+                let mut b = Vec::with_capacity(8);
+                b.extend_from_slice(&f.code.to_ne_bytes());
+                b.push(f.jt);
+                b.push(f.jf);
+                b.extend_from_slice(&f.k.to_ne_bytes());
+                b
+            })
+            .collect();
+        json!({
+            "root": s(&self.root),
+            "workdir": s(&self.workdir),
+            "ops": ops,
+            "uid": SANDBOX_UID,
+            "gid": SANDBOX_GID,
+            "seccomp": hex::encode(filter),
+            "sys_pivot_root": libc::SYS_pivot_root,
+        })
+    }
+
+    /// The network namespace to enter, if the instance has its own.
+    pub(crate) fn net_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.net.as_ref().map(|f| f.as_raw_fd())
+    }
+}
+
 /// Fails with the OS error (and the step, for the probe's report) when `r` is negative.
 macro_rules! check {
     ($r:expr) => {

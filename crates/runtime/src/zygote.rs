@@ -108,6 +108,7 @@ impl Zygote {
         env: &[(String, String)],
         cwd: &Path,
         cgroup_procs: &[std::path::PathBuf],
+        sandbox: Option<&crate::sandbox::Plan>,
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<Forked, String> {
@@ -120,11 +121,14 @@ impl Zygote {
             "env": env.iter().cloned().collect::<HashMap<String, String>>(),
             "cwd": cwd,
             "cgroup_procs": cgroup_procs,
+            "sandbox": sandbox.map(crate::sandbox::Plan::to_json),
         })
         .to_string();
         let (tx, rx) = oneshot::channel();
         self.shared.replies.lock().unwrap().insert(id, tx);
-        let fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+        // The instance's own network namespace, if any, goes third.
+        let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
+        fds.extend(sandbox.and_then(crate::sandbox::Plan::net_fd));
         let sent = sendmsg::<()>(
             self.ctl.as_raw_fd(),
             &[IoSlice::new(msg.as_bytes())],

@@ -182,6 +182,7 @@ impl Server {
         env.prewarm();
         let env_status = env.limits_status().to_owned();
         let sandbox_status = env.sandbox_status().to_owned();
+        let prewarm = env.prewarm_config();
         let (dataplane, records) = DataPlane::new(
             env,
             Arc::new(StoreSource {
@@ -242,8 +243,9 @@ impl Server {
         tracing::info!(sandbox = sandbox_status, "process sandbox");
         tracing::info!(
             memory_budget_mib = config.memory_budget_mb,
-            python_fork_server = config.prewarm.python_fork_server,
-            node_standby = config.prewarm.node_standby,
+            python_fork_server = prewarm.python_fork_server,
+            node_standby = prewarm.node_standby,
+            python_standby = prewarm.python_standby,
             "cold-start and capacity settings"
         );
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -323,7 +323,9 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 }
 
 /// The host pids of an instance's processes (the function sees other pids, in its own PID
-/// namespace): every live process whose environment names the instance.
+/// namespace): every live process whose environment names the instance, or whose name is the
+/// instance's (a process forked from the Python fork server keeps the server's environment
+/// block, and is named after its instance).
 pub fn instance_pids(instance: &str) -> Vec<u32> {
     let needle = format!("PETREL_INSTANCE_ID={instance}");
     std::fs::read_dir("/proc")
@@ -331,10 +333,12 @@ pub fn instance_pids(instance: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
+            let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == instance);
+            let env = std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                .unwrap_or(false)
-                && alive(*pid)
+                .unwrap_or(false);
+            (named || env) && alive(*pid)
         })
         .collect()
 }

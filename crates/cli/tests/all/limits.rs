@@ -266,8 +266,20 @@ fn find_files(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hostile_functions_are_denied_and_the_node_keeps_serving() {
+async fn hostile_functions_are_denied_whether_forked_or_spawned() {
+    // Python instances fork from the fork server, which confines its child itself; without
+    // it, they are spawned and confined between fork and exec. Both must hold.
     let p = Petrel::start().await;
+    hostile_suite(&p, "forked from the Python fork server into its sandbox").await;
+    drop(p);
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(&path, "python_fork_server = false\n").unwrap();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
+    hostile_suite(&p, "a new sandboxed process").await;
+}
+
+async fn hostile_suite(p: &Petrel, how: &str) {
     assert!(
         p.server_log().contains("sandbox on:"),
         "these tests run as root, where the sandbox must be on: {}",
@@ -287,24 +299,22 @@ async fn hostile_functions_are_denied_and_the_node_keeps_serving() {
     for d in [&hostile, &hosted, &victim, &ok] {
         p.deploy(d.path());
     }
-    let call = |what: serde_json::Value| {
-        let p = &p;
-        async move {
-            let r = p.invoke("hostile", &what.to_string()).await;
-            assert_eq!(r.status, 200, "{what}: {}", r.text());
-            assert_eq!(
-                p.invoke("neighbour", "{}").await.status,
-                200,
-                "after {what}"
-            );
-            r.json()
-        }
+    let call = |what: serde_json::Value| async move {
+        let r = p.invoke("hostile", &what.to_string()).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(
+            p.invoke("neighbour", "{}").await.status,
+            200,
+            "after {what}"
+        );
+        r.json()
     };
     use serde_json::json;
 
     // Who it is: PID 1 of its own namespace, seeing no other process; an unprivileged user
     // with no capabilities, no_new_privs and a seccomp filter.
     let me = call(json!({"what": "whoami"})).await;
+    p.wait_for_log("hostile", &format!("({how};"), 1).await;
     assert_eq!(me["uid"], 65534, "{me}");
     assert_eq!((&me["pid"], &me["ppid"]), (&json!(1), &json!(0)), "{me}");
     assert_eq!(me["processes"], json!([1]), "{me}");
