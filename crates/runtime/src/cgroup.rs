@@ -19,10 +19,16 @@ pub const PIDS_MAX: u32 = 256;
 
 #[derive(Debug, Clone)]
 enum Layout {
-    /// cgroup v1: the `petrel` group under the memory and under the pids hierarchy.
-    V1 { memory: PathBuf, pids: PathBuf },
-    /// cgroup v2: the `petrel` group in the unified hierarchy, memory and pids enabled below it.
-    V2 { root: PathBuf },
+    /// cgroup v1: the `petrel` group under the memory and under the pids hierarchy, and under
+    /// the cpu one when it is mounted.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
+    /// cgroup v2: the `petrel` group in the unified hierarchy, memory, pids (and cpu, when
+    /// available) enabled below it.
+    V2 { root: PathBuf, cpu: bool },
 }
 
 /// The node's cgroup setup; `None` inside when cgroups are off.
@@ -44,7 +50,12 @@ impl Cgroups {
             status: format!("cgroups off: {why}"),
         };
         let group = format!("petrel-{}", std::process::id());
-        for parent in [base.to_path_buf(), base.join("memory"), base.join("pids")] {
+        for parent in [
+            base.to_path_buf(),
+            base.join("memory"),
+            base.join("pids"),
+            base.join("cpu"),
+        ] {
             remove_stale(&parent, &group);
         }
         if base.join("cgroup.controllers").is_file() {
@@ -57,17 +68,24 @@ impl Cgroups {
                 ));
             }
             let root = base.join(&group);
+            let cpu = controllers.split_whitespace().any(|c| c == "cpu");
+            let enable = if cpu {
+                "+memory +pids +cpu"
+            } else {
+                "+memory +pids"
+            };
             let made = std::fs::create_dir_all(&root).and_then(|_| {
-                std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids")?;
-                std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids")
+                std::fs::write(base.join("cgroup.subtree_control"), enable)?;
+                std::fs::write(root.join("cgroup.subtree_control"), enable)
             });
             return match made {
                 Ok(()) => Self {
                     status: format!(
-                        "cgroups v2 at {}: memory and pids limits per instance",
-                        root.display()
+                        "cgroups v2 at {}: memory and pids limits per instance, {}",
+                        root.display(),
+                        cpu_status(cpu)
                     ),
-                    layout: Some(Layout::V2 { root }),
+                    layout: Some(Layout::V2 { root, cpu }),
                 },
                 Err(e) => off(format!(
                     "cannot create {} ({e}); run Petrel as root for limits",
@@ -85,14 +103,21 @@ impl Cgroups {
                 base.display()
             ));
         }
+        let cpu = base
+            .join("cpu")
+            .join("cpu.shares")
+            .is_file()
+            .then(|| base.join("cpu").join(&group))
+            .filter(|c| std::fs::create_dir_all(c).is_ok());
         match std::fs::create_dir_all(&memory).and_then(|_| std::fs::create_dir_all(&pids)) {
             Ok(()) => Self {
                 status: format!(
-                    "cgroups v1 at {} and {}: memory and pids limits per instance",
+                    "cgroups v1 at {} and {}: memory and pids limits per instance, {}",
                     memory.display(),
-                    pids.display()
+                    pids.display(),
+                    cpu_status(cpu.is_some())
                 ),
-                layout: Some(Layout::V1 { memory, pids }),
+                layout: Some(Layout::V1 { memory, pids, cpu }),
             },
             Err(e) => off(format!(
                 "cannot create {} ({e}); run Petrel as root for limits",
@@ -121,8 +146,12 @@ impl Cgroups {
     /// Removes this server's parent groups (at shutdown, once its instances are gone).
     pub fn remove(&self) {
         let dirs = match &self.layout {
-            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
-            Some(Layout::V2 { root }) => vec![root.clone()],
+            Some(Layout::V1 { memory, pids, cpu }) => [memory, pids]
+                .into_iter()
+                .chain(cpu.as_ref())
+                .cloned()
+                .collect(),
+            Some(Layout::V2 { root, .. }) => vec![root.clone()],
             None => return,
         };
         for d in dirs {
@@ -146,7 +175,7 @@ impl Cgroups {
         };
         let bytes = (memory_mb as u64 * 1024 * 1024).to_string();
         let dirs = match layout {
-            Layout::V1 { memory, pids } => {
+            Layout::V1 { memory, pids, cpu } => {
                 let (m, p) = (memory.join(instance), pids.join(instance));
                 std::fs::create_dir_all(&m)?;
                 std::fs::create_dir_all(&p)?;
@@ -154,19 +183,49 @@ impl Cgroups {
                 // Without swap accounting this file is absent; with it, swap counts too.
                 let _ = std::fs::write(m.join("memory.memsw.limit_in_bytes"), &bytes);
                 std::fs::write(p.join("pids.max"), PIDS_MAX.to_string())?;
-                vec![m, p]
+                let mut dirs = vec![m, p];
+                if let Some(cpu) = cpu {
+                    let c = cpu.join(instance);
+                    std::fs::create_dir_all(&c)?;
+                    std::fs::write(c.join("cpu.shares"), cpu_shares_v1(memory_mb).to_string())?;
+                    dirs.push(c);
+                }
+                dirs
             }
-            Layout::V2 { root } => {
+            Layout::V2 { root, cpu } => {
                 let d = root.join(instance);
                 std::fs::create_dir(&d)?;
                 std::fs::write(d.join("memory.max"), &bytes)?;
                 let _ = std::fs::write(d.join("memory.swap.max"), "0");
                 std::fs::write(d.join("pids.max"), PIDS_MAX.to_string())?;
+                if *cpu {
+                    std::fs::write(d.join("cpu.weight"), cpu_weight_v2(memory_mb).to_string())?;
+                }
                 vec![d]
             }
         };
         let v2 = matches!(layout, Layout::V2 { .. });
         Ok(Some(InstanceCgroup { dirs, v2 }))
+    }
+}
+
+/// CPU in proportion to memory, as on Lambda: an instance of 1 GiB gets the weight of any other
+/// process on the node (cgroup v1's default 1,024 shares), one of 128 MiB an eighth of it.
+/// A share, not a cap: CPU nobody else wants is used.
+pub fn cpu_shares_v1(memory_mb: u32) -> u32 {
+    memory_mb.clamp(2, 262_144)
+}
+
+/// The same on cgroup v2, whose default weight is 100 (1 to 10,000).
+pub fn cpu_weight_v2(memory_mb: u32) -> u32 {
+    (memory_mb * 100 / 1024).clamp(1, 10_000)
+}
+
+fn cpu_status(on: bool) -> &'static str {
+    if on {
+        "CPU weight in proportion to memory_mb"
+    } else {
+        "no cpu controller (no CPU weight)"
     }
 }
 
@@ -333,8 +392,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("memory")).unwrap();
         std::fs::create_dir_all(dir.path().join("pids")).unwrap();
+        std::fs::create_dir_all(dir.path().join("cpu")).unwrap();
+        std::fs::write(dir.path().join("cpu/cpu.shares"), "1024").unwrap();
         let c = Cgroups::detect_at(dir.path());
         assert!(c.enabled(), "{}", c.status());
+        assert!(c.status().contains("CPU weight"), "{}", c.status());
         let g = c.create("i-1", 128).unwrap().unwrap();
         let group = format!("petrel-{}", std::process::id());
         let mem = dir.path().join("memory").join(&group).join("i-1");
@@ -346,6 +408,12 @@ mod tests {
             std::fs::read_to_string(dir.path().join("pids").join(&group).join("i-1/pids.max"))
                 .unwrap(),
             PIDS_MAX.to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cpu").join(&group).join("i-1/cpu.shares"))
+                .unwrap(),
+            "128",
+            "an eighth of a 1 GiB instance's share"
         );
         std::fs::write(
             mem.join("memory.oom_control"),
@@ -368,6 +436,8 @@ mod tests {
             std::fs::read_to_string(d.join("memory.max")).unwrap(),
             (64u64 << 20).to_string()
         );
+        assert_eq!(std::fs::read_to_string(d.join("cpu.weight")).unwrap(), "6");
+        assert_eq!((cpu_weight_v2(1024), cpu_weight_v2(10_240)), (100, 1000));
         assert!(!g2.oom_killed());
         std::fs::write(
             d.join("memory.events"),

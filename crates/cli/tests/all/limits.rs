@@ -99,6 +99,16 @@ async fn a_memory_hog_is_stopped_at_its_memory_mb_and_a_fork_bomb_at_its_pids_li
     // Deleting the function stops the instance and everything it forked.
     let id = j["instance"].as_str().unwrap();
     assert!(instance_pids(id).len() > 10, "the bomb's children wait");
+    // Its CPU weight is in proportion to its memory_mb (cgroup v1 here: 1,024 MiB, 1,024
+    // shares, as much as any process outside).
+    let shares = format!("/sys/fs/cgroup/cpu/petrel-{}/{id}/cpu.shares", p.pid());
+    assert_eq!(
+        std::fs::read_to_string(&shares)
+            .map(|s| s.trim().to_owned())
+            .ok(),
+        Some("1024".to_owned()),
+        "{shares}"
+    );
     p.cli_ok(&["rm", "bomb"]);
     assert!(
         eventually(Duration::from_secs(10), || !instance_alive(id)).await,
