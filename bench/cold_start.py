@@ -84,6 +84,8 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--server-cpu", help="pin the server to this CPU (taskset)")
     ap.add_argument("--config", help="a petrel serve --config file")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="an extra petrel serve argument (--no-sandbox, --instance-limits); repeatable")
     ap.add_argument("--only", help="comma-separated runtimes to measure")
     ap.add_argument("--gap", type=float, default=0.25,
                     help="seconds between samples, so that standby processes are back (0: back to back)")
@@ -93,6 +95,7 @@ def main():
     cmd = [a.petrel, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "data")]
     if a.config:
         cmd += ["--config", a.config]
+    cmd += a.serve_arg
     if a.server_cpu is not None:
         cmd = ["taskset", "-c", a.server_cpu, *cmd]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -133,6 +133,10 @@ impl RuntimeEnv {
                 String::new(),
             )
         };
+        if sandbox.in_user_namespace() && prewarm.python_fork_server {
+            tracing::info!("the Python fork server is off under the sandbox in a user namespace: its children cannot make their own network yet");
+            prewarm.python_fork_server = false;
+        }
         if sandbox.enabled() && (prewarm.node_standby > 0 || prewarm.python_standby > 0) {
             // Standby processes start before their function is known, so they cannot be given
             // its root. The Python fork server can: its child confines itself before it runs
@@ -472,13 +476,25 @@ impl Instance {
         } else {
             None
         };
+        let mut listener_later = None;
         let kind = if fs.runtime.speaks_lambda() {
             let arn = format!(
                 "arn:aws:lambda:us-east-1:000000000000:function:{}:{}",
                 spec.function, spec.version
             );
-            let listener = net.as_mut().and_then(|n| n.listener.take());
-            let ep = lambda::Endpoint::bind(arn, env.inner.payload_limit, listener)
+            let listen = match net.as_mut() {
+                Some(n) if n.listener_comes_later() => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    listener_later = Some(tx);
+                    lambda::Listen::Later(rx)
+                }
+                Some(n) => match n.listener.take() {
+                    Some(l) => lambda::Listen::Now(l),
+                    None => lambda::Listen::Host,
+                },
+                None => lambda::Listen::Host,
+            };
+            let ep = lambda::Endpoint::bind(arn, env.inner.payload_limit, listen)
                 .await
                 .map_err(|e| {
                     init_failed(format!("could not open the Runtime API endpoint: {e}"))
@@ -528,6 +544,21 @@ impl Instance {
             .start_process(fs.runtime, cmd, cgroup.as_ref(), plan, &source)
             .await;
         let process = process.map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
+        if let (Some(tx), Some(n)) = (listener_later, net.as_mut()) {
+            // In a user namespace the instance made its network, and sent the listener first.
+            match n.take_listener() {
+                Ok(Some(l)) => {
+                    let _ = tx.send(l);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    process.kill();
+                    return Err(init_failed(format!(
+                        "could not take the Runtime API listener from the instance's network: {e}"
+                    )));
+                }
+            }
+        }
         let started = t0.elapsed();
 
         let mut instance = Self {

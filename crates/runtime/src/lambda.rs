@@ -47,6 +47,22 @@ struct Shared {
     response_limit: usize,
 }
 
+/// Where the Runtime API listens.
+pub(crate) enum Listen {
+    /// A new loopback port of the host.
+    Host,
+    /// A listener bound in the instance's network namespace before it starts.
+    Now(std::net::TcpListener),
+    /// A listener the instance makes in its own network namespace as it starts (in a user
+    /// namespace), at [`crate::sandbox::RUNTIME_API_ADDR`].
+    Later(oneshot::Receiver<std::net::TcpListener>),
+}
+
+enum ListenerLater {
+    Ready(tokio::net::TcpListener),
+    Later(oneshot::Receiver<std::net::TcpListener>),
+}
+
 /// One instance's Runtime API endpoint. Dropping it stops the server.
 pub(crate) struct Endpoint {
     shared: Arc<Shared>,
@@ -61,21 +77,32 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    /// Serves the Runtime API on `listener` (bound in the instance's own network namespace by
-    /// the sandbox), or on a new loopback port of the host.
+    /// Serves the Runtime API on a new loopback port of the host, or on a listener in the
+    /// instance's own network namespace (see [`Listen`]).
     pub(crate) async fn bind(
         function_arn: String,
         response_limit: usize,
-        listener: Option<std::net::TcpListener>,
+        listen: Listen,
     ) -> std::io::Result<Self> {
-        let listener = match listener {
-            Some(l) => {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)?
+        let (listener, addr) = match listen {
+            Listen::Host => {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = l.local_addr()?;
+                (ListenerLater::Ready(l), addr)
             }
-            None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            Listen::Now(l) => {
+                l.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(l)?;
+                let addr = l.local_addr()?;
+                (ListenerLater::Ready(l), addr)
+            }
+            Listen::Later(rx) => (
+                ListenerLater::Later(rx),
+                crate::sandbox::RUNTIME_API_ADDR
+                    .parse()
+                    .expect("a valid address"),
+            ),
         };
-        let addr = listener.local_addr()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(InitState::Starting);
         let shared = Arc::new(Shared {
@@ -103,6 +130,19 @@ impl Endpoint {
             })
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
+            let listener = match listener {
+                ListenerLater::Ready(l) => l,
+                ListenerLater::Later(rx) => {
+                    let Ok(l) = rx.await else { return };
+                    let Ok(l) = l
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(l))
+                    else {
+                        return;
+                    };
+                    l
+                }
+            };
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self {

@@ -21,6 +21,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// Fails with the OS error when `r` is negative.
+macro_rules! check {
+    ($r:expr) => {
+        if $r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    };
+}
+
 /// The user and group a sandboxed instance runs as (`nobody` on Debian and most systems).
 pub const SANDBOX_UID: u32 = 65534;
 pub const SANDBOX_GID: u32 = 65534;
@@ -74,8 +83,12 @@ pub struct Sandbox {
     links: Vec<(PathBuf, PathBuf)>,
     etc: Vec<PathBuf>,
     seccomp: Vec<libc::sock_filter>,
-    /// The host's network namespace, to return to after making a socket in an instance's.
+    /// The host's network namespace, to return to after making a socket in an instance's;
+    /// `None` in a user namespace, where the instance makes its network itself.
     host_net: Option<OwnedFd>,
+    /// Run as an ordinary user: each instance first enters a user namespace of its own, where
+    /// user 65534 maps to Petrel's user (and group).
+    userns: Option<(u32, u32)>,
 }
 
 impl Sandbox {
@@ -89,6 +102,7 @@ impl Sandbox {
             etc: Vec::new(),
             seccomp: Vec::new(),
             host_net: None,
+            userns: None,
         }
     }
 
@@ -98,14 +112,25 @@ impl Sandbox {
     pub fn new(runtimes: &[PathBuf], shims: &Path) -> Self {
         #[allow(unsafe_code)]
         // SAFETY: geteuid(2) cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            return Self::off(
-                "Petrel is not running as root, and the sandbox does not use user namespaces yet; run as root for namespaces, an unprivileged user and seccomp",
-            );
-        }
-        let host_net = match std::fs::File::open("/proc/thread-self/ns/net") {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => return Self::off(format!("cannot open the host's network namespace: {e}")),
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (host_net, userns) = if uid == 0 {
+            match std::fs::File::open("/proc/thread-self/ns/net") {
+                Ok(f) => (Some(OwnedFd::from(f)), None),
+                Err(e) => {
+                    return Self::off(format!("cannot open the host's network namespace: {e}"))
+                }
+            }
+        } else {
+            let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if max == 0 {
+                return Self::off(
+                    "Petrel is not running as root and this kernel allows no user namespaces (user.max_user_namespaces = 0); run as root for the sandbox",
+                );
+            }
+            (None, Some((uid, gid)))
         };
         let mut read_only = Vec::new();
         let mut links = Vec::new();
@@ -149,14 +174,19 @@ impl Sandbox {
             links,
             etc,
             seccomp: seccomp_filter(),
-            host_net: Some(host_net),
+            host_net,
+            userns,
         }
         .described()
     }
 
     fn described(mut self) -> Self {
+        let how = match self.userns {
+            None => String::new(),
+            Some((uid, _)) => format!(" in a user namespace (Petrel runs as user {uid}, not root: user {SANDBOX_UID} inside is user {uid} outside; no cgroups)"),
+        };
         self.status = format!(
-            "sandbox on: PID, mount, IPC, UTS and network namespaces; a read-only root ({}, the function's code) with a private /tmp; user {SANDBOX_UID} with no capabilities and no_new_privs; seccomp refusing {} system calls",
+            "sandbox on{how}: PID, mount, IPC, UTS and network namespaces; a read-only root ({}, the function's code) with a private /tmp; user {SANDBOX_UID} with no capabilities and no_new_privs; seccomp refusing {} system calls",
             self.read_only
                 .iter()
                 .map(|p| p.display().to_string())
@@ -174,6 +204,11 @@ impl Sandbox {
 
     pub fn enabled(&self) -> bool {
         self.on
+    }
+
+    /// Whether instances enter a user namespace (Petrel is not root).
+    pub fn in_user_namespace(&self) -> bool {
+        self.userns.is_some()
     }
 
     pub fn status(&self) -> &str {
@@ -314,21 +349,50 @@ impl Sandbox {
         }
         // /proc of the instance's own PID namespace (mounted after pivoting, see `enter`).
         mkdir_p(&mut ops, Path::new("/proc"))?;
+        let (net_fd, own_net) = match net.map(|n| &n.kind) {
+            Some(NetKind::Joined { fd, .. }) => (Some(fd.try_clone()?), None),
+            Some(NetKind::Made { child, listen, .. }) => (None, Some((child.try_clone()?, *listen))),
+            None => (None, None),
+        };
+        let userns = match self.userns {
+            Some((uid, gid)) => Some((
+                CString::new(format!("{SANDBOX_UID} {uid} 1"))?,
+                CString::new(format!("{SANDBOX_GID} {gid} 1"))?,
+            )),
+            None => None,
+        };
         Ok(Plan {
             root: cpath(&root)?,
             ops,
             workdir: cpath(code_dir)?,
-            net: match net {
-                Some(n) => Some(n.fd.try_clone()?),
-                None => None,
-            },
+            net: net_fd,
+            own_net,
+            userns,
             seccomp: self.seccomp.clone(),
         })
     }
 
     /// A new network namespace with loopback up, and the instance's Runtime API listener
-    /// bound in it at [`RUNTIME_API_ADDR`] (when `listen` is set).
+    /// bound in it at [`RUNTIME_API_ADDR`] (when `listen` is set). As root Petrel makes it
+    /// itself; in a user namespace the instance makes it, and hands out sockets of it.
     pub(crate) fn new_net(&self, listen: bool) -> std::io::Result<NetNs> {
+        if self.userns.is_some() {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (ours, child) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )?;
+            return Ok(NetNs {
+                kind: NetKind::Made {
+                    ours: std::sync::Mutex::new(ours),
+                    child,
+                    listen,
+                },
+                listener: None,
+            });
+        }
         let host = self
             .host_net
             .as_ref()
@@ -345,7 +409,10 @@ impl Sandbox {
                 } else {
                     None
                 };
-                Ok(NetNs { fd, host, listener })
+                Ok(NetNs {
+                    kind: NetKind::Joined { fd, host },
+                    listener,
+                })
             })?
             .join()
             .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
@@ -355,60 +422,220 @@ impl Sandbox {
 /// An instance's own network namespace.
 #[derive(Debug)]
 pub(crate) struct NetNs {
-    fd: OwnedFd,
-    host: OwnedFd,
+    kind: NetKind,
     /// The Runtime API listener, in the namespace (taken by the endpoint).
     pub(crate) listener: Option<std::net::TcpListener>,
 }
 
+#[derive(Debug)]
+enum NetKind {
+    /// Made by Petrel (as root): a thread enters it to make a socket.
+    Joined { fd: OwnedFd, host: OwnedFd },
+    /// Made by the instance in its user namespace, which Petrel may not enter: the process
+    /// waiting for the instance's PID 1 is in it, and answers each byte on this socket pair
+    /// with a new TCP socket of the namespace. The listener comes first, unasked.
+    Made {
+        ours: std::sync::Mutex<OwnedFd>,
+        child: OwnedFd,
+        listen: bool,
+    },
+}
+
+/// The request for a socket of an instance's network (see [`NetKind::Made`]).
+const SOCKET_PLEASE: u8 = b'S';
+
 impl NetNs {
-    /// A TCP socket of this namespace (not yet connected, non-blocking): the calling thread
-    /// enters the namespace for the `socket` call only.
+    /// A TCP socket of this namespace (not yet connected, non-blocking).
     pub(crate) fn tcp_socket(&self) -> std::io::Result<tokio::net::TcpSocket> {
         use nix::sched::{setns, CloneFlags};
         use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-        setns(&self.fd, CloneFlags::CLONE_NEWNET)?;
-        let s = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        );
-        // Back to the host's namespace whatever happened; a thread left in an instance's
-        // network would be a leak between functions, so failing here is fatal.
-        if let Err(e) = setns(&self.host, CloneFlags::CLONE_NEWNET) {
-            panic!("cannot return to the host's network namespace: {e}");
-        }
-        let s = std::net::TcpStream::from(s?);
+        let s = match &self.kind {
+            NetKind::Joined { fd, host } => {
+                // The calling thread enters the namespace for the `socket` call only.
+                setns(fd, CloneFlags::CLONE_NEWNET)?;
+                let s = socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    None,
+                );
+                // Back to the host's namespace whatever happened; a thread left in an
+                // instance's network would be a leak between functions, so failing here is
+                // fatal.
+                if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
+                    panic!("cannot return to the host's network namespace: {e}");
+                }
+                s?
+            }
+            NetKind::Made { ours, .. } => {
+                let ours = ours.lock().unwrap();
+                nix::unistd::write(&*ours, &[SOCKET_PLEASE])?;
+                let s = receive_fd(&ours)?;
+                nix::fcntl::fcntl(
+                    &s,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )?;
+                s
+            }
+        };
+        let s = std::net::TcpStream::from(s);
         Ok(tokio::net::TcpSocket::from_std_stream(s))
+    }
+
+    /// After the instance started: the Runtime API listener it made in its namespace (in a
+    /// user namespace); Petrel's own otherwise.
+    pub(crate) fn take_listener(&mut self) -> std::io::Result<Option<std::net::TcpListener>> {
+        if let Some(l) = self.listener.take() {
+            return Ok(Some(l));
+        }
+        match &self.kind {
+            NetKind::Made {
+                ours, listen: true, ..
+            } => {
+                let fd = receive_fd(&ours.lock().unwrap())?;
+                Ok(Some(std::net::TcpListener::from(fd)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the listener is made by the instance, after its start.
+    pub(crate) fn listener_comes_later(&self) -> bool {
+        matches!(self.kind, NetKind::Made { listen: true, .. })
     }
 }
 
-fn loopback_up() -> std::io::Result<()> {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    let s = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
+/// Receives one descriptor sent with `SCM_RIGHTS`, waiting at most a few seconds.
+fn receive_fd(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+    setsockopt(
+        sock,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(5, 0),
     )?;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                #[allow(unsafe_code)]
+                // SAFETY: the kernel just installed this descriptor for us; nobody else owns it.
+                return Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other(
+        "the instance's network sent no socket",
+    ))
+}
+
+fn loopback_up() -> std::io::Result<()> {
     #[allow(unsafe_code)]
+    // SAFETY: see `loopback_up_raw`.
+    unsafe {
+        loopback_up_raw()
+    }
+}
+
+/// Brings the loopback interface of the calling thread's network namespace up, with system
+/// calls only (also between fork and exec).
+#[allow(unsafe_code)]
+unsafe fn loopback_up_raw() -> std::io::Result<()> {
     // SAFETY: `ifr` is a zeroed, properly sized `ifreq` naming "lo"; SIOCGIFFLAGS and
     // SIOCSIFFLAGS read and write only its flags field.
     unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check!(s);
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (i, b) in b"lo".iter().enumerate() {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(std::io::Error::last_os_error());
+        let r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r >= 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) >= 0 {
+                libc::close(s);
+                return Ok(());
+            }
         }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let e = std::io::Error::last_os_error();
+        libc::close(s);
+        Err(e)
     }
-    Ok(())
+}
+
+/// A socket of the calling process's network: TCP, close-on-exec; listening at
+/// [`RUNTIME_API_ADDR`] when `listen`. System calls only.
+#[allow(unsafe_code)]
+unsafe fn raw_tcp_socket(listen: bool) -> libc::c_int {
+    // SAFETY: plain system calls on a local address structure.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 || !listen {
+            return s;
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = 9001u16.to_be();
+        addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        if libc::bind(
+            s,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) < 0
+            || libc::listen(s, 128) < 0
+        {
+            libc::close(s);
+            return -1;
+        }
+        s
+    }
+}
+
+/// Sends descriptor `fd` over `sock` with `SCM_RIGHTS`. System calls only, on stack buffers.
+#[allow(unsafe_code)]
+unsafe fn raw_send_fd(sock: libc::c_int, fd: libc::c_int) -> libc::ssize_t {
+    // SAFETY: the control buffer is large and aligned enough for one descriptor
+    // (CMSG_SPACE of an int is 24 bytes on 64-bit Linux); the header fields are filled as
+    // cmsg(3) describes.
+    unsafe {
+        let mut byte = [b'F'];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut buf = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = buf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            (&fd as *const libc::c_int).cast::<u8>(),
+            libc::CMSG_DATA(c),
+            std::mem::size_of::<libc::c_int>(),
+        );
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    }
 }
 
 /// Installation prefixes of the runtimes outside the system directories (a pyenv Python under
@@ -455,6 +682,26 @@ fn cpath(p: &Path) -> std::io::Result<CString> {
 }
 
 fn bind_ro(ops: &mut Vec<Op>, src: &Path, dst: &Path) -> std::io::Result<()> {
+    // A remount keeps the source's noexec and atime flags: in a user namespace they are locked,
+    // and a remount that would clear them is refused.
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let kept = statvfs(src)
+        .map(|v| {
+            let f = v.flags();
+            let mut m = 0;
+            for (st, ms) in [
+                (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+                (FsFlags::ST_NOATIME, libc::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, libc::MS_RELATIME),
+            ] {
+                if f.contains(st) {
+                    m |= ms;
+                }
+            }
+            m
+        })
+        .unwrap_or(0);
     let (src, dst) = (cpath(src)?, cpath(dst)?);
     ops.push(Op::Mount {
         src,
@@ -471,7 +718,8 @@ fn bind_ro(ops: &mut Vec<Op>, src: &Path, dst: &Path) -> std::io::Result<()> {
             | libc::MS_REMOUNT
             | libc::MS_RDONLY
             | libc::MS_NOSUID
-            | libc::MS_NODEV,
+            | libc::MS_NODEV
+            | kept,
         data: None,
     });
     Ok(())
@@ -500,6 +748,11 @@ pub(crate) struct Plan {
     ops: Vec<Op>,
     workdir: CString,
     net: Option<OwnedFd>,
+    /// In a user namespace: the instance makes its network itself; the descriptor to hand out
+    /// its sockets on, and whether to make the Runtime API listener first.
+    own_net: Option<(OwnedFd, bool)>,
+    /// In a user namespace: its uid_map and gid_map lines.
+    userns: Option<(CString, CString)>,
     seccomp: Vec<libc::sock_filter>,
 }
 
@@ -564,14 +817,6 @@ impl Plan {
     }
 }
 
-/// Fails with the OS error (and the step, for the probe's report) when `r` is negative.
-macro_rules! check {
-    ($r:expr) => {
-        if $r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    };
-}
 
 impl Plan {
     /// Registers the confinement to run in `cmd`'s child between fork and exec, after the
@@ -597,16 +842,38 @@ impl Plan {
         // SAFETY (for each block below): plain system calls on C strings and buffers that
         // outlive them; see `apply`.
         unsafe {
+            if let Some((uid_map, gid_map)) = &self.userns {
+                // A user namespace of its own first: the capabilities it gives are what the
+                // rest needs, and they count only inside.
+                check!(libc::unshare(libc::CLONE_NEWUSER));
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+            }
             if let Some(net) = &self.net {
                 check!(libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET));
             }
-            check!(libc::unshare(
-                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
-            ));
+            let mut flags =
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+            if self.own_net.is_some() {
+                flags |= libc::CLONE_NEWNET;
+            }
+            check!(libc::unshare(flags));
+            let mut factory = -1;
+            if let Some((sock, listen)) = &self.own_net {
+                loopback_up_raw()?;
+                factory = sock.as_raw_fd();
+                if *listen {
+                    let l = raw_tcp_socket(true);
+                    check!(l);
+                    check!(raw_send_fd(factory, l) as libc::c_int);
+                    libc::close(l);
+                }
+            }
             let child = libc::fork();
             check!(child);
             if child > 0 {
-                reap(child);
+                reap(child, factory);
             }
             // PID 1 of the instance's namespace: dies with the process waiting for it (and the
             // whole namespace with it). A session of its own: nothing it does to its process
@@ -703,7 +970,10 @@ impl Plan {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            check!(libc::setgroups(0, std::ptr::null()));
+            if self.userns.is_none() {
+                // In a user namespace, setgroups is denied (and there are none to drop).
+                check!(libc::setgroups(0, std::ptr::null()));
+            }
             check!(libc::setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID));
             check!(libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID));
             // Changing credentials cleared the parent-death signal.
@@ -725,14 +995,73 @@ impl Plan {
     }
 }
 
+/// Writes `bytes` to the file at `path`. System calls only.
+#[allow(unsafe_code)]
+unsafe fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<()> {
+    // SAFETY: plain system calls on a C string and a byte slice that outlive them.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        check!(fd);
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        check!(n);
+    }
+    Ok(())
+}
+
 /// The process between Petrel and an instance's PID 1: closes everything it inherited (so
 /// Petrel's spawn sees the exec of PID 1, not this process), waits for PID 1, and ends the way
-/// it ended.
+/// it ended. In a user namespace it is also in the instance's network, and answers each
+/// request on `factory` with a new TCP socket of it.
 #[allow(unsafe_code)]
-unsafe fn reap(child: libc::pid_t) -> ! {
+unsafe fn reap(child: libc::pid_t, factory: libc::c_int) -> ! {
     // SAFETY: system calls only; see `Plan::apply`.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        if factory >= 0 {
+            if factory > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, (factory - 1) as u32, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, (factory + 1) as u32, u32::MAX, 0u32);
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, child, 0) as libc::c_int;
+            let mut fds = [
+                libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: factory,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            while pidfd >= 0 {
+                if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                    if *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    }
+                    break;
+                }
+                if fds[0].revents != 0 {
+                    break; // PID 1 ended
+                }
+                if fds[1].revents != 0 {
+                    let mut b = [0u8; 1];
+                    if libc::recv(factory, b.as_mut_ptr().cast(), 1, 0) <= 0 {
+                        fds[1].fd = -1; // Petrel let go; just wait
+                        continue;
+                    }
+                    let s = raw_tcp_socket(false);
+                    if s >= 0 {
+                        raw_send_fd(factory, s);
+                        libc::close(s);
+                    }
+                }
+            }
+            libc::close(factory);
+        } else {
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        }
         let mut status = 0;
         loop {
             let r = libc::waitpid(child, &mut status, 0);
