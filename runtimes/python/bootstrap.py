@@ -274,7 +274,7 @@ def _confine(plan, netfd):
     os.setsid()
     b = os.fsencode
     MS_REC, MS_PRIVATE, MS_REMOUNT, MS_BIND, MS_RDONLY = 0x4000, 1 << 18, 32, 4096, 1
-    MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+    MS_NOSUID = 2
     check(libc.mount(null, b"/", null, ulong(MS_REC | MS_PRIVATE), null), "making / private")
     for op in plan["ops"]:
         kind = op[0]
@@ -298,8 +298,6 @@ def _confine(plan, netfd):
     check(libc.syscall(plan["sys_pivot_root"], b".", b"."), "pivot_root")
     check(libc.umount2(b".", 2), "detaching the old root")  # MNT_DETACH
     os.chdir("/")
-    check(libc.mount(b"proc", b"/proc", b"proc", ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), null),
-          "mounting /proc")
     check(libc.mount(null, b"/", null, ulong(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID), null),
           "making / read-only")
     os.chdir(plan["workdir"])

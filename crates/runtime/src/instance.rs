@@ -141,7 +141,7 @@ impl RuntimeEnv {
             // Standby processes start before their function is known, so they cannot be given
             // its root. The Python fork server can: its child confines itself before it runs
             // any function code.
-            tracing::info!("standby processes are off under the sandbox: they cannot be confined per function yet (the Python fork server is unaffected)");
+            tracing::info!("standby processes are off under the sandbox: they start before their function is known and cannot be given its root");
             prewarm.node_standby = 0;
             prewarm.python_standby = 0;
         }

@@ -347,11 +347,21 @@ impl Sandbox {
                 &r(Path::new("/etc/hosts")),
             )?;
         }
-        // /proc of the instance's own PID namespace (mounted after pivoting, see `enter`).
+        // /proc of the instance's own PID namespace. Mounted before the old root goes: in a user
+        // namespace the kernel allows a new proc mount only while a full one is visible.
         mkdir_p(&mut ops, Path::new("/proc"))?;
+        ops.push(Op::Mount {
+            src: cstr("proc"),
+            dst: cpath(&r(Path::new("/proc")))?,
+            fstype: Some(cstr("proc")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        });
         let (net_fd, own_net) = match net.map(|n| &n.kind) {
             Some(NetKind::Joined { fd, .. }) => (Some(fd.try_clone()?), None),
-            Some(NetKind::Made { child, listen, .. }) => (None, Some((child.try_clone()?, *listen))),
+            Some(NetKind::Made { child, listen, .. }) => {
+                (None, Some((child.try_clone()?, *listen)))
+            }
             None => (None, None),
         };
         let userns = match self.userns {
@@ -817,7 +827,6 @@ impl Plan {
     }
 }
 
-
 impl Plan {
     /// Registers the confinement to run in `cmd`'s child between fork and exec, after the
     /// rlimits and cgroup (registered before). The child enters the namespaces and forks: its
@@ -946,13 +955,6 @@ impl Plan {
             );
             check!(libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
             check!(libc::chdir(c"/".as_ptr()));
-            check!(libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null()
-            ));
             check!(libc::mount(
                 std::ptr::null(),
                 c"/".as_ptr(),

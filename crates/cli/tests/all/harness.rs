@@ -61,6 +61,7 @@ pub struct Petrel {
     extra_args: Vec<String>,
     stderr_path: PathBuf,
     default_data_dir: bool,
+    as_nobody: bool,
 }
 
 impl Petrel {
@@ -78,8 +79,31 @@ impl Petrel {
         Self::start_opts(StoreKind::Sqlite, extra_args, true).await
     }
 
-    async fn start_opts(store: StoreKind, extra_args: &[&str], default_data_dir: bool) -> Self {
+    /// Starts the server as an ordinary user (65534), not root: its data directory belongs to
+    /// that user.
+    pub async fn start_as_nobody(extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(data_dir.path(), Some(65534), Some(65534)).unwrap();
+        Self::start_in(data_dir, StoreKind::Sqlite, extra_args, false, true)
+    }
+
+    async fn start_opts(store: StoreKind, extra_args: &[&str], default_data_dir: bool) -> Self {
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            store,
+            extra_args,
+            default_data_dir,
+            false,
+        )
+    }
+
+    fn start_in(
+        data_dir: tempfile::TempDir,
+        store: StoreKind,
+        extra_args: &[&str],
+        default_data_dir: bool,
+        as_nobody: bool,
+    ) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let stderr_path = data_dir.path().join("server.log");
         let (child, url) = spawn(
@@ -88,6 +112,7 @@ impl Petrel {
             &extra_args,
             &stderr_path,
             default_data_dir,
+            as_nobody,
         );
         let client = Client::new(&url).unwrap();
         Self {
@@ -99,6 +124,7 @@ impl Petrel {
             extra_args,
             stderr_path,
             default_data_dir,
+            as_nobody,
         }
     }
 
@@ -123,6 +149,7 @@ impl Petrel {
             &self.extra_args,
             &self.stderr_path,
             self.default_data_dir,
+            self.as_nobody,
         );
         self.child = Some(child);
         self.client = Client::new(&url).unwrap();
@@ -261,8 +288,15 @@ fn spawn(
     extra: &[String],
     stderr_path: &Path,
     default_data_dir: bool,
+    as_nobody: bool,
 ) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
     cmd.arg("serve");
     if default_data_dir {
         cmd.current_dir(data_dir);

@@ -473,3 +473,72 @@ async fn without_the_sandbox_the_server_says_so() {
     p.deploy(py("plain", OK, "").path());
     assert_eq!(p.invoke("plain", "{}").await.status, 200);
 }
+
+const NOBODY_NODE: &str = r#"
+const fs = require('fs');
+const net = require('net');
+exports.handler = async (event) => {
+  const status = {};
+  for (const l of fs.readFileSync('/proc/self/status', 'utf8').split('\n')) {
+    const i = l.indexOf(':');
+    if (i > 0) status[l.slice(0, i)] = l.slice(i + 1).trim();
+  }
+  const procs = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number);
+  const ifaces = fs.readFileSync('/proc/net/dev', 'utf8').split('\n')
+    .filter((l) => l.includes(':')).map((l) => l.split(':')[0].trim());
+  let db;
+  try { fs.readFileSync(event.db); db = 'read'; } catch (e) { db = e.code; }
+  const connect = await new Promise((res) => {
+    const s = net.connect(event.port, '127.0.0.1');
+    s.on('connect', () => { s.destroy(); res('connected'); });
+    s.on('error', (e) => res(e.code));
+  });
+  return { uid: process.getuid(), pid: process.pid, procs, ifaces, db, connect,
+           Seccomp: status.Seccomp, NoNewPrivs: status.NoNewPrivs, CapEff: status.CapEff };
+};
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_as_an_ordinary_user_the_sandbox_uses_a_user_namespace() {
+    let p = Petrel::start_as_nobody(&[]).await;
+    let log = p.server_log();
+    assert!(
+        log.contains("sandbox on in a user namespace (Petrel runs as user 65534"),
+        "{log}"
+    );
+    assert!(log.contains("cgroups off"), "{log}");
+    let node = function_dir(&[
+        (
+            "petrel.toml",
+            &manifest("who-node", "nodejs", "index.handler", ""),
+        ),
+        ("index.js", NOBODY_NODE),
+    ]);
+    let http = crate::fixtures::echo_function("who-http", "http", "");
+    for d in [&node, &http] {
+        p.deploy(d.path());
+    }
+    let db = p.data_dir.path().join("data").join("petrel.db");
+    assert!(db.exists());
+    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+    let r = p
+        .invoke(
+            "who-node",
+            &serde_json::json!({"db": db, "port": port}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        j,
+        serde_json::json!({"uid": 65534, "pid": 1, "procs": [1], "ifaces": ["lo"], "db": "ENOENT",
+            "connect": "ECONNREFUSED", "Seccomp": "2", "NoNewPrivs": "1", "CapEff": "0000000000000000"})
+    );
+    // An http function in its own network: Petrel reaches its port with sockets the
+    // instance's network hands out.
+    let r = p.http("GET", "/fn/who-http/hello", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "/hello");
+    p.wait_for_log("who-http", "(a new sandboxed process;", 1)
+        .await;
+}
