@@ -114,7 +114,7 @@ impl RuntimeEnv {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         let (sandbox, sandbox_path) = if sandbox {
             let runtimes = crate::sandbox::runtime_prefixes(&host_path);
-            let mut sb = Sandbox::new(&runtimes, &shims_dir);
+            let mut sb = Sandbox::new(&runtimes, &shims_dir, &data_dir.join("sandbox"));
             if sb.enabled() {
                 if let Err(e) = probe_sandbox(&sb, &scratch_root) {
                     sb.disable(e);

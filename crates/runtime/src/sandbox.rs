@@ -81,7 +81,11 @@ pub struct Sandbox {
     /// the runtimes' installations, Petrel's shims.
     read_only: Vec<PathBuf>,
     links: Vec<(PathBuf, PathBuf)>,
-    etc: Vec<PathBuf>,
+    /// The instance's `/etc`, prepared at start: the allowed entries of the host's, and
+    /// Petrel's own `passwd`, `group`, `hostname` and `hosts`; one for each network mode.
+    etc_none: PathBuf,
+    etc_host: PathBuf,
+    spare_nets: std::sync::Arc<std::sync::Mutex<Vec<NetNs>>>,
     seccomp: Vec<libc::sock_filter>,
     /// The host's network namespace, to return to after making a socket in an instance's;
     /// `None` in a user namespace, where the instance makes its network itself.
@@ -99,7 +103,9 @@ impl Sandbox {
             on: false,
             read_only: Vec::new(),
             links: Vec::new(),
-            etc: Vec::new(),
+            etc_none: PathBuf::new(),
+            etc_host: PathBuf::new(),
+            spare_nets: Default::default(),
             seccomp: Vec::new(),
             host_net: None,
             userns: None,
@@ -107,9 +113,9 @@ impl Sandbox {
     }
 
     /// Prepares the sandbox: `runtimes` are installation directories to make visible (the
-    /// Python prefix, ...), `shims` Petrel's runtime shims. Off, with the reason, when not
-    /// root.
-    pub fn new(runtimes: &[PathBuf], shims: &Path) -> Self {
+    /// Python prefix, ...), `shims` Petrel's runtime shims, `state` a directory of its own
+    /// (rewritten at every start). Off, with the reason, when it cannot be on.
+    pub fn new(runtimes: &[PathBuf], shims: &Path, state: &Path) -> Self {
         #[allow(unsafe_code)]
         // SAFETY: geteuid(2) cannot fail and touches no memory.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -151,28 +157,20 @@ impl Sandbox {
                 read_only.push(r.clone());
             }
         }
-        let etc = std::fs::read_dir("/etc")
-            .map(|rd| {
-                let mut v: Vec<PathBuf> = rd
-                    .flatten()
-                    .filter(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        ETC_ALLOWED.contains(&n.as_ref())
-                            || ETC_ALLOWED_PREFIXES.iter().any(|p| n.starts_with(p))
-                    })
-                    .map(|e| e.path())
-                    .collect();
-                v.sort();
-                v
-            })
-            .unwrap_or_default();
+        let (etc_none, etc_host) = (state.join("etc-none"), state.join("etc-host"));
+        for (dir, host_network) in [(&etc_none, false), (&etc_host, true)] {
+            if let Err(e) = prepare_etc(dir, host_network) {
+                return Self::off(format!("cannot prepare {}: {e}", dir.display()));
+            }
+        }
         Self {
             status: String::new(),
             on: true,
             read_only,
             links,
-            etc,
+            etc_none,
+            etc_host,
+            spare_nets: Default::default(),
             seccomp: seccomp_filter(),
             host_net,
             userns,
@@ -311,42 +309,12 @@ impl Sandbox {
             ops.push(Op::Symlink(cpath(target)?, cpath(&r(link))?));
         }
         mkdir_p(&mut ops, Path::new("/etc"))?;
-        for e in &self.etc {
-            if e.is_dir() {
-                mkdir_p(&mut ops, e)?;
-            } else {
-                ops.push(Op::File(cpath(&r(e))?, Vec::new()));
-            }
-            bind_ro(&mut ops, e, &r(e))?;
-        }
-        ops.push(Op::File(
-            cpath(&r(Path::new("/etc/passwd")))?,
-            format!(
-                "root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/tmp:/usr/sbin/nologin\n"
-            )
-            .into_bytes(),
-        ));
-        ops.push(Op::File(
-            cpath(&r(Path::new("/etc/group")))?,
-            format!("root:x:0:\nsbx_user:x:{SANDBOX_GID}:\n").into_bytes(),
-        ));
-        ops.push(Op::File(
-            cpath(&r(Path::new("/etc/hostname")))?,
-            b"petrel\n".to_vec(),
-        ));
-        if net.is_some() || !Path::new("/etc/hosts").exists() {
-            ops.push(Op::File(
-                cpath(&r(Path::new("/etc/hosts")))?,
-                b"127.0.0.1 localhost petrel\n::1 localhost\n".to_vec(),
-            ));
+        let etc = if net.is_some() {
+            &self.etc_none
         } else {
-            ops.push(Op::File(cpath(&r(Path::new("/etc/hosts")))?, Vec::new()));
-            bind_ro(
-                &mut ops,
-                Path::new("/etc/hosts"),
-                &r(Path::new("/etc/hosts")),
-            )?;
-        }
+            &self.etc_host
+        };
+        bind_ro(&mut ops, etc, &r(Path::new("/etc")))?;
         // /proc of the instance's own PID namespace. Mounted before the old root goes: in a user
         // namespace the kernel allows a new proc mount only while a full one is visible.
         mkdir_p(&mut ops, Path::new("/proc"))?;
@@ -408,25 +376,63 @@ impl Sandbox {
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the sandbox is off"))?
             .try_clone()?;
-        std::thread::Builder::new()
-            .name("petrel-netns".into())
-            .spawn(move || -> std::io::Result<NetNs> {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let fd = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?);
-                loopback_up()?;
-                let listener = if listen {
-                    Some(std::net::TcpListener::bind(RUNTIME_API_ADDR)?)
-                } else {
-                    None
-                };
-                Ok(NetNs {
-                    kind: NetKind::Joined { fd, host },
-                    listener,
-                })
-            })?
-            .join()
-            .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
+        // One made ahead, if there is one: making it costs about a millisecond of the cold
+        // start. Its replacement is made off the request path.
+        let ready = self.spare_nets.lock().unwrap().pop();
+        self.refill_nets(host.try_clone()?);
+        let mut net = match ready {
+            Some(n) => n,
+            None => make_net(host)?,
+        };
+        if !listen {
+            net.listener = None;
+        }
+        Ok(net)
     }
+
+    /// Makes network namespaces ahead until [`SPARE_NETS`] are ready (on a thread of its own).
+    fn refill_nets(&self, host: OwnedFd) {
+        let spares = self.spare_nets.clone();
+        if spares.lock().unwrap().len() >= SPARE_NETS {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("petrel-netns".into())
+            .spawn(move || {
+                while spares.lock().unwrap().len() < SPARE_NETS {
+                    let Ok(h) = host.try_clone() else { return };
+                    match make_net(h) {
+                        Ok(n) => spares.lock().unwrap().push(n),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not make a network namespace ahead");
+                            return;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Network namespaces kept made ahead (as root).
+const SPARE_NETS: usize = 2;
+
+/// A new network namespace with loopback up and a Runtime API listener bound in it, made on a
+/// short-lived thread (a network namespace is a per-thread attribute).
+fn make_net(host: OwnedFd) -> std::io::Result<NetNs> {
+    std::thread::Builder::new()
+        .name("petrel-netns".into())
+        .spawn(move || -> std::io::Result<NetNs> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let fd = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?);
+            loopback_up()?;
+            let listener = Some(std::net::TcpListener::bind(RUNTIME_API_ADDR)?);
+            Ok(NetNs {
+                kind: NetKind::Joined { fd, host },
+                listener,
+            })
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
 }
 
 /// An instance's own network namespace.
@@ -646,6 +652,76 @@ unsafe fn raw_send_fd(sock: libc::c_int, fd: libc::c_int) -> libc::ssize_t {
         );
         libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
     }
+}
+
+/// Writes an instance's `/etc` into `dir`: copies of the allowed entries of the host's (links
+/// into the system directories kept as links, others resolved), and Petrel's own `passwd`,
+/// `group`, `hostname` and `hosts` (the host's `hosts` on the host's network).
+fn prepare_etc(dir: &Path, host_network: bool) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for e in std::fs::read_dir("/etc")?.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if ETC_ALLOWED.contains(&n.as_ref())
+            || ETC_ALLOWED_PREFIXES.iter().any(|p| n.starts_with(p))
+        {
+            // What cannot be read (a private key directory of root's) is simply not there.
+            let _ = copy_entry(&e.path(), &dir.join(&name));
+        }
+    }
+    let hosts = if host_network {
+        std::fs::read("/etc/hosts").unwrap_or_default()
+    } else {
+        b"127.0.0.1 localhost petrel\n::1 localhost\n".to_vec()
+    };
+    for (name, contents) in [
+        (
+            "passwd",
+            format!("root:x:0:0:root:/root:/usr/sbin/nologin\nsbx_user:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/tmp:/usr/sbin/nologin\n").into_bytes(),
+        ),
+        ("group", format!("root:x:0:\nsbx_user:x:{SANDBOX_GID}:\n").into_bytes()),
+        ("hostname", b"petrel\n".to_vec()),
+        ("hosts", hosts),
+    ] {
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, contents)?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+fn copy_entry(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(src)?;
+        let inside = target.is_relative() || SYSTEM_DIRS.iter().any(|d| target.starts_with(d));
+        if inside {
+            return std::os::unix::fs::symlink(&target, dst);
+        }
+        // A link out of the system directories (/run/..., say) would dangle: copy what it is.
+        let resolved = std::fs::canonicalize(src)?;
+        return copy_entry(&resolved, dst);
+    }
+    if meta.is_dir() {
+        if src.ends_with("ssl/private") {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dst)?;
+        for e in std::fs::read_dir(src)?.flatten() {
+            let _ = copy_entry(&e.path(), &dst.join(e.file_name()));
+        }
+        std::fs::set_permissions(dst, meta.permissions())?;
+        return Ok(());
+    }
+    if meta.is_file() {
+        std::fs::copy(src, dst)?;
+    }
+    Ok(())
 }
 
 /// Installation prefixes of the runtimes outside the system directories (a pyenv Python under
