@@ -77,7 +77,7 @@ pub struct RuntimeEnv {
 struct EnvInner {
     prewarm: Arc<Prewarm>,
     cgroups: Cgroups,
-    sandbox: Sandbox,
+    sandbox: Arc<Sandbox>,
     /// `PATH` inside the sandbox: the runtimes' own directories, then the system's.
     sandbox_path: String,
     wasm: std::sync::OnceLock<Result<Arc<WasmEngine>, String>>,
@@ -137,20 +137,28 @@ impl RuntimeEnv {
             tracing::info!("the Python fork server is off under the sandbox in a user namespace: its children cannot make their own network yet");
             prewarm.python_fork_server = false;
         }
-        if sandbox.enabled() && (prewarm.node_standby > 0 || prewarm.python_standby > 0) {
-            // Standby processes start before their function is known, so they cannot be given
-            // its root. The Python fork server can: its child confines itself before it runs
-            // any function code.
-            tracing::info!("standby processes are off under the sandbox: they start before their function is known and cannot be given its root");
+        if sandbox.in_user_namespace() && (prewarm.node_standby > 0 || prewarm.python_standby > 0) {
+            // A standby process is given its code by a mount into its namespace, which takes
+            // root.
+            tracing::info!("standby processes are off under the sandbox in a user namespace: giving one its code needs root");
             prewarm.node_standby = 0;
             prewarm.python_standby = 0;
         }
+        let sandbox = Arc::new(sandbox);
+        let sandboxed_standby = (sandbox.enabled() && !sandbox.in_user_namespace()).then(|| {
+            crate::prewarm::SandboxedStandby {
+                sandbox: sandbox.clone(),
+                path: sandbox_path.clone(),
+                roots: scratch_root.clone(),
+            }
+        });
         let prewarm = Arc::new(Prewarm::new(
             prewarm,
             shims_dir.clone(),
             host_path.clone(),
             pycache.clone(),
             sink.clone(),
+            sandboxed_standby,
         ));
         Ok(Self {
             inner: Arc::new(EnvInner {
@@ -413,7 +421,13 @@ impl Instance {
                         "runtime provided needs an executable file named bootstrap at the root of the package (chmod +x bootstrap)",
                     ));
                 }
-                ("bootstrap", Command::new(bootstrap))
+                if env.inner.sandbox.enabled() {
+                    // Where the sandbox shows the code.
+                    let inside = Path::new(crate::sandbox::TASK_ROOT).join("bootstrap");
+                    ("bootstrap", Command::new(inside))
+                } else {
+                    ("bootstrap", Command::new(bootstrap))
+                }
             }
             Runtime::Http => {
                 let mut c = Command::new("/bin/sh");
@@ -452,32 +466,86 @@ impl Instance {
             .env("PETREL_CONCURRENCY", fs.concurrency.to_string())
             .env("PETREL_INSTANCE_ID", &id);
 
-        // An instance of its own network: the Runtime API listener is bound in it before the
-        // instance starts, and Petrel reaches an `http` instance's port through it.
-        let mut net = if sandboxed && fs.network == Network::None {
-            Some(
-                env.inner
-                    .sandbox
-                    .new_net(fs.runtime.speaks_lambda())
-                    .map_err(|e| {
-                        init_failed(format!("could not create the instance's network: {e}"))
-                    })?,
-            )
+        let lambda = fs.runtime.speaks_lambda();
+        let task_root = if sandboxed {
+            PathBuf::from(crate::sandbox::TASK_ROOT)
         } else {
-            None
+            spec.code_dir.clone()
         };
-        let plan = if sandboxed {
+        if lambda {
+            cmd.env("_HANDLER", &fs.handler)
+                .env("LAMBDA_TASK_ROOT", &task_root)
+                .env("LAMBDA_RUNTIME_DIR", &env.inner.shims_dir)
+                .env("AWS_LAMBDA_FUNCTION_NAME", &spec.function)
+                .env("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string())
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", fs.memory_mb.to_string())
+                .env(
+                    "AWS_LAMBDA_LOG_GROUP_NAME",
+                    format!("/petrel/{}/{}", spec.namespace, spec.function),
+                )
+                .env("AWS_LAMBDA_LOG_STREAM_NAME", &id)
+                .env("AWS_EXECUTION_ENV", format!("Petrel_{}", fs.runtime));
+            if sandboxed {
+                // The shared bytecode cache would be a channel between functions.
+                cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+            } else {
+                cmd.env("PYTHONPYCACHEPREFIX", &env.inner.pycache);
+            }
+        }
+        let source = LogSource {
+            namespace: spec.namespace.clone(),
+            function: spec.function.clone(),
+            version: spec.version,
+            instance: id.clone(),
+        };
+        let cgroup = env
+            .inner
+            .cgroups
+            .create(&id, fs.memory_mb)
+            .map_err(|e| init_failed(format!("could not create the instance's cgroup: {e}")))?;
+
+        // An instance of its own network: the Runtime API listener is bound in it before the
+        // instance starts, and Petrel reaches an `http` instance's port through it. A standby
+        // process in its sandbox comes with its network, the listener already bound.
+        let own_net = sandboxed && fs.network == Network::None;
+        let mut scratch = scratch;
+        let mut net = None;
+        let mut started = None;
+        if own_net && lambda && fs.tmp_mb == petrel_core::manifest::DEFAULT_TMP_MB {
+            cmd.env("AWS_LAMBDA_RUNTIME_API", crate::sandbox::RUNTIME_API_ADDR);
+            if let Some(sb) = env
+                .inner
+                .prewarm
+                .take_sandboxed(fs.runtime, &cmd, &spec.code_dir, cgroup.as_ref(), &source)
+                .await
+            {
+                net = Some(sb.net);
+                let _ = std::fs::remove_dir(&scratch);
+                scratch = sb.root;
+                started = Some((
+                    Ok(sb.process),
+                    sb.attribution,
+                    "a standby process, given its code in its sandbox",
+                ));
+            }
+        }
+        if own_net && net.is_none() {
+            net = Some(env.inner.sandbox.new_net(lambda).map_err(|e| {
+                init_failed(format!("could not create the instance's network: {e}"))
+            })?);
+        }
+        let plan = if sandboxed && started.is_none() {
             Some(
                 env.inner
                     .sandbox
-                    .plan(&scratch, &spec.code_dir, fs.tmp_mb, net.as_ref())
+                    .plan(&scratch, Some(&spec.code_dir), fs.tmp_mb, net.as_ref())
                     .map_err(|e| init_failed(format!("could not prepare the sandbox: {e}")))?,
             )
         } else {
             None
         };
         let mut listener_later = None;
-        let kind = if fs.runtime.speaks_lambda() {
+        let kind = if lambda {
             let arn = format!(
                 "arn:aws:lambda:us-east-1:000000000000:function:{}:{}",
                 spec.function, spec.version
@@ -499,25 +567,7 @@ impl Instance {
                 .map_err(|e| {
                     init_failed(format!("could not open the Runtime API endpoint: {e}"))
                 })?;
-            cmd.env("AWS_LAMBDA_RUNTIME_API", ep.addr.to_string())
-                .env("_HANDLER", &fs.handler)
-                .env("LAMBDA_TASK_ROOT", &spec.code_dir)
-                .env("LAMBDA_RUNTIME_DIR", &env.inner.shims_dir)
-                .env("AWS_LAMBDA_FUNCTION_NAME", &spec.function)
-                .env("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string())
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", fs.memory_mb.to_string())
-                .env(
-                    "AWS_LAMBDA_LOG_GROUP_NAME",
-                    format!("/petrel/{}/{}", spec.namespace, spec.function),
-                )
-                .env("AWS_LAMBDA_LOG_STREAM_NAME", &id)
-                .env("AWS_EXECUTION_ENV", format!("Petrel_{}", fs.runtime));
-            if sandboxed {
-                // The shared bytecode cache would be a channel between functions.
-                cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-            } else {
-                cmd.env("PYTHONPYCACHEPREFIX", &env.inner.pycache);
-            }
+            cmd.env("AWS_LAMBDA_RUNTIME_API", ep.addr.to_string());
             Kind::Lambda(ep)
         } else {
             let port = match &net {
@@ -529,20 +579,13 @@ impl Instance {
             Kind::Http(http_ep::Endpoint::new(port, net.take().map(Arc::new)))
         };
 
-        let source = LogSource {
-            namespace: spec.namespace.clone(),
-            function: spec.function.clone(),
-            version: spec.version,
-            instance: id.clone(),
+        let (process, attribution, how) = match started {
+            Some(s) => s,
+            None => {
+                env.start_process(fs.runtime, cmd, cgroup.as_ref(), plan, &source)
+                    .await
+            }
         };
-        let cgroup = env
-            .inner
-            .cgroups
-            .create(&id, fs.memory_mb)
-            .map_err(|e| init_failed(format!("could not create the instance's cgroup: {e}")))?;
-        let (process, attribution, how) = env
-            .start_process(fs.runtime, cmd, cgroup.as_ref(), plan, &source)
-            .await;
         let process = process.map_err(|e| init_failed(format!("could not run {program}: {e}")))?;
         if let (Some(tx), Some(n)) = (listener_later, net.as_mut()) {
             // In a user namespace the instance made its network, and sent the listener first.
@@ -921,7 +964,7 @@ exit 0
         .new_net(false)
         .map_err(|e| format!("network namespace: {e}"))?;
     let plan = sb
-        .plan(&root, &code, 1, Some(&net))
+        .plan(&root, Some(&code), 1, Some(&net))
         .map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")

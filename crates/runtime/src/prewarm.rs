@@ -13,6 +13,7 @@
 use crate::cgroup::InstanceCgroup;
 use crate::logs::{Attribution, LogSink, LogSource};
 use crate::process::{Process, SourceCell};
+use crate::sandbox::{NetNs, Sandbox};
 use crate::zygote::Zygote;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -62,6 +63,29 @@ struct Standby {
     stdin: ChildStdin,
     source: SourceCell,
     attribution: Arc<Attribution>,
+    /// In the sandbox: its network (the Runtime API listener bound in it) and the directory its
+    /// root was assembled on.
+    sandboxed: Option<(NetNs, PathBuf)>,
+}
+
+/// What standby processes need to start in the sandbox (as root): they wait in a root of their
+/// own with an empty [`crate::sandbox::TASK_ROOT`], where their function's code is mounted
+/// when one is handed over.
+#[derive(Debug)]
+pub(crate) struct SandboxedStandby {
+    pub sandbox: Arc<Sandbox>,
+    /// `PATH` inside the sandbox.
+    pub path: String,
+    /// Where their roots are assembled.
+    pub roots: PathBuf,
+}
+
+/// A standby process handed its function in its sandbox.
+pub(crate) struct TakenStandby {
+    pub process: Process,
+    pub attribution: Arc<Attribution>,
+    pub net: NetNs,
+    pub root: PathBuf,
 }
 
 pub(crate) struct Prewarm {
@@ -75,6 +99,7 @@ pub(crate) struct Prewarm {
     /// Oldest first: the front has had the longest to get ready.
     standby: Mutex<std::collections::VecDeque<Standby>>,
     py_standby: Mutex<std::collections::VecDeque<Standby>>,
+    sandboxed: Option<SandboxedStandby>,
 }
 
 #[derive(Default)]
@@ -105,6 +130,7 @@ impl Prewarm {
         host_path: String,
         pycache: PathBuf,
         sink: LogSink,
+        sandboxed: Option<SandboxedStandby>,
     ) -> Self {
         Self {
             config,
@@ -116,6 +142,7 @@ impl Prewarm {
             stopped: Default::default(),
             standby: Mutex::default(),
             py_standby: Mutex::default(),
+            sandboxed,
         }
     }
 
@@ -187,7 +214,10 @@ impl Prewarm {
         attribution: Arc<Attribution>,
     ) -> Result<Process, String> {
         let zygote = self.zygote().ok_or("no fork server")?;
-        let (env, cwd) = env_and_dir(cmd);
+        let (env, mut cwd) = env_and_dir(cmd);
+        if sandbox.is_some() {
+            cwd = PathBuf::from(crate::sandbox::TASK_ROOT);
+        }
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let procs = cgroup.map(InstanceCgroup::procs_files).unwrap_or_default();
@@ -220,6 +250,9 @@ impl Prewarm {
         cgroup: Option<&InstanceCgroup>,
         source: LogSource,
     ) -> Option<(Process, Arc<Attribution>)> {
+        if self.sandboxed.is_some() {
+            return None; // see take_sandboxed
+        }
         let mut sb = loop {
             let sb = self.queue(kind).lock().unwrap().pop_front()?;
             self.clone().replace_standby(kind);
@@ -249,6 +282,74 @@ impl Prewarm {
         }
         drop(sb.stdin);
         Some((sb.process, sb.attribution))
+    }
+
+    /// Hands a standby process in its sandbox the instance `cmd` describes: mounts its code
+    /// at [`crate::sandbox::TASK_ROOT`] in the standby's namespace, moves it into the
+    /// instance's cgroups, and sends it its environment. `None` when there is none (or it
+    /// cannot be handed over; the instance then starts plainly).
+    pub(crate) async fn take_sandboxed(
+        self: &Arc<Self>,
+        runtime: petrel_core::Runtime,
+        cmd: &Command,
+        code_dir: &Path,
+        cgroup: Option<&InstanceCgroup>,
+        source: &LogSource,
+    ) -> Option<TakenStandby> {
+        self.sandboxed.as_ref()?;
+        let kind = match runtime {
+            petrel_core::Runtime::Nodejs => Kind::Node,
+            petrel_core::Runtime::Python3 => Kind::Python,
+            _ => return None,
+        };
+        let mut sb = loop {
+            let sb = self.queue(kind).lock().unwrap().pop_front()?;
+            self.clone().replace_standby(kind);
+            if !sb.process.has_exited() {
+                break sb;
+            }
+        };
+        let (net, root) = sb.sandboxed.take()?;
+        let pid = sb.process.pid();
+        if let Some(cg) = cgroup {
+            // The process outside and PID 1 inside (with its threads).
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            let pids = std::iter::once(pid).chain(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+            for p in pids {
+                if let Err(e) = cg.adopt(p) {
+                    tracing::warn!(error = %e, "a standby process could not join its cgroup; starting plainly");
+                    return None;
+                }
+            }
+        }
+        if let Err(e) = crate::sandbox::inject_code(pid, code_dir) {
+            tracing::warn!(error = %e, ?kind, "a standby process could not be given its code; starting plainly");
+            return None;
+        }
+        let (env, _) = env_and_dir(cmd);
+        let line = serde_json::json!({
+            "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
+            "cwd": crate::sandbox::TASK_ROOT,
+        })
+        .to_string()
+            + "\n";
+        *sb.source.write().unwrap() = source.clone();
+        if let Err(e) = sb.stdin.write_all(line.as_bytes()).await {
+            tracing::warn!(error = %e, ?kind, "a standby process could not be handed its function");
+            return None;
+        }
+        drop(sb.stdin);
+        Some(TakenStandby {
+            process: sb.process,
+            attribution: sb.attribution,
+            net,
+            root,
+        })
     }
 
     fn replace_standby(self: Arc<Self>, kind: Kind) {
@@ -293,6 +394,29 @@ impl Prewarm {
             .current_dir("/")
             .stdin(Stdio::piped());
         crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+        let sandboxed = match &self.sandboxed {
+            Some(s) => {
+                let root = s
+                    .roots
+                    .join(format!("standby-{}", uuid::Uuid::now_v7().simple()));
+                std::fs::create_dir_all(&root)?;
+                let net = s.sandbox.new_net(true)?;
+                let plan = s.sandbox.plan(
+                    &root,
+                    None,
+                    petrel_core::manifest::DEFAULT_TMP_MB,
+                    Some(&net),
+                )?;
+                cmd.env("PATH", &s.path)
+                    .env("HOME", "/tmp")
+                    .env("TMPDIR", "/tmp")
+                    .env_remove("PYTHONPYCACHEPREFIX")
+                    .env("PYTHONDONTWRITEBYTECODE", "1");
+                plan.apply(cmd.as_std_mut());
+                Some((net, root))
+            }
+            None => None,
+        };
         let source: SourceCell = Arc::new(RwLock::new(LogSource {
             namespace: String::new(),
             function: "(standby)".into(),
@@ -307,6 +431,7 @@ impl Prewarm {
             stdin: stdin.expect("stdin is piped"),
             source,
             attribution,
+            sandboxed,
         })
     }
 }

@@ -37,6 +37,8 @@ pub const SANDBOX_GID: u32 = 65534;
 pub const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
 /// The port an `http` instance listens on inside its own network namespace.
 pub const HTTP_PORT: u16 = 8080;
+/// Where a sandboxed instance sees its function's code (its working directory), as on Lambda.
+pub const TASK_ROOT: &str = "/var/task";
 
 /// Entries of the host's `/etc` a function may need (the loader, time zones, name service,
 /// TLS roots, Java's configuration); nothing else of it is visible (no `shadow`, no `sudoers`).
@@ -214,12 +216,13 @@ impl Sandbox {
     }
 
     /// The plan for one instance: `root` an empty directory to assemble its root on, its code
-    /// directory (read-only, also its working directory), the size of its `/tmp`, and its
+    /// directory (read-only at [`TASK_ROOT`], also its working directory; `None` for a standby
+    /// process, whose code comes later, see [`inject_code`]), the size of its `/tmp`, and its
     /// network namespace (`None`: the host's).
     pub(crate) fn plan(
         &self,
         root: &Path,
-        code_dir: &Path,
+        code_dir: Option<&Path>,
         tmp_mb: u32,
         net: Option<&NetNs>,
     ) -> std::io::Result<Plan> {
@@ -303,8 +306,11 @@ impl Sandbox {
             mkdir_p(&mut ops, d)?;
             bind_ro(&mut ops, d, &r(d))?;
         }
-        mkdir_p(&mut ops, code_dir)?;
-        bind_ro(&mut ops, code_dir, &r(code_dir))?;
+        let task_root = Path::new(TASK_ROOT);
+        mkdir_p(&mut ops, task_root)?;
+        if let Some(code_dir) = code_dir {
+            bind_ro(&mut ops, code_dir, &r(task_root))?;
+        }
         for (target, link) in &self.links {
             ops.push(Op::Symlink(cpath(target)?, cpath(&r(link))?));
         }
@@ -342,7 +348,7 @@ impl Sandbox {
         Ok(Plan {
             root: cpath(&root)?,
             ops,
-            workdir: cpath(code_dir)?,
+            workdir: cpath(task_root)?,
             net: net_fd,
             own_net,
             userns,
@@ -411,6 +417,78 @@ impl Sandbox {
                 }
             });
     }
+}
+
+/// Mounts `code_dir`, read-only, at [`TASK_ROOT`] in the mount namespace of process `pid` (a
+/// standby process in its sandbox, which waits for its function): a copy of the directory's
+/// mount is made here, and moved there by a thread that enters that namespace alone (it first
+/// stops sharing its file-system attributes with Petrel's other threads). As root.
+pub(crate) fn inject_code(pid: i32, code_dir: &Path) -> std::io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let path = cpath(code_dir)?;
+    let ns = OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?);
+    #[allow(unsafe_code)]
+    // SAFETY: system calls on a C string, a properly laid out `mount_attr`, and descriptors
+    // owned here.
+    let tree = unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+        ) as libc::c_int;
+        check!(fd);
+        let tree = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        check!(libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as libc::c_int);
+        tree
+    };
+    std::thread::Builder::new()
+        .name("petrel-inject".into())
+        .spawn(move || -> std::io::Result<()> {
+            #[allow(unsafe_code)]
+            // SAFETY: as above; the thread ends right after, so the namespace it entered
+            // leaves with it.
+            unsafe {
+                check!(libc::unshare(libc::CLONE_FS));
+                check!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS));
+                let target = CString::new(TASK_ROOT).expect("no NUL");
+                check!(libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) as libc::c_int);
+            }
+            Ok(())
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the thread moving the code in panicked"))?
 }
 
 /// Network namespaces kept made ahead (as root).

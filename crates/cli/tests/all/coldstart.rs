@@ -164,6 +164,58 @@ async fn forked_and_standby_instances_run_their_own_function_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn in_the_sandbox_forked_and_standby_instances_get_their_own_code_only() {
+    // The default: the fork server's children confine themselves; standby Node processes wait
+    // in their sandbox with an empty /var/task, where their function's code is mounted.
+    let p = Petrel::start().await;
+    let dirs = [
+        who_python("sb-py-a", "a", ""),
+        who_python("sb-py-b", "b", ""),
+        who_node("sb-node-a", "a", ""),
+        who_node("sb-node-b", "b", ""),
+    ];
+    for d in &dirs {
+        p.deploy(d.path());
+    }
+    for (name, who) in [
+        ("sb-py-a", "a"),
+        ("sb-py-b", "b"),
+        ("sb-node-a", "a"),
+        ("sb-node-b", "b"),
+    ] {
+        let r = p.invoke(name, "{}").await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let j = r.json();
+        assert_eq!(
+            (&j["who"], &j["helper"], &j["function"]),
+            (
+                &serde_json::json!(who),
+                &serde_json::json!(format!("helper of {who}")),
+                &serde_json::json!(name)
+            ),
+            "{name}: {j}"
+        );
+        assert_eq!(j["cwd"], "/var/task", "{name}: {j}");
+        assert_eq!(j["pid"], 1, "{name} is PID 1 of its own namespace: {j}");
+    }
+    p.wait_for_log(
+        "sb-py-a",
+        "forked from the Python fork server into its sandbox",
+        1,
+    )
+    .await;
+    p.wait_for_log(
+        "sb-node-a",
+        "a standby process, given its code in its sandbox",
+        1,
+    )
+    .await;
+    p.wait_for_log("sb-node-b", "who-node b", 1).await;
+    let logs = p.cli_ok(&["logs", "sb-node-b", "--tail", "100"]);
+    assert!(!logs.contains("who-node a"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_prewarm_instances_start_as_new_processes() {
     let p = Petrel::start_with(StoreKind::Sqlite, &["--no-prewarm"]).await;
     let py = who_python("plain-py", "p", "");

@@ -321,6 +321,34 @@ async fn hostile_suite(p: &Petrel, how: &str) {
     };
     use serde_json::json;
 
+    // A Node instance, from a standby process given its code in its sandbox, is as confined.
+    let node = function_dir(&[
+        (
+            "petrel.toml",
+            &manifest("who-node", "nodejs", "index.handler", ""),
+        ),
+        ("index.js", NOBODY_NODE),
+    ]);
+    p.deploy(node.path());
+    let db = p.data_dir.path().join("data").join("petrel.db");
+    let port: u16 = p.url.rsplit(':').next().unwrap().parse().unwrap();
+    let r = p
+        .invoke("who-node", &json!({"db": db, "port": port}).to_string())
+        .await;
+    assert_eq!(
+        r.json(),
+        json!({"uid": 65534, "pid": 1, "procs": [1], "ifaces": ["lo"], "db": "ENOENT",
+            "connect": "ECONNREFUSED", "Seccomp": "2", "NoNewPrivs": "1", "CapEff": "0000000000000000"}),
+        "{}",
+        r.text()
+    );
+    p.wait_for_log(
+        "who-node",
+        "(a standby process, given its code in its sandbox;",
+        1,
+    )
+    .await;
+
     // Who it is: PID 1 of its own namespace, seeing no other process; an unprivileged user
     // with no capabilities, no_new_privs and a seccomp filter.
     let me = call(json!({"what": "whoami"})).await;
@@ -371,10 +399,12 @@ async fn hostile_suite(p: &Petrel, how: &str) {
         "only a runtime's installation may show under /root: {root}"
     );
 
-    // Writing: not to its own code, not to the system, only to /tmp; and /tmp is bounded.
-    let code = find_files(p.data_dir.path(), "app.py");
+    // Its own code is at /var/task, as on Lambda. Writing: not to its own code, not to the
+    // system, only to /tmp; and /tmp is bounded.
+    let own = call(json!({"what": "list", "path": "/var/task"})).await;
+    assert_eq!(own["entries"], json!(["app.py", "petrel.toml"]), "{own}");
     for path in [
-        code[0].as_path(),
+        std::path::Path::new("/var/task/app.py"),
         std::path::Path::new("/etc/passwd"),
         std::path::Path::new("/usr/evil"),
     ] {
