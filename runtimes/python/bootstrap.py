@@ -233,11 +233,14 @@ def _unshadow(task_root):
             del sys.modules[mod]
 
 
+_SECCOMP = {}  # the seccomp program Petrel sent, as ctypes wants it (made once)
+
+
 def _confine(plan, netfd):
     # The sandbox, entered by a fork server's child before any function code runs: the same
     # steps as Petrel's own (crates/runtime/src/sandbox.rs, Plan::enter), from the plan it sent.
-    # Returns in PID 1 of the instance's namespaces; the process that called it stays outside,
-    # waits for that one and ends as it did.
+    # The fork server made this process PID 1 of a new PID namespace (it forked with a new
+    # namespace for its children), so unlike Petrel's own path no second fork is needed.
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -251,27 +254,10 @@ def _confine(plan, netfd):
     if netfd is not None:
         check(libc.setns(netfd, 0x40000000), "entering the instance's network")
         os.close(netfd)
-    # CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    check(libc.unshare(0x00020000 | 0x20000000 | 0x08000000 | 0x04000000), "unshare")
-    pid = os.fork()
-    if pid:
-        import signal
-
-        os.closerange(0, 1 << 16)
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-            os._exit(128 + sig)
-        os._exit(os.waitstatus_to_exitcode(status))
-    check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
-    os.setsid()
+    if os.getpid() != 1:
+        raise OSError(0, "sandbox: not PID 1 of a PID namespace of its own")
+    # CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    check(libc.unshare(0x00020000 | 0x08000000 | 0x04000000), "unshare")
     b = os.fsencode
     MS_REC, MS_PRIVATE, MS_REMOUNT, MS_BIND, MS_RDONLY = 0x4000, 1 << 18, 32, 4096, 1
     MS_NOSUID = 2
@@ -302,7 +288,7 @@ def _confine(plan, netfd):
           "making / read-only")
     os.chdir(plan["workdir"])
     check(libc.sethostname(b"petrel", 6), "sethostname")
-    for cap in range(64):
+    for cap in range(plan.get("cap_last", 63) + 1):
         if libc.prctl(24, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
             check(-1, "dropping capability %d" % cap)
     os.setgroups([])
@@ -311,13 +297,15 @@ def _confine(plan, netfd):
     check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
     check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
 
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    if _SECCOMP.get("hex") != plan["seccomp"]:
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prog = bytes.fromhex(plan["seccomp"])
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = Fprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    check(libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "installing the seccomp filter")
+        prog = bytes.fromhex(plan["seccomp"])
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        _SECCOMP.update(hex=plan["seccomp"], buf=buf,
+                        fprog=Fprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p)))
+    check(libc.prctl(22, 2, ctypes.byref(_SECCOMP["fprog"]), 0, 0), "installing the seccomp filter")
 
 
 def _zygote():
@@ -335,6 +323,9 @@ def _zygote():
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: go when Petrel goes
     except Exception:
         libc = None
+    # The fork server's own PID namespace, to come back to after forking a sandboxed child into a
+    # new one.
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -378,7 +369,15 @@ def _zygote():
             sys.stdout.flush()
             sys.stderr.flush()
             try:
-                pid = os.fork()
+                if msg.get("sandbox"):
+                    # The child becomes PID 1 of a PID namespace of its own (CLONE_NEWPID).
+                    if libc is None or libc.unshare(0x20000000) < 0:
+                        raise OSError(ctypes.get_errno() if libc else 0, "cannot make a PID namespace")
+                try:
+                    pid = os.fork()
+                finally:
+                    if msg.get("sandbox") and libc is not None:
+                        libc.setns(own_pidns, 0x20000000)
             except OSError as exc:
                 for fd in fds:
                     os.close(fd)
@@ -396,6 +395,7 @@ def _zygote():
                     ctl.close()
                     os.close(wake_r)
                     os.close(wake_w)
+                    os.close(own_pidns)
                     os.setpgid(0, 0)
                     if libc is not None:
                         libc.prctl(1, 9)

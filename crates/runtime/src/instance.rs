@@ -280,15 +280,27 @@ impl RuntimeEnv {
             Err(e) => return (Err(e), attribution, "a new process"),
         };
         crate::cgroup::confine_before_exec(&mut cmd, procs);
-        let how = match plan {
+        let sink = self.inner.sink.clone();
+        let mut plan = plan;
+        let own_pid_ns = plan
+            .as_mut()
+            .is_some_and(crate::sandbox::Plan::spawner_makes_pid_ns);
+        let p = match plan {
+            Some(plan) if own_pid_ns => {
+                plan.apply(cmd.as_std_mut());
+                let a = attribution.clone();
+                crate::sandbox::in_new_pid_ns(move || Process::spawn(cmd, cell, sink, a))
+            }
             Some(plan) => {
                 plan.apply(cmd.as_std_mut());
-                "a new sandboxed process"
+                Process::spawn(cmd, cell, sink, attribution.clone())
             }
-            None => "a new process",
+            None => {
+                let p = Process::spawn(cmd, cell, sink, attribution.clone());
+                return (p, attribution, "a new process");
+            }
         };
-        let p = Process::spawn(cmd, cell, self.inner.sink.clone(), attribution.clone());
-        (p, attribution, how)
+        (p, attribution, "a new sandboxed process")
     }
 
     /// Loads a wasm version's compiled component ahead of its first request (at deploy), so

@@ -407,13 +407,15 @@ impl Prewarm {
                     petrel_core::manifest::DEFAULT_TMP_MB,
                     Some(&net),
                 )?;
+                let mut plan = plan;
                 cmd.env("PATH", &s.path)
                     .env("HOME", "/tmp")
                     .env("TMPDIR", "/tmp")
                     .env_remove("PYTHONPYCACHEPREFIX")
                     .env("PYTHONDONTWRITEBYTECODE", "1");
+                let own_pid_ns = plan.spawner_makes_pid_ns();
                 plan.apply(cmd.as_std_mut());
-                Some((net, root))
+                Some((net, root, own_pid_ns))
             }
             None => None,
         };
@@ -424,8 +426,14 @@ impl Prewarm {
             instance: String::new(),
         }));
         let attribution = Arc::new(Attribution::default());
-        let (process, stdin) =
-            Process::spawn_with_stdin(cmd, source.clone(), self.sink.clone(), attribution.clone())?;
+        let (src, sink, a) = (source.clone(), self.sink.clone(), attribution.clone());
+        let (process, stdin) = match &sandboxed {
+            Some((_, _, true)) => {
+                crate::sandbox::in_new_pid_ns(move || Process::spawn_with_stdin(cmd, src, sink, a))?
+            }
+            _ => Process::spawn_with_stdin(cmd, src, sink, a)?,
+        };
+        let sandboxed = sandboxed.map(|(net, root, _)| (net, root));
         Ok(Standby {
             process,
             stdin: stdin.expect("stdin is piped"),

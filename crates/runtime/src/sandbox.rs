@@ -351,6 +351,7 @@ impl Sandbox {
             workdir: cpath(task_root)?,
             net: net_fd,
             own_net,
+            pid1: false,
             userns,
             seccomp: self.seccomp.clone(),
         })
@@ -489,6 +490,23 @@ pub(crate) fn inject_code(pid: i32, code_dir: &Path) -> std::io::Result<()> {
         })?
         .join()
         .map_err(|_| std::io::Error::other("the thread moving the code in panicked"))?
+}
+
+/// Runs `spawn` on a thread of its own whose children are born in a new PID namespace (a
+/// per-thread setting), within the current Tokio runtime: the process it spawns is PID 1 there.
+pub(crate) fn in_new_pid_ns<T: Send + 'static>(
+    spawn: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let handle = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("petrel-spawn".into())
+        .spawn(move || {
+            let _rt = handle.enter();
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+            spawn()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawn panicked")))
 }
 
 /// Network namespaces kept made ahead (as root).
@@ -917,6 +935,9 @@ pub(crate) struct Plan {
     own_net: Option<(OwnedFd, bool)>,
     /// In a user namespace: its uid_map and gid_map lines.
     userns: Option<(CString, CString)>,
+    /// Spawned into a new PID namespace already (as PID 1, see [`Plan::spawner_makes_pid_ns`]):
+    /// no second fork, no process in between.
+    pid1: bool,
     seccomp: Vec<libc::sock_filter>,
 }
 
@@ -972,7 +993,19 @@ impl Plan {
             "gid": SANDBOX_GID,
             "seccomp": hex::encode(filter),
             "sys_pivot_root": libc::SYS_pivot_root,
+            "cap_last": std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(63),
         })
+    }
+
+    /// Whether the spawning thread can make the instance's PID namespace itself (as root; in a
+    /// user namespace the PID namespace must belong to the instance's user namespace, so the
+    /// child makes it and forks). If so, the plan expects its process to be PID 1 already.
+    pub(crate) fn spawner_makes_pid_ns(&mut self) -> bool {
+        self.pid1 = self.userns.is_none();
+        self.pid1
     }
 
     /// The network namespace to enter, if the instance has its own.
@@ -1016,10 +1049,12 @@ impl Plan {
             if let Some(net) = &self.net {
                 check!(libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET));
             }
-            let mut flags =
-                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+            let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
             if self.own_net.is_some() {
                 flags |= libc::CLONE_NEWNET;
+            }
+            if !self.pid1 {
+                flags |= libc::CLONE_NEWPID;
             }
             check!(libc::unshare(flags));
             let mut factory = -1;
@@ -1033,16 +1068,18 @@ impl Plan {
                     libc::close(l);
                 }
             }
-            let child = libc::fork();
-            check!(child);
-            if child > 0 {
-                reap(child, factory);
+            if !self.pid1 {
+                let child = libc::fork();
+                check!(child);
+                if child > 0 {
+                    reap(child, factory);
+                }
+                // PID 1 of the instance's namespace: dies with the process waiting for it (and
+                // the whole namespace with it). A session of its own: nothing it does to its
+                // process group reaches the process outside.
+                check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+                check!(libc::setsid());
             }
-            // PID 1 of the instance's namespace: dies with the process waiting for it (and the
-            // whole namespace with it). A session of its own: nothing it does to its process
-            // group reaches the process outside.
-            check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
-            check!(libc::setsid());
             check!(libc::mount(
                 std::ptr::null(),
                 c"/".as_ptr(),
@@ -1132,8 +1169,10 @@ impl Plan {
             }
             check!(libc::setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID));
             check!(libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID));
-            // Changing credentials cleared the parent-death signal.
-            check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+            if !self.pid1 {
+                // Changing credentials cleared the parent-death signal.
+                check!(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+            }
             check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
             let prog = libc::sock_fprog {
                 len: self.seccomp.len() as libc::c_ushort,
@@ -1191,7 +1230,8 @@ unsafe fn reap(child: libc::pid_t, factory: libc::c_int) -> ! {
                     revents: 0,
                 },
             ];
-            while pidfd >= 0 {
+            // Without a pidfd (an old kernel), only wait.
+            while let 0.. = pidfd {
                 if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
                     if *libc::__errno_location() == libc::EINTR {
                         continue;
