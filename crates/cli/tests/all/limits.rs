@@ -190,6 +190,7 @@ def handler(event, context):
     if what == "whoami":
         status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
         return {"uid": os.getuid(), "pid": os.getpid(), "ppid": os.getppid(),
+                "instance": os.environ["PETREL_INSTANCE_ID"],
                 "hostname": socket.gethostname(), "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
                 **{k: status[k].strip() for k in ("CapEff", "NoNewPrivs", "Seccomp")}}
     if what == "read":
@@ -253,6 +254,17 @@ def handler(event, context):
             os._exit(0)
         os.wait()
         return {"daemon": True}
+    if what == "spin":
+        if os.fork() == 0:
+            while True:
+                pass
+        while True:
+            pass
+    if what == "kill_parent":
+        ppid = os.getppid()
+        os.kill(ppid, 9)
+        time.sleep(0.2)
+        return {"ppid": ppid, "survived": True}
     if what == "shout":
         line = "y" * 1000
         for _ in range(event["lines"]):
@@ -295,7 +307,7 @@ async fn hostile_suite(p: &Petrel, how: &str) {
         "these tests run as root, where the sandbox must be on: {}",
         p.server_log()
     );
-    let hostile = py("hostile", HOSTILE, "tmp_mb = 8\ntimeout = \"20s\"");
+    let hostile = py("hostile", HOSTILE, "tmp_mb = 8\ntimeout = \"3s\"");
     let hosted = py("hosted", HOSTILE, "network = \"host\"");
     let victim = function_dir(&[
         (
@@ -474,6 +486,29 @@ async fn hostile_suite(p: &Petrel, how: &str) {
         (1000..2100).contains(&kept),
         "{kept} lines of 1,000 bytes kept"
     );
+
+    // An endless loop (in two processes) ends at its timeout, with its whole tree.
+    let spun = call(json!({"what": "whoami"})).await["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = p
+        .invoke("hostile", &json!({"what": "spin"}).to_string())
+        .await;
+    r.assert_error(504, "function_timeout");
+    assert_eq!(p.invoke("neighbour", "{}").await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || instance_pids(&spun).is_empty()).await,
+        "the spinning processes outlived the timeout: {:?}",
+        instance_pids(&spun)
+    );
+
+    // Killing its parent: its parent is nobody it can see (getppid() is 0, so the signal goes
+    // to its own process group, of which it is PID 1, which the kernel shields from signals
+    // sent inside its namespace). Nothing happens to anyone.
+    let r = call(json!({"what": "kill_parent"})).await;
+    assert_eq!(r, json!({"ppid": 0, "survived": true}));
+    assert_eq!(call(json!({"what": "whoami"})).await["pid"], 1);
 
     // A daemon it leaves behind goes with its instance.
     let marker = format!("{}", 7000 + std::process::id() % 1000);
