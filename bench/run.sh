@@ -189,20 +189,20 @@ cold_start() {
     echo "after the previous one (so standby processes are back). The bare start is the same"
     echo "language's process start, timed the same way in this run. Not pinned: no load runs here."
     echo
-    echo "### the default: every process instance in the sandbox"
+    echo "### the default: every process instance in the sandbox, with a cgroup"
     echo
     python3 bench/cold_start.py --petrel "$PETREL" --n 20 \
       --provided "$LAMBDA_RS" --wasm examples/hello-wasm
     echo
-    echo "### baseline: --no-sandbox (what the sandbox costs is the difference)"
+    echo "### the sandbox without cgroups (--no-instance-limits)"
     echo
     python3 bench/cold_start.py --petrel "$PETREL" --n 20 --only python3,nodejs,http,provided \
-      --provided "$LAMBDA_RS" --serve-arg=--no-sandbox
+      --provided "$LAMBDA_RS" --serve-arg=--no-instance-limits
     echo
-    echo "### the sandbox and --instance-limits (a cgroup per instance)"
+    echo "### baseline: neither (--no-sandbox --no-instance-limits)"
     echo
     python3 bench/cold_start.py --petrel "$PETREL" --n 20 --only python3,nodejs,http,provided \
-      --provided "$LAMBDA_RS" --serve-arg=--instance-limits
+      --provided "$LAMBDA_RS" --serve-arg=--no-sandbox --serve-arg=--no-instance-limits
     echo
     echo "Peers, from spawning the server to its first answer (median of 20):"
     echo

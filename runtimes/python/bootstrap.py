@@ -360,7 +360,7 @@ def _zygote():
                 reap()
                 continue
             try:
-                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 3)
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
             except OSError:
                 os._exit(0)
             if not data:
@@ -399,12 +399,23 @@ def _zygote():
                     os.setpgid(0, 0)
                     if libc is not None:
                         libc.prctl(1, 9)
-                    os.dup2(fds[0], 1)
-                    os.dup2(fds[1], 2)
-                    for fd in fds[:2]:
-                        os.close(fd)
+                    # The descriptors, in the order msg["fds"] names them: stdout, stderr, then the
+                    # instance's network and a standby's spec pipe, when sent.
+                    named = dict(zip(msg.get("fds") or ("stdout", "stderr"), fds))
+                    os.dup2(named["stdout"], 1)
+                    os.dup2(named["stderr"], 2)
+                    os.close(named["stdout"])
+                    os.close(named["stderr"])
                     if msg.get("sandbox"):
-                        _confine(msg["sandbox"], fds[2] if len(fds) > 2 else None)
+                        _confine(msg["sandbox"], named.get("net"))
+                    if "spec" in named:
+                        # A standby child: it waits in its sandbox for its function, sent as one
+                        # line of JSON once its code is mounted at /var/task.
+                        with os.fdopen(named["spec"], "rb", buffering=0) as f:
+                            line = f.readline()
+                        if not line:
+                            os._exit(0)  # Petrel let the standby go
+                        msg = json.loads(line)
                     _become(msg)
                     main()
                 except SystemExit as exc:

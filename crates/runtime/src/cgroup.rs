@@ -278,6 +278,43 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// Sets the limits for an instance of `memory_mb` (a standby process's group becoming its
+    /// instance's): memory (and swap with it, where accounted) and CPU weight. Fails when the
+    /// group already holds more memory than the new limit allows.
+    pub fn set_limits(&self, memory_mb: u32) -> std::io::Result<()> {
+        let bytes = (memory_mb as u64 * 1024 * 1024).to_string();
+        for d in &self.dirs {
+            if self.v2 {
+                std::fs::write(d.join("memory.max"), &bytes)?;
+                if d.join("cpu.weight").exists() {
+                    std::fs::write(d.join("cpu.weight"), cpu_weight_v2(memory_mb).to_string())?;
+                }
+                continue;
+            }
+            if d.join("memory.limit_in_bytes").exists() {
+                // memsw may never be below the memory limit: raise it first, settle it after.
+                let memsw = d.join("memory.memsw.limit_in_bytes");
+                let _ = std::fs::write(&memsw, &bytes);
+                std::fs::write(d.join("memory.limit_in_bytes"), &bytes)?;
+                let _ = std::fs::write(&memsw, &bytes);
+            }
+            if d.join("cpu.shares").exists() {
+                std::fs::write(d.join("cpu.shares"), cpu_shares_v1(memory_mb).to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the group (a standby's, after the instance it becomes), in every hierarchy.
+    pub fn rename(&mut self, name: &str) -> std::io::Result<()> {
+        for d in &mut self.dirs {
+            let to = d.with_file_name(name);
+            std::fs::rename(&*d, &to)?;
+            *d = to;
+        }
+        Ok(())
+    }
+
     /// Moves a running process (a standby that waits for its function) in.
     pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
         for p in self.procs_files() {

@@ -137,19 +137,30 @@ impl RuntimeEnv {
             tracing::info!("the Python fork server is off under the sandbox in a user namespace: its children cannot make their own network yet");
             prewarm.python_fork_server = false;
         }
-        if sandbox.in_user_namespace() && (prewarm.node_standby > 0 || prewarm.python_standby > 0) {
+        if sandbox.in_user_namespace()
+            && (prewarm.node_standby > 0
+                || prewarm.python_standby > 0
+                || prewarm.process_standby > 0)
+        {
             // A standby process is given its code by a mount into its namespace, which takes
             // root.
             tracing::info!("standby processes are off under the sandbox in a user namespace: giving one its code needs root");
             prewarm.node_standby = 0;
             prewarm.python_standby = 0;
+            prewarm.process_standby = 0;
         }
         let sandbox = Arc::new(sandbox);
+        let cgroups = if instance_limits {
+            Cgroups::detect()
+        } else {
+            Cgroups::off("turned off (--no-instance-limits, or instance_limits = false)")
+        };
         let sandboxed_standby = (sandbox.enabled() && !sandbox.in_user_namespace()).then(|| {
             crate::prewarm::SandboxedStandby {
                 sandbox: sandbox.clone(),
                 path: sandbox_path.clone(),
                 roots: scratch_root.clone(),
+                cgroups: cgroups.clone(),
             }
         });
         let prewarm = Arc::new(Prewarm::new(
@@ -163,11 +174,7 @@ impl RuntimeEnv {
         Ok(Self {
             inner: Arc::new(EnvInner {
                 prewarm,
-                cgroups: if instance_limits {
-                    Cgroups::detect()
-                } else {
-                    Cgroups::off("not turned on (--instance-limits, or instance_limits = true)")
-                },
+                cgroups,
                 sandbox,
                 sandbox_path,
                 wasm: std::sync::OnceLock::new(),
@@ -510,11 +517,7 @@ impl Instance {
             version: spec.version,
             instance: id.clone(),
         };
-        let cgroup = env
-            .inner
-            .cgroups
-            .create(&id, fs.memory_mb)
-            .map_err(|e| init_failed(format!("could not create the instance's cgroup: {e}")))?;
+        let mut cgroup = None;
 
         // An instance of its own network: the Runtime API listener is bound in it before the
         // instance starts, and Petrel reaches an `http` instance's port through it. A standby
@@ -523,15 +526,26 @@ impl Instance {
         let mut scratch = scratch;
         let mut net = None;
         let mut started = None;
-        if own_net && lambda && fs.tmp_mb == petrel_core::manifest::DEFAULT_TMP_MB {
-            cmd.env("AWS_LAMBDA_RUNTIME_API", crate::sandbox::RUNTIME_API_ADDR);
+        if own_net && fs.tmp_mb == petrel_core::manifest::DEFAULT_TMP_MB {
+            if lambda {
+                cmd.env("AWS_LAMBDA_RUNTIME_API", crate::sandbox::RUNTIME_API_ADDR);
+            } else {
+                cmd.env("PORT", crate::sandbox::HTTP_PORT.to_string());
+            }
             if let Some(sb) = env
                 .inner
                 .prewarm
-                .take_sandboxed(fs.runtime, &cmd, &spec.code_dir, cgroup.as_ref(), &source)
+                .take_sandboxed(fs.runtime, &cmd, &spec.code_dir, fs.memory_mb, &source)
                 .await
             {
                 net = Some(sb.net);
+                cgroup = sb.cgroup;
+                if let Some(cg) = cgroup.as_mut() {
+                    // Named after its instance, as every instance's group is.
+                    if let Err(e) = cg.rename(&id) {
+                        tracing::warn!(error = %e, "could not rename a standby's cgroup");
+                    }
+                }
                 let _ = std::fs::remove_dir(&scratch);
                 scratch = sb.root;
                 started = Some((
@@ -540,6 +554,12 @@ impl Instance {
                     "a standby process, given its code in its sandbox",
                 ));
             }
+        }
+        if started.is_none() {
+            cgroup =
+                env.inner.cgroups.create(&id, fs.memory_mb).map_err(|e| {
+                    init_failed(format!("could not create the instance's cgroup: {e}"))
+                })?;
         }
         if own_net && net.is_none() {
             net = Some(env.inner.sandbox.new_net(lambda).map_err(|e| {

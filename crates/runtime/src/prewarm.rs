@@ -20,16 +20,22 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, Command};
+use tokio::process::Command;
 
-/// What to keep warm. The server forks python3 instances and keeps two standby Node processes;
+/// What to keep warm. The server forks python3 instances, and keeps two standby Node
+/// processes and (in the sandbox) two Python children of the fork server waiting in theirs;
 /// [`PrewarmConfig::OFF`] gives plain starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrewarmConfig {
     pub python_fork_server: bool,
     pub node_standby: usize,
-    /// Standby Python processes, used when the fork server is off or unavailable.
+    /// Standby Python processes: forked from the fork server into their sandbox when both are
+    /// on; started plainly when the fork server is off; none when the fork server is on
+    /// without the sandbox (it forks on demand).
     pub python_standby: usize,
+    /// Standby shells for `provided` and `http` functions, waiting in their sandbox (only with
+    /// the sandbox on, as root).
+    pub process_standby: usize,
 }
 
 impl PrewarmConfig {
@@ -37,6 +43,7 @@ impl PrewarmConfig {
         python_fork_server: false,
         node_standby: 0,
         python_standby: 0,
+        process_standby: 0,
     };
 }
 
@@ -45,7 +52,8 @@ impl Default for PrewarmConfig {
         Self {
             python_fork_server: true,
             node_standby: 2,
-            python_standby: 0,
+            python_standby: 2,
+            process_standby: 2,
         }
     }
 }
@@ -55,17 +63,33 @@ impl Default for PrewarmConfig {
 pub(crate) enum Kind {
     Node,
     Python,
+    /// For `provided` and `http` (in the sandbox only): a shell waiting in its sandbox, which
+    /// replaces itself with the function's program when handed it.
+    Exec,
+}
+
+/// What an exec standby runs: it reads one line (`cd` to the code, then `exec env -i ...
+/// PROGRAM ARGS`, every word quoted) and becomes it.
+const EXEC_STANDBY: &str = "IFS= read -r line || exit 0; eval \"$line\"";
+
+/// `word` quoted for the shell: inside single quotes, nothing is special but the quote itself.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// A generic runtime process waiting for its function.
 struct Standby {
     process: Process,
-    stdin: ChildStdin,
+    /// Where it reads its function from: its stdin, or (a forked one) a pipe.
+    stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     source: SourceCell,
     attribution: Arc<Attribution>,
     /// In the sandbox: its network (the Runtime API listener bound in it) and the directory its
     /// root was assembled on.
     sandboxed: Option<(NetNs, PathBuf)>,
+    /// Its cgroup, joined as it started (with the cgroups on): handed to its instance with the
+    /// instance's limits, so that no process moves on the request path.
+    cgroup: Option<InstanceCgroup>,
 }
 
 /// What standby processes need to start in the sandbox (as root): they wait in a root of their
@@ -78,6 +102,8 @@ pub(crate) struct SandboxedStandby {
     pub path: String,
     /// Where their roots are assembled.
     pub roots: PathBuf,
+    /// The node's cgroups (off, or where a standby's group is made).
+    pub cgroups: crate::cgroup::Cgroups,
 }
 
 /// A standby process handed its function in its sandbox.
@@ -86,6 +112,7 @@ pub(crate) struct TakenStandby {
     pub attribution: Arc<Attribution>,
     pub net: NetNs,
     pub root: PathBuf,
+    pub cgroup: Option<InstanceCgroup>,
 }
 
 pub(crate) struct Prewarm {
@@ -99,6 +126,7 @@ pub(crate) struct Prewarm {
     /// Oldest first: the front has had the longest to get ready.
     standby: Mutex<std::collections::VecDeque<Standby>>,
     py_standby: Mutex<std::collections::VecDeque<Standby>>,
+    exec_standby: Mutex<std::collections::VecDeque<Standby>>,
     sandboxed: Option<SandboxedStandby>,
 }
 
@@ -142,6 +170,7 @@ impl Prewarm {
             stopped: Default::default(),
             standby: Mutex::default(),
             py_standby: Mutex::default(),
+            exec_standby: Mutex::default(),
             sandboxed,
         }
     }
@@ -157,6 +186,9 @@ impl Prewarm {
         for _ in 0..self.config.python_standby {
             self.clone().replace_standby(Kind::Python);
         }
+        for _ in 0..self.wanted(Kind::Exec) {
+            self.clone().replace_standby(Kind::Exec);
+        }
     }
 
     /// Stops the fork server and the standby processes (at shutdown); nothing is started again.
@@ -165,6 +197,7 @@ impl Prewarm {
             .store(true, std::sync::atomic::Ordering::Release);
         self.standby.lock().unwrap().clear();
         self.py_standby.lock().unwrap().clear();
+        self.exec_standby.lock().unwrap().clear();
         self.zygote.lock().unwrap().current = None;
     }
 
@@ -222,7 +255,15 @@ impl Prewarm {
         let (err_r, err_w) = pipe()?;
         let procs = cgroup.map(InstanceCgroup::procs_files).unwrap_or_default();
         let forked = zygote
-            .fork(&env, &cwd, &procs, sandbox, out_w, err_w)
+            .fork(crate::zygote::ForkRequest {
+                env: &env,
+                cwd: &cwd,
+                cgroup_procs: &procs,
+                sandbox,
+                stdout: out_w,
+                stderr: err_w,
+                standby_spec: None,
+            })
             .await?;
         Process::forked(forked, out_r, err_r, source, self.sink.clone(), attribution)
             .map_err(|e| format!("could not read the forked instance's output: {e}"))
@@ -232,13 +273,19 @@ impl Prewarm {
         match kind {
             Kind::Node => &self.standby,
             Kind::Python => &self.py_standby,
+            Kind::Exec => &self.exec_standby,
         }
     }
 
     fn wanted(&self, kind: Kind) -> usize {
         match kind {
             Kind::Node => self.config.node_standby,
+            // Without the sandbox, the fork server forks on demand in a millisecond or two: no
+            // standby is worth its memory. In the sandbox, forked children wait in theirs.
+            Kind::Python if self.config.python_fork_server && self.sandboxed.is_none() => 0,
             Kind::Python => self.config.python_standby,
+            Kind::Exec if self.sandboxed.is_some() => self.config.process_standby,
+            Kind::Exec => 0,
         }
     }
 
@@ -293,14 +340,15 @@ impl Prewarm {
         runtime: petrel_core::Runtime,
         cmd: &Command,
         code_dir: &Path,
-        cgroup: Option<&InstanceCgroup>,
+        memory_mb: u32,
         source: &LogSource,
     ) -> Option<TakenStandby> {
         self.sandboxed.as_ref()?;
         let kind = match runtime {
             petrel_core::Runtime::Nodejs => Kind::Node,
             petrel_core::Runtime::Python3 => Kind::Python,
-            _ => return None,
+            petrel_core::Runtime::Provided | petrel_core::Runtime::Http => Kind::Exec,
+            petrel_core::Runtime::Wasm => return None,
         };
         let mut sb = loop {
             let sb = self.queue(kind).lock().unwrap().pop_front()?;
@@ -311,20 +359,10 @@ impl Prewarm {
         };
         let (net, root) = sb.sandboxed.take()?;
         let pid = sb.process.pid();
-        if let Some(cg) = cgroup {
-            // The process outside and PID 1 inside (with its threads).
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            let pids = std::iter::once(pid).chain(
-                children
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-            for p in pids {
-                if let Err(e) = cg.adopt(p) {
-                    tracing::warn!(error = %e, "a standby process could not join its cgroup; starting plainly");
-                    return None;
-                }
+        if let Some(cg) = &sb.cgroup {
+            if let Err(e) = cg.set_limits(memory_mb) {
+                tracing::warn!(error = %e, memory_mb, "a standby process's cgroup could not take its instance's limits; starting plainly");
+                return None;
             }
         }
         if let Err(e) = crate::sandbox::inject_code(pid, code_dir) {
@@ -332,12 +370,29 @@ impl Prewarm {
             return None;
         }
         let (env, _) = env_and_dir(cmd);
-        let line = serde_json::json!({
-            "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
-            "cwd": crate::sandbox::TASK_ROOT,
-        })
-        .to_string()
-            + "\n";
+        let line = if kind == Kind::Exec {
+            // Into the code just mounted (the shell's directory is the empty one beneath), then
+            // the program with exactly the instance's environment.
+            let std = cmd.as_std();
+            let words = std::iter::once("/usr/bin/env".to_owned())
+                .chain(std::iter::once("-i".to_owned()))
+                .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
+                .chain(std::iter::once(
+                    std.get_program().to_string_lossy().into_owned(),
+                ))
+                .chain(std.get_args().map(|a| a.to_string_lossy().into_owned()))
+                .map(|w| shell_quote(&w))
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("cd {} || exit 1; exec {words}\n", crate::sandbox::TASK_ROOT)
+        } else {
+            serde_json::json!({
+                "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
+                "cwd": crate::sandbox::TASK_ROOT,
+            })
+            .to_string()
+                + "\n"
+        };
         *sb.source.write().unwrap() = source.clone();
         if let Err(e) = sb.stdin.write_all(line.as_bytes()).await {
             tracing::warn!(error = %e, ?kind, "a standby process could not be handed its function");
@@ -349,6 +404,7 @@ impl Prewarm {
             attribution: sb.attribution,
             net,
             root,
+            cgroup: sb.cgroup,
         })
     }
 
@@ -357,7 +413,13 @@ impl Prewarm {
             return;
         }
         tokio::spawn(async move {
-            match self.spawn_standby(kind) {
+            let made = match kind {
+                Kind::Python if self.sandboxed.is_some() && self.config.python_fork_server => {
+                    self.fork_standby_python().await
+                }
+                _ => self.spawn_standby(kind),
+            };
+            match made {
                 Ok(sb) => {
                     let mut v = self.queue(kind).lock().unwrap();
                     if v.len() < self.wanted(kind) && !self.is_stopped() {
@@ -371,6 +433,83 @@ impl Prewarm {
         });
     }
 
+    /// A Python standby in its sandbox, forked from the fork server: the child confines itself
+    /// (an empty /var/task), joins its cgroup, and waits on a pipe for its function.
+    async fn fork_standby_python(&self) -> std::io::Result<Standby> {
+        let s = self
+            .sandboxed
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("not in the sandbox"))?;
+        let zygote = self
+            .zygote()
+            .ok_or_else(|| std::io::Error::other("no fork server"))?;
+        let root = s
+            .roots
+            .join(format!("standby-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&root)?;
+        let net = s.sandbox.new_net(true)?;
+        let plan = s.sandbox.plan(
+            &root,
+            None,
+            petrel_core::manifest::DEFAULT_TMP_MB,
+            Some(&net),
+        )?;
+        let name = format!("standby-{}", uuid::Uuid::now_v7().simple());
+        let cgroup = s
+            .cgroups
+            .create(&name, petrel_core::manifest::DEFAULT_MEMORY_MB)?;
+        let procs = cgroup
+            .as_ref()
+            .map(InstanceCgroup::procs_files)
+            .unwrap_or_default();
+        let env = vec![
+            ("PATH".to_owned(), s.path.clone()),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            ("TZ".to_owned(), ":UTC".to_owned()),
+            ("HOME".to_owned(), "/tmp".to_owned()),
+        ];
+        let io = |e: String| std::io::Error::other(e);
+        let (out_r, out_w) = pipe().map_err(io)?;
+        let (err_r, err_w) = pipe().map_err(io)?;
+        let (spec_r, spec_w) = pipe().map_err(io)?;
+        let forked = zygote
+            .fork(crate::zygote::ForkRequest {
+                env: &env,
+                cwd: Path::new(crate::sandbox::TASK_ROOT),
+                cgroup_procs: &procs,
+                sandbox: Some(&plan),
+                stdout: out_w,
+                stderr: err_w,
+                standby_spec: Some(spec_r),
+            })
+            .await
+            .map_err(io)?;
+        let source: SourceCell = Arc::new(RwLock::new(LogSource {
+            namespace: String::new(),
+            function: "(standby)".into(),
+            version: 0,
+            instance: String::new(),
+        }));
+        let attribution = Arc::new(Attribution::default());
+        let process = Process::forked(
+            forked,
+            out_r,
+            err_r,
+            source.clone(),
+            self.sink.clone(),
+            attribution.clone(),
+        )?;
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(spec_w)?;
+        Ok(Standby {
+            process,
+            stdin: Box::new(stdin),
+            source,
+            attribution,
+            sandboxed: Some((net, root)),
+            cgroup,
+        })
+    }
+
     fn spawn_standby(&self, kind: Kind) -> std::io::Result<Standby> {
         let mut cmd = match kind {
             Kind::Node => {
@@ -382,20 +521,38 @@ impl Prewarm {
                 let mut c = Command::new("python3");
                 c.arg("-u")
                     .arg(self.shims_dir.join(crate::shims::PYTHON_SHIM_PATH))
-                    .env("PYTHONPYCACHEPREFIX", &self.pycache);
+                    .env("PYTHONPYCACHEPREFIX", &self.pycache)
+                    .arg("--standby");
+                c
+            }
+            Kind::Exec => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(EXEC_STANDBY);
                 c
             }
         };
-        cmd.arg("--standby")
-            .env_clear()
+        if kind == Kind::Node {
+            cmd.arg("--standby");
+        }
+        cmd.env_clear()
             .env("PATH", &self.host_path)
             .env("LANG", "C.UTF-8")
             .env("TZ", ":UTC")
             .current_dir("/")
             .stdin(Stdio::piped());
-        crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+        let mut cgroup = None;
         let sandboxed = match &self.sandboxed {
             Some(s) => {
+                // Its cgroup now, joined before it runs anything (see Standby::cgroup).
+                let name = format!("standby-{}", uuid::Uuid::now_v7().simple());
+                cgroup = s
+                    .cgroups
+                    .create(&name, petrel_core::manifest::DEFAULT_MEMORY_MB)?;
+                let procs = match &cgroup {
+                    Some(cg) => cg.open_procs()?,
+                    None => Vec::new(),
+                };
+                crate::cgroup::confine_before_exec(&mut cmd, procs);
                 let root = s
                     .roots
                     .join(format!("standby-{}", uuid::Uuid::now_v7().simple()));
@@ -417,7 +574,10 @@ impl Prewarm {
                 plan.apply(cmd.as_std_mut());
                 Some((net, root, own_pid_ns))
             }
-            None => None,
+            None => {
+                crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+                None
+            }
         };
         let source: SourceCell = Arc::new(RwLock::new(LogSource {
             namespace: String::new(),
@@ -436,10 +596,12 @@ impl Prewarm {
         let sandboxed = sandboxed.map(|(net, root, _)| (net, root));
         Ok(Standby {
             process,
-            stdin: stdin.expect("stdin is piped"),
+            stdin: Box::new(stdin.expect("stdin is piped"))
+                as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
             source,
             attribution,
             sandboxed,
+            cgroup,
         })
     }
 }

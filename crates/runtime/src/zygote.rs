@@ -39,6 +39,22 @@ struct Shared {
     dead: AtomicBool,
 }
 
+/// What one fork is to make.
+pub(crate) struct ForkRequest<'a> {
+    /// The child's environment and working directory.
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+    /// `cgroup.procs` files it writes `0` to first.
+    pub cgroup_procs: &'a [std::path::PathBuf],
+    /// Its sandbox, entered before any function code runs.
+    pub sandbox: Option<&'a crate::sandbox::Plan>,
+    /// The pipe ends its stdout and stderr go to.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// A standby child's pipe: it waits there for its function (one line of JSON).
+    pub standby_spec: Option<OwnedFd>,
+}
+
 pub(crate) struct Zygote {
     ctl: OwnedFd,
     next_id: AtomicU64,
@@ -101,34 +117,43 @@ impl Zygote {
         !self.shared.dead.load(Ordering::Acquire)
     }
 
-    /// Forks an instance with this environment and working directory, its stdout and stderr
-    /// going to the given pipe ends.
-    pub(crate) async fn fork(
-        &self,
-        env: &[(String, String)],
-        cwd: &Path,
-        cgroup_procs: &[std::path::PathBuf],
-        sandbox: Option<&crate::sandbox::Plan>,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    ) -> Result<Forked, String> {
+    /// Forks an instance as `req` describes.
+    pub(crate) async fn fork(&self, req: ForkRequest<'_>) -> Result<Forked, String> {
+        let ForkRequest {
+            env,
+            cwd,
+            cgroup_procs,
+            sandbox,
+            stdout,
+            stderr,
+            standby_spec,
+        } = req;
         if !self.is_alive() {
             return Err("the Python fork server has ended".into());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The descriptors sent, and their names in that order.
+        let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let mut names = vec!["stdout", "stderr"];
+        if let Some(net) = sandbox.and_then(crate::sandbox::Plan::net_fd) {
+            fds.push(net);
+            names.push("net");
+        }
+        if let Some(spec) = &standby_spec {
+            fds.push(spec.as_raw_fd());
+            names.push("spec");
+        }
         let msg = serde_json::json!({
             "id": id,
             "env": env.iter().cloned().collect::<HashMap<String, String>>(),
             "cwd": cwd,
             "cgroup_procs": cgroup_procs,
             "sandbox": sandbox.map(crate::sandbox::Plan::to_json),
+            "fds": names,
         })
         .to_string();
         let (tx, rx) = oneshot::channel();
         self.shared.replies.lock().unwrap().insert(id, tx);
-        // The instance's own network namespace, if any, goes third.
-        let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
-        fds.extend(sandbox.and_then(crate::sandbox::Plan::net_fd));
         let sent = sendmsg::<()>(
             self.ctl.as_raw_fd(),
             &[IoSlice::new(msg.as_bytes())],
@@ -137,7 +162,7 @@ impl Zygote {
             None,
         );
         // The fork server holds its own copies now; ours would keep the pipes open forever.
-        drop((stdout, stderr));
+        drop((stdout, stderr, standby_spec));
         if let Err(e) = sent {
             self.shared.replies.lock().unwrap().remove(&id);
             return Err(format!("could not reach the Python fork server: {e}"));

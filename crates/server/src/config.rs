@@ -24,7 +24,8 @@ pub struct ServeConfig {
     pub prewarm: petrel_runtime::PrewarmConfig,
     /// The sum of `memory_mb` over live process instances stays under this (MiB).
     pub memory_budget_mb: u64,
-    /// A cgroup per process instance (memory_mb enforced, a pids limit); needs root.
+    /// A cgroup per process instance (memory_mb enforced, a pids limit, CPU weight); used when
+    /// Petrel can (as root), off only when asked.
     pub instance_limits: bool,
     /// The process sandbox (namespaces, a read-only root, an unprivileged user, seccomp), used
     /// when Petrel can (as root); off only when asked.
@@ -45,7 +46,7 @@ impl Default for ServeConfig {
             otlp_endpoint: None,
             prewarm: petrel_runtime::PrewarmConfig::default(),
             memory_budget_mb: parse_memory_budget("80%").unwrap_or(u64::MAX),
-            instance_limits: false,
+            instance_limits: true,
             sandbox: true,
         }
     }
@@ -67,6 +68,7 @@ pub struct ConfigFile {
     pub python_fork_server: Option<bool>,
     pub node_standby: Option<usize>,
     pub python_standby: Option<usize>,
+    pub process_standby: Option<usize>,
     pub memory_budget: Option<String>,
     pub instance_limits: Option<bool>,
     pub sandbox: Option<bool>,
@@ -85,6 +87,7 @@ const KNOWN_KEYS: &[&str] = &[
     "python_fork_server",
     "node_standby",
     "python_standby",
+    "process_standby",
     "memory_budget",
     "instance_limits",
     "sandbox",
@@ -152,6 +155,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.python_standby {
             base.prewarm.python_standby = v;
+        }
+        if let Some(v) = self.process_standby {
+            base.prewarm.process_standby = v;
         }
         if let Some(v) = self.instance_limits {
             base.instance_limits = v;

@@ -246,6 +246,7 @@ impl Server {
             python_fork_server = prewarm.python_fork_server,
             node_standby = prewarm.node_standby,
             python_standby = prewarm.python_standby,
+            process_standby = prewarm.process_standby,
             "cold-start and capacity settings"
         );
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -213,6 +213,29 @@ async fn in_the_sandbox_forked_and_standby_instances_get_their_own_code_only() {
     p.wait_for_log("sb-node-b", "who-node b", 1).await;
     let logs = p.cli_ok(&["logs", "sb-node-b", "--tail", "100"]);
     assert!(!logs.contains("who-node a"), "{logs}");
+
+    // Python children of the fork server also wait in their sandbox, once the fork server is
+    // up; the next function takes one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = who_python("sb-py-c", "c", "");
+    p.deploy(c.path());
+    let j = p.invoke("sb-py-c", "{}").await.json();
+    assert_eq!(
+        (&j["who"], &j["helper"], &j["cwd"], &j["pid"]),
+        (
+            &serde_json::json!("c"),
+            &serde_json::json!("helper of c"),
+            &serde_json::json!("/var/task"),
+            &serde_json::json!(1)
+        ),
+        "{j}"
+    );
+    p.wait_for_log(
+        "sb-py-c",
+        "(a standby process, given its code in its sandbox;",
+        1,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,18 +53,19 @@ fn host_processes_matching(pattern: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_is_stopped_at_its_memory_mb_and_a_fork_bomb_at_its_pids_limit() {
-    let p = Petrel::start_with(StoreKind::Sqlite, &["--instance-limits"]).await;
+    // On by default as root.
+    let p = Petrel::start().await;
     assert!(
         p.server_log().contains("cgroups v1") || p.server_log().contains("cgroups v2"),
         "these tests run as root with cgroups; the server said: {}",
         p.server_log()
     );
-    // Without --instance-limits the server says they are off, and does not pretend.
-    let plain = Petrel::start().await;
+    // With --no-instance-limits the server says they are off, and does not pretend.
+    let plain = Petrel::start_with(StoreKind::Sqlite, &["--no-instance-limits"]).await;
     assert!(
         plain
             .server_log()
-            .contains("cgroups off: not turned on (--instance-limits"),
+            .contains("cgroups off: turned off (--no-instance-limits"),
         "{}",
         plain.server_log()
     );
