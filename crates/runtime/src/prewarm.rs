@@ -69,12 +69,17 @@ pub(crate) enum Kind {
 }
 
 /// What an exec standby runs: it reads one line (`cd` to the code, then `exec env -i ...
-/// PROGRAM ARGS`, every word quoted) and becomes it.
-const EXEC_STANDBY: &str = "IFS= read -r line || exit 0; eval \"$line\"";
+/// PROGRAM ARGS`, every word quoted) and becomes it. `$NL` is a newline, for words that hold
+/// one (the line itself may not).
+const EXEC_STANDBY: &str = "NL='\n'; IFS= read -r line || exit 0; eval \"$line\"";
 
-/// `word` quoted for the shell: inside single quotes, nothing is special but the quote itself.
+/// `word` quoted for the shell on one line: inside single quotes nothing is special but the
+/// quote itself; a newline is spliced in from `$NL`.
 fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
+    format!(
+        "'{}'",
+        word.replace('\'', "'\\''").replace('\n', "'\"$NL\"'")
+    )
 }
 
 /// A generic runtime process waiting for its function.
@@ -626,4 +631,44 @@ fn env_and_dir(cmd: &Command) -> (Vec<(String, String)>, PathBuf) {
 
 fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exec_standby_gets_every_word_back_as_sent() {
+        let words = [
+            "plain",
+            "it's",
+            "two\nlines",
+            "$HOME `id` \\ \"quoted\" ; exit 3",
+            "",
+        ];
+        let line = std::iter::once("printf".to_owned())
+            .chain(std::iter::once("%s|".to_owned()))
+            .chain(words.iter().map(|w| w.to_string()))
+            .map(|w| shell_quote(&w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(!line.contains('\n'), "one line: {line}");
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(EXEC_STANDBY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            words.iter().map(|w| format!("{w}|")).collect::<String>()
+        );
+    }
 }
