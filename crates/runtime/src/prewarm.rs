@@ -82,6 +82,24 @@ fn shell_quote(word: &str) -> String {
     )
 }
 
+/// The line an exec standby is handed: into the code just mounted (the shell's directory is the
+/// empty one beneath it), exactly the instance's environment (the shell's own variables
+/// dropped), and the program in its place.
+fn exec_line(env: &[(String, String)], argv: &[String]) -> String {
+    let quoted = |words: &mut dyn Iterator<Item = String>| {
+        words.map(|w| shell_quote(&w)).collect::<Vec<_>>().join(" ")
+    };
+    format!(
+        "cd {} || exit 1; unset {EXEC_STANDBY_VARS} PWD OLDPWD SHLVL; export {}; exec {}\n",
+        crate::sandbox::TASK_ROOT,
+        quoted(&mut env.iter().map(|(k, v)| format!("{k}={v}"))),
+        quoted(&mut argv.iter().cloned()),
+    )
+}
+
+/// The variables an exec standby starts with (all set again for the instance).
+const EXEC_STANDBY_VARS: &str = "PATH LANG TZ HOME TMPDIR";
+
 /// A generic runtime process waiting for its function.
 struct Standby {
     process: Process,
@@ -376,20 +394,12 @@ impl Prewarm {
         }
         let (env, _) = env_and_dir(cmd);
         let line = if kind == Kind::Exec {
-            // Into the code just mounted (the shell's directory is the empty one beneath), then
-            // the program with exactly the instance's environment.
             let std = cmd.as_std();
-            let words = std::iter::once("/usr/bin/env".to_owned())
-                .chain(std::iter::once("-i".to_owned()))
-                .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
-                .chain(std::iter::once(
-                    std.get_program().to_string_lossy().into_owned(),
-                ))
-                .chain(std.get_args().map(|a| a.to_string_lossy().into_owned()))
-                .map(|w| shell_quote(&w))
-                .collect::<Vec<_>>()
-                .join(" ");
-            format!("cd {} || exit 1; exec {words}\n", crate::sandbox::TASK_ROOT)
+            let argv: Vec<String> = std::iter::once(std.get_program())
+                .chain(std.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            exec_line(&env, &argv)
         } else {
             serde_json::json!({
                 "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
@@ -636,6 +646,52 @@ fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exec_standby_runs_the_program_with_exactly_the_instances_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(String, String)> = [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/tmp"),
+            ("QUOTED", "it's \"x\" $HOME"),
+            ("MULTI", "a\nb"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let line = exec_line(&env, &["/usr/bin/env".to_owned(), "-0".to_owned()])
+            .replace(crate::sandbox::TASK_ROOT, dir.path().to_str().unwrap());
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(EXEC_STANDBY)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("TZ", ":UTC")
+            .env("TMPDIR", "/var/tmp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let mut got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn the_exec_standby_gets_every_word_back_as_sent() {
