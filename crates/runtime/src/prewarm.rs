@@ -129,6 +129,40 @@ pub(crate) struct SandboxedStandby {
     pub cgroups: crate::cgroup::Cgroups,
 }
 
+/// What a standby process gets before it starts: a root to assemble, its network, its plan,
+/// and its cgroup.
+struct StandbyCell {
+    root: PathBuf,
+    net: NetNs,
+    plan: crate::sandbox::Plan,
+    cgroup: Option<InstanceCgroup>,
+}
+
+impl SandboxedStandby {
+    fn prepare(&self) -> std::io::Result<StandbyCell> {
+        let name = format!("standby-{}", uuid::Uuid::now_v7().simple());
+        let root = self.roots.join(&name);
+        std::fs::create_dir_all(&root)?;
+        let net = self.sandbox.new_net(true)?;
+        let plan = self.sandbox.plan(
+            &root,
+            None,
+            petrel_core::manifest::DEFAULT_TMP_MB,
+            Some(&net),
+        )?;
+        // Its cgroup now, joined before it runs anything (see Standby::cgroup).
+        let cgroup = self
+            .cgroups
+            .create(&name, petrel_core::manifest::DEFAULT_MEMORY_MB)?;
+        Ok(StandbyCell {
+            root,
+            net,
+            plan,
+            cgroup,
+        })
+    }
+}
+
 /// A standby process handed its function in its sandbox.
 pub(crate) struct TakenStandby {
     pub process: Process,
@@ -458,21 +492,12 @@ impl Prewarm {
         let zygote = self
             .zygote()
             .ok_or_else(|| std::io::Error::other("no fork server"))?;
-        let root = s
-            .roots
-            .join(format!("standby-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&root)?;
-        let net = s.sandbox.new_net(true)?;
-        let plan = s.sandbox.plan(
-            &root,
-            None,
-            petrel_core::manifest::DEFAULT_TMP_MB,
-            Some(&net),
-        )?;
-        let name = format!("standby-{}", uuid::Uuid::now_v7().simple());
-        let cgroup = s
-            .cgroups
-            .create(&name, petrel_core::manifest::DEFAULT_MEMORY_MB)?;
+        let StandbyCell {
+            root,
+            net,
+            plan,
+            cgroup,
+        } = s.prepare()?;
         let procs = cgroup
             .as_ref()
             .map(InstanceCgroup::procs_files)
@@ -499,13 +524,7 @@ impl Prewarm {
             })
             .await
             .map_err(io)?;
-        let source: SourceCell = Arc::new(RwLock::new(LogSource {
-            namespace: String::new(),
-            function: "(standby)".into(),
-            version: 0,
-            instance: String::new(),
-        }));
-        let attribution = Arc::new(Attribution::default());
+        let (source, attribution) = standby_identity();
         let process = Process::forked(
             forked,
             out_r,
@@ -558,28 +577,18 @@ impl Prewarm {
         let mut cgroup = None;
         let sandboxed = match &self.sandboxed {
             Some(s) => {
-                // Its cgroup now, joined before it runs anything (see Standby::cgroup).
-                let name = format!("standby-{}", uuid::Uuid::now_v7().simple());
-                cgroup = s
-                    .cgroups
-                    .create(&name, petrel_core::manifest::DEFAULT_MEMORY_MB)?;
-                let procs = match &cgroup {
+                let StandbyCell {
+                    root,
+                    net,
+                    mut plan,
+                    cgroup: cg,
+                } = s.prepare()?;
+                let procs = match &cg {
                     Some(cg) => cg.open_procs()?,
                     None => Vec::new(),
                 };
+                cgroup = cg;
                 crate::cgroup::confine_before_exec(&mut cmd, procs);
-                let root = s
-                    .roots
-                    .join(format!("standby-{}", uuid::Uuid::now_v7().simple()));
-                std::fs::create_dir_all(&root)?;
-                let net = s.sandbox.new_net(true)?;
-                let plan = s.sandbox.plan(
-                    &root,
-                    None,
-                    petrel_core::manifest::DEFAULT_TMP_MB,
-                    Some(&net),
-                )?;
-                let mut plan = plan;
                 cmd.env("PATH", &s.path)
                     .env("HOME", "/tmp")
                     .env("TMPDIR", "/tmp")
@@ -594,13 +603,7 @@ impl Prewarm {
                 None
             }
         };
-        let source: SourceCell = Arc::new(RwLock::new(LogSource {
-            namespace: String::new(),
-            function: "(standby)".into(),
-            version: 0,
-            instance: String::new(),
-        }));
-        let attribution = Arc::new(Attribution::default());
+        let (source, attribution) = standby_identity();
         let (src, sink, a) = (source.clone(), self.sink.clone(), attribution.clone());
         let (process, stdin) = match &sandboxed {
             Some((_, _, true)) => {
@@ -619,6 +622,17 @@ impl Prewarm {
             cgroup,
         })
     }
+}
+
+/// The log identity of a standby process until it is handed its function.
+fn standby_identity() -> (SourceCell, Arc<Attribution>) {
+    let source = Arc::new(RwLock::new(LogSource {
+        namespace: String::new(),
+        function: "(standby)".into(),
+        version: 0,
+        instance: String::new(),
+    }));
+    (source, Arc::new(Attribution::default()))
 }
 
 fn env_and_dir(cmd: &Command) -> (Vec<(String, String)>, PathBuf) {
