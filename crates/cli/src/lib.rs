@@ -186,8 +186,8 @@ struct ServeArgs {
     /// Export invocation spans as OTLP over HTTP to this collector (http://HOST:4318).
     #[arg(long)]
     otlp_endpoint: Option<String>,
-    /// Start every python3 and nodejs instance as a new process: no Python fork server, no
-    /// standby Node processes.
+    /// Start every process instance as a new process: no Python fork server, no standby
+    /// processes.
     #[arg(long)]
     no_prewarm: bool,
     /// Memory that live process instances may hold together (sum of their memory_mb): 80%
