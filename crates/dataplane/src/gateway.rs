@@ -357,7 +357,7 @@ async fn invoke_event(
             id: call.id.to_owned(),
             event,
             timeout: pool.version().spec.timeout(),
-            client_context: text("x-amz-client-context"),
+            client_context: text("x-amz-client-context").map(|c| client_context(&c)),
             cognito_identity: None,
             trace_id: Some(call_span.xray()),
         })
@@ -692,4 +692,17 @@ impl http_body::Body for LeasedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The client context as the Runtime API hands it on: Lambda's `X-Amz-Client-Context` is
+/// base64 of a JSON object, and runtime clients parse `Lambda-Runtime-Client-Context` as JSON.
+/// A value that is not base64 of JSON (JSON sent as is, say) goes on unchanged.
+fn client_context(header: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(header.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| serde_json::from_str::<serde_json::Value>(s).is_ok())
+        .unwrap_or_else(|| header.to_owned())
 }

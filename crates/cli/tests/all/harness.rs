@@ -224,6 +224,37 @@ impl Petrel {
         }
     }
 
+    /// A request with headers of its own.
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        use http_body_util::Full;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = client
+            .request(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: bytes,
+        }
+    }
+
     pub async fn invoke(&self, name: &str, event: &str) -> Resp {
         self.http(
             "POST",

@@ -7,6 +7,7 @@ mod errors;
 mod fixtures;
 mod harness;
 mod http_fn;
+mod lambda_clients;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -1,0 +1,205 @@
+//! The official AWS Lambda runtime clients, each run as a `provided` function with its own
+//! `bootstrap` against Petrel's Runtime API: a hello that reports what its context says, an
+//! error, a timeout and a failed init. The packages come from the language's registry, as a
+//! user would install them.
+
+use crate::harness::{eventually, Petrel};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The Python runtime interface client, `pip install`ed once per machine into a cache that
+/// outlives the test run (a new version of the pin makes a new directory).
+const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
+
+fn awslambdaric() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("petrel-test-{}", AWSLAMBDARIC.replace("==", "-")));
+        if !dir.join("awslambdaric").is_dir() {
+            let tmp = dir.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&tmp);
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-compile",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&tmp)
+                .arg(AWSLAMBDARIC)
+                .output()
+                .expect("python3 runs");
+            assert!(
+                out.status.success(),
+                "pip install {AWSLAMBDARIC} failed (PyPI must be reachable): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        dir
+    })
+    .clone()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+const PY_APP: &str = r#"
+import os, time
+
+def handler(event, context):
+    action = (event or {}).get("action")
+    if action == "raise":
+        raise ValueError("boom from awslambdaric")
+    if action == "sleep":
+        time.sleep(30)
+    cc = context.client_context
+    return {
+        "request_id": context.aws_request_id,
+        "arn": context.invoked_function_arn,
+        "function_name": context.function_name,
+        "version": context.function_version,
+        "memory": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "log_group": context.log_group_name,
+        "log_stream": context.log_stream_name,
+        "client_custom": cc.custom if cc else None,
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+        "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
+        "event": event,
+    }
+"#;
+
+/// A `provided` function whose bootstrap runs `python3 -m awslambdaric` with `module`.
+fn python_ric_function(name: &str, app: &str, extra: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    copy_tree(&awslambdaric(), d.path());
+    std::fs::write(d.path().join("app.py"), app).unwrap();
+    let bootstrap = d.path().join("bootstrap");
+    std::fs::write(
+        &bootstrap,
+        "#!/bin/sh\nexec python3 -m awslambdaric \"$_HANDLER\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.path().join("petrel.toml"),
+        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"app.handler\"\n{extra}\n"),
+    )
+    .unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_runtime_client_runs_unchanged() {
+    let p = Petrel::start().await;
+    let f = python_ric_function("ric-py", PY_APP, "timeout = \"3s\"\nmemory_mb = 256");
+    p.deploy(f.path());
+
+    // Hello: every field of its context comes from Petrel's Runtime API headers and
+    // environment; the client context arrives as Lambda's Invoke API sends it (base64 JSON).
+    let cc = r#"{"custom": {"tenant": "t-1"}}"#;
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let r = p
+        .http_with(
+            "POST",
+            "/v1/functions/ric-py/invoke",
+            &[
+                ("content-type", "application/json"),
+                ("x-amz-client-context", &b64(cc)),
+            ],
+            br#"{"hello": "ric"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        Some(j["request_id"].as_str().unwrap()),
+        r.header("x-petrel-invocation-id"),
+        "{j}"
+    );
+    assert_eq!(
+        j["arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:ric-py:1"
+    );
+    assert_eq!(
+        (&j["function_name"], &j["version"], &j["memory"]),
+        (
+            &serde_json::json!("ric-py"),
+            &serde_json::json!("1"),
+            &serde_json::json!("256")
+        )
+    );
+    let remaining = j["remaining_ms"].as_u64().unwrap();
+    assert!(
+        (1000..=3000).contains(&remaining),
+        "deadline from the 3s timeout: {j}"
+    );
+    assert_eq!(j["log_group"], "/petrel/default/ric-py");
+    assert!(j["log_stream"].as_str().unwrap().starts_with("i-"), "{j}");
+    assert_eq!(
+        j["client_custom"],
+        serde_json::json!({"tenant": "t-1"}),
+        "{j}"
+    );
+    assert!(j["trace"].as_str().unwrap().starts_with("Root=1-"), "{j}");
+    assert_eq!(j["task_root"], "/var/task");
+    assert_eq!(j["event"], serde_json::json!({"hello": "ric"}));
+
+    // An exception: Lambda's error shape, with the type the client reported.
+    let r = p.invoke("ric-py", r#"{"action": "raise"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.header("x-petrel-function-error"), Some("Unhandled"));
+    let j = r.json();
+    assert_eq!(
+        (&j["errorType"], &j["errorMessage"]),
+        (
+            &serde_json::json!("ValueError"),
+            &serde_json::json!("boom from awslambdaric")
+        )
+    );
+    // The same instance serves the next request.
+    assert_eq!(p.invoke("ric-py", "{}").await.status, 200);
+
+    // A timeout: 504, the instance stopped, the next request gets a new one.
+    let before = p.invoke("ric-py", "{}").await.json()["log_stream"].clone();
+    p.invoke("ric-py", r#"{"action": "sleep"}"#)
+        .await
+        .assert_error(504, "function_timeout");
+    let after = p.invoke("ric-py", "{}").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(after.json()["log_stream"], before);
+
+    // A handler that cannot be imported: the client reports it on /runtime/init/error, and
+    // the invocation says so.
+    let broken = python_ric_function("ric-broken", "import no_such_module\n", "");
+    p.deploy(broken.path());
+    let r = p.invoke("ric-broken", "{}").await;
+    let msg = r.assert_error(502, "function_init_failed");
+    assert!(
+        msg.contains("Runtime.ImportModuleError") && msg.contains("no_such_module"),
+        "{msg}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .cli_ok(&["logs", "ric-broken"])
+            .contains("no_such_module"))
+        .await
+    );
+}
