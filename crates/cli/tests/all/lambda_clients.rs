@@ -203,3 +203,91 @@ async fn the_official_python_runtime_client_runs_unchanged() {
         .await
     );
 }
+
+/// The function written with the `lambda_runtime` crate, built once (release) into the
+/// workspace's target directory.
+fn lambda_rs_official() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = root.join("tests/fixtures/lambda-rs-official/Cargo.toml");
+        let target = root.join("../../target/fixtures");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the lambda_runtime function failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("release/lambda-rs-official")
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_rust_runtime_client_runs_unchanged() {
+    let p = Petrel::start().await;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(lambda_rs_official(), d.path().join("bootstrap")).unwrap();
+    std::fs::write(
+        d.path().join("petrel.toml"),
+        "name = \"rs-official\"\nruntime = \"provided\"\nhandler = \"hello\"\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
+    p.deploy(d.path());
+
+    use base64::Engine;
+    let cc = base64::engine::general_purpose::STANDARD.encode(r#"{"custom": {"tenant": "t-2"}}"#);
+    let r = p
+        .http_with(
+            "POST",
+            "/v1/functions/rs-official/invoke",
+            &[
+                ("content-type", "application/json"),
+                ("x-amz-client-context", &cc),
+            ],
+            br#"{"hello": "rust"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        Some(j["request_id"].as_str().unwrap()),
+        r.header("x-petrel-invocation-id")
+    );
+    assert_eq!(
+        j["arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:rs-official:1"
+    );
+    assert_eq!(
+        (&j["function_name"], &j["memory"]),
+        (&serde_json::json!("rs-official"), &serde_json::json!(128))
+    );
+    assert_eq!(
+        j["client_custom"],
+        serde_json::json!({"tenant": "t-2"}),
+        "{j}"
+    );
+    assert!(j["trace"].as_str().unwrap().starts_with("Root=1-"), "{j}");
+    let remaining = j["remaining_ms"].as_u64().unwrap();
+    assert!((1000..=3000).contains(&remaining), "{j}");
+    assert_eq!(j["event"], serde_json::json!({"hello": "rust"}));
+
+    let r = p.invoke("rs-official", r#"{"action": "raise"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    // The error type is what the client sends in Lambda-Runtime-Function-Error-Type.
+    assert_eq!(r.header("x-petrel-function-error"), Some("unhandled"));
+    assert_eq!(r.json()["errorMessage"], "boom from lambda_runtime");
+    assert_eq!(p.invoke("rs-official", "{}").await.status, 200);
+
+    p.invoke("rs-official", r#"{"action": "sleep"}"#)
+        .await
+        .assert_error(504, "function_timeout");
+    assert_eq!(p.invoke("rs-official", "{}").await.status, 200);
+}
