@@ -25,10 +25,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+mod lambda_api;
+
 /// The gateway's routes; merge them into the server's router.
 pub fn routes() -> Router<DataPlane> {
     Router::new()
         .route("/v1/functions/{name}/invoke", post(raw_invoke))
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(lambda_api::invoke),
+        )
         .route("/fn/{name}", any(fn_root))
         .route("/fn/{name}/", any(fn_root))
         .route("/fn/{name}/{*path}", any(fn_path))

@@ -13,37 +13,47 @@ const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
 
 fn awslambdaric() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("petrel-test-{}", AWSLAMBDARIC.replace("==", "-")));
-        if !dir.join("awslambdaric").is_dir() {
-            let tmp = dir.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&tmp);
-            let out = std::process::Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-compile",
-                    "--disable-pip-version-check",
-                    "--target",
-                ])
-                .arg(&tmp)
-                .arg(AWSLAMBDARIC)
-                .output()
-                .expect("python3 runs");
-            assert!(
-                out.status.success(),
-                "pip install {AWSLAMBDARIC} failed (PyPI must be reachable): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).unwrap();
-        }
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| pip_target(AWSLAMBDARIC)).clone()
+}
+
+/// boto3, for driving Petrel as AWS SDKs do.
+const BOTO3: &str = "boto3==1.35.99";
+
+fn boto3() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| pip_target(BOTO3)).clone()
+}
+
+/// `pip install --target` of one pinned package, cached per machine across test runs.
+fn pip_target(package: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("petrel-test-{}", package.replace("==", "-")));
+    let module = package.split("==").next().unwrap();
+    if !dir.join(module).is_dir() {
+        let tmp = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&tmp)
+            .arg(package)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "pip install {package} failed (PyPI must be reachable): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).unwrap();
+    }
+    dir
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -290,4 +300,110 @@ async fn the_official_rust_runtime_client_runs_unchanged() {
         .await
         .assert_error(504, "function_timeout");
     assert_eq!(p.invoke("rs-official", "{}").await.status, 200);
+}
+
+/// Drives Petrel with boto3's Lambda client (`endpoint_url` = Petrel) and prints what each call
+/// gave, as JSON.
+const BOTO3_SCRIPT: &str = r#"
+import json, sys, boto3, botocore
+url = sys.argv[1]
+lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                   aws_access_key_id="AKIDPETREL", aws_secret_access_key="secret",
+                   config=botocore.config.Config(retries={"max_attempts": 1}))
+out = {}
+def call(key, **kw):
+    try:
+        r = lam.invoke(**kw)
+        payload = r["Payload"].read() if "Payload" in r else b""
+        out[key] = {"status": r["StatusCode"], "error": r.get("FunctionError"),
+                    "version": r.get("ExecutedVersion"),
+                    "payload": json.loads(payload) if payload else None}
+    except botocore.exceptions.ClientError as e:
+        out[key] = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
+                    "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+call("hello", FunctionName="sdk-py", Payload=json.dumps({"who": "boto3"}))
+call("arn", FunctionName="arn:aws:lambda:us-east-1:000000000000:function:sdk-py", Qualifier="1", Payload=b"{}")
+call("raise", FunctionName="sdk-py", Payload=json.dumps({"action": "raise"}))
+call("timeout", FunctionName="sdk-py", Payload=json.dumps({"action": "sleep"}))
+call("dry", FunctionName="sdk-py", InvocationType="DryRun")
+call("event", FunctionName="sdk-py", InvocationType="Event", Payload=b"{}")
+call("missing", FunctionName="no-such-function", Payload=b"{}")
+call("old", FunctionName="sdk-py", Qualifier="9", Payload=b"{}")
+print(json.dumps(out))
+"#;
+
+const SDK_PY_APP: &str = r#"
+import time
+def handler(event, context):
+    if event.get("action") == "raise":
+        raise KeyError("boom from the handler")
+    if event.get("action") == "sleep":
+        time.sleep(30)
+    return {"hello": event.get("who"), "version": context.function_version}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_invokes_petrel_functions_through_lambdas_api() {
+    let p = Petrel::start().await;
+    let f = crate::harness::function_dir(&[
+        (
+            "petrel.toml",
+            &crate::harness::manifest("sdk-py", "python3", "app.handler", "timeout = \"2s\""),
+        ),
+        ("app.py", SDK_PY_APP),
+    ]);
+    p.deploy(f.path());
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), BOTO3_SCRIPT).unwrap();
+    let url = p.url.clone();
+    let path = script.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&path)
+            .arg(&url)
+            .env("PYTHONPATH", boto3())
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(
+        j["hello"],
+        json!({"status": 200, "error": null, "version": "1", "payload": {"hello": "boto3", "version": "1"}})
+    );
+    assert_eq!(
+        (&j["arn"]["status"], &j["arn"]["version"]),
+        (&json!(200), &json!("1")),
+        "{j}"
+    );
+    assert_eq!(
+        (&j["raise"]["status"], &j["raise"]["error"]),
+        (&json!(200), &json!("Unhandled")),
+        "{j}"
+    );
+    assert_eq!(j["raise"]["payload"]["errorType"], "KeyError", "{j}");
+    assert_eq!(j["timeout"]["error"], "Unhandled", "{j}");
+    assert_eq!(
+        j["timeout"]["payload"]["errorType"], "Sandbox.Timedout",
+        "{j}"
+    );
+    assert_eq!(j["dry"]["status"], 204, "{j}");
+    assert_eq!(
+        (&j["event"]["code"], &j["event"]["status"]),
+        (&json!("ServiceException"), &json!(501)),
+        "{j}"
+    );
+    assert_eq!(
+        (&j["missing"]["code"], &j["missing"]["status"]),
+        (&json!("ResourceNotFoundException"), &json!(404)),
+        "{j}"
+    );
+    assert_eq!(j["old"]["code"], "ResourceNotFoundException", "{j}");
 }

@@ -1,0 +1,240 @@
+//! AWS Lambda's `Invoke` call (`POST /2015-03-31/functions/{name}/invocations`) on Petrel's
+//! listener, so that AWS SDKs and the AWS CLI invoke Petrel functions with `--endpoint-url`.
+//!
+//! Lambda's shapes throughout: a function's error is a `200` with `X-Amz-Function-Error:
+//! Unhandled` and the error document (a timeout, crash or out-of-memory end included, with the
+//! error types Lambda uses); the service's own errors carry `x-amzn-ErrorType` and
+//! `{"Type", "message"}`, which the SDKs turn into `ResourceNotFoundException` and the like.
+
+use super::{invoke_event, new_invocation_id, read_body, Call};
+use crate::DataPlane;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use petrel_core::api::INVOCATION_ID_HEADER;
+use petrel_core::{ApiError, ErrorCode, FunctionRef};
+use petrel_runtime::LambdaOutcome;
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct LambdaQuery {
+    #[serde(rename = "Qualifier")]
+    qualifier: Option<String>,
+}
+
+/// `{name}` may be a name, `name:qualifier`, or a function ARN with or without a qualifier;
+/// a qualifier is `$LATEST` or a version number (aliases are not supported).
+fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, Response> {
+    let name = name
+        .strip_prefix("arn:aws:lambda:")
+        .and_then(|rest| rest.split_once(":function:").map(|(_, f)| f))
+        .unwrap_or(name);
+    let (base, qualifier) = match name.split_once(':') {
+        Some((b, q)) => (b, Some(q)),
+        None => (name, q.qualifier.as_deref()),
+    };
+    let version = match qualifier {
+        None | Some("$LATEST") => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(service_error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    &format!("Function not found: {base}:{v} (Petrel knows versions and $LATEST, not aliases)"),
+                ))
+            }
+        },
+    };
+    let mut r = FunctionRef::parse(base, petrel_core::DEFAULT_NAMESPACE).map_err(|e| {
+        service_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            &e.to_string(),
+        )
+    })?;
+    r.version = version;
+    Ok(r)
+}
+
+/// One of Lambda's service errors, as the SDKs read them.
+fn service_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({"Type": "User", "message": message}).to_string();
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(kind) {
+        h.insert("x-amzn-errortype", v);
+    }
+    resp
+}
+
+/// A Petrel error in Lambda's terms: the function's own ends as function errors, the rest as
+/// service errors.
+fn lambda_error(e: ApiError, id: &str) -> Response {
+    let function_error = |error_type: &str| {
+        let body = serde_json::json!({
+            "errorType": error_type,
+            "errorMessage": format!("RequestId: {id} Error: {}", e.message),
+        });
+        function_error_response(body.to_string().into())
+    };
+    match e.code {
+        ErrorCode::FunctionTimeout => function_error("Sandbox.Timedout"),
+        ErrorCode::FunctionCrashed => function_error("Runtime.ExitError"),
+        ErrorCode::FunctionOutOfMemory => function_error("Runtime.OutOfMemory"),
+        ErrorCode::FunctionInitFailed => function_error("Runtime.InitError"),
+        ErrorCode::BadFunctionResponse => function_error("Runtime.InvalidResponse"),
+        ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound => service_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &e.message,
+        ),
+        ErrorCode::InvalidName => {
+            service_error(StatusCode::BAD_REQUEST, "ValidationException", &e.message)
+        }
+        ErrorCode::InvalidPayload => service_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            &e.message,
+        ),
+        ErrorCode::PayloadTooLarge => service_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            &e.message,
+        ),
+        ErrorCode::ResponseTooLarge => service_error(
+            StatusCode::BAD_GATEWAY,
+            "ResponseSizeTooLargeException",
+            &e.message,
+        ),
+        ErrorCode::TooManyRequests | ErrorCode::NoCapacity => service_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            &e.message,
+        ),
+        _ => service_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceException",
+            &e.message,
+        ),
+    }
+}
+
+fn function_error_response(body: Bytes) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "x-amz-function-error",
+        HeaderValue::from_static("Unhandled"),
+    );
+    resp
+}
+
+pub(super) async fn invoke(
+    State(dp): State<DataPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<LambdaQuery>,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    let mut resp = match invoke_inner(&dp, &name, &q, &id, req).await {
+        Ok(r) => r,
+        Err(r) => r,
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-amzn-requestid", v.clone());
+        resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
+    }
+    resp
+}
+
+async fn invoke_inner(
+    dp: &DataPlane,
+    name: &str,
+    q: &LambdaQuery,
+    id: &str,
+    req: Request,
+) -> Result<Response, Response> {
+    let r = function_ref(name, q)?;
+    let invocation_type = req
+        .headers()
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse")
+        .to_owned();
+    let pool = dp.resolve(&r).await.map_err(|e| lambda_error(e, id))?;
+    let executed = pool.version().version;
+    match invocation_type.as_str() {
+        "RequestResponse" => {}
+        "DryRun" => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            resp.headers_mut()
+                .insert("x-amz-executed-version", HeaderValue::from(executed));
+            return Ok(resp);
+        }
+        "Event" => {
+            return Err(service_error(
+                StatusCode::NOT_IMPLEMENTED,
+                "ServiceException",
+                "asynchronous invocation (InvocationType Event) is not built yet in Petrel; invoke with RequestResponse",
+            ))
+        }
+        other => {
+            return Err(service_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!("InvocationType {other:?} is not one of RequestResponse, Event, DryRun"),
+            ))
+        }
+    }
+    if !pool.version().spec.runtime.speaks_lambda() {
+        return Err(service_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            &format!(
+                "function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}",
+                pool.version().spec.runtime
+            ),
+        ));
+    }
+    let call = Call::new(dp, id, "lambda-invoke", &req);
+    let (parts, body) = read_body(req, dp.env().payload_limit())
+        .await
+        .map_err(|e| lambda_error(e, id))?;
+    let event = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    let (version, outcome) = match invoke_event(&call, &pool, event, &parts.headers).await {
+        Ok(v) => v,
+        Err(e) => {
+            let mut resp = lambda_error(e, id);
+            resp.headers_mut()
+                .insert("x-amz-executed-version", HeaderValue::from(executed));
+            return Ok(resp);
+        }
+    };
+    let mut resp = match outcome {
+        LambdaOutcome::Success(b) => {
+            let mut resp = (StatusCode::OK, b).into_response();
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        LambdaOutcome::FunctionError { body, .. } => function_error_response(body),
+    };
+    resp.headers_mut()
+        .insert("x-amz-executed-version", HeaderValue::from(version));
+    Ok(resp)
+}
