@@ -24,7 +24,7 @@ pub(super) struct LambdaQuery {
 
 /// `{name}` may be a name, `name:qualifier`, or a function ARN with or without a qualifier;
 /// a qualifier is `$LATEST` or a version number (aliases are not supported).
-fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, Response> {
+fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, ServiceError> {
     let name = name
         .strip_prefix("arn:aws:lambda:")
         .and_then(|rest| rest.split_once(":function:").map(|(_, f)| f))
@@ -38,23 +38,32 @@ fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, Response> {
         Some(v) => match v.parse::<u32>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
-                return Err(service_error(
+                return Err(ServiceError(
                     StatusCode::NOT_FOUND,
                     "ResourceNotFoundException",
-                    &format!("Function not found: {base}:{v} (Petrel knows versions and $LATEST, not aliases)"),
+                    format!("Function not found: {base}:{v} (Petrel knows versions and $LATEST, not aliases)"),
                 ))
             }
         },
     };
     let mut r = FunctionRef::parse(base, petrel_core::DEFAULT_NAMESPACE).map_err(|e| {
-        service_error(
+        ServiceError(
             StatusCode::BAD_REQUEST,
             "ValidationException",
-            &e.to_string(),
+            e.to_string(),
         )
     })?;
     r.version = version;
     Ok(r)
+}
+
+/// One of Lambda's service errors: status, type, message.
+struct ServiceError(StatusCode, &'static str, String);
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        service_error(self.0, self.1, &self.2)
+    }
 }
 
 /// One of Lambda's service errors, as the SDKs read them.
@@ -145,10 +154,7 @@ pub(super) async fn invoke(
     req: Request,
 ) -> Response {
     let id = new_invocation_id();
-    let mut resp = match invoke_inner(&dp, &name, &q, &id, req).await {
-        Ok(r) => r,
-        Err(r) => r,
-    };
+    let mut resp = invoke_inner(&dp, &name, &q, &id, req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amzn-requestid", v.clone());
         resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
@@ -162,15 +168,21 @@ async fn invoke_inner(
     q: &LambdaQuery,
     id: &str,
     req: Request,
-) -> Result<Response, Response> {
-    let r = function_ref(name, q)?;
+) -> Response {
+    let r = match function_ref(name, q) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let invocation_type = req
         .headers()
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse")
         .to_owned();
-    let pool = dp.resolve(&r).await.map_err(|e| lambda_error(e, id))?;
+    let pool = match dp.resolve(&r).await {
+        Ok(p) => p,
+        Err(e) => return lambda_error(e, id),
+    };
     let executed = pool.version().version;
     match invocation_type.as_str() {
         "RequestResponse" => {}
@@ -178,37 +190,38 @@ async fn invoke_inner(
             let mut resp = StatusCode::NO_CONTENT.into_response();
             resp.headers_mut()
                 .insert("x-amz-executed-version", HeaderValue::from(executed));
-            return Ok(resp);
+            return resp;
         }
         "Event" => {
-            return Err(service_error(
+            return service_error(
                 StatusCode::NOT_IMPLEMENTED,
                 "ServiceException",
                 "asynchronous invocation (InvocationType Event) is not built yet in Petrel; invoke with RequestResponse",
-            ))
+            );
         }
         other => {
-            return Err(service_error(
+            return service_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidParameterValueException",
                 &format!("InvocationType {other:?} is not one of RequestResponse, Event, DryRun"),
-            ))
+            );
         }
     }
     if !pool.version().spec.runtime.speaks_lambda() {
-        return Err(service_error(
+        return service_error(
             StatusCode::BAD_REQUEST,
             "InvalidParameterValueException",
             &format!(
                 "function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}",
                 pool.version().spec.runtime
             ),
-        ));
+        );
     }
     let call = Call::new(dp, id, "lambda-invoke", &req);
-    let (parts, body) = read_body(req, dp.env().payload_limit())
-        .await
-        .map_err(|e| lambda_error(e, id))?;
+    let (parts, body) = match read_body(req, dp.env().payload_limit()).await {
+        Ok(v) => v,
+        Err(e) => return lambda_error(e, id),
+    };
     let event = if body.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
     } else {
@@ -220,7 +233,7 @@ async fn invoke_inner(
             let mut resp = lambda_error(e, id);
             resp.headers_mut()
                 .insert("x-amz-executed-version", HeaderValue::from(executed));
-            return Ok(resp);
+            return resp;
         }
     };
     let mut resp = match outcome {
@@ -236,5 +249,5 @@ async fn invoke_inner(
     };
     resp.headers_mut()
         .insert("x-amz-executed-version", HeaderValue::from(version));
-    Ok(resp)
+    resp
 }
