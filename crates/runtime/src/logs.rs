@@ -21,6 +21,45 @@ pub const MAX_LOG_BYTES_PER_INVOCATION: usize = 2 * 1024 * 1024;
 pub struct LogSink {
     tx: mpsc::Sender<LogLine>,
     dropped: Arc<AtomicU64>,
+    taps: Arc<Taps>,
+}
+
+/// Copies of the lines of particular invocations, for a caller that asked for its log tail.
+#[derive(Debug, Default)]
+struct Taps {
+    /// How many taps are open: emitting checks this, not the lock, when there are none.
+    open: std::sync::atomic::AtomicUsize,
+    lines: Mutex<std::collections::HashMap<String, Vec<String>>>,
+}
+
+/// Most bytes a tap keeps (the oldest lines go first).
+const TAP_BYTES: usize = 64 * 1024;
+
+/// The lines of one invocation, collected while it is open.
+#[derive(Debug)]
+pub struct LogTap {
+    taps: Arc<Taps>,
+    invocation: String,
+}
+
+impl LogTap {
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.taps
+            .lines
+            .lock()
+            .unwrap()
+            .get(&self.invocation)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LogTap {
+    fn drop(&mut self) {
+        self.taps.lines.lock().unwrap().remove(&self.invocation);
+        self.taps.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LogSink {
@@ -30,14 +69,40 @@ impl LogSink {
             Self {
                 tx,
                 dropped: Arc::new(AtomicU64::new(0)),
+                taps: Arc::default(),
             },
             rx,
         )
     }
 
     pub fn emit(&self, line: LogLine) {
+        if self.taps.open.load(Ordering::Relaxed) > 0 {
+            if let Some(inv) = &line.invocation {
+                if let Some(v) = self.taps.lines.lock().unwrap().get_mut(inv) {
+                    v.push(line.line.clone());
+                    let mut total: usize = v.iter().map(|l| l.len() + 1).sum();
+                    while total > TAP_BYTES && !v.is_empty() {
+                        total -= v.remove(0).len() + 1;
+                    }
+                }
+            }
+        }
         if self.tx.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts collecting the lines of `invocation` (until the tap is dropped).
+    pub fn tap(&self, invocation: &str) -> LogTap {
+        self.taps
+            .lines
+            .lock()
+            .unwrap()
+            .insert(invocation.to_owned(), Vec::new());
+        self.taps.open.fetch_add(1, Ordering::Relaxed);
+        LogTap {
+            taps: self.taps.clone(),
+            invocation: invocation.to_owned(),
         }
     }
 

@@ -318,10 +318,14 @@ def call(key, **kw):
         out[key] = {"status": r["StatusCode"], "error": r.get("FunctionError"),
                     "version": r.get("ExecutedVersion"),
                     "payload": json.loads(payload) if payload else None}
+        if "LogResult" in r:
+            import base64
+            out[key]["log"] = base64.b64decode(r["LogResult"]).decode()
     except botocore.exceptions.ClientError as e:
         out[key] = {"code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"],
                     "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
 call("hello", FunctionName="sdk-py", Payload=json.dumps({"who": "boto3"}))
+call("tail", FunctionName="sdk-py", LogType="Tail", Payload=json.dumps({"who": "tail"}))
 call("arn", FunctionName="arn:aws:lambda:us-east-1:000000000000:function:sdk-py", Qualifier="1", Payload=b"{}")
 call("raise", FunctionName="sdk-py", Payload=json.dumps({"action": "raise"}))
 call("timeout", FunctionName="sdk-py", Payload=json.dumps({"action": "sleep"}))
@@ -335,6 +339,7 @@ print(json.dumps(out))
 const SDK_PY_APP: &str = r#"
 import time
 def handler(event, context):
+    print("handler says hello to", event.get("who"), flush=True)
     if event.get("action") == "raise":
         raise KeyError("boom from the handler")
     if event.get("action") == "sleep":
@@ -383,6 +388,16 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
         (&json!(200), &json!("1")),
         "{j}"
     );
+    // LogType Tail: the invocation's own log, framed as Lambda frames it.
+    let log = j["tail"]["log"].as_str().unwrap_or_default();
+    assert!(
+        log.starts_with("START RequestId: ")
+            && log.contains("handler says hello to tail\n")
+            && !log.contains("hello to boto3")
+            && log.contains("REPORT RequestId: "),
+        "{j}"
+    );
+    assert!(j["hello"].get("log").is_none(), "no tail unless asked: {j}");
     assert_eq!(
         (&j["raise"]["status"], &j["raise"]["error"]),
         (&json!(200), &json!("Unhandled")),

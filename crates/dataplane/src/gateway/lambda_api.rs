@@ -173,6 +173,10 @@ async fn invoke_inner(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let tail = req
+        .headers()
+        .get("x-amz-log-type")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
     let invocation_type = req
         .headers()
         .get("x-amz-invocation-type")
@@ -227,13 +231,34 @@ async fn invoke_inner(
     } else {
         body
     };
-    let (version, outcome) = match invoke_event(&call, &pool, event, &parts.headers).await {
+    // LogType Tail: the invocation's own lines, collected as they are written.
+    let tap = tail.then(|| dp.env().log_sink().tap(id));
+    let started = std::time::Instant::now();
+    let result = invoke_event(&call, &pool, event, &parts.headers).await;
+    let log_result = match tap {
+        Some(tap) => {
+            // Output written just before the answer may still be in the pipe.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            Some(log_result(id, executed, &tap.lines(), started.elapsed()))
+        }
+        None => None,
+    };
+    let with_log = |mut resp: Response| {
+        if let Some(v) = log_result
+            .as_ref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            resp.headers_mut().insert("x-amz-log-result", v);
+        }
+        resp
+    };
+    let (version, outcome) = match result {
         Ok(v) => v,
         Err(e) => {
             let mut resp = lambda_error(e, id);
             resp.headers_mut()
                 .insert("x-amz-executed-version", HeaderValue::from(executed));
-            return resp;
+            return with_log(resp);
         }
     };
     let mut resp = match outcome {
@@ -249,5 +274,26 @@ async fn invoke_inner(
     };
     resp.headers_mut()
         .insert("x-amz-executed-version", HeaderValue::from(version));
-    resp
+    with_log(resp)
+}
+
+/// `X-Amz-Log-Result`: base64 of the last 4 KB of the invocation's log, framed as Lambda frames
+/// it (START, the function's lines, END, REPORT).
+fn log_result(id: &str, version: u32, lines: &[String], took: std::time::Duration) -> String {
+    use base64::Engine;
+    let mut text = format!("START RequestId: {id} Version: {version}\n");
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {:.2} ms\n",
+        took.as_secs_f64() * 1000.0
+    ));
+    let bytes = text.as_bytes();
+    let mut start = bytes.len().saturating_sub(4096);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    base64::engine::general_purpose::STANDARD.encode(&bytes[start..])
 }
