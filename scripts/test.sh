@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Petrel's whole test suite on a fresh machine: installs and starts what the tests need
-# (PostgreSQL, the Python and Node.js interpreters the function runtimes use), then the tests.
+# (PostgreSQL, the Python and Node.js interpreters the function runtimes use, the tools that
+# build the official Node.js Lambda runtime client), then the tests.
 # Extra arguments go to `cargo test` (for example: scripts/test.sh -p petrel-store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,13 @@ _petrel_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
-command -v node >/dev/null || missing+=(nodejs)
+command -v node >/dev/null || missing+=(nodejs npm)
+command -v npm >/dev/null || missing+=(npm)
+# The official Node.js Lambda runtime client (aws-lambda-ric, from npm) builds curl and
+# aws-lambda-cpp from source when installed.
+for tool in cmake:cmake autoconf:autoconf automake:automake libtoolize:libtool make:make g++:g++; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test: installing ${missing[*]} from Debian's packages"
   _petrel_sudo apt-get update -qq

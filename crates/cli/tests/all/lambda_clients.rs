@@ -422,3 +422,113 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
     );
     assert_eq!(j["old"]["code"], "ResourceNotFoundException", "{j}");
 }
+
+/// The Node.js runtime interface client, from npm. Its install builds curl and aws-lambda-cpp
+/// from source (a few minutes, once per machine: the result is cached across test runs); npm
+/// runs its install scripts only when the package allows them.
+const AWS_LAMBDA_RIC: &str = "3.3.0";
+
+fn aws_lambda_ric_node() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("petrel-test-aws-lambda-ric-{AWS_LAMBDA_RIC}"));
+        let ric = dir.join("node_modules/aws-lambda-ric");
+        if !ric.join("dist/rapid-client.node").is_file() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("package.json"),
+                format!(
+                    r#"{{"name": "ric", "private": true, "dependencies": {{"aws-lambda-ric": "{AWS_LAMBDA_RIC}"}}, "allowScripts": {{"aws-lambda-ric": true}}}}"#
+                ),
+            )
+            .unwrap();
+            let out = std::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--foreground-scripts"])
+                .current_dir(&dir)
+                .output()
+                .expect("npm runs");
+            assert!(
+                out.status.success() && ric.join("dist/rapid-client.node").is_file(),
+                "npm install aws-lambda-ric@{AWS_LAMBDA_RIC} failed (npm must be reachable; cmake, autoconf, automake, libtool and g++ installed): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ric
+    })
+    .clone()
+}
+
+const NODE_APP: &str = r#"
+exports.handler = async (event, context) => {
+  if (event.action === 'raise') throw new TypeError('boom from aws-lambda-ric');
+  if (event.action === 'sleep') await new Promise((r) => setTimeout(r, 30000));
+  return { request_id: context.awsRequestId, arn: context.invokedFunctionArn,
+           function_name: context.functionName, memory: context.memoryLimitInMB,
+           remaining_ms: context.getRemainingTimeInMillis(), event };
+};
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_nodejs_runtime_client_runs_unchanged() {
+    let ric = aws_lambda_ric_node();
+    let p = Petrel::start().await;
+    // The client's package as it runs (its JavaScript and the built addon), not its sources.
+    let d = tempfile::tempdir().unwrap();
+    let to = d.path().join("node_modules/aws-lambda-ric");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(ric.join("package.json"), to.join("package.json")).unwrap();
+    for sub in ["bin", "dist"] {
+        copy_tree(&ric.join(sub), &to.join(sub));
+    }
+    std::fs::write(d.path().join("index.js"), NODE_APP).unwrap();
+    let bootstrap = d.path().join("bootstrap");
+    std::fs::write(
+        &bootstrap,
+        "#!/bin/sh\nexec node \"$LAMBDA_TASK_ROOT/node_modules/aws-lambda-ric/bin/index.mjs\" \"$_HANDLER\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.path().join("petrel.toml"),
+        "name = \"ric-node\"\nruntime = \"provided\"\nhandler = \"index.handler\"\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
+    p.deploy(d.path());
+
+    let r = p.invoke("ric-node", r#"{"hello": "node"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        Some(j["request_id"].as_str().unwrap()),
+        r.header("x-petrel-invocation-id")
+    );
+    assert_eq!(
+        j["arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:ric-node:1"
+    );
+    assert_eq!(
+        (&j["function_name"], &j["memory"]),
+        (&serde_json::json!("ric-node"), &serde_json::json!("128"))
+    );
+    let remaining = j["remaining_ms"].as_u64().unwrap();
+    assert!((1000..=3000).contains(&remaining), "{j}");
+    assert_eq!(j["event"], serde_json::json!({"hello": "node"}));
+
+    let r = p.invoke("ric-node", r#"{"action": "raise"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(
+        (&r.json()["errorType"], &r.json()["errorMessage"]),
+        (
+            &serde_json::json!("TypeError"),
+            &serde_json::json!("boom from aws-lambda-ric")
+        )
+    );
+    assert_eq!(p.invoke("ric-node", "{}").await.status, 200);
+
+    p.invoke("ric-node", r#"{"action": "sleep"}"#)
+        .await
+        .assert_error(504, "function_timeout");
+    assert_eq!(p.invoke("ric-node", "{}").await.status, 200);
+}
