@@ -26,6 +26,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 mod lambda_api;
+mod sigv4;
+
+pub use sigv4::AccessKey;
 
 /// The gateway's routes; merge them into the server's router.
 pub fn routes() -> Router<DataPlane> {

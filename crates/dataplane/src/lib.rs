@@ -20,7 +20,7 @@ pub mod pool;
 pub mod trace;
 
 pub use error::{invoke_error, ErrorResponse};
-pub use gateway::routes;
+pub use gateway::{routes, AccessKey};
 pub use pool::{Pool, PoolStats};
 
 use petrel_core::api::InvocationRecord;
@@ -65,6 +65,7 @@ pub trait VersionSource: Send + Sync + 'static {
 type Key = (String, String);
 
 struct Inner {
+    lambda_keys: std::sync::OnceLock<Vec<gateway::AccessKey>>,
     spans: std::sync::OnceLock<trace::SpanSink>,
     env: RuntimeEnv,
     metrics: Arc<metrics::Metrics>,
@@ -102,6 +103,7 @@ impl DataPlane {
         let dp = Self {
             inner: Arc::new(Inner {
                 spans: std::sync::OnceLock::new(),
+                lambda_keys: std::sync::OnceLock::new(),
                 env,
                 metrics: Arc::new(metrics::Metrics::default()),
                 budget: Arc::default(),
@@ -124,6 +126,16 @@ impl DataPlane {
         if self.inner.records.tx.try_send(r).is_err() {
             self.inner.records.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Requires AWS Signature V4 with one of these keys on the Lambda API from now on.
+    pub fn require_lambda_signatures(&self, keys: Vec<gateway::AccessKey>) {
+        let _ = self.inner.lambda_keys.set(keys);
+    }
+
+    /// The keys the Lambda API checks signatures against; `None`: signatures are not checked.
+    pub(crate) fn lambda_keys(&self) -> Option<&[gateway::AccessKey]> {
+        self.inner.lambda_keys.get().map(Vec::as_slice)
     }
 
     /// Exports invocation spans as OTLP to `endpoint` (e.g. `http://127.0.0.1:4318`) from now on.

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     /// The process sandbox (namespaces, a read-only root, an unprivileged user, seccomp), used
     /// when Petrel can (as root); off only when asked.
     pub sandbox: bool,
+    /// Access keys the Lambda API (`/2015-03-31/...`) checks AWS Signature V4 against; none:
+    /// requests are not authenticated.
+    pub lambda_access_keys: Vec<petrel_dataplane::AccessKey>,
 }
 
 impl Default for ServeConfig {
@@ -48,6 +51,7 @@ impl Default for ServeConfig {
             memory_budget_mb: parse_memory_budget("80%").unwrap_or(u64::MAX),
             instance_limits: true,
             sandbox: true,
+            lambda_access_keys: Vec::new(),
         }
     }
 }
@@ -72,6 +76,15 @@ pub struct ConfigFile {
     pub memory_budget: Option<String>,
     pub instance_limits: Option<bool>,
     pub sandbox: Option<bool>,
+    pub lambda_access_keys: Option<Vec<LambdaKey>>,
+}
+
+/// One `[[lambda_access_keys]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaKey {
+    pub id: String,
+    pub secret: String,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -91,6 +104,7 @@ const KNOWN_KEYS: &[&str] = &[
     "memory_budget",
     "instance_limits",
     "sandbox",
+    "lambda_access_keys",
 ];
 
 impl ConfigFile {
@@ -164,6 +178,15 @@ impl ConfigFile {
         }
         if let Some(v) = self.sandbox {
             base.sandbox = v;
+        }
+        if let Some(keys) = self.lambda_access_keys {
+            base.lambda_access_keys = keys
+                .into_iter()
+                .map(|k| petrel_dataplane::AccessKey {
+                    id: k.id,
+                    secret: k.secret,
+                })
+                .collect();
         }
         if let Some(v) = self.memory_budget {
             base.memory_budget_mb = parse_memory_budget(&v)?;

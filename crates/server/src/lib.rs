@@ -194,6 +194,15 @@ impl Server {
             .memory_budget()
             .set_limit_mb(config.memory_budget_mb);
         let record_writer = logs::spawn_record_writer(store.clone(), records);
+        if config.lambda_access_keys.is_empty() {
+            tracing::info!("Lambda API: no access keys configured (lambda_access_keys); its requests are not authenticated");
+        } else {
+            tracing::info!(
+                keys = config.lambda_access_keys.len(),
+                "Lambda API: AWS Signature V4 required"
+            );
+            dataplane.require_lambda_signatures(config.lambda_access_keys.clone());
+        }
         if let Some(endpoint) = &config.otlp_endpoint {
             dataplane.export_spans_to(endpoint);
             tracing::info!(%endpoint, "exporting invocation spans over OTLP");

@@ -532,3 +532,98 @@ async fn the_official_nodejs_runtime_client_runs_unchanged() {
         .assert_error(504, "function_timeout");
     assert_eq!(p.invoke("ric-node", "{}").await.status, 200);
 }
+
+const BOTO3_SIGNED: &str = r#"
+import json, sys, boto3, botocore
+url, key, secret = sys.argv[1:4]
+def client(s):
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=key, aws_secret_access_key=s,
+                        config=botocore.config.Config(retries={"max_attempts": 1}))
+out = {}
+for name, c, fn in [("good", client(secret), "sdk-py"),
+                    ("good_arn", client(secret), "arn:aws:lambda:us-east-1:000000000000:function:sdk-py:1"),
+                    ("bad", client(secret + "x"), "sdk-py")]:
+    try:
+        r = c.invoke(FunctionName=fn, Payload=json.dumps({"who": name}))
+        out[name] = {"status": r["StatusCode"], "payload": json.loads(r["Payload"].read())}
+    except botocore.exceptions.ClientError as e:
+        out[name] = {"code": e.response["Error"]["Code"], "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_access_keys_the_lambda_api_checks_signatures() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[[lambda_access_keys]]\nid = \"AKIDPETRELTEST\"\nsecret = \"s3cr3t/with+chars\"\n",
+    )
+    .unwrap();
+    let p = Petrel::start_with(
+        crate::harness::StoreKind::Sqlite,
+        &["--config", path.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        p.server_log().contains("AWS Signature V4 required"),
+        "{}",
+        p.server_log()
+    );
+    let f = crate::harness::function_dir(&[
+        (
+            "petrel.toml",
+            &crate::harness::manifest("sdk-py", "python3", "app.handler", ""),
+        ),
+        ("app.py", SDK_PY_APP),
+    ]);
+    p.deploy(f.path());
+
+    // Unsigned: refused as Lambda refuses it.
+    let r = p
+        .http_with(
+            "POST",
+            "/2015-03-31/functions/sdk-py/invocations",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        r.header("x-amzn-errortype"),
+        Some("MissingAuthenticationTokenException")
+    );
+
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), BOTO3_SIGNED).unwrap();
+    let (url, path) = (p.url.clone(), script.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&path)
+            .args([url.as_str(), "AKIDPETRELTEST", "s3cr3t/with+chars"])
+            .env("PYTHONPATH", boto3())
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(j["good"]["status"], 200, "{j}");
+    assert_eq!(j["good"]["payload"]["hello"], "good", "{j}");
+    assert_eq!(
+        j["good_arn"]["status"], 200,
+        "a path with encoded characters: {j}"
+    );
+    assert_eq!(
+        j["bad"],
+        json!({"code": "InvalidSignatureException", "status": 403}),
+        "{j}"
+    );
+}

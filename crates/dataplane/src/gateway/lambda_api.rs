@@ -154,12 +154,40 @@ pub(super) async fn invoke(
     req: Request,
 ) -> Response {
     let id = new_invocation_id();
+    let req = match dp.lambda_keys() {
+        Some(keys) => match signed(keys, req, dp.env().payload_limit()).await {
+            Ok(req) => req,
+            Err(resp) => return *resp,
+        },
+        None => req,
+    };
     let mut resp = invoke_inner(&dp, &name, &q, &id, req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amzn-requestid", v.clone());
         resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
     }
     resp
+}
+
+/// The request, if it carries a valid signature by one of `keys` (its body read to check it).
+async fn signed(
+    keys: &[super::AccessKey],
+    req: Request,
+    limit: usize,
+) -> Result<Request, Box<Response>> {
+    let (parts, body) = read_body(req, limit)
+        .await
+        .map_err(|e| Box::new(lambda_error(e, "")))?;
+    super::sigv4::verify(
+        keys,
+        parts.method.as_str(),
+        &parts.uri,
+        &parts.headers,
+        &body,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|(kind, message)| Box::new(service_error(StatusCode::FORBIDDEN, kind, &message)))?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 async fn invoke_inner(
