@@ -24,6 +24,44 @@ fn boto3() -> PathBuf {
     DIR.get_or_init(|| pip_target(BOTO3)).clone()
 }
 
+/// The AWS CLI (version 1, from PyPI).
+const AWSCLI: &str = "awscli==1.36.40";
+
+fn awscli() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| pip_target(AWSCLI)).clone()
+}
+
+/// The AWS SDK for JavaScript v3's Lambda client, from npm, cached per machine.
+const AWS_SDK_JS: &str = "3.1164.0";
+
+fn aws_sdk_js() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("petrel-test-aws-sdk-client-lambda-{AWS_SDK_JS}"));
+        if !dir
+            .join("node_modules/@aws-sdk/client-lambda/package.json")
+            .is_file()
+        {
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = std::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--no-save"])
+                .arg(format!("@aws-sdk/client-lambda@{AWS_SDK_JS}"))
+                .current_dir(&dir)
+                .output()
+                .expect("npm runs");
+            assert!(
+                out.status.success(),
+                "npm install @aws-sdk/client-lambda failed (npm must be reachable): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    })
+    .clone()
+}
+
 /// `pip install --target` of one pinned package, cached per machine across test runs.
 fn pip_target(package: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("petrel-test-{}", package.replace("==", "-")));
@@ -625,5 +663,112 @@ async fn with_access_keys_the_lambda_api_checks_signatures() {
         j["bad"],
         json!({"code": "InvalidSignatureException", "status": 403}),
         "{j}"
+    );
+}
+
+const JS_SDK_SCRIPT: &str = r#"
+const { LambdaClient, InvokeCommand } = require("@aws-sdk/client-lambda");
+const [url, key, secret] = process.argv.slice(2);
+const c = new LambdaClient({ endpoint: url, region: "us-east-1",
+  credentials: { accessKeyId: key, secretAccessKey: secret }, maxAttempts: 1 });
+(async () => {
+  const out = {};
+  const r = await c.send(new InvokeCommand({ FunctionName: "sdk-py", Payload: JSON.stringify({ who: "js" }) }));
+  out.good = { status: r.StatusCode, version: r.ExecutedVersion, payload: JSON.parse(Buffer.from(r.Payload).toString()) };
+  try {
+    await c.send(new InvokeCommand({ FunctionName: "no-such-function", Payload: "{}" }));
+  } catch (e) {
+    out.missing = { name: e.name, status: e.$metadata.httpStatusCode };
+  }
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_cli_and_the_javascript_sdk_invoke_with_signed_requests() {
+    let (cli_dir, js_dir) = tokio::task::spawn_blocking(|| (awscli(), aws_sdk_js()))
+        .await
+        .unwrap();
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[[lambda_access_keys]]\nid = \"AKIDPETRELCLI\"\nsecret = \"cli-secret\"\n",
+    )
+    .unwrap();
+    let p = Petrel::start_with(
+        crate::harness::StoreKind::Sqlite,
+        &["--config", path.to_str().unwrap()],
+    )
+    .await;
+    let f = crate::harness::function_dir(&[
+        (
+            "petrel.toml",
+            &crate::harness::manifest("sdk-py", "python3", "app.handler", ""),
+        ),
+        ("app.py", SDK_PY_APP),
+    ]);
+    p.deploy(f.path());
+
+    // The AWS CLI: `aws lambda invoke --endpoint-url`, signed with the configured key.
+    let out_file = cfg.path().join("out.json");
+    let (url, of) = (p.url.clone(), out_file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-m", "awscli", "lambda", "invoke", "--endpoint-url", &url])
+            .args(["--function-name", "sdk-py"])
+            .args(["--payload", r#"{"who": "cli"}"#])
+            .arg(&of)
+            .env("PYTHONPATH", cli_dir)
+            .env("AWS_ACCESS_KEY_ID", "AKIDPETRELCLI")
+            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&meta["StatusCode"], &meta["ExecutedVersion"]),
+        (&serde_json::json!(200), &serde_json::json!("1")),
+        "{meta}"
+    );
+    let payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(payload["hello"], "cli");
+
+    // @aws-sdk/client-lambda, also signed.
+    let script = cfg.path().join("invoke.js");
+    std::fs::write(&script, JS_SDK_SCRIPT).unwrap();
+    let url = p.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&script)
+            .args([url.as_str(), "AKIDPETRELCLI", "cli-secret"])
+            .env("NODE_PATH", js_dir.join("node_modules"))
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        j,
+        serde_json::json!({"good": {"status": 200, "version": "1", "payload": {"hello": "js", "version": "1"}},
+                           "missing": {"name": "ResourceNotFoundException", "status": 404}})
     );
 }
