@@ -28,6 +28,9 @@ use std::time::{Duration, Instant, SystemTime};
 mod lambda_api;
 mod sigv4;
 
+pub use lambda_api::{
+    check_signature as check_lambda_signature, service_error as lambda_service_error,
+};
 pub use sigv4::AccessKey;
 
 /// The gateway's routes; merge them into the server's router.

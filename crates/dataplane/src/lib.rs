@@ -20,7 +20,7 @@ pub mod pool;
 pub mod trace;
 
 pub use error::{invoke_error, ErrorResponse};
-pub use gateway::{routes, AccessKey};
+pub use gateway::{check_lambda_signature, lambda_service_error, routes, AccessKey};
 pub use pool::{Pool, PoolStats};
 
 use petrel_core::api::InvocationRecord;

@@ -21,7 +21,12 @@ use petrel_dataplane::{DeployedVersion, ErrorResponse};
 use petrel_store::{ArtifactStore, StoreError};
 use std::sync::Arc;
 
-type ApiResult<T> = Result<T, ErrorResponse>;
+pub(crate) type ApiResult<T> = Result<T, ErrorResponse>;
+
+/// An error as Petrel's own API answers it.
+pub(crate) fn error_response(e: ApiError) -> Response {
+    ErrorResponse(e).into_response()
+}
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct NsQuery {
@@ -234,6 +239,24 @@ pub async fn deploy(
             .into())
         }
     };
+    let body = deploy_bytes(&app, &base, ns, name, package).await?;
+    let status = if body.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Deploys a package (a zip with its `petrel.toml`) as function `name` of `ns`: a new version,
+/// or none if it equals the latest.
+pub(crate) async fn deploy_bytes(
+    app: &App,
+    base: &str,
+    ns: String,
+    name: String,
+    package: Bytes,
+) -> ApiResult<DeployResponse> {
     let artifacts = app.artifacts.clone();
     let runtime_env = app.dataplane.env().clone();
     let path_name = name.clone();
@@ -273,16 +296,15 @@ pub async fn deploy(
             .await
             .map_err(store_error)?;
         if latest.is_some_and(|v| v.digest == digest && v.spec == spec) {
-            let body = DeployResponse {
-                url: function_url(&base, &ns, &name),
+            return Ok(DeployResponse {
+                url: function_url(base, &ns, &name),
                 namespace: ns,
                 name,
                 version: f.latest_version,
                 digest,
                 created: false,
                 unchanged: true,
-            };
-            return Ok((StatusCode::OK, Json(body)).into_response());
+            });
         }
     }
     let (version, created) = app
@@ -302,21 +324,15 @@ pub async fn deploy(
     // first request the wait.
     app.dataplane.preload_latest(&ns, &name).await;
     tracing::info!(namespace = %ns, function = %name, version, "deployed");
-    let body = DeployResponse {
-        url: function_url(&base, &ns, &name),
+    Ok(DeployResponse {
+        url: function_url(base, &ns, &name),
         namespace: ns,
         name,
         version,
         digest,
         created,
         unchanged: false,
-    };
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)).into_response())
+    })
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod config;
+mod lambda_api;
 mod logs;
 
 pub use config::{parse_memory_budget, ConfigFile, ServeConfig};
@@ -15,7 +16,7 @@ pub use petrel_dataplane::keepalive;
 pub use petrel_runtime::PrewarmConfig;
 
 use anyhow::Context;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use petrel_dataplane::{BoxFuture, DataPlane, DeployedVersion, VersionSource};
 use petrel_runtime::{LogSink, RuntimeEnv};
@@ -350,6 +351,24 @@ fn router(app: App, dataplane: DataPlane) -> Router {
         .route("/v1/functions/{name}/invocations", get(api::invocations))
         .route("/v1/invocations/{id}", get(api::invocation))
         .route("/v1/usage", get(api::usage))
+        // AWS Lambda's management calls (the Invoke call is the gateway's).
+        .route("/2015-03-31/functions", post(lambda_api::create))
+        .route(
+            "/2015-03-31/functions/",
+            get(lambda_api::list).post(lambda_api::create),
+        )
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(lambda_api::get).delete(lambda_api::delete),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            put(lambda_api::update_code),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(lambda_api::publish_version),
+        )
         .route("/v1/openapi.json", get(api::openapi))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))

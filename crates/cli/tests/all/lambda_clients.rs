@@ -772,3 +772,113 @@ async fn the_aws_cli_and_the_javascript_sdk_invoke_with_signed_requests() {
                            "missing": {"name": "ResourceNotFoundException", "status": 404}})
     );
 }
+
+const BOTO3_LIFECYCLE: &str = r#"
+import io, json, sys, zipfile, boto3, botocore
+url = sys.argv[1]
+lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                   aws_access_key_id="AKIDPETRELMGMT", aws_secret_access_key="mgmt-secret",
+                   config=botocore.config.Config(retries={"max_attempts": 1}))
+def zipped(greeting):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("app.py", "import os\ndef handler(event, context):\n"
+                   f"    return {{'greeting': {greeting!r}, 'version': context.function_version, 'env': os.environ.get('STAGE')}}\n")
+    return buf.getvalue()
+def payload(r):
+    return json.loads(r["Payload"].read())
+out = {}
+c = lam.create_function(FunctionName="made-by-sdk", Runtime="python3.11", Role="arn:aws:iam::000000000000:role/x",
+                        Handler="app.handler", Code={"ZipFile": zipped("hello")}, MemorySize=256, Timeout=5,
+                        Environment={"Variables": {"STAGE": "test"}})
+out["create"] = {k: c[k] for k in ("FunctionName", "Runtime", "Handler", "MemorySize", "Timeout", "Version", "State")}
+out["invoke1"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
+try:
+    lam.create_function(FunctionName="made-by-sdk", Runtime="python3.11", Role="r", Handler="app.handler",
+                        Code={"ZipFile": zipped("again")})
+except botocore.exceptions.ClientError as e:
+    out["create_again"] = e.response["Error"]["Code"]
+g = lam.get_function(FunctionName="made-by-sdk")
+out["get"] = {k: g["Configuration"][k] for k in ("FunctionName", "MemorySize", "Environment")}
+out["list"] = sorted(f["FunctionName"] for f in lam.list_functions()["Functions"])
+u = lam.update_function_code(FunctionName="made-by-sdk", ZipFile=zipped("updated"))
+out["update"] = u["Version"]
+p = lam.publish_version(FunctionName="made-by-sdk")
+out["published"] = p["Version"]
+out["invoke_latest"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
+out["invoke_v1"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="1", Payload=b"{}"))
+out["invoke_published"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier=p["Version"], Payload=b"{}"))
+lam.delete_function(FunctionName="made-by-sdk")
+try:
+    lam.get_function(FunctionName="made-by-sdk")
+except botocore.exceptions.ClientError as e:
+    out["after_delete"] = e.response["Error"]["Code"]
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_creates_updates_publishes_and_deletes_a_function() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[[lambda_access_keys]]\nid = \"AKIDPETRELMGMT\"\nsecret = \"mgmt-secret\"\n",
+    )
+    .unwrap();
+    let p = Petrel::start_with(
+        crate::harness::StoreKind::Sqlite,
+        &["--config", path.to_str().unwrap()],
+    )
+    .await;
+    let script = cfg.path().join("lifecycle.py");
+    std::fs::write(&script, BOTO3_LIFECYCLE).unwrap();
+    let url = p.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&url)
+            .env("PYTHONPATH", boto3())
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(
+        j["create"],
+        json!({"FunctionName": "made-by-sdk", "Runtime": "python3.11", "Handler": "app.handler",
+               "MemorySize": 256, "Timeout": 5, "Version": "$LATEST", "State": "Active"})
+    );
+    assert_eq!(
+        j["invoke1"],
+        json!({"greeting": "hello", "version": "1", "env": "test"})
+    );
+    assert_eq!(j["create_again"], "ResourceConflictException");
+    assert_eq!(
+        j["get"],
+        json!({"FunctionName": "made-by-sdk", "MemorySize": 256, "Environment": {"Variables": {"STAGE": "test"}}})
+    );
+    assert_eq!(j["list"], json!(["made-by-sdk"]));
+    assert_eq!(
+        (&j["update"], &j["published"]),
+        (&json!("$LATEST"), &json!("2"))
+    );
+    assert_eq!(
+        j["invoke_latest"],
+        json!({"greeting": "updated", "version": "2", "env": "test"})
+    );
+    assert_eq!(
+        j["invoke_v1"]["greeting"], "hello",
+        "version 1 keeps its code: {j}"
+    );
+    assert_eq!(j["invoke_published"]["greeting"], "updated");
+    assert_eq!(j["after_delete"], "ResourceNotFoundException");
+    // The function is Petrel's like any other: its CLI sees it gone.
+    assert!(!p.cli_ok(&["ls"]).contains("made-by-sdk"));
+}

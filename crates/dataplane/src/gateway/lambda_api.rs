@@ -67,7 +67,7 @@ impl IntoResponse for ServiceError {
 }
 
 /// One of Lambda's service errors, as the SDKs read them.
-fn service_error(status: StatusCode, kind: &str, message: &str) -> Response {
+pub fn service_error(status: StatusCode, kind: &str, message: &str) -> Response {
     let body = serde_json::json!({"Type": "User", "message": message}).to_string();
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
@@ -154,12 +154,9 @@ pub(super) async fn invoke(
     req: Request,
 ) -> Response {
     let id = new_invocation_id();
-    let req = match dp.lambda_keys() {
-        Some(keys) => match signed(keys, req, dp.env().payload_limit()).await {
-            Ok(req) => req,
-            Err(resp) => return *resp,
-        },
-        None => req,
+    let req = match check_signature(&dp, req, dp.env().payload_limit()).await {
+        Ok(req) => req,
+        Err(resp) => return *resp,
     };
     let mut resp = invoke_inner(&dp, &name, &q, &id, req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -167,6 +164,19 @@ pub(super) async fn invoke(
         resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
     }
     resp
+}
+
+/// The request, if signatures are not required or it carries a valid one (its body read to
+/// check it); else Lambda's refusal. For every route of the Lambda API.
+pub async fn check_signature(
+    dp: &DataPlane,
+    req: Request,
+    limit: usize,
+) -> Result<Request, Box<Response>> {
+    match dp.lambda_keys() {
+        Some(keys) => signed(keys, req, limit).await,
+        None => Ok(req),
+    }
 }
 
 /// The request, if it carries a valid signature by one of `keys` (its body read to check it).

@@ -1,0 +1,369 @@
+//! AWS Lambda's function management calls on Petrel's listener, for AWS SDKs and the AWS CLI:
+//! `CreateFunction` (a zip), `UpdateFunctionCode`, `GetFunction`, `ListFunctions`,
+//! `DeleteFunction` and `PublishVersion`, over functions of the default namespace.
+//!
+//! How Lambda's versions map onto Petrel's: every deploy of Petrel makes an immutable, numbered
+//! version and points the function at it. Lambda's `$LATEST` is that newest version, so
+//! `UpdateFunctionCode` makes a new Petrel version, and `PublishVersion` names the newest one
+//! (it exists already, as Lambda would publish it).
+
+use crate::api::{deploy_bytes, store_error};
+use crate::App;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use petrel_core::api::VersionInfo;
+use petrel_core::{FunctionSpec, Runtime, DEFAULT_NAMESPACE};
+use petrel_dataplane::{check_lambda_signature, lambda_service_error as service_error};
+use serde_json::{json, Value};
+use std::io::Write;
+
+/// A refusal in Lambda's shape (boxed: a response is large).
+type Refused = Box<Response>;
+
+fn not_found(name: &str) -> Refused {
+    Box::new(service_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        &format!("Function not found: arn:aws:lambda:us-east-1:000000000000:function:{name}"),
+    ))
+}
+
+fn invalid(message: &str) -> Refused {
+    Box::new(service_error(
+        StatusCode::BAD_REQUEST,
+        "InvalidParameterValueException",
+        message,
+    ))
+}
+
+/// The body of a signed (or, without keys, any) request, as JSON.
+async fn json_body(app: &App, req: Request) -> Result<Value, Refused> {
+    let limit = app.config.package_limit * 4 / 3 + 64 * 1024;
+    let req = check_lambda_signature(&app.dataplane, req, limit).await?;
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            Box::new(service_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                "the request is larger than the package limit",
+            ))
+        })?;
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&body).map_err(|e| invalid(&format!("the body is not JSON: {e}")))
+}
+
+/// Lambda's runtime identifiers, as Petrel's runtimes.
+fn runtime(lambda: &str) -> Option<Runtime> {
+    if lambda.starts_with("python3") {
+        Some(Runtime::Python3)
+    } else if lambda.starts_with("nodejs") {
+        Some(Runtime::Nodejs)
+    } else if lambda.starts_with("provided") {
+        Some(Runtime::Provided)
+    } else {
+        None
+    }
+}
+
+/// Petrel's runtime as Lambda names it (the versions this machine runs).
+fn lambda_runtime(r: Runtime) -> String {
+    match r {
+        Runtime::Python3 => "python3.11".into(),
+        Runtime::Nodejs => "nodejs20.x".into(),
+        Runtime::Provided => "provided.al2023".into(),
+        other => other.to_string(),
+    }
+}
+
+fn configuration(name: &str, v: &VersionInfo, version: &str) -> Value {
+    use base64::Engine;
+    let sha = hex::decode(&v.digest).unwrap_or_default();
+    let modified = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.created_at.max(0) as u64),
+    )
+    .to_string()
+    .replace('Z', "+0000");
+    let arn = format!("arn:aws:lambda:us-east-1:000000000000:function:{name}");
+    json!({
+        "FunctionName": name,
+        "FunctionArn": if version == "$LATEST" { arn } else { format!("{arn}:{version}") },
+        "Runtime": lambda_runtime(v.spec.runtime),
+        "Role": "arn:aws:iam::000000000000:role/petrel",
+        "Handler": v.spec.handler,
+        "CodeSize": v.size_bytes,
+        "Description": "",
+        "Timeout": v.spec.timeout_ms.div_ceil(1000),
+        "MemorySize": v.spec.memory_mb,
+        "LastModified": modified,
+        "CodeSha256": base64::engine::general_purpose::STANDARD.encode(sha),
+        "Version": version,
+        "Environment": {"Variables": v.spec.env},
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "PackageType": "Zip",
+        "Architectures": [std::env::consts::ARCH.replace("aarch64", "arm64")],
+    })
+}
+
+/// The user's zip with a `petrel.toml` for `spec` put in (one already there is replaced).
+fn with_manifest(zip_bytes: &[u8], manifest: &str) -> Result<Bytes, String> {
+    let mut src = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes))
+        .map_err(|e| format!("ZipFile is not a zip archive: {e}"))?;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..src.len() {
+        let entry = src.by_index_raw(i).map_err(|e| e.to_string())?;
+        if entry.name() == "petrel.toml" {
+            continue;
+        }
+        out.raw_copy_file(entry).map_err(|e| e.to_string())?;
+    }
+    out.start_file("petrel.toml", zip::write::SimpleFileOptions::default())
+        .map_err(|e| e.to_string())?;
+    out.write_all(manifest.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let cursor = out.finish().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(cursor.into_inner()))
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// A `petrel.toml` for these settings.
+fn manifest(
+    name: &str,
+    runtime: Runtime,
+    handler: &str,
+    memory_mb: u32,
+    timeout_s: u64,
+    env: &serde_json::Map<String, Value>,
+) -> String {
+    let mut m = format!(
+        "name = {}\nruntime = \"{runtime}\"\nhandler = {}\nmemory_mb = {memory_mb}\ntimeout = \"{timeout_s}s\"\n",
+        toml_string(name),
+        toml_string(handler)
+    );
+    if !env.is_empty() {
+        m.push_str("[env]\n");
+        for (k, v) in env {
+            m.push_str(&format!(
+                "{} = {}\n",
+                toml_string(k),
+                toml_string(v.as_str().unwrap_or_default())
+            ));
+        }
+    }
+    m
+}
+
+fn zip_file(body: &Value) -> Result<Vec<u8>, Refused> {
+    use base64::Engine;
+    let b64 = body["Code"]["ZipFile"]
+        .as_str()
+        .or_else(|| body["ZipFile"].as_str())
+        .ok_or_else(|| {
+            invalid("Code.ZipFile (the zip, base64) is required; Petrel takes no S3 locations")
+        })?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| invalid(&format!("ZipFile is not base64: {e}")))
+}
+
+async fn deploy(app: &App, name: &str, package: Bytes) -> Result<u32, Refused> {
+    deploy_bytes(
+        app,
+        "",
+        DEFAULT_NAMESPACE.to_owned(),
+        name.to_owned(),
+        package,
+    )
+    .await
+    .map(|d| d.version)
+    .map_err(|e| invalid(&e.0.message))
+}
+
+async fn latest(app: &App, name: &str) -> Result<VersionInfo, Refused> {
+    let f = app
+        .store
+        .get_function(DEFAULT_NAMESPACE, name)
+        .await
+        .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?
+        .ok_or_else(|| not_found(name))?;
+    app.store
+        .get_version(DEFAULT_NAMESPACE, name, f.latest_version)
+        .await
+        .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?
+        .ok_or_else(|| not_found(name))
+}
+
+fn answer(r: Result<Response, Refused>) -> Response {
+    r.unwrap_or_else(|e| *e)
+}
+
+pub async fn create(State(app): State<App>, req: Request) -> Response {
+    answer(create_inner(&app, req).await)
+}
+
+async fn create_inner(app: &App, req: Request) -> Result<Response, Refused> {
+    let body = json_body(app, req).await?;
+    let name = body["FunctionName"]
+        .as_str()
+        .ok_or_else(|| invalid("FunctionName is required"))?;
+    let rt = body["Runtime"].as_str().unwrap_or("");
+    let runtime = runtime(rt).ok_or_else(|| {
+        invalid(&format!(
+            "Runtime {rt:?} is not one Petrel runs: use python3.x, nodejs*.x or provided*"
+        ))
+    })?;
+    if app
+        .store
+        .get_function(DEFAULT_NAMESPACE, name)
+        .await
+        .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?
+        .is_some()
+    {
+        return Err(Box::new(service_error(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            &format!("Function already exist: {name}"),
+        )));
+    }
+    let handler = body["Handler"].as_str().unwrap_or_default();
+    let memory = body["MemorySize"].as_u64().unwrap_or(128) as u32;
+    let timeout = body["Timeout"].as_u64().unwrap_or(3);
+    let empty = serde_json::Map::new();
+    let env = body["Environment"]["Variables"]
+        .as_object()
+        .unwrap_or(&empty);
+    let m = manifest(name, runtime, handler, memory, timeout, env);
+    let package = with_manifest(&zip_file(&body)?, &m).map_err(|e| invalid(&e))?;
+    let version = deploy(app, name, package).await?;
+    let v = latest(app, name).await?;
+    let shown = if body["Publish"].as_bool() == Some(true) {
+        version.to_string()
+    } else {
+        "$LATEST".into()
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(configuration(name, &v, &shown)),
+    )
+        .into_response())
+}
+
+pub async fn update_code(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    answer(update_code_inner(&app, &name, req).await)
+}
+
+async fn update_code_inner(app: &App, name: &str, req: Request) -> Result<Response, Refused> {
+    let body = json_body(app, req).await?;
+    let current = latest(app, name).await?;
+    let s: &FunctionSpec = &current.spec;
+    let env: serde_json::Map<String, Value> = s
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let m = manifest(
+        name,
+        s.runtime,
+        &s.handler,
+        s.memory_mb,
+        s.timeout_ms.div_ceil(1000),
+        &env,
+    );
+    let package = with_manifest(&zip_file(&body)?, &m).map_err(|e| invalid(&e))?;
+    let version = deploy(app, name, package).await?;
+    let v = latest(app, name).await?;
+    let shown = if body["Publish"].as_bool() == Some(true) {
+        version.to_string()
+    } else {
+        "$LATEST".into()
+    };
+    Ok(axum::Json(configuration(name, &v, &shown)).into_response())
+}
+
+pub async fn get(State(app): State<App>, Path(name): Path<String>, req: Request) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let v = latest(&app, &name).await?;
+            Ok(axum::Json(json!({
+                "Configuration": configuration(&name, &v, "$LATEST"),
+                "Code": {"RepositoryType": "Petrel", "Location": ""},
+            }))
+            .into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn list(State(app): State<App>, req: Request) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let functions = app
+                .store
+                .list_functions(Some(DEFAULT_NAMESPACE))
+                .await
+                .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?;
+            let mut out = Vec::new();
+            for f in functions {
+                if let Ok(v) = latest(&app, &f.name).await {
+                    out.push(configuration(&f.name, &v, "$LATEST"));
+                }
+            }
+            Ok(axum::Json(json!({"Functions": out})).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn delete(State(app): State<App>, Path(name): Path<String>, req: Request) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let removed = app
+                .store
+                .delete_function(DEFAULT_NAMESPACE, &name)
+                .await
+                .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?;
+            if !removed {
+                return Err(not_found(&name));
+            }
+            app.dataplane.removed(DEFAULT_NAMESPACE, &name);
+            app.collect_garbage();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn publish_version(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let v = latest(&app, &name).await?;
+            let version = v.version.to_string();
+            Ok((
+                StatusCode::CREATED,
+                axum::Json(configuration(&name, &v, &version)),
+            )
+                .into_response())
+        }
+        .await,
+    )
+}
