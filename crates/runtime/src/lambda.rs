@@ -260,13 +260,82 @@ fn complete(s: &Shared, id: &str, outcome: Result<LambdaOutcome, InvokeError>) -
 async fn response(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let outcome = match read_limited(body, s.response_limit).await {
-        Ok(b) => Ok(LambdaOutcome::Success(b)),
-        Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
+    let streaming = headers
+        .get("lambda-runtime-function-response-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"streaming"));
+    let outcome = if streaming {
+        streamed(&headers, body, s.response_limit).await
+    } else {
+        match read_limited(body, s.response_limit).await {
+            Ok(b) => Ok(LambdaOutcome::Success(b)),
+            Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
+        }
     };
     complete(&s, &id, outcome)
+}
+
+/// The content type of a streamed response that starts with HTTP metadata (a function URL's
+/// `awslambda.HttpResponseStream`): a JSON prelude, eight NUL bytes, then the body.
+const HTTP_INTEGRATION: &str = "application/vnd.awslambda.http-integration-response";
+
+/// A response sent in streaming mode, read whole (Petrel passes it on once complete): an error
+/// the client reports in the trailers (`Lambda-Runtime-Function-Error-Type` and `-Body`) makes
+/// the invocation a function error, whatever was streamed before it; an HTTP prelude becomes
+/// the API Gateway-shaped result Petrel maps to an HTTP answer.
+async fn streamed(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<LambdaOutcome, InvokeError> {
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| InvokeError::ResponseTooLarge(limit))?;
+    let trailers = collected.trailers().cloned();
+    let bytes = collected.to_bytes();
+    if let Some(t) = trailers {
+        if let Some(kind) = t
+            .get("lambda-runtime-function-error-type")
+            .and_then(|v| v.to_str().ok())
+        {
+            use base64::Engine;
+            let body = t
+                .get("lambda-runtime-function-error-body")
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
+                .map(Bytes::from)
+                .unwrap_or_else(|| {
+                    Bytes::from(
+                        serde_json::json!({"errorType": kind, "errorMessage": "the function failed while streaming its response"})
+                            .to_string(),
+                    )
+                });
+            return Ok(LambdaOutcome::FunctionError {
+                error_type: kind.to_owned(),
+                body,
+            });
+        }
+    }
+    let is_http = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with(HTTP_INTEGRATION));
+    if is_http {
+        if let Some(at) = bytes.windows(8).position(|w| w == [0u8; 8]) {
+            use base64::Engine;
+            let mut result: serde_json::Value =
+                serde_json::from_slice(&bytes[..at]).unwrap_or_else(|_| serde_json::json!({}));
+            result["body"] = base64::engine::general_purpose::STANDARD
+                .encode(&bytes[at + 8..])
+                .into();
+            result["isBase64Encoded"] = true.into();
+            return Ok(LambdaOutcome::Success(Bytes::from(result.to_string())));
+        }
+    }
+    Ok(LambdaOutcome::Success(bytes))
 }
 
 async fn error(

@@ -497,6 +497,72 @@ fn aws_lambda_ric_node() -> PathBuf {
     .clone()
 }
 
+/// A `provided` function run by the official Node.js client: the client's package as it runs
+/// (its JavaScript and the built addon, not its sources), the handler's file, and a bootstrap.
+fn node_ric_function(name: &str, file: &str, code: &str, handler: &str) -> tempfile::TempDir {
+    let ric = aws_lambda_ric_node();
+    let d = tempfile::tempdir().unwrap();
+    let to = d.path().join("node_modules/aws-lambda-ric");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(ric.join("package.json"), to.join("package.json")).unwrap();
+    for sub in ["bin", "dist"] {
+        copy_tree(&ric.join(sub), &to.join(sub));
+    }
+    std::fs::write(d.path().join(file), code).unwrap();
+    let bootstrap = d.path().join("bootstrap");
+    std::fs::write(
+        &bootstrap,
+        "#!/bin/sh\nexec node \"$LAMBDA_TASK_ROOT/node_modules/aws-lambda-ric/bin/index.mjs\" \"$_HANDLER\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.path().join("petrel.toml"),
+        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"{handler}\"\ntimeout = \"3s\"\n"),
+    )
+    .unwrap();
+    d
+}
+
+const NODE_STREAM_APP: &str = r#"
+exports.handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
+  const action = event.action || (event.queryStringParameters || {}).action;
+  if (action === 'http') {
+    responseStream = awslambda.HttpResponseStream.from(responseStream,
+      { statusCode: 201, headers: { 'x-from': 'stream' } });
+  }
+  responseStream.write('chunk one,');
+  await new Promise((r) => setTimeout(r, 20));
+  if (action === 'fail') throw new Error('broke mid-stream');
+  responseStream.write('chunk two');
+  responseStream.end();
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_handler_of_the_nodejs_client_is_answered_whole() {
+    let p = Petrel::start().await;
+    let d = node_ric_function("ric-stream", "stream.js", NODE_STREAM_APP, "stream.handler");
+    p.deploy(d.path());
+    // The chunks, in order, once the stream ends.
+    let r = p.invoke("ric-stream", "{}").await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "chunk one,chunk two".to_owned())
+    );
+    // A stream that starts with HTTP metadata (as for a function URL) becomes that answer.
+    let r = p.http("GET", "/fn/ric-stream?action=http", None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-from"), Some("stream"));
+    assert_eq!(r.text(), "chunk one,chunk two");
+    // An error after the first chunk: the client reports it in the trailers, and the
+    // invocation is a function error, not a cut answer passed off as a success.
+    let r = p.invoke("ric-stream", r#"{"action": "fail"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorMessage"], "broke mid-stream");
+}
+
 const NODE_APP: &str = r#"
 exports.handler = async (event, context) => {
   if (event.action === 'raise') throw new TypeError('boom from aws-lambda-ric');
@@ -509,30 +575,8 @@ exports.handler = async (event, context) => {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_nodejs_runtime_client_runs_unchanged() {
-    let ric = aws_lambda_ric_node();
     let p = Petrel::start().await;
-    // The client's package as it runs (its JavaScript and the built addon), not its sources.
-    let d = tempfile::tempdir().unwrap();
-    let to = d.path().join("node_modules/aws-lambda-ric");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(ric.join("package.json"), to.join("package.json")).unwrap();
-    for sub in ["bin", "dist"] {
-        copy_tree(&ric.join(sub), &to.join(sub));
-    }
-    std::fs::write(d.path().join("index.js"), NODE_APP).unwrap();
-    let bootstrap = d.path().join("bootstrap");
-    std::fs::write(
-        &bootstrap,
-        "#!/bin/sh\nexec node \"$LAMBDA_TASK_ROOT/node_modules/aws-lambda-ric/bin/index.mjs\" \"$_HANDLER\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(
-        d.path().join("petrel.toml"),
-        "name = \"ric-node\"\nruntime = \"provided\"\nhandler = \"index.handler\"\ntimeout = \"3s\"\n",
-    )
-    .unwrap();
+    let d = node_ric_function("ric-node", "index.js", NODE_APP, "index.handler");
     p.deploy(d.path());
 
     let r = p.invoke("ric-node", r#"{"hello": "node"}"#).await;
