@@ -380,7 +380,9 @@ async fn invoke_event(
             .bytes(&v.namespace, &v.spec, "out", b.len() as u64);
     }
     match &result {
-        Ok(LambdaOutcome::Success(_)) => report(call, &lease, timing, "success", None),
+        Ok(LambdaOutcome::Success(_) | LambdaOutcome::Streamed { .. }) => {
+            report(call, &lease, timing, "success", None)
+        }
         Ok(LambdaOutcome::FunctionError { error_type, .. }) => report(
             call,
             &lease,
@@ -390,9 +392,60 @@ async fn invoke_event(
         ),
         Err(e) => report_failure(call, &mut lease, timing, e),
     }
-    result
-        .map(|o| (version, o))
-        .map_err(|e| invoke_error(&pool.version().name, version, &e))
+    match result {
+        // The instance stays taken until the stream ends; a stream that ends in an error (the
+        // function failed, ran out of time or past the limit) stops it.
+        Ok(LambdaOutcome::Streamed { head, body }) => Ok((
+            version,
+            LambdaOutcome::Streamed {
+                head,
+                body: Body::new(LeasedBody {
+                    inner: body,
+                    lease,
+                    metrics: call.dp.metrics().clone(),
+                    version: pool.version().clone(),
+                    request: crate::body::BodyWatch::default(),
+                    sent: 0,
+                    discard_on_error: true,
+                }),
+            },
+        )),
+        other => other
+            .map(|o| (version, o))
+            .map_err(|e| invoke_error(&pool.version().name, version, &e)),
+    }
+}
+
+/// A streamed Lambda response as HTTP: the head its prelude gave (status, headers, cookies),
+/// else a 200 of bytes.
+fn streamed_response(head: Option<petrel_runtime::StreamHead>, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    match head {
+        Some(h) => {
+            *resp.status_mut() = StatusCode::from_u16(h.status).unwrap_or(StatusCode::OK);
+            let hm = resp.headers_mut();
+            for (k, v) in h.headers {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    hm.append(k, v);
+                }
+            }
+            for c in h.cookies {
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    hm.append(header::SET_COOKIE, v);
+                }
+            }
+        }
+        None => {
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+    }
+    resp
 }
 
 fn stamp(resp: &mut Response, id: &str, version: u32) {
@@ -503,6 +556,7 @@ async fn raw_invoke_inner(
         LambdaOutcome::FunctionError { error_type, body } => {
             function_error_response(&error_type, body)
         }
+        LambdaOutcome::Streamed { head, body } => streamed_response(head, body),
     };
     stamp(&mut resp, id, version);
     Ok(resp)
@@ -591,6 +645,7 @@ async fn fn_inner(
         LambdaOutcome::FunctionError { error_type, body } => {
             function_error_response(&error_type, body)
         }
+        LambdaOutcome::Streamed { head, body } => streamed_response(head, body),
     };
     stamp(&mut resp, id, version);
     Ok(resp)
@@ -645,11 +700,12 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
                 parts,
                 Body::new(LeasedBody {
                     inner: body,
-                    _lease: lease,
+                    lease,
                     metrics: dp.metrics().clone(),
                     version: pool.version().clone(),
                     request: watch,
                     sent: 0,
+                    discard_on_error: false,
                 }),
             );
             stamp(&mut resp, id, version);
@@ -663,11 +719,13 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
 /// Counts the bytes both ways when it is done.
 struct LeasedBody {
     inner: Body,
-    _lease: Lease,
+    lease: Lease,
     metrics: Arc<Metrics>,
     version: Arc<crate::DeployedVersion>,
     request: crate::body::BodyWatch,
     sent: u64,
+    /// Stop the instance when the body ends in an error (a Lambda stream the function broke).
+    discard_on_error: bool,
 }
 
 impl Drop for LeasedBody {
@@ -691,8 +749,12 @@ impl http_body::Body for LeasedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            self.sent += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.sent += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+            }
+            Poll::Ready(Some(Err(_))) if self.discard_on_error => self.lease.discard_instance(),
+            _ => {}
         }
         polled
     }

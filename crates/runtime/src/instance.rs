@@ -38,11 +38,30 @@ pub enum InvokeError {
     Unsupported(String),
 }
 
-/// A Lambda invocation's result: the handler's return value, or the error it raised.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Lambda invocation's result: the handler's return value, the error it raised, or a response
+/// it streams.
+#[derive(Debug)]
 pub enum LambdaOutcome {
     Success(Bytes),
-    FunctionError { error_type: String, body: Bytes },
+    FunctionError {
+        error_type: String,
+        body: Bytes,
+    },
+    /// A response sent in streaming mode, passed on as it comes: the HTTP head its prelude gave
+    /// (`awslambda.HttpResponseStream`), if any, and the body. An error the function reports
+    /// after the first bytes, its deadline, or a size past the limit end the body with an error.
+    Streamed {
+        head: Option<StreamHead>,
+        body: Body,
+    },
+}
+
+/// The HTTP head a streamed response starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub cookies: Vec<String>,
 }
 
 /// One invocation for a Lambda-protocol instance.

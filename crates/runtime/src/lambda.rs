@@ -41,7 +41,8 @@ type Completion = oneshot::Sender<Result<LambdaOutcome, InvokeError>>;
 struct Shared {
     queue_tx: mpsc::UnboundedSender<Pending>,
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>,
-    inflight: Mutex<HashMap<String, Completion>>,
+    /// Invocations taken by the instance, with their deadlines (ms since the epoch).
+    inflight: Mutex<HashMap<String, (Completion, i64)>>,
     state: watch::Sender<InitState>,
     function_arn: String,
     response_limit: usize,
@@ -166,7 +167,7 @@ impl Endpoint {
             .inflight
             .lock()
             .unwrap()
-            .insert(p.id.clone(), tx);
+            .insert(p.id.clone(), (tx, p.deadline_ms));
         let _ = self.shared.queue_tx.send(p);
         rx
     }
@@ -230,7 +231,7 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ()>
 }
 
 fn complete(s: &Shared, id: &str, outcome: Result<LambdaOutcome, InvokeError>) -> Response {
-    let tx = s.inflight.lock().unwrap().remove(id);
+    let tx = s.inflight.lock().unwrap().remove(id).map(|(tx, _)| tx);
     match tx {
         Some(tx) => {
             let too_large = matches!(outcome, Err(InvokeError::ResponseTooLarge(_)));
@@ -266,63 +267,227 @@ async fn response(
     let streaming = headers
         .get("lambda-runtime-function-response-mode")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"streaming"));
-    let outcome = if streaming {
-        streamed(&headers, body, s.response_limit).await
-    } else {
-        match read_limited(body, s.response_limit).await {
-            Ok(b) => Ok(LambdaOutcome::Success(b)),
-            Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
-        }
-    };
-    complete(&s, &id, outcome)
-}
-
-/// The content type of a streamed response that starts with HTTP metadata (a function URL's
-/// `awslambda.HttpResponseStream`): a JSON prelude, eight NUL bytes, then the body.
-const HTTP_INTEGRATION: &str = "application/vnd.awslambda.http-integration-response";
-
-/// A response sent in streaming mode, read whole (Petrel passes it on once complete): an error
-/// the client reports in the trailers (`Lambda-Runtime-Function-Error-Type` and `-Body`) makes
-/// the invocation a function error, whatever was streamed before it; an HTTP prelude becomes
-/// the API Gateway-shaped result Petrel maps to an HTTP answer.
-async fn streamed(
-    headers: &HeaderMap,
-    body: axum::body::Body,
-    limit: usize,
-) -> Result<LambdaOutcome, InvokeError> {
-    use http_body_util::BodyExt;
-    let collected = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| InvokeError::ResponseTooLarge(limit))?;
-    let trailers = collected.trailers().cloned();
-    let bytes = collected.to_bytes();
-    if let Some(t) = trailers {
-        if let Some(kind) = t
-            .get("lambda-runtime-function-error-type")
-            .and_then(|v| v.to_str().ok())
-        {
-            use base64::Engine;
-            let body = t
-                .get("lambda-runtime-function-error-body")
-                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
-                .map(Bytes::from)
-                .unwrap_or_else(|| {
-                    Bytes::from(
-                        serde_json::json!({"errorType": kind, "errorMessage": "the function failed while streaming its response"})
-                            .to_string(),
-                    )
-                });
-            return Ok(LambdaOutcome::FunctionError {
-                error_type: kind.to_owned(),
-                body,
-            });
+    let deadline = s.inflight.lock().unwrap().get(&id).map(|e| e.1);
+    match deadline {
+        Some(deadline_ms) if streaming => stream_response(s, id, headers, body, deadline_ms).await,
+        _ => {
+            let outcome = match read_limited(body, s.response_limit).await {
+                Ok(b) => Ok(LambdaOutcome::Success(b)),
+                Err(()) => Err(InvokeError::ResponseTooLarge(s.response_limit)),
+            };
+            complete(&s, &id, outcome)
         }
     }
+}
+
+/// Most bytes a streamed response may carry (Lambda's default for streamed responses).
+const STREAM_LIMIT: usize = 20 * 1024 * 1024;
+
+/// A chunk of a streamed response on its way to the caller, or why the stream ended early.
+type Chunk = Result<http_body::Frame<Bytes>, std::io::Error>;
+
+/// The caller's end of a streamed response.
+struct ChannelBody(mpsc::Receiver<Chunk>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Chunk>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A response sent in streaming mode. Until its first byte of payload it is buffered, so that
+/// a handler failing before it writes anything is a function error like any other; from then
+/// on the caller gets the head and the chunks as they come, and an error reported in the
+/// trailers, the deadline, or the size limit end the caller's body with an error (the gateway
+/// then stops the instance).
+async fn stream_response(
+    s: Arc<Shared>,
+    id: String,
+    headers: HeaderMap,
+    mut body: axum::body::Body,
+    deadline_ms: i64,
+) -> Response {
+    use http_body_util::BodyExt;
     let is_http = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with(HTTP_INTEGRATION));
+    let mut buf = bytes::BytesMut::new();
+    let mut head: Option<crate::instance::StreamHead> = None;
+    let first = loop {
+        match body.frame().await {
+            None => return complete(&s, &id, Ok(whole(buf.freeze(), is_http))),
+            Some(Err(_)) => {
+                return complete(
+                    &s,
+                    &id,
+                    Err(InvokeError::BadResponse(
+                        "the function's response stream broke".into(),
+                    )),
+                )
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    buf.extend_from_slice(&d);
+                    if buf.len() > STREAM_LIMIT {
+                        return complete(&s, &id, Err(InvokeError::ResponseTooLarge(STREAM_LIMIT)));
+                    }
+                    if is_http && head.is_none() {
+                        let Some(at) = buf.windows(8).position(|w| w == [0u8; 8]) else {
+                            continue;
+                        };
+                        head = Some(parse_head(&buf[..at]));
+                        let _ = buf.split_to(at + 8);
+                    }
+                    if !buf.is_empty() {
+                        break buf.split().freeze();
+                    }
+                }
+                Err(frame) => {
+                    let outcome = frame
+                        .into_trailers()
+                        .ok()
+                        .and_then(|t| trailer_error(&t))
+                        .unwrap_or_else(|| whole(buf.freeze(), is_http));
+                    return complete(&s, &id, Ok(outcome));
+                }
+            },
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Chunk>(16);
+    let _ = complete(
+        &s,
+        &id,
+        Ok(LambdaOutcome::Streamed {
+            head,
+            body: crate::Body::new(ChannelBody(rx)),
+        }),
+    );
+    let mut sent = first.len();
+    let mut open = tx.send(Ok(http_body::Frame::data(first))).await.is_ok();
+    let left = (deadline_ms - crate::logs::now_ms()).max(0) as u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(left);
+    let fail = |why: String| Err(std::io::Error::other(why));
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = tokio::time::sleep_until(deadline), if open => {
+                let _ = tx.send(fail("the function did not finish its response within its timeout".into())).await;
+                open = false;
+                continue;
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(_)) => {
+                if open {
+                    let _ = tx
+                        .send(fail("the function's response stream broke".into()))
+                        .await;
+                }
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if open => {
+                    sent += d.len();
+                    let chunk = if sent > STREAM_LIMIT {
+                        open = false;
+                        fail(format!(
+                            "the response passed the limit of {STREAM_LIMIT} bytes"
+                        ))
+                    } else {
+                        Ok(http_body::Frame::data(d))
+                    };
+                    // A caller that went away: the rest is read and dropped.
+                    open &= tx.send(chunk).await.is_ok();
+                }
+                Ok(_) => {}
+                Err(frame) => {
+                    if let Some(LambdaOutcome::FunctionError { error_type, .. }) =
+                        frame.into_trailers().ok().and_then(|t| trailer_error(&t))
+                    {
+                        if open {
+                            let _ = tx
+                                .send(fail(format!(
+                                    "the function failed while streaming its response ({error_type})"
+                                )))
+                                .await;
+                            open = false;
+                        }
+                    }
+                }
+            },
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
+}
+
+/// The function error a streaming client reports in its trailers, if any.
+fn trailer_error(t: &HeaderMap) -> Option<LambdaOutcome> {
+    use base64::Engine;
+    let kind = t
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())?;
+    let body = t
+        .get("lambda-runtime-function-error-body")
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
+        .map(Bytes::from)
+        .unwrap_or_else(|| {
+            Bytes::from(
+                serde_json::json!({"errorType": kind, "errorMessage": "the function failed while streaming its response"})
+                    .to_string(),
+            )
+        });
+    Some(LambdaOutcome::FunctionError {
+        error_type: kind.to_owned(),
+        body,
+    })
+}
+
+/// The HTTP head of an `HttpResponseStream` prelude (`{"statusCode", "headers", "cookies"}`).
+fn parse_head(prelude: &[u8]) -> crate::instance::StreamHead {
+    let v: serde_json::Value = serde_json::from_slice(prelude).unwrap_or_default();
+    crate::instance::StreamHead {
+        status: v["statusCode"].as_u64().unwrap_or(200) as u16,
+        headers: v["headers"]
+            .as_object()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        cookies: v["cookies"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A streamed response that ended before any payload: answered whole, an HTTP prelude as the
+/// API Gateway-shaped result Petrel maps to an HTTP answer.
+fn whole(bytes: Bytes, is_http: bool) -> LambdaOutcome {
     if is_http {
         if let Some(at) = bytes.windows(8).position(|w| w == [0u8; 8]) {
             use base64::Engine;
@@ -332,11 +497,15 @@ async fn streamed(
                 .encode(&bytes[at + 8..])
                 .into();
             result["isBase64Encoded"] = true.into();
-            return Ok(LambdaOutcome::Success(Bytes::from(result.to_string())));
+            return LambdaOutcome::Success(Bytes::from(result.to_string()));
         }
     }
-    Ok(LambdaOutcome::Success(bytes))
+    LambdaOutcome::Success(bytes)
 }
+
+/// The content type of a streamed response that starts with HTTP metadata (a function URL's
+/// `awslambda.HttpResponseStream`): a JSON prelude, eight NUL bytes, then the body.
+const HTTP_INTEGRATION: &str = "application/vnd.awslambda.http-integration-response";
 
 async fn error(
     State(s): State<Arc<Shared>>,

@@ -22,7 +22,7 @@ mod zygote;
 
 pub use instance::{
     Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, Preloaded, RuntimeEnv,
-    StartTimings,
+    StartTimings, StreamHead,
 };
 pub use logs::LogSink;
 pub use prewarm::PrewarmConfig;

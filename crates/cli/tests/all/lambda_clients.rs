@@ -499,7 +499,13 @@ fn aws_lambda_ric_node() -> PathBuf {
 
 /// A `provided` function run by the official Node.js client: the client's package as it runs
 /// (its JavaScript and the built addon, not its sources), the handler's file, and a bootstrap.
-fn node_ric_function(name: &str, file: &str, code: &str, handler: &str) -> tempfile::TempDir {
+fn node_ric_function(
+    name: &str,
+    file: &str,
+    code: &str,
+    handler: &str,
+    extra: &str,
+) -> tempfile::TempDir {
     let ric = aws_lambda_ric_node();
     let d = tempfile::tempdir().unwrap();
     let to = d.path().join("node_modules/aws-lambda-ric");
@@ -519,7 +525,7 @@ fn node_ric_function(name: &str, file: &str, code: &str, handler: &str) -> tempf
     std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
         d.path().join("petrel.toml"),
-        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"{handler}\"\ntimeout = \"3s\"\n"),
+        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"{handler}\"\ntimeout = \"3s\"\n{extra}\n"),
     )
     .unwrap();
     d
@@ -528,24 +534,98 @@ fn node_ric_function(name: &str, file: &str, code: &str, handler: &str) -> tempf
 const NODE_STREAM_APP: &str = r#"
 exports.handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
   const action = event.action || (event.queryStringParameters || {}).action;
+  if (action === 'fail_early') throw new Error('broke before writing');
   if (action === 'http') {
     responseStream = awslambda.HttpResponseStream.from(responseStream,
       { statusCode: 201, headers: { 'x-from': 'stream' } });
   }
   responseStream.write('chunk one,');
-  await new Promise((r) => setTimeout(r, 20));
+  if (action === 'relay') {
+    // Goes on only once the caller says it has the first chunk.
+    await new Promise((resolve, reject) => {
+      const s = require('net').connect(event.port, '127.0.0.1');
+      s.on('data', () => { s.destroy(); resolve(); });
+      s.on('error', reject);
+    });
+  }
   if (action === 'fail') throw new Error('broke mid-stream');
   responseStream.write('chunk two');
   responseStream.end();
 });
 "#;
 
+/// Sends a request and returns the answer's status and body, the body read frame by frame:
+/// each frame's bytes, or where it broke.
+async fn frames(url: &str, body: &str) -> (u16, hyper::body::Incoming) {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    (resp.status().as_u16(), resp.into_body())
+}
+
+async fn next_data(body: &mut hyper::body::Incoming) -> Result<Option<String>, String> {
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    return Ok(Some(String::from_utf8_lossy(&d).into_owned()));
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_streaming_handler_of_the_nodejs_client_is_answered_whole() {
+async fn a_streaming_handler_of_the_nodejs_client_streams_to_the_caller() {
     let p = Petrel::start().await;
-    let d = node_ric_function("ric-stream", "stream.js", NODE_STREAM_APP, "stream.handler");
+    let d = node_ric_function(
+        "ric-stream",
+        "stream.js",
+        NODE_STREAM_APP,
+        "stream.handler",
+        "",
+    );
     p.deploy(d.path());
-    // The chunks, in order, once the stream ends.
+    let relay = node_ric_function(
+        "ric-relay",
+        "stream.js",
+        NODE_STREAM_APP,
+        "stream.handler",
+        "network = \"host\"",
+    );
+    p.deploy(relay.path());
+
+    // The chunks in order, as they come: the handler writes its second chunk only after the
+    // caller has told it (over a socket of the test's) that the first one arrived. Were the
+    // response buffered, the first chunk would never arrive and the stream would end at the
+    // function's timeout with an error.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (status, mut body) = frames(
+        &format!("{}/v1/functions/ric-relay/invoke", p.url),
+        &format!(r#"{{"action": "relay", "port": {port}}}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_data(&mut body).await, Ok(Some("chunk one,".into())));
+    let (mut sock, _) = listener.accept().await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(b"go").await.unwrap();
+    let mut rest = String::new();
+    while let Some(d) = next_data(&mut body).await.unwrap() {
+        rest.push_str(&d);
+    }
+    assert_eq!(rest, "chunk two");
+
+    // A plain streamed answer, read whole.
     let r = p.invoke("ric-stream", "{}").await;
     assert_eq!(
         (r.status, r.text()),
@@ -556,11 +636,26 @@ async fn a_streaming_handler_of_the_nodejs_client_is_answered_whole() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.header("x-from"), Some("stream"));
     assert_eq!(r.text(), "chunk one,chunk two");
-    // An error after the first chunk: the client reports it in the trailers, and the
-    // invocation is a function error, not a cut answer passed off as a success.
-    let r = p.invoke("ric-stream", r#"{"action": "fail"}"#).await;
+    // A failure before the first byte is a function error like any other.
+    let r = p.invoke("ric-stream", r#"{"action": "fail_early"}"#).await;
     assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!(r.json()["errorMessage"], "broke mid-stream");
+    assert_eq!(r.json()["errorMessage"], "broke before writing");
+    // A failure after it: the caller has a 200 and the first chunk, then the stream breaks;
+    // it is never passed off as a complete answer.
+    let (status, mut body) = frames(
+        &format!("{}/v1/functions/ric-stream/invoke", p.url),
+        r#"{"action": "fail"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_data(&mut body).await, Ok(Some("chunk one,".into())));
+    assert!(next_data(&mut body).await.is_err(), "the stream must break");
+    // The instance that failed was stopped; the next request gets a new one, and works.
+    let r = p.invoke("ric-stream", "{}").await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "chunk one,chunk two".to_owned())
+    );
 }
 
 const NODE_APP: &str = r#"
@@ -576,7 +671,7 @@ exports.handler = async (event, context) => {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_nodejs_runtime_client_runs_unchanged() {
     let p = Petrel::start().await;
-    let d = node_ric_function("ric-node", "index.js", NODE_APP, "index.handler");
+    let d = node_ric_function("ric-node", "index.js", NODE_APP, "index.handler", "");
     p.deploy(d.path());
 
     let r = p.invoke("ric-node", r#"{"hello": "node"}"#).await;

@@ -309,6 +309,8 @@ async fn invoke_inner(
             resp
         }
         LambdaOutcome::FunctionError { body, .. } => function_error_response(body),
+        // Invoke answers the payload as it streams (the HTTP head, if any, is for function URLs).
+        LambdaOutcome::Streamed { body, .. } => Response::new(body),
     };
     resp.headers_mut()
         .insert("x-amz-executed-version", HeaderValue::from(version));
