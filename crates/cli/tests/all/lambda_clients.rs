@@ -806,25 +806,58 @@ async fn with_access_keys_the_lambda_api_checks_signatures() {
 }
 
 const JS_SDK_SCRIPT: &str = r#"
-const { LambdaClient, InvokeCommand } = require("@aws-sdk/client-lambda");
-const [url, key, secret] = process.argv.slice(2);
-const c = new LambdaClient({ endpoint: url, region: "us-east-1",
-  credentials: { accessKeyId: key, secretAccessKey: secret }, maxAttempts: 1 });
+const L = require("@aws-sdk/client-lambda");
+const fs = require("fs");
+const [url, key, secret, zip1, zip2] = process.argv.slice(2);
+const client = (s) => new L.LambdaClient({ endpoint: url, region: "us-east-1",
+  credentials: { accessKeyId: key, secretAccessKey: s }, maxAttempts: 1 });
+const c = client(secret);
+const payload = (r) => JSON.parse(Buffer.from(r.Payload).toString());
 (async () => {
   const out = {};
-  const r = await c.send(new InvokeCommand({ FunctionName: "sdk-py", Payload: JSON.stringify({ who: "js" }) }));
-  out.good = { status: r.StatusCode, version: r.ExecutedVersion, payload: JSON.parse(Buffer.from(r.Payload).toString()) };
+  const made = await c.send(new L.CreateFunctionCommand({ FunctionName: "made-by-js", Runtime: "python3.11",
+    Role: "arn:aws:iam::000000000000:role/x", Handler: "app.handler", Code: { ZipFile: fs.readFileSync(zip1) } }));
+  out.create = made.Version;
+  const r = await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", Payload: "{}", LogType: "Tail" }));
+  out.invoke = payload(r);
+  out.tail = Buffer.from(r.LogResult, "base64").toString().includes("says hello");
+  await c.send(new L.UpdateFunctionCodeCommand({ FunctionName: "made-by-js", ZipFile: fs.readFileSync(zip2) }));
+  const v = await c.send(new L.PublishVersionCommand({ FunctionName: "made-by-js" }));
+  out.published = v.Version;
+  out.v1 = payload(await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", Qualifier: "1", Payload: "{}" })));
+  out.latest = payload(await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", Payload: "{}" })));
   try {
-    await c.send(new InvokeCommand({ FunctionName: "no-such-function", Payload: "{}" }));
-  } catch (e) {
-    out.missing = { name: e.name, status: e.$metadata.httpStatusCode };
-  }
+    await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", InvocationType: "Event", Payload: "{}" }));
+  } catch (e) { out.event = e.$metadata.httpStatusCode; }
+  try {
+    await client(secret + "x").send(new L.InvokeCommand({ FunctionName: "made-by-js", Payload: "{}" }));
+  } catch (e) { out.bad = e.name; }
+  await c.send(new L.DeleteFunctionCommand({ FunctionName: "made-by-js" }));
+  try {
+    await c.send(new L.GetFunctionCommand({ FunctionName: "made-by-js" }));
+  } catch (e) { out.after_delete = e.name; }
   console.log(JSON.stringify(out));
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
 
+/// A zip of one `app.py` whose handler prints and returns `greeting`.
+fn app_zip(dir: &Path, file: &str, greeting: &str) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join(file);
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    z.start_file("app.py", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    write!(
+        z,
+        "def handler(event, context):\n    print('{greeting} says hello', flush=True)\n    return {{'greeting': '{greeting}', 'version': context.function_version}}\n"
+    )
+    .unwrap();
+    z.finish().unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_aws_cli_and_the_javascript_sdk_invoke_with_signed_requests() {
+async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_signed_requests() {
     let (cli_dir, js_dir) = tokio::task::spawn_blocking(|| (awscli(), aws_sdk_js()))
         .await
         .unwrap();
@@ -840,59 +873,167 @@ async fn the_aws_cli_and_the_javascript_sdk_invoke_with_signed_requests() {
         &["--config", path.to_str().unwrap()],
     )
     .await;
-    let f = crate::harness::function_dir(&[
-        (
-            "petrel.toml",
-            &crate::harness::manifest("sdk-py", "python3", "app.handler", ""),
-        ),
-        ("app.py", SDK_PY_APP),
-    ]);
-    p.deploy(f.path());
+    let zip1 = app_zip(cfg.path(), "v1.zip", "first");
+    let zip2 = app_zip(cfg.path(), "v2.zip", "second");
 
-    // The AWS CLI: `aws lambda invoke --endpoint-url`, signed with the configured key.
-    let out_file = cfg.path().join("out.json");
-    let (url, of) = (p.url.clone(), out_file.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-m", "awscli", "lambda", "invoke", "--endpoint-url", &url])
-            .args(["--function-name", "sdk-py"])
-            .args(["--payload", r#"{"who": "cli"}"#])
-            .arg(&of)
-            .env("PYTHONPATH", cli_dir)
+    // The AWS CLI, each call signed with the configured key (or, once, a wrong one).
+    let aws = |secret: &str, args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "awscli", "lambda"])
+            .args(args)
+            .args(["--endpoint-url", &p.url, "--output", "json"])
+            .env("PYTHONPATH", &cli_dir)
             .env("AWS_ACCESS_KEY_ID", "AKIDPETRELCLI")
-            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_MAX_ATTEMPTS", "1")
             .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text, err)
+    };
+    let ok = |r: (bool, String, String)| -> serde_json::Value {
+        assert!(r.0, "{}{}", r.1, r.2);
+        if r.1.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&r.1).unwrap()
+        }
+    };
+    let fileb = |p: &Path| format!("fileb://{}", p.display());
+    let out_file = cfg.path().join("out.json");
+    let read_out = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap()
+    };
+    let made = ok(aws(
+        "cli-secret",
+        &[
+            "create-function",
+            "--function-name",
+            "made-by-cli",
+            "--runtime",
+            "python3.11",
+            "--role",
+            "arn:aws:iam::000000000000:role/x",
+            "--handler",
+            "app.handler",
+            "--zip-file",
+            &fileb(&zip1),
+        ],
+    ));
+    assert_eq!(made["FunctionName"], "made-by-cli", "{made}");
+    let inv = ok(aws(
+        "cli-secret",
+        &[
+            "invoke",
+            "--function-name",
+            "made-by-cli",
+            "--log-type",
+            "Tail",
+            out_file.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(inv["StatusCode"], 200, "{inv}");
+    use base64::Engine;
+    let tail = base64::engine::general_purpose::STANDARD
+        .decode(inv["LogResult"].as_str().unwrap())
+        .unwrap();
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&tail).contains("first says hello"),
+        "{inv}"
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (&meta["StatusCode"], &meta["ExecutedVersion"]),
-        (&serde_json::json!(200), &serde_json::json!("1")),
-        "{meta}"
+    assert_eq!(read_out()["greeting"], "first");
+    ok(aws(
+        "cli-secret",
+        &[
+            "update-function-code",
+            "--function-name",
+            "made-by-cli",
+            "--zip-file",
+            &fileb(&zip2),
+        ],
+    ));
+    let published = ok(aws(
+        "cli-secret",
+        &["publish-version", "--function-name", "made-by-cli"],
+    ));
+    assert_eq!(published["Version"], "2", "{published}");
+    ok(aws(
+        "cli-secret",
+        &[
+            "invoke",
+            "--function-name",
+            "made-by-cli",
+            "--qualifier",
+            "1",
+            out_file.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(read_out()["greeting"], "first", "version 1 keeps its code");
+    ok(aws(
+        "cli-secret",
+        &[
+            "invoke",
+            "--function-name",
+            "made-by-cli",
+            out_file.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(read_out()["greeting"], "second");
+    let event = aws(
+        "cli-secret",
+        &[
+            "invoke",
+            "--function-name",
+            "made-by-cli",
+            "--invocation-type",
+            "Event",
+            out_file.to_str().unwrap(),
+        ],
     );
-    let payload: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
-    assert_eq!(payload["hello"], "cli");
+    assert!(
+        !event.0 && event.2.contains("ServiceException"),
+        "{event:?}"
+    );
+    let bad = aws(
+        "wrong-secret",
+        &[
+            "invoke",
+            "--function-name",
+            "made-by-cli",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !bad.0 && bad.2.contains("InvalidSignatureException"),
+        "{bad:?}"
+    );
+    ok(aws(
+        "cli-secret",
+        &["delete-function", "--function-name", "made-by-cli"],
+    ));
+    let gone = aws(
+        "cli-secret",
+        &["get-function", "--function-name", "made-by-cli"],
+    );
+    assert!(
+        !gone.0 && gone.2.contains("ResourceNotFoundException"),
+        "{gone:?}"
+    );
 
-    // @aws-sdk/client-lambda, also signed.
-    let script = cfg.path().join("invoke.js");
+    // @aws-sdk/client-lambda: the same lifecycle.
+    let script = cfg.path().join("lifecycle.js");
     std::fs::write(&script, JS_SDK_SCRIPT).unwrap();
     let url = p.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(&script)
             .args([url.as_str(), "AKIDPETRELCLI", "cli-secret"])
+            .arg(&zip1)
+            .arg(&zip2)
             .env("NODE_PATH", js_dir.join("node_modules"))
             .output()
             .expect("node runs")
@@ -907,8 +1048,17 @@ async fn the_aws_cli_and_the_javascript_sdk_invoke_with_signed_requests() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         j,
-        serde_json::json!({"good": {"status": 200, "version": "1", "payload": {"hello": "js", "version": "1"}},
-                           "missing": {"name": "ResourceNotFoundException", "status": 404}})
+        serde_json::json!({
+            "create": "$LATEST",
+            "invoke": {"greeting": "first", "version": "1"},
+            "tail": true,
+            "published": "2",
+            "v1": {"greeting": "first", "version": "1"},
+            "latest": {"greeting": "second", "version": "2"},
+            "event": 501,
+            "bad": "InvalidSignatureException",
+            "after_delete": "ResourceNotFoundException"
+        })
     );
 }
 
