@@ -187,6 +187,20 @@ async fn deploy(app: &App, name: &str, package: Bytes) -> Result<u32, Refused> {
     .map_err(|e| invalid(&e.0.message))
 }
 
+/// Deploys the request's zip with manifest `m`; the new configuration, as `$LATEST` or (with
+/// `Publish`) as its version.
+async fn deploy_zip(app: &App, name: &str, body: &Value, m: &str) -> Result<Value, Refused> {
+    let package = with_manifest(&zip_file(body)?, m).map_err(|e| invalid(&e))?;
+    let version = deploy(app, name, package).await?;
+    let v = latest(app, name).await?;
+    let shown = if body["Publish"].as_bool() == Some(true) {
+        version.to_string()
+    } else {
+        "$LATEST".into()
+    };
+    Ok(configuration(name, &v, &shown))
+}
+
 async fn latest(app: &App, name: &str) -> Result<VersionInfo, Refused> {
     let f = app
         .store
@@ -241,19 +255,8 @@ async fn create_inner(app: &App, req: Request) -> Result<Response, Refused> {
         .as_object()
         .unwrap_or(&empty);
     let m = manifest(name, runtime, handler, memory, timeout, env);
-    let package = with_manifest(&zip_file(&body)?, &m).map_err(|e| invalid(&e))?;
-    let version = deploy(app, name, package).await?;
-    let v = latest(app, name).await?;
-    let shown = if body["Publish"].as_bool() == Some(true) {
-        version.to_string()
-    } else {
-        "$LATEST".into()
-    };
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(configuration(name, &v, &shown)),
-    )
-        .into_response())
+    let conf = deploy_zip(app, name, &body, &m).await?;
+    Ok((StatusCode::CREATED, axum::Json(conf)).into_response())
 }
 
 pub async fn update_code(
@@ -281,15 +284,8 @@ async fn update_code_inner(app: &App, name: &str, req: Request) -> Result<Respon
         s.timeout_ms.div_ceil(1000),
         &env,
     );
-    let package = with_manifest(&zip_file(&body)?, &m).map_err(|e| invalid(&e))?;
-    let version = deploy(app, name, package).await?;
-    let v = latest(app, name).await?;
-    let shown = if body["Publish"].as_bool() == Some(true) {
-        version.to_string()
-    } else {
-        "$LATEST".into()
-    };
-    Ok(axum::Json(configuration(name, &v, &shown)).into_response())
+    let conf = deploy_zip(app, name, &body, &m).await?;
+    Ok(axum::Json(conf).into_response())
 }
 
 pub async fn get(State(app): State<App>, Path(name): Path<String>, req: Request) -> Response {

@@ -215,13 +215,7 @@ impl Petrel {
             .send(method, path, body.as_ref().map(|(ct, b)| (*ct, b.clone())))
             .await
             .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: bytes,
-        }
+        Resp::read(resp).await
     }
 
     /// A request with headers of its own.
@@ -246,13 +240,7 @@ impl Petrel {
             .request(b.body(Full::new(Bytes::from(body))).unwrap())
             .await
             .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: bytes,
-        }
+        Resp::read(resp).await
     }
 
     pub async fn invoke(&self, name: &str, event: &str) -> Resp {
@@ -282,6 +270,17 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a whole answer.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Self {
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: bytes,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

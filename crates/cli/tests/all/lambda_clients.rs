@@ -12,24 +12,21 @@ use std::time::Duration;
 const AWSLAMBDARIC: &str = "awslambdaric==4.2.2";
 
 fn awslambdaric() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| pip_target(AWSLAMBDARIC)).clone()
+    pip_target(AWSLAMBDARIC)
 }
 
 /// boto3, for driving Petrel as AWS SDKs do.
 const BOTO3: &str = "boto3==1.35.99";
 
 fn boto3() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| pip_target(BOTO3)).clone()
+    pip_target(BOTO3)
 }
 
 /// The AWS CLI (version 1, from PyPI).
 const AWSCLI: &str = "awscli==1.36.40";
 
 fn awscli() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| pip_target(AWSCLI)).clone()
+    pip_target(AWSCLI)
 }
 
 /// The AWS SDK for JavaScript v3's Lambda client, from npm, cached per machine.
@@ -62,8 +59,11 @@ fn aws_sdk_js() -> PathBuf {
     .clone()
 }
 
-/// `pip install --target` of one pinned package, cached per machine across test runs.
+/// `pip install --target` of one pinned package, cached per machine across test runs (and
+/// installed by one test at a time).
 fn pip_target(package: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("petrel-test-{}", package.replace("==", "-")));
     let module = package.split("==").next().unwrap();
     if !dir.join(module).is_dir() {
@@ -137,20 +137,26 @@ fn python_ric_function(name: &str, app: &str, extra: &str) -> tempfile::TempDir 
     let d = tempfile::tempdir().unwrap();
     copy_tree(&awslambdaric(), d.path());
     std::fs::write(d.path().join("app.py"), app).unwrap();
-    let bootstrap = d.path().join("bootstrap");
-    std::fs::write(
-        &bootstrap,
-        "#!/bin/sh\nexec python3 -m awslambdaric \"$_HANDLER\"\n",
-    )
-    .unwrap();
+    provided_files(
+        d.path(),
+        name,
+        "exec python3 -m awslambdaric \"$_HANDLER\"",
+        &format!("handler = \"app.handler\"\n{extra}"),
+    );
+    d
+}
+
+/// A `provided` function's `bootstrap` (a shell script running `command`) and `petrel.toml`.
+fn provided_files(dir: &Path, name: &str, command: &str, manifest_lines: &str) {
+    let bootstrap = dir.join("bootstrap");
+    std::fs::write(&bootstrap, format!("#!/bin/sh\n{command}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
-        d.path().join("petrel.toml"),
-        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"app.handler\"\n{extra}\n"),
+        dir.join("petrel.toml"),
+        format!("name = \"{name}\"\nruntime = \"provided\"\n{manifest_lines}\n"),
     )
     .unwrap();
-    d
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,10 +340,7 @@ async fn the_official_rust_runtime_client_runs_unchanged() {
     assert_eq!(r.json()["errorMessage"], "boom from lambda_runtime");
     assert_eq!(p.invoke("rs-official", "{}").await.status, 200);
 
-    p.invoke("rs-official", r#"{"action": "sleep"}"#)
-        .await
-        .assert_error(504, "function_timeout");
-    assert_eq!(p.invoke("rs-official", "{}").await.status, 200);
+    times_out_and_recovers(&p, "rs-official").await;
 }
 
 /// Drives Petrel with boto3's Lambda client (`endpoint_url` = Petrel) and prints what each call
@@ -388,34 +391,8 @@ def handler(event, context):
 #[tokio::test(flavor = "multi_thread")]
 async fn boto3_invokes_petrel_functions_through_lambdas_api() {
     let p = Petrel::start().await;
-    let f = crate::harness::function_dir(&[
-        (
-            "petrel.toml",
-            &crate::harness::manifest("sdk-py", "python3", "app.handler", "timeout = \"2s\""),
-        ),
-        ("app.py", SDK_PY_APP),
-    ]);
-    p.deploy(f.path());
-    let script = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(script.path(), BOTO3_SCRIPT).unwrap();
-    let url = p.url.clone();
-    let path = script.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(&path)
-            .arg(&url)
-            .env("PYTHONPATH", boto3())
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    deploy_sdk_py(&p, "timeout = \"2s\"");
+    let j = run_boto3(BOTO3_SCRIPT, &[&p.url]).await;
     use serde_json::json;
     assert_eq!(
         j["hello"],
@@ -515,19 +492,12 @@ fn node_ric_function(
         copy_tree(&ric.join(sub), &to.join(sub));
     }
     std::fs::write(d.path().join(file), code).unwrap();
-    let bootstrap = d.path().join("bootstrap");
-    std::fs::write(
-        &bootstrap,
-        "#!/bin/sh\nexec node \"$LAMBDA_TASK_ROOT/node_modules/aws-lambda-ric/bin/index.mjs\" \"$_HANDLER\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(
-        d.path().join("petrel.toml"),
-        format!("name = \"{name}\"\nruntime = \"provided\"\nhandler = \"{handler}\"\ntimeout = \"3s\"\n{extra}\n"),
-    )
-    .unwrap();
+    provided_files(
+        d.path(),
+        name,
+        "exec node \"$LAMBDA_TASK_ROOT/node_modules/aws-lambda-ric/bin/index.mjs\" \"$_HANDLER\"",
+        &format!("handler = \"{handler}\"\ntimeout = \"3s\"\n{extra}"),
+    );
     d
 }
 
@@ -704,10 +674,7 @@ async fn the_official_nodejs_runtime_client_runs_unchanged() {
     );
     assert_eq!(p.invoke("ric-node", "{}").await.status, 200);
 
-    p.invoke("ric-node", r#"{"action": "sleep"}"#)
-        .await
-        .assert_error(504, "function_timeout");
-    assert_eq!(p.invoke("ric-node", "{}").await.status, 200);
+    times_out_and_recovers(&p, "ric-node").await;
 }
 
 const BOTO3_SIGNED: &str = r#"
@@ -731,31 +698,13 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_access_keys_the_lambda_api_checks_signatures() {
-    let cfg = tempfile::tempdir().unwrap();
-    let path = cfg.path().join("node.toml");
-    std::fs::write(
-        &path,
-        "[[lambda_access_keys]]\nid = \"AKIDPETRELTEST\"\nsecret = \"s3cr3t/with+chars\"\n",
-    )
-    .unwrap();
-    let p = Petrel::start_with(
-        crate::harness::StoreKind::Sqlite,
-        &["--config", path.to_str().unwrap()],
-    )
-    .await;
+    let (p, _cfg) = start_with_key("AKIDPETRELTEST", "s3cr3t/with+chars").await;
     assert!(
         p.server_log().contains("AWS Signature V4 required"),
         "{}",
         p.server_log()
     );
-    let f = crate::harness::function_dir(&[
-        (
-            "petrel.toml",
-            &crate::harness::manifest("sdk-py", "python3", "app.handler", ""),
-        ),
-        ("app.py", SDK_PY_APP),
-    ]);
-    p.deploy(f.path());
+    deploy_sdk_py(&p, "");
 
     // Unsigned: refused as Lambda refuses it.
     let r = p
@@ -772,25 +721,11 @@ async fn with_access_keys_the_lambda_api_checks_signatures() {
         Some("MissingAuthenticationTokenException")
     );
 
-    let script = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(script.path(), BOTO3_SIGNED).unwrap();
-    let (url, path) = (p.url.clone(), script.path().to_path_buf());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(&path)
-            .args([url.as_str(), "AKIDPETRELTEST", "s3cr3t/with+chars"])
-            .env("PYTHONPATH", boto3())
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = run_boto3(
+        BOTO3_SIGNED,
+        &[&p.url, "AKIDPETRELTEST", "s3cr3t/with+chars"],
+    )
+    .await;
     use serde_json::json;
     assert_eq!(j["good"]["status"], 200, "{j}");
     assert_eq!(j["good"]["payload"]["hello"], "good", "{j}");
@@ -861,18 +796,7 @@ async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_sig
     let (cli_dir, js_dir) = tokio::task::spawn_blocking(|| (awscli(), aws_sdk_js()))
         .await
         .unwrap();
-    let cfg = tempfile::tempdir().unwrap();
-    let path = cfg.path().join("node.toml");
-    std::fs::write(
-        &path,
-        "[[lambda_access_keys]]\nid = \"AKIDPETRELCLI\"\nsecret = \"cli-secret\"\n",
-    )
-    .unwrap();
-    let p = Petrel::start_with(
-        crate::harness::StoreKind::Sqlite,
-        &["--config", path.to_str().unwrap()],
-    )
-    .await;
+    let (p, cfg) = start_with_key("AKIDPETRELCLI", "cli-secret").await;
     let zip1 = app_zip(cfg.path(), "v1.zip", "first");
     let zip2 = app_zip(cfg.path(), "v2.zip", "second");
 
@@ -1107,37 +1031,8 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread")]
 async fn boto3_creates_updates_publishes_and_deletes_a_function() {
-    let cfg = tempfile::tempdir().unwrap();
-    let path = cfg.path().join("node.toml");
-    std::fs::write(
-        &path,
-        "[[lambda_access_keys]]\nid = \"AKIDPETRELMGMT\"\nsecret = \"mgmt-secret\"\n",
-    )
-    .unwrap();
-    let p = Petrel::start_with(
-        crate::harness::StoreKind::Sqlite,
-        &["--config", path.to_str().unwrap()],
-    )
-    .await;
-    let script = cfg.path().join("lifecycle.py");
-    std::fs::write(&script, BOTO3_LIFECYCLE).unwrap();
-    let url = p.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&url)
-            .env("PYTHONPATH", boto3())
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (p, _cfg) = start_with_key("AKIDPETRELMGMT", "mgmt-secret").await;
+    let j = run_boto3(BOTO3_LIFECYCLE, &[&p.url]).await;
     use serde_json::json;
     assert_eq!(
         j["create"],
@@ -1170,4 +1065,65 @@ async fn boto3_creates_updates_publishes_and_deletes_a_function() {
     assert_eq!(j["after_delete"], "ResourceNotFoundException");
     // The function is Petrel's like any other: its CLI sees it gone.
     assert!(!p.cli_ok(&["ls"]).contains("made-by-sdk"));
+}
+
+/// A server whose Lambda API requires signatures by this key; its config directory comes along.
+async fn start_with_key(id: &str, secret: &str) -> (Petrel, tempfile::TempDir) {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("node.toml");
+    std::fs::write(
+        &path,
+        format!("[[lambda_access_keys]]\nid = \"{id}\"\nsecret = \"{secret}\"\n"),
+    )
+    .unwrap();
+    let p = Petrel::start_with(
+        crate::harness::StoreKind::Sqlite,
+        &["--config", path.to_str().unwrap()],
+    )
+    .await;
+    (p, cfg)
+}
+
+/// Runs a boto3 script with these arguments; what it printed, as JSON.
+async fn run_boto3(script: &str, args: &[&str]) -> serde_json::Value {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), script).unwrap();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(file.path())
+            .args(&args)
+            .env("PYTHONPATH", boto3())
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Deploys the `sdk-py` function the SDK tests call.
+fn deploy_sdk_py(p: &Petrel, extra: &str) {
+    let f = crate::harness::function_dir(&[
+        (
+            "petrel.toml",
+            &crate::harness::manifest("sdk-py", "python3", "app.handler", extra),
+        ),
+        ("app.py", SDK_PY_APP),
+    ]);
+    p.deploy(f.path());
+}
+
+/// A handler that sleeps past its timeout is answered 504, and the next request gets a new
+/// instance that works.
+async fn times_out_and_recovers(p: &Petrel, name: &str) {
+    p.invoke(name, r#"{"action": "sleep"}"#)
+        .await
+        .assert_error(504, "function_timeout");
+    assert_eq!(p.invoke(name, "{}").await.status, 200);
 }
