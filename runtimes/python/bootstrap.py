@@ -271,9 +271,8 @@ def _confine(plan, netfd):
                 pass
             if op[2] & 0o7000:
                 os.chmod(op[1], op[2])
-        elif kind == "file":
-            with open(op[1], "w") as f:
-                f.write(op[2])
+        elif kind == "touch":
+            open(op[1], "a").close()
         elif kind == "symlink":
             os.symlink(op[1], op[2])
         else:
@@ -288,7 +287,7 @@ def _confine(plan, netfd):
           "making / read-only")
     os.chdir(plan["workdir"])
     check(libc.sethostname(b"petrel", 6), "sethostname")
-    for cap in range(plan.get("cap_last", 63) + 1):
+    for cap in range(plan["cap_last"] + 1):
         if libc.prctl(24, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
             check(-1, "dropping capability %d" % cap)
     os.setgroups([])

@@ -89,6 +89,8 @@ pub struct Sandbox {
     etc_host: PathBuf,
     spare_nets: std::sync::Arc<std::sync::Mutex<Vec<NetNs>>>,
     seccomp: Vec<libc::sock_filter>,
+    /// The highest capability this kernel knows, read once (`/proc/sys/kernel/cap_last_cap`).
+    cap_last: u32,
     /// The host's network namespace, to return to after making a socket in an instance's;
     /// `None` in a user namespace, where the instance makes its network itself.
     host_net: Option<OwnedFd>,
@@ -109,6 +111,7 @@ impl Sandbox {
             etc_host: PathBuf::new(),
             spare_nets: Default::default(),
             seccomp: Vec::new(),
+            cap_last: 0,
             host_net: None,
             userns: None,
         }
@@ -174,6 +177,10 @@ impl Sandbox {
             etc_host,
             spare_nets: Default::default(),
             seccomp: seccomp_filter(),
+            cap_last: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(63),
             host_net,
             userns,
         }
@@ -273,7 +280,7 @@ impl Sandbox {
             let host = Path::new("/dev").join(d);
             if host.exists() {
                 let inside = r(&host);
-                ops.push(Op::File(cpath(&inside)?, Vec::new()));
+                ops.push(Op::Touch(cpath(&inside)?));
                 ops.push(Op::Mount {
                     src: cpath(&host)?,
                     dst: cpath(&inside)?,
@@ -354,6 +361,7 @@ impl Sandbox {
             pid1: false,
             userns,
             seccomp: self.seccomp.clone(),
+            cap_last: self.cap_last,
         })
     }
 
@@ -911,8 +919,8 @@ fn bind_ro(ops: &mut Vec<Op>, src: &Path, dst: &Path) -> std::io::Result<()> {
 #[derive(Debug)]
 enum Op {
     Mkdir(CString, u32),
-    /// A regular file with these contents (empty: a mount point for a bound file).
-    File(CString, Vec<u8>),
+    /// An empty regular file: the mount point of a bound device node.
+    Touch(CString),
     Symlink(CString, CString),
     Mount {
         src: CString,
@@ -939,6 +947,8 @@ pub(crate) struct Plan {
     /// no second fork, no process in between.
     pid1: bool,
     seccomp: Vec<libc::sock_filter>,
+    /// The highest capability this kernel knows, read once (`/proc/sys/kernel/cap_last_cap`).
+    cap_last: u32,
 }
 
 impl Plan {
@@ -953,9 +963,7 @@ impl Plan {
             .iter()
             .map(|op| match op {
                 Op::Mkdir(p, mode) => json!(["mkdir", s(p), mode]),
-                Op::File(p, contents) => {
-                    json!(["file", s(p), String::from_utf8_lossy(contents)])
-                }
+                Op::Touch(p) => json!(["touch", s(p)]),
                 Op::Symlink(t, l) => json!(["symlink", s(t), s(l)]),
                 Op::Mount {
                     src,
@@ -993,10 +1001,7 @@ impl Plan {
             "gid": SANDBOX_GID,
             "seccomp": hex::encode(filter),
             "sys_pivot_root": libc::SYS_pivot_root,
-            "cap_last": std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-                .unwrap_or(63),
+            "cap_last": self.cap_last,
         })
     }
 
@@ -1099,23 +1104,13 @@ impl Plan {
                             check!(libc::chmod(p.as_ptr(), *mode as libc::mode_t));
                         }
                     }
-                    Op::File(p, contents) => {
+                    Op::Touch(p) => {
                         let fd = libc::open(
                             p.as_ptr(),
-                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_TRUNC,
+                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
                             0o644,
                         );
                         check!(fd);
-                        let mut off = 0;
-                        while off < contents.len() {
-                            let n = libc::write(
-                                fd,
-                                contents[off..].as_ptr().cast(),
-                                contents.len() - off,
-                            );
-                            check!(n);
-                            off += n as usize;
-                        }
                         libc::close(fd);
                     }
                     Op::Symlink(target, link) => {
@@ -1156,8 +1151,8 @@ impl Plan {
             check!(libc::chdir(self.workdir.as_ptr()));
             check!(libc::sethostname(c"petrel".as_ptr(), 6));
             // No capability may come back through exec.
-            for cap in 0..64 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+            for cap in 0..=self.cap_last {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
                     && *libc::__errno_location() != libc::EINVAL
                 {
                     return Err(std::io::Error::last_os_error());

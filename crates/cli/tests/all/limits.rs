@@ -193,7 +193,7 @@ def handler(event, context):
         return {"uid": os.getuid(), "pid": os.getpid(), "ppid": os.getppid(),
                 "instance": os.environ["PETREL_INSTANCE_ID"],
                 "hostname": socket.gethostname(), "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
-                **{k: status[k].strip() for k in ("CapEff", "NoNewPrivs", "Seccomp")}}
+                **{k: status[k].strip() for k in ("CapEff", "CapBnd", "NoNewPrivs", "Seccomp")}}
     if what == "read":
         try:
             with open(event["path"], "rb") as f:
@@ -370,7 +370,11 @@ async fn hostile_suite(p: &Petrel, how: &str) {
     assert_eq!((&me["pid"], &me["ppid"]), (&json!(1), &json!(0)), "{me}");
     assert_eq!(me["processes"], json!([1]), "{me}");
     assert_eq!(me["hostname"], "petrel", "{me}");
-    assert_eq!(me["CapEff"], "0000000000000000", "{me}");
+    assert_eq!(
+        (&me["CapEff"], &me["CapBnd"]),
+        (&json!("0000000000000000"), &json!("0000000000000000")),
+        "no capability, and none to regain: {me}"
+    );
     assert_eq!(
         (&me["NoNewPrivs"], &me["Seccomp"]),
         (&json!("1"), &json!("2")),
