@@ -69,6 +69,14 @@ http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   if (url.pathname === '/crash') { console.error('http about to crash'); process.exit(4); }
   if (url.pathname === '/hang') return;
+  if (url.pathname === '/big' || url.pathname === '/bigstream') {
+    // 7 MiB, over the 6 MiB payload limit: with its length declared, or streamed without one.
+    const chunk = Buffer.alloc(1024 * 1024, 120);
+    if (url.pathname === '/big') res.setHeader('content-length', String(7 * chunk.length));
+    let i = 0;
+    const more = () => { while (i < 7) { i++; if (!res.write(chunk)) return res.once('drain', more); } res.end(); };
+    return more();
+  }
   if (url.pathname === '/stream') {
     res.setHeader('content-type', 'text/plain');
     let i = 0;

@@ -226,6 +226,49 @@ impl Petrel {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Resp {
+        Resp::read(self.request(method, path, headers, body).await).await
+    }
+
+    /// A request whose answer is read frame by frame (see [`next_data`]): its status and body.
+    pub async fn stream(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, hyper::body::Incoming) {
+        self.try_stream(method, path, body).await.unwrap()
+    }
+
+    /// Like [`Petrel::stream`], for an answer that may break before its head arrives.
+    pub async fn try_stream(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::body::Incoming), String> {
+        let resp = self
+            .try_request(method, path, &[("content-type", "application/json")], body)
+            .await?;
+        Ok((resp.status().as_u16(), resp.into_body()))
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> http::Response<hyper::body::Incoming> {
+        self.try_request(method, path, headers, body).await.unwrap()
+    }
+
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         use http_body_util::Full;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -236,11 +279,10 @@ impl Petrel {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = client
+        client
             .request(b.body(Full::new(Bytes::from(body))).unwrap())
             .await
-            .unwrap();
-        Resp::read(resp).await
+            .map_err(|e| format!("{e:?}"))
     }
 
     pub async fn invoke(&self, name: &str, event: &str) -> Resp {
@@ -530,4 +572,19 @@ pub fn wasm_function(name: &str, component: &Path, extra: &str) -> tempfile::Tem
     let dir = function_dir(&[("petrel.toml", &manifest(name, "wasm", "app.wasm", extra))]);
     std::fs::copy(component, dir.path().join("app.wasm")).unwrap();
     dir
+}
+
+/// The next piece of an answer's body: its bytes, `None` at its end, or where it broke.
+pub async fn next_data(body: &mut hyper::body::Incoming) -> Result<Option<String>, String> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    return Ok(Some(String::from_utf8_lossy(&d).into_owned()));
+                }
+            }
+        }
+    }
 }

@@ -128,3 +128,27 @@ fn chunked_upload(url: &str, path: &str, size: usize) -> String {
     let _ = s.read_to_string(&mut answer);
     answer
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_answer_over_the_payload_limit_is_refused_or_cut() {
+    let p = Petrel::start().await;
+    p.deploy(echo_function("big", "http", "").path());
+    // Its length says it is too large: refused whole, the function's answer never starts.
+    let r = p.http("GET", "/fn/big/big", None).await;
+    let msg = r.assert_error(502, "response_too_large");
+    assert!(msg.contains("limit"), "{msg}");
+    // No length: streamed up to the limit, then the stream breaks, never a complete answer.
+    let (status, mut body) = p.stream("GET", "/fn/big/bigstream", Vec::new()).await;
+    assert_eq!(status, 200);
+    let mut got = 0;
+    let end = loop {
+        match crate::harness::next_data(&mut body).await {
+            Ok(Some(d)) => got += d.len(),
+            other => break other,
+        }
+    };
+    assert!(end.is_err(), "the stream must break, not end: {end:?}");
+    assert!(got <= 6 * 1024 * 1024, "{got} bytes passed the 6 MiB limit");
+    // The function keeps serving.
+    assert_eq!(p.http("GET", "/fn/big/", None).await.status, 200);
+}
