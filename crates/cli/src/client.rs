@@ -80,6 +80,38 @@ impl Client {
         })
     }
 
+    /// Sends a request with headers and reads the whole answer, whatever its status.
+    pub async fn fetch_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> anyhow::Result<(http::response::Parts, Bytes)> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        let req = b
+            .body(Full::new(body))
+            .context("could not build the request")?;
+        let resp = self.inner.request(req).await.map_err(|e| {
+            anyhow!(
+                "cannot reach Petrel at {} ({e}); is `petrel serve` running? Point to it with --server or PETREL_SERVER",
+                self.base
+            )
+        })?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .context("the answer was cut off")?
+            .to_bytes();
+        Ok((parts, bytes))
+    }
+
     /// Sends a request and reads the whole answer, whatever its status.
     pub async fn fetch(
         &self,

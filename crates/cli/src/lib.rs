@@ -15,7 +15,8 @@ use client::Client;
 use http::Method;
 use http_body_util::BodyExt;
 use petrel_core::api::{
-    DeployResponse, FunctionDetail, FunctionList, InvocationList, InvocationRecord, LogLine, Usage,
+    AsyncAccepted, AsyncInvocation, AsyncInvocationList, DeployResponse, FunctionDetail,
+    FunctionList, InvocationList, LogLine, ReplayRequest, ReplayResponse, Usage,
     PACKAGE_CONTENT_TYPE,
 };
 use petrel_core::error::FUNCTION_ERROR_HEADER;
@@ -59,7 +60,7 @@ enum Command {
     },
     /// Package a function directory and deploy it as a new version.
     Deploy(DeployArgs),
-    /// Invoke a function synchronously and print its answer.
+    /// Invoke a function and print its answer; with --async, queue it and print its id.
     Invoke {
         /// name, name.namespace, or name:version.
         name: String,
@@ -68,6 +69,20 @@ enum Command {
         data: Option<String>,
         #[arg(long, short)]
         namespace: Option<String>,
+        /// Queue the invocation (committed before the answer) and print its id; follow it with
+        /// `petrel inv get ID`.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// With --async: wait until it ends, then print its result like a synchronous invoke.
+        #[arg(long, requires = "asynchronous")]
+        wait: bool,
+        /// With --async: deduplicate submissions with this key (a retried submission gets the
+        /// first one's id).
+        #[arg(long, requires = "asynchronous")]
+        idempotency_key: Option<String>,
+        /// With --async: POST the result to this http:// URL when it ends.
+        #[arg(long, requires = "asynchronous")]
+        callback_url: Option<String>,
     },
     /// List functions.
     Ls {
@@ -90,6 +105,11 @@ enum Command {
     Inv {
         #[command(subcommand)]
         command: InvCommand,
+    },
+    /// A function's dead-letter list: async invocations whose retries ran out.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Metered use per function: invocations, billed time and GB-seconds.
     Usage {
@@ -145,9 +165,16 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum InvCommand {
-    /// A function's invocations, newest first.
+    /// A function's invocations, newest first (each attempt's record; --async: the async
+    /// invocations with their status).
     Ls {
         name: String,
+        /// The async invocations, with status and attempts.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// With --async: only this status (queued, running, succeeded, failed, dead).
+        #[arg(long)]
+        status: Option<String>,
         /// Only this outcome (success, function_error, timeout, crashed, ...).
         #[arg(long)]
         outcome: Option<String>,
@@ -159,8 +186,25 @@ enum InvCommand {
         #[arg(long, short)]
         namespace: Option<String>,
     },
-    /// One invocation's record.
+    /// One invocation: an async one's status, attempts and result, or a record.
     Get { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The dead letters of a function, newest first.
+    Ls {
+        name: String,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
+    /// Queue dead letters again with fresh attempts: the ids given, or all of them.
+    Replay {
+        name: String,
+        ids: Vec<String>,
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -306,7 +350,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             data,
             namespace,
+            asynchronous: false,
+            ..
         } => invoke(&client, &name, data.as_deref(), &namespace).await,
+        Command::Invoke {
+            name,
+            data,
+            namespace,
+            wait,
+            idempotency_key,
+            callback_url,
+            ..
+        } => {
+            let opts = AsyncOpts {
+                wait,
+                idempotency_key,
+                callback_url,
+            };
+            invoke_async(&client, &name, data.as_deref(), &namespace, opts).await
+        }
         Command::Ls { namespace } => {
             let list: FunctionList = client
                 .json(
@@ -400,10 +462,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command:
                 InvCommand::Ls {
                     name,
+                    asynchronous: true,
+                    status,
+                    limit,
+                    namespace,
+                    ..
+                },
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            q.extend(status.map(|s| format!("status={s}")));
+            q.extend(namespace.map(|n| format!("namespace={n}")));
+            let list: AsyncInvocationList = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/functions/{name}/async?{}", q.join("&")),
+                )
+                .await?;
+            print_async_list(&list.invocations);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command: DlqCommand::Ls { name, namespace },
+        } => {
+            let list: AsyncInvocationList = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/functions/{name}/dlq{}", ns_query(&namespace)),
+                )
+                .await?;
+            if list.invocations.is_empty() {
+                println!("The dead-letter list of {name} is empty.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_async_list(&list.invocations);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    name,
+                    ids,
+                    namespace,
+                },
+        } => {
+            let body = serde_json::to_vec(&ReplayRequest { ids })?;
+            let (_, bytes) = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/functions/{name}/dlq/replay{}", ns_query(&namespace)),
+                    Some(("application/json", Bytes::from(body))),
+                )
+                .await?;
+            let r: ReplayResponse = serde_json::from_slice(&bytes)
+                .context("the server answered with unexpected JSON")?;
+            println!("Queued again: {}", r.replayed.len());
+            for id in r.replayed {
+                println!("{id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inv {
+            command:
+                InvCommand::Ls {
+                    name,
                     outcome,
                     since,
                     limit,
                     namespace,
+                    ..
                 },
         } => {
             let mut q = vec![format!("limit={limit}")];
@@ -445,7 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inv {
             command: InvCommand::Get { id },
         } => {
-            let r: InvocationRecord = client
+            let r: serde_json::Value = client
                 .json(Method::GET, &format!("/v1/invocations/{id}"))
                 .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -651,6 +777,120 @@ async fn invoke(
         writeln!(out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug)]
+struct AsyncOpts {
+    wait: bool,
+    idempotency_key: Option<String>,
+    callback_url: Option<String>,
+}
+
+fn print_async_list(list: &[AsyncInvocation]) {
+    println!(
+        "{:<36}  {:<19}  {:<9}  {:>8}  {:>6}  ERROR",
+        "ID", "CREATED", "STATUS", "ATTEMPTS", "RESULT"
+    );
+    for a in list {
+        let err: String = a
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
+        let result = a
+            .result
+            .as_ref()
+            .map(|r| r.status.to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<36}  {:<19}  {:<9}  {:>8}  {:>6}  {err}",
+            a.id,
+            format_ts(a.created_at),
+            a.status,
+            a.attempts,
+            result
+        );
+    }
+}
+
+async fn invoke_async(
+    client: &Client,
+    name: &str,
+    data: Option<&str>,
+    ns: &Option<String>,
+    opts: AsyncOpts,
+) -> anyhow::Result<ExitCode> {
+    let body = read_data(data)?;
+    let mut query = vec!["async=true".to_owned()];
+    query.extend(ns.as_ref().map(|n| format!("namespace={n}")));
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    headers.extend(
+        opts.idempotency_key
+            .map(|k| (petrel_core::api::IDEMPOTENCY_KEY_HEADER, k)),
+    );
+    headers.extend(
+        opts.callback_url
+            .map(|u| (petrel_core::api::CALLBACK_URL_HEADER, u)),
+    );
+    let (parts, bytes) = client
+        .fetch_with(
+            Method::POST,
+            &format!("/v1/functions/{name}/invoke?{}", query.join("&")),
+            &headers,
+            body,
+        )
+        .await?;
+    if parts.status != http::StatusCode::ACCEPTED {
+        return Err(client::server_error(&parts, &bytes).into());
+    }
+    let accepted: AsyncAccepted =
+        serde_json::from_slice(&bytes).context("the server answered with unexpected JSON")?;
+    if !opts.wait {
+        println!("{}", accepted.id);
+        if accepted.duplicate {
+            eprintln!("(a duplicate: an earlier submission with this idempotency key has this id)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("queued {}; waiting for it to end", accepted.id);
+    loop {
+        let a: AsyncInvocation = client
+            .json(Method::GET, &format!("/v1/invocations/{}", accepted.id))
+            .await?;
+        if matches!(a.status.as_str(), "succeeded" | "failed" | "dead") {
+            let mut out = std::io::stdout().lock();
+            if let Some(r) = &a.result {
+                let body = if r.body_encoding == "base64" {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&r.body)
+                        .unwrap_or_default()
+                } else {
+                    r.body.clone().into_bytes()
+                };
+                out.write_all(&body)?;
+                if !body.ends_with(b"\n") {
+                    writeln!(out)?;
+                }
+            }
+            if a.status == "succeeded" {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "error: the invocation ended {} after {} attempt(s): {}",
+                a.status,
+                a.attempts,
+                a.error.unwrap_or_default()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads the manifest, applies the flags, validates, packages and uploads.

@@ -135,3 +135,128 @@ pub struct Usage {
     pub total_invocations: u64,
     pub total_gb_seconds: f64,
 }
+
+/// Header naming where to POST the result of an async invocation when it is done.
+pub const CALLBACK_URL_HEADER: &str = "x-callback-url";
+/// Header that makes a submission idempotent: a second submission with the same key to the same
+/// function within the window gets the first one's id, and nothing is queued twice.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header on a 202 that says the submission was a duplicate of an earlier one (by its key).
+pub const DUPLICATE_HEADER: &str = "x-petrel-duplicate";
+
+/// The answer to an async submission (`202 Accepted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncAccepted {
+    pub id: String,
+    /// The idempotency key matched an earlier submission: this is its id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// States of an async invocation.
+pub mod async_status {
+    /// Waiting for its first run or for a retry.
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Ended without success and will not run again: the function is gone or refused the input.
+    pub const FAILED: &str = "failed";
+    /// Retries exhausted or too old: in the function's dead-letter list, replayable.
+    pub const DEAD: &str = "dead";
+}
+
+/// What a function answered, as stored for an async invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationResult {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// The body as text when it is UTF-8, else base64 (see `body_encoding`).
+    pub body: String,
+    /// `utf8` or `base64`.
+    pub body_encoding: String,
+}
+
+impl InvocationResult {
+    pub fn new(status: u16, headers: Vec<(String, String)>, body: &[u8]) -> Self {
+        match std::str::from_utf8(body) {
+            Ok(s) => Self {
+                status,
+                headers,
+                body: s.to_owned(),
+                body_encoding: "utf8".into(),
+            },
+            Err(_) => {
+                use base64::Engine;
+                Self {
+                    status,
+                    headers,
+                    body: base64::engine::general_purpose::STANDARD.encode(body),
+                    body_encoding: "base64".into(),
+                }
+            }
+        }
+    }
+}
+
+/// An async invocation: where it is, how often it ran, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncInvocation {
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    /// The version asked for; none means the latest when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Always `async`.
+    pub trigger: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `dead`.
+    pub status: String,
+    /// Runs so far, the interrupted ones included.
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When the latest attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// When a queued invocation may run (its retry's time after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<i64>,
+    /// The version that ran the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_version: Option<u32>,
+    /// The latest attempt's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The latest attempt's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<InvocationResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Times it was replayed from the dead-letter list.
+    pub replays: u32,
+    /// The server that ran (or runs) the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncInvocationList {
+    pub invocations: Vec<AsyncInvocation>,
+}
+
+/// `POST /v1/functions/{name}/dlq/replay`: the ids to run again; none means every one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayResponse {
+    /// The ids queued again.
+    pub replayed: Vec<String>,
+}

@@ -110,6 +110,12 @@ pub struct Manifest {
     pub allowed_outbound_hosts: Option<Vec<String>>,
     pub network: Option<String>,
     pub tmp_mb: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub max_event_age: Option<String>,
+    pub async_timeout: Option<String>,
+    pub async_concurrency: Option<u32>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }
@@ -129,6 +135,15 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// instance's memory when cgroups are on).
 pub const DEFAULT_TMP_MB: u32 = 64;
 pub const MAX_TMP_MB: u32 = 10_240;
+/// Retries of a failed async invocation, as Lambda.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+pub const MAX_MAX_RETRIES: u32 = 10;
+/// How long async work may wait to run, as Lambda's default.
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
+pub const MAX_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// An async invocation's own time limit (a synchronous one keeps `timeout`).
+pub const DEFAULT_ASYNC_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Environment variable names Petrel sets itself; a manifest may not override them.
 const RESERVED_ENV: &[&str] = &[
@@ -288,6 +303,7 @@ impl Manifest {
                 format!("{tmp_mb} is out of range: use 1 to {MAX_TMP_MB}"),
             ));
         }
+        let asynchronous = self.validate_async(timeout, concurrency * max_instances)?;
         Ok(FunctionSpec {
             name,
             runtime,
@@ -304,8 +320,148 @@ impl Manifest {
             allowed_outbound_hosts,
             network,
             tmp_mb,
+            asynchronous,
             env: self.env.clone(),
         })
+    }
+
+    /// The async keys: retries, ages, the long timeout, the share of the pool, destinations.
+    fn validate_async(&self, timeout: Duration, capacity: u32) -> Result<AsyncSpec, ManifestError> {
+        let max_retries = self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+        if max_retries > MAX_MAX_RETRIES {
+            return Err(ManifestError::invalid(
+                "max_retries",
+                format!("{max_retries} is out of range: use 0 to {MAX_MAX_RETRIES}"),
+            ));
+        }
+        let max_event_age = duration_field(
+            "max_event_age",
+            self.max_event_age.as_deref(),
+            DEFAULT_MAX_EVENT_AGE,
+        )?;
+        if max_event_age < Duration::from_secs(1) || max_event_age > MAX_MAX_EVENT_AGE {
+            return Err(ManifestError::invalid(
+                "max_event_age",
+                "must be between 1s and 7d",
+            ));
+        }
+        // An async run is never cut shorter than a synchronous one would be.
+        let async_timeout = duration_field(
+            "async_timeout",
+            self.async_timeout.as_deref(),
+            DEFAULT_ASYNC_TIMEOUT.max(timeout),
+        )?;
+        if async_timeout.is_zero() || async_timeout > MAX_ASYNC_TIMEOUT {
+            return Err(ManifestError::invalid(
+                "async_timeout",
+                "must be more than 0 and at most 24h",
+            ));
+        }
+        // By default async work may take half of the pool, so it never starves synchronous calls.
+        let async_concurrency = self
+            .async_concurrency
+            .unwrap_or_else(|| (capacity / 2).max(1));
+        if !(1..=100_000).contains(&async_concurrency) {
+            return Err(ManifestError::invalid(
+                "async_concurrency",
+                format!("{async_concurrency} is out of range: use 1 to 100000"),
+            ));
+        }
+        let on_success = self
+            .on_success
+            .as_deref()
+            .map(|d| Destination::parse("on_success", d))
+            .transpose()?;
+        let on_failure = self
+            .on_failure
+            .as_deref()
+            .map(|d| Destination::parse("on_failure", d))
+            .transpose()?;
+        Ok(AsyncSpec {
+            max_retries,
+            max_event_age_ms: max_event_age.as_millis() as u64,
+            timeout_ms: async_timeout.as_millis() as u64,
+            concurrency: async_concurrency,
+            on_success,
+            on_failure,
+        })
+    }
+}
+
+/// Where the outcome of an async invocation goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    /// POST the outcome (Lambda's destination record) to this `http(s)://` URL.
+    Url(String),
+    /// Invoke this function (same namespace) asynchronously with the outcome as its event.
+    Function(String),
+}
+
+impl Destination {
+    fn parse(field: &'static str, s: &str) -> Result<Self, ManifestError> {
+        if let Some(name) = s.strip_prefix("function:") {
+            crate::name::validate_name("function name", name)
+                .map_err(|e| ManifestError::invalid(field, e.to_string()))?;
+            return Ok(Destination::Function(name.to_owned()));
+        }
+        let rest = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace) => {
+                Ok(Destination::Url(s.to_owned()))
+            }
+            _ => Err(ManifestError::invalid(
+                field,
+                format!("{s:?} is not a destination: write \"function:NAME\" or an http(s):// URL"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Url(u) => f.write_str(u),
+            Destination::Function(n) => write!(f, "function:{n}"),
+        }
+    }
+}
+
+/// How a function's async invocations run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncSpec {
+    pub max_retries: u32,
+    pub max_event_age_ms: u64,
+    pub timeout_ms: u64,
+    /// Async invocations of this function in flight at once, per server.
+    pub concurrency: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+}
+
+impl Default for AsyncSpec {
+    fn default() -> Self {
+        Self {
+            max_retries: DEFAULT_MAX_RETRIES,
+            max_event_age_ms: DEFAULT_MAX_EVENT_AGE.as_millis() as u64,
+            timeout_ms: DEFAULT_ASYNC_TIMEOUT.as_millis() as u64,
+            concurrency: DEFAULT_MAX_INSTANCES / 2,
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+impl AsyncSpec {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn max_event_age(&self) -> Duration {
+        Duration::from_millis(self.max_event_age_ms)
     }
 }
 
@@ -435,6 +591,9 @@ pub struct FunctionSpec {
     pub network: Network,
     #[serde(default = "default_tmp_mb", skip_serializing_if = "is_default_tmp_mb")]
     pub tmp_mb: u32,
+    /// Versions stored before async mode existed read back with the defaults.
+    #[serde(default, rename = "async")]
+    pub asynchronous: AsyncSpec,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

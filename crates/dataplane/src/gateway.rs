@@ -25,8 +25,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+mod asynchronous;
 mod lambda_api;
 mod sigv4;
+
+pub(crate) use asynchronous::run_attempt;
 
 pub use lambda_api::{
     check_signature as check_lambda_signature, service_error as lambda_service_error,
@@ -44,11 +47,30 @@ pub fn routes() -> Router<DataPlane> {
         .route("/fn/{name}", any(fn_root))
         .route("/fn/{name}/", any(fn_root))
         .route("/fn/{name}/{*path}", any(fn_path))
+        .route("/async-fn/{name}", any(asynchronous::fn_root))
+        .route("/async-fn/{name}/", any(asynchronous::fn_root))
+        .route("/async-fn/{name}/{*path}", any(asynchronous::fn_path))
 }
 
 #[derive(Debug, serde::Deserialize)]
 struct InvokeQuery {
     namespace: Option<String>,
+    /// The raw invoke: queue the event and answer 202 at once (`?async=true`).
+    #[serde(default, rename = "async")]
+    asynchronous: Option<String>,
+}
+
+impl InvokeQuery {
+    fn is_async(&self) -> Result<bool, ApiError> {
+        match self.asynchronous.as_deref() {
+            None | Some("false" | "0") => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("async={other:?} is not a flag: use async=true or leave it out"),
+            )),
+        }
+    }
 }
 
 fn parse_ref(name: &str, q: &InvokeQuery) -> Result<FunctionRef, ApiError> {
@@ -107,6 +129,8 @@ struct Call<'a> {
     trace: TraceContext,
     parent: Option<[u8; 8]>,
     method: String,
+    /// An async attempt: its record's id (`{id}.{attempt}`) and its own time limit.
+    attempt: Option<(String, Duration)>,
 }
 
 impl<'a> Call<'a> {
@@ -128,6 +152,15 @@ impl<'a> Call<'a> {
                 .unwrap_or_else(TraceContext::new_root),
             parent: caller.map(|c| c.span_id),
             method: req.method().to_string(),
+            attempt: None,
+        }
+    }
+
+    /// How long the function may run: its `timeout`, or `async_timeout` for an async attempt.
+    fn timeout(&self, spec: &petrel_core::FunctionSpec) -> Duration {
+        match &self.attempt {
+            Some((_, t)) => *t,
+            None => spec.timeout(),
         }
     }
 
@@ -199,8 +232,12 @@ impl<'a> Call<'a> {
         let billed_ms = ran
             .map(|d| (d.as_micros().div_ceil(1000) as u64).max(1))
             .unwrap_or(0);
+        let id = match &self.attempt {
+            Some((record, _)) => record.clone(),
+            None => self.id.to_owned(),
+        };
         self.dp.record(InvocationRecord {
-            id: self.id.to_owned(),
+            id,
             namespace: namespace.to_owned(),
             function: function.to_owned(),
             version,
@@ -368,7 +405,7 @@ async fn invoke_event(
         .invoke_lambda(LambdaRequest {
             id: call.id.to_owned(),
             event,
-            timeout: pool.version().spec.timeout(),
+            timeout: call.timeout(&pool.version().spec),
             client_context: text("x-amz-client-context").map(|c| client_context(&c)),
             cognito_identity: None,
             trace_id: Some(call_span.xray()),
@@ -515,9 +552,20 @@ async fn raw_invoke_inner(
     req: Request,
 ) -> Result<Response, ApiError> {
     let r = parse_ref(name, q)?;
-    let limit = dp.env().payload_limit();
+    if q.is_async()? {
+        return asynchronous::submit(dp, &r, asynchronous::Kind::Event, id, req)
+            .await
+            .map(asynchronous::accepted);
+    }
     let pool = dp.resolve(&r).await?;
     let call = Call::new(dp, id, "invoke", &req);
+    raw_run(&call, &pool, req).await
+}
+
+/// The raw invoke of a resolved function: the body is the event.
+async fn raw_run(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Response, ApiError> {
+    let (dp, id) = (call.dp, call.id);
+    let limit = dp.env().payload_limit();
     if !pool.version().spec.runtime.speaks_lambda() {
         // An HTTP function gets the payload as a POST to its root.
         let (mut parts, body) = req.into_parts();
@@ -529,21 +577,11 @@ async fn raw_invoke_inner(
                 HeaderValue::from_static("application/json"),
             );
         }
-        return proxy(&call, &pool, Request::from_parts(parts, body)).await;
+        return proxy(call, pool, Request::from_parts(parts, body)).await;
     }
     let (parts, body) = read_body(req, limit).await?;
-    let event = if body.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidPayload,
-                format!("the payload must be JSON ({e}); send a JSON document as the request body"),
-            ));
-        }
-        body
-    };
-    let (version, outcome) = invoke_event(&call, &pool, event, &parts.headers).await?;
+    let event = json_event(body)?;
+    let (version, outcome) = invoke_event(call, pool, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => {
             let mut resp = (StatusCode::OK, b).into_response();
@@ -592,6 +630,20 @@ async fn fn_any(
     answer(dp.metrics(), &id, result)
 }
 
+/// An event for a Lambda handler: the body, which must be JSON; an empty one is `{}`.
+fn json_event(body: Bytes) -> Result<Bytes, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidPayload,
+            format!("the payload must be JSON ({e}); send a JSON document as the request body"),
+        ));
+    }
+    Ok(body)
+}
+
 /// The path and query the function sees: `/fn/{name}/a/b?x=1` becomes `/a/b?x=1`.
 fn function_uri(rest: &str, query: Option<&str>) -> String {
     let mut s = format!("/{rest}");
@@ -614,6 +666,18 @@ async fn fn_inner(
     let pool = dp.resolve(&r).await?;
     let call = Call::new(dp, id, "http", &req);
     let uri = function_uri(rest, req.uri().query());
+    fn_run(&call, &pool, uri, req).await
+}
+
+/// A request to a resolved function as it sees it: `uri` is its path and query.
+async fn fn_run(
+    call: &Call<'_>,
+    pool: &Arc<Pool>,
+    uri: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (dp, id) = (call.dp, call.id);
+    let name = &pool.version().name;
     if !pool.version().spec.runtime.speaks_lambda() {
         let (mut parts, body) = req.into_parts();
         parts.uri = uri.parse().map_err(|_| {
@@ -622,7 +686,7 @@ async fn fn_inner(
                 "the request path is not a valid URI",
             )
         })?;
-        return proxy(&call, &pool, Request::from_parts(parts, body)).await;
+        return proxy(call, pool, Request::from_parts(parts, body)).await;
     }
     let source_ip = req
         .extensions()
@@ -632,13 +696,13 @@ async fn fn_inner(
     let path = uri.split('?').next().unwrap_or("/").to_owned();
     let event = apigw::event(&parts, &path, &body, id, source_ip, now_ms());
     let event = Bytes::from(serde_json::to_vec(&event).expect("an event serialises"));
-    let (version, outcome) = invoke_event(&call, &pool, event, &parts.headers).await?;
+    let (version, outcome) = invoke_event(call, pool, event, &parts.headers).await?;
     let mut resp = match outcome {
         LambdaOutcome::Success(b) => apigw::response(&b)
             .map_err(|e| {
                 ApiError::new(
                     ErrorCode::BadFunctionResponse,
-                    format!("function {} returned an invalid HTTP response: {e}", r.name),
+                    format!("function {name} returned an invalid HTTP response: {e}"),
                 )
             })?
             .into_response(),
@@ -682,7 +746,7 @@ async fn proxy(call: &Call<'_>, pool: &Arc<Pool>, req: Request) -> Result<Respon
     }
     let (body, watch) = LimitedBody::new(body, limit);
     let req = http::Request::from_parts(parts, Body::new(body));
-    let timeout = pool.version().spec.timeout();
+    let timeout = call.timeout(&pool.version().spec);
     let result = lease.instance().proxy(id, req, timeout).await;
     if result.is_err() && watch.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
         // The upload outgrew the limit while it streamed; the function is not at fault (the

@@ -65,6 +65,7 @@ pub trait VersionSource: Send + Sync + 'static {
 type Key = (String, String);
 
 struct Inner {
+    queue: std::sync::OnceLock<petrel_async::AsyncQueue>,
     lambda_keys: std::sync::OnceLock<Vec<gateway::AccessKey>>,
     spans: std::sync::OnceLock<trace::SpanSink>,
     env: RuntimeEnv,
@@ -103,6 +104,7 @@ impl DataPlane {
         let dp = Self {
             inner: Arc::new(Inner {
                 spans: std::sync::OnceLock::new(),
+                queue: std::sync::OnceLock::new(),
                 lambda_keys: std::sync::OnceLock::new(),
                 env,
                 metrics: Arc::new(metrics::Metrics::default()),
@@ -129,6 +131,25 @@ impl DataPlane {
     }
 
     /// Requires AWS Signature V4 with one of these keys on the Lambda API from now on.
+    /// Turns async mode on: submissions go to this queue.
+    pub fn set_async_queue(&self, queue: petrel_async::AsyncQueue) {
+        let _ = self.inner.queue.set(queue);
+    }
+
+    pub(crate) fn async_queue(&self) -> Option<&petrel_async::AsyncQueue> {
+        self.inner.queue.get()
+    }
+
+    /// The version this server serves as a function's latest, if any.
+    pub fn latest_version(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.inner
+            .latest
+            .read()
+            .unwrap()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
     pub fn require_lambda_signatures(&self, keys: Vec<gateway::AccessKey>) {
         let _ = self.inner.lambda_keys.set(keys);
     }
@@ -351,4 +372,32 @@ fn not_found(r: &FunctionRef) -> ApiError {
             r.name
         ),
     )
+}
+
+/// The dispatcher runs async attempts through the data plane's pools.
+impl petrel_async::Invoker for DataPlane {
+    fn settings(
+        &self,
+        namespace: &str,
+        function: &str,
+    ) -> Option<petrel_core::manifest::AsyncSpec> {
+        let key = (namespace.to_owned(), function.to_owned());
+        let latest = self.inner.latest.read().unwrap().get(&key).copied()?;
+        let pools = self.inner.pools.lock().unwrap();
+        let pool = pools.get(&key)?.get(&latest)?;
+        Some(pool.version().spec.asynchronous.clone())
+    }
+
+    fn run(
+        &self,
+        job: petrel_store::LeasedAsync,
+    ) -> petrel_async::BoxFuture<
+        '_,
+        (
+            petrel_async::Attempt,
+            Option<petrel_core::manifest::AsyncSpec>,
+        ),
+    > {
+        Box::pin(gateway::run_attempt(self, job))
+    }
 }

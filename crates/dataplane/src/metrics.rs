@@ -68,6 +68,7 @@ pub struct Metrics {
     evictions: Family<FunctionLabels, Counter>,
     cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     memory_budget: Family<BudgetLabels, Gauge>,
+    async_accepted: Family<FunctionLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,7 +173,14 @@ impl Default for Metrics {
             "The node's memory budget (kind=limit) and what live instances hold of it (kind=used)",
             memory_budget.clone(),
         );
+        let async_accepted = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "petrel_async_accepted",
+            "Async invocations committed to the queue and answered 202",
+            async_accepted.clone(),
+        );
         Self {
+            async_accepted,
             cold_start_phases,
             evictions,
             memory_budget,
@@ -290,6 +298,12 @@ impl Metrics {
                 direction: direction.to_owned(),
             })
             .inc_by(n);
+    }
+
+    pub fn async_accepted(&self, namespace: &str, spec: &FunctionSpec) {
+        self.async_accepted
+            .get_or_create(&function_labels(namespace, spec))
+            .inc();
     }
 
     pub fn rejected(&self, code: &str) {

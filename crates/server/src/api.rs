@@ -12,7 +12,8 @@ use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use petrel_core::api::{
-    DeployResponse, FunctionDetail, FunctionList, InvocationList, InvocationRecord, Usage,
+    async_status, AsyncInvocationList, DeployResponse, FunctionDetail, FunctionList,
+    InvocationList, ReplayRequest, ReplayResponse, Usage,
 };
 use petrel_core::name::validate_name;
 use petrel_core::{ApiError, ErrorCode, Manifest, Runtime};
@@ -296,6 +297,17 @@ pub(crate) async fn deploy_bytes(
             .await
             .map_err(store_error)?;
         if latest.is_some_and(|v| v.digest == digest && v.spec == spec) {
+            // Another server on the same database may have deployed it: serve it here too.
+            if app.dataplane.latest_version(&ns, &name) != Some(f.latest_version) {
+                app.dataplane.deployed(DeployedVersion {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    version: f.latest_version,
+                    code_dir: app.artifacts.code_dir(&digest),
+                    digest: digest.clone(),
+                    spec: Arc::new(spec),
+                });
+            }
             return Ok(DeployResponse {
                 url: function_url(base, &ns, &name),
                 namespace: ns,
@@ -402,12 +414,28 @@ pub async fn invocations(
     Ok(Json(InvocationList { invocations }))
 }
 
+/// An invocation by id: an async one with its status, attempts and result; else a synchronous
+/// one's record, with its status (`succeeded` or `failed`) added.
 pub async fn invocation(
     State(app): State<App>,
     Path(id): Path<String>,
-) -> ApiResult<Json<InvocationRecord>> {
+) -> ApiResult<Json<serde_json::Value>> {
+    if let Some(a) = app.store.get_async(&id).await.map_err(store_error)? {
+        return Ok(Json(serde_json::to_value(a).expect("json")));
+    }
     let record = app.store.get_invocation(&id).await.map_err(store_error)?;
-    record.map(Json).ok_or_else(|| {
+    record
+        .map(|r| {
+            let status = if r.outcome == "success" {
+                async_status::SUCCEEDED
+            } else {
+                async_status::FAILED
+            };
+            let mut v = serde_json::to_value(r).expect("json");
+            v["status"] = status.into();
+            Json(v)
+        })
+        .ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvocationNotFound,
             format!(
@@ -583,4 +611,98 @@ pub async fn wrong_method(req: Request) -> ErrorResponse {
             req.uri().path()
         ),
     ))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AsyncQuery {
+    namespace: Option<String>,
+    /// Only this status: queued, running, succeeded, failed, dead.
+    status: Option<String>,
+    /// At most this many, newest first (default 100).
+    limit: Option<u32>,
+}
+
+fn check_status(status: Option<&str>) -> Result<(), ApiError> {
+    use async_status::*;
+    match status {
+        None => Ok(()),
+        Some(s) if [QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD].contains(&s) => Ok(()),
+        Some(s) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("status {s:?} is not one of queued, running, succeeded, failed, dead"),
+        )),
+    }
+}
+
+/// A function's async invocations, newest first.
+pub async fn async_invocations(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<AsyncQuery>, QueryRejection>,
+) -> ApiResult<Json<AsyncInvocationList>> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    check_status(q.status.as_deref())?;
+    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let invocations = app
+        .store
+        .list_async(&ns, &name, q.status.as_deref(), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(AsyncInvocationList { invocations }))
+}
+
+/// A function's dead-letter list: async invocations whose retries ran out, oldest last.
+pub async fn dead_letters(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<AsyncQuery>, QueryRejection>,
+) -> ApiResult<Json<AsyncInvocationList>> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let invocations = app
+        .store
+        .list_async(&ns, &name, Some(async_status::DEAD), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(AsyncInvocationList { invocations }))
+}
+
+/// Queues dead letters again with fresh attempts: the ids given, or all of them.
+pub async fn replay(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<AsyncQuery>, QueryRejection>,
+    body: Bytes,
+) -> ApiResult<Json<ReplayResponse>> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the body must be {{\"ids\": [...]}} or empty for all: {e}"),
+            )
+        })?
+    };
+    let replayed = app
+        .store
+        .replay_dead(&ns, &name, &req.ids, petrel_store::now_ms())
+        .await
+        .map_err(store_error)?;
+    if let Some(missing) = req.ids.iter().find(|id| !replayed.contains(id)) {
+        if replayed.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvocationNotFound,
+                format!("{missing} is not in the dead-letter list of {name}; see `petrel dlq ls {name}`"),
+            )
+            .into());
+        }
+    }
+    app.queue.wake();
+    tracing::info!(function = %name, replayed = replayed.len(), "dead letters replayed");
+    Ok(Json(ReplayResponse { replayed }))
 }

@@ -33,6 +33,13 @@ pub struct ServeConfig {
     /// Access keys the Lambda API (`/2015-03-31/...`) checks AWS Signature V4 against; none:
     /// requests are not authenticated.
     pub lambda_access_keys: Vec<petrel_dataplane::AccessKey>,
+    /// Async mode: this server's name in claims (default: kept in the data directory), the first
+    /// retry's delay, the idempotency window, and how long results and dead letters are kept.
+    pub worker_id: Option<String>,
+    pub async_retry_base: Duration,
+    pub idempotency_window: Duration,
+    pub async_retention: Duration,
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for ServeConfig {
@@ -52,6 +59,11 @@ impl Default for ServeConfig {
             instance_limits: true,
             sandbox: true,
             lambda_access_keys: Vec::new(),
+            worker_id: None,
+            async_retry_base: Duration::from_secs(1),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            async_retention: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -77,6 +89,11 @@ pub struct ConfigFile {
     pub instance_limits: Option<bool>,
     pub sandbox: Option<bool>,
     pub lambda_access_keys: Option<Vec<LambdaKey>>,
+    pub worker_id: Option<String>,
+    pub async_retry_base: Option<String>,
+    pub idempotency_window: Option<String>,
+    pub async_retention: Option<String>,
+    pub dead_letter_retention: Option<String>,
 }
 
 /// One `[[lambda_access_keys]]` entry.
@@ -105,6 +122,11 @@ const KNOWN_KEYS: &[&str] = &[
     "instance_limits",
     "sandbox",
     "lambda_access_keys",
+    "worker_id",
+    "async_retry_base",
+    "idempotency_window",
+    "async_retention",
+    "dead_letter_retention",
 ];
 
 impl ConfigFile {
@@ -190,6 +212,35 @@ impl ConfigFile {
         }
         if let Some(v) = self.memory_budget {
             base.memory_budget_mb = parse_memory_budget(&v)?;
+        }
+        if let Some(v) = self.worker_id {
+            base.worker_id = Some(v);
+        }
+        for (v, key, field) in [
+            (
+                self.async_retry_base,
+                "async_retry_base",
+                &mut base.async_retry_base,
+            ),
+            (
+                self.idempotency_window,
+                "idempotency_window",
+                &mut base.idempotency_window,
+            ),
+            (
+                self.async_retention,
+                "async_retention",
+                &mut base.async_retention,
+            ),
+            (
+                self.dead_letter_retention,
+                "dead_letter_retention",
+                &mut base.dead_letter_retention,
+            ),
+        ] {
+            if let Some(v) = v {
+                *field = dur(&v, key)?;
+            }
         }
         if let Some(v) = self.shutdown_timeout {
             base.shutdown_timeout = dur(&v, "shutdown_timeout")?;

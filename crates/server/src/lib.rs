@@ -34,6 +34,7 @@ pub(crate) struct App {
     logs: logs::LogHub,
     config: Arc<ServeConfig>,
     addr: SocketAddr,
+    queue: petrel_async::AsyncQueue,
 }
 
 impl App {
@@ -138,6 +139,27 @@ pub struct Server {
     app: App,
     log_writer: tokio::task::JoinHandle<()>,
     record_writer: tokio::task::JoinHandle<()>,
+    dispatcher: petrel_async::Dispatcher,
+}
+
+/// This server's name in async claims: from the config, else kept in the data directory so that
+/// a restart takes back what the server was running when it died.
+fn worker_id(config: &ServeConfig) -> anyhow::Result<String> {
+    if let Some(id) = &config.worker_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("worker-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let tmp = config.data_dir.join("worker-id.tmp");
+            std::fs::write(&tmp, &id)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("could not write {}", path.display()))?;
+            Ok(id)
+        }
+    }
 }
 
 impl Server {
@@ -249,6 +271,24 @@ impl Server {
             Err(e) => tracing::warn!(error = %e, "could not load idle-time histograms"),
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
+        let worker_id = worker_id(&config)?;
+        let queue = petrel_async::AsyncQueue::new(
+            store.clone(),
+            petrel_async::AsyncConfig {
+                worker_id: worker_id.clone(),
+                retry_base: config.async_retry_base,
+                idempotency_window: config.idempotency_window,
+                retention: config.async_retention,
+                dead_retention: config.dead_letter_retention,
+                ..Default::default()
+            },
+        );
+        dataplane.set_async_queue(queue.clone());
+        let dispatcher =
+            petrel_async::Dispatcher::start(queue.clone(), Arc::new(dataplane.clone()))
+                .await
+                .context("could not start the async dispatcher")?;
+        tracing::info!(worker = %worker_id, "async dispatcher started");
         tracing::info!(limits = env_status, "instance limits");
         tracing::info!(sandbox = sandbox_status, "process sandbox");
         tracing::info!(
@@ -271,6 +311,7 @@ impl Server {
             logs: hub,
             config: Arc::new(config),
             addr,
+            queue,
         };
         let router = router(app.clone(), dataplane);
         Ok(Self {
@@ -279,6 +320,7 @@ impl Server {
             app,
             log_writer,
             record_writer,
+            dispatcher,
         })
     }
 
@@ -298,6 +340,7 @@ impl Server {
             app,
             log_writer,
             record_writer,
+            dispatcher,
         } = self;
         let grace = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -314,6 +357,9 @@ impl Server {
         let serve = tokio::spawn(async move { serve.await });
         shutdown.await;
         tracing::info!(grace = ?grace, "stopping: finishing in-flight requests");
+        // No new async work; what runs keeps its claim if it does not end in time, and this
+        // server takes it back when it starts again.
+        dispatcher.stop();
         let _ = stop_tx.send(true);
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r??,
@@ -350,6 +396,9 @@ fn router(app: App, dataplane: DataPlane) -> Router {
         .route("/v1/functions/{name}/logs", get(api::logs))
         .route("/v1/functions/{name}/invocations", get(api::invocations))
         .route("/v1/invocations/{id}", get(api::invocation))
+        .route("/v1/functions/{name}/async", get(api::async_invocations))
+        .route("/v1/functions/{name}/dlq", get(api::dead_letters))
+        .route("/v1/functions/{name}/dlq/replay", post(api::replay))
         .route("/v1/usage", get(api::usage))
         // AWS Lambda's management calls (the Invoke call is the gateway's).
         .route("/2015-03-31/functions", post(lambda_api::create))

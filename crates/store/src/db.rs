@@ -39,6 +39,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "idle_histograms",
         include_str!("../migrations/sqlite/0003_idle_histograms.sql"),
     ),
+    (
+        4,
+        "async",
+        include_str!("../migrations/sqlite/0004_async.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -55,6 +60,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "idle_histograms",
         include_str!("../migrations/postgres/0003_idle_histograms.sql"),
+    ),
+    (
+        4,
+        "async",
+        include_str!("../migrations/postgres/0004_async.sql"),
     ),
 ];
 
@@ -100,8 +110,8 @@ pub type LogCursor = i64;
 /// The SQL store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 impl Store {
@@ -324,7 +334,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        for table in ["logs", "invocations"] {
+        for table in ["logs", "invocations", "async_invocations"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE namespace = $1 AND function = $2"
             ))
@@ -634,7 +644,7 @@ impl Store {
 const INSERT_SIZES: [usize; 3] = [64, 8, 1];
 
 /// Splits `items` into chunks whose lengths are all in [`INSERT_SIZES`].
-fn insert_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(crate) fn insert_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     let mut rest = items;
     std::iter::from_fn(move || {
         let n = *INSERT_SIZES.iter().find(|&&n| n <= rest.len())?;
@@ -648,7 +658,7 @@ fn insert_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
 /// `INSERT ... VALUES (..), (..)` for `rows` rows of `columns` parameters. SQLite gets anonymous
 /// `?` parameters: it resolves a numbered `$N` by scanning every parameter name, so binding a
 /// batch with numbered ones costs time quadratic in its size.
-fn multi_row_insert(
+pub(crate) fn multi_row_insert(
     backend: Backend,
     head: &str,
     columns: usize,

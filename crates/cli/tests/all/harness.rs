@@ -156,6 +156,25 @@ impl Petrel {
         self.url = url;
     }
 
+    /// Kills the server with SIGKILL (no drain, nothing flushed) and starts it again on the same
+    /// data directory and store.
+    pub async fn kill9_and_restart(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        signal(child.id(), "KILL");
+        wait_exit(&mut child, Duration::from_secs(10));
+        let (child, url) = spawn(
+            self.data_dir.path(),
+            &self.store,
+            &self.extra_args,
+            &self.stderr_path,
+            self.default_data_dir,
+            self.as_nobody,
+        );
+        self.child = Some(child);
+        self.client = Client::new(&url).unwrap();
+        self.url = url;
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server runs").id()

@@ -358,6 +358,7 @@ def call(key, **kw):
         payload = r["Payload"].read() if "Payload" in r else b""
         out[key] = {"status": r["StatusCode"], "error": r.get("FunctionError"),
                     "version": r.get("ExecutedVersion"),
+                    "request_id": r["ResponseMetadata"]["RequestId"],
                     "payload": json.loads(payload) if payload else None}
         if "LogResult" in r:
             import base64
@@ -371,7 +372,7 @@ call("arn", FunctionName="arn:aws:lambda:us-east-1:000000000000:function:sdk-py"
 call("raise", FunctionName="sdk-py", Payload=json.dumps({"action": "raise"}))
 call("timeout", FunctionName="sdk-py", Payload=json.dumps({"action": "sleep"}))
 call("dry", FunctionName="sdk-py", InvocationType="DryRun")
-call("event", FunctionName="sdk-py", InvocationType="Event", Payload=b"{}")
+call("event", FunctionName="sdk-py", InvocationType="Event", Payload=json.dumps({"who": "event"}))
 call("missing", FunctionName="no-such-function", Payload=b"{}")
 call("old", FunctionName="sdk-py", Qualifier="9", Payload=b"{}")
 print(json.dumps(out))
@@ -394,8 +395,10 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
     deploy_sdk_py(&p, "timeout = \"2s\"");
     let j = run_boto3(BOTO3_SCRIPT, &[&p.url]).await;
     use serde_json::json;
+    let mut hello = j["hello"].clone();
+    hello.as_object_mut().unwrap().remove("request_id");
     assert_eq!(
-        j["hello"],
+        hello,
         json!({"status": 200, "error": null, "version": "1", "payload": {"hello": "boto3", "version": "1"}})
     );
     assert_eq!(
@@ -425,10 +428,25 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
         "{j}"
     );
     assert_eq!(j["dry"]["status"], 204, "{j}");
+    // InvocationType Event: 202 at once, then it runs through the async queue.
+    assert_eq!(j["event"]["status"], 202, "{j}");
+    let id = j["event"]["request_id"].as_str().unwrap().to_owned();
+    let mut ran = serde_json::Value::Null;
+    for _ in 0..200 {
+        ran = p
+            .http("GET", &format!("/v1/invocations/{id}"), None)
+            .await
+            .json();
+        if ran["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ran["status"], "succeeded", "{ran}");
     assert_eq!(
-        (&j["event"]["code"], &j["event"]["status"]),
-        (&json!("ServiceException"), &json!(501)),
-        "{j}"
+        serde_json::from_str::<serde_json::Value>(ran["result"]["body"].as_str().unwrap()).unwrap(),
+        json!({"hello": "event", "version": "1"}),
+        "{ran}"
     );
     assert_eq!(
         (&j["missing"]["code"], &j["missing"]["status"]),
@@ -753,9 +771,7 @@ const payload = (r) => JSON.parse(Buffer.from(r.Payload).toString());
   out.published = v.Version;
   out.v1 = payload(await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", Qualifier: "1", Payload: "{}" })));
   out.latest = payload(await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", Payload: "{}" })));
-  try {
-    await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", InvocationType: "Event", Payload: "{}" }));
-  } catch (e) { out.event = e.$metadata.httpStatusCode; }
+  out.event = (await c.send(new L.InvokeCommand({ FunctionName: "made-by-js", InvocationType: "Event", Payload: "{}" }))).StatusCode;
   try {
     await client(secret + "x").send(new L.InvokeCommand({ FunctionName: "made-by-js", Payload: "{}" }));
   } catch (e) { out.bad = e.name; }
@@ -899,7 +915,7 @@ async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_sig
         ],
     ));
     assert_eq!(read_out()["greeting"], "second");
-    let event = aws(
+    let event = ok(aws(
         "cli-secret",
         &[
             "invoke",
@@ -909,11 +925,8 @@ async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_sig
             "Event",
             out_file.to_str().unwrap(),
         ],
-    );
-    assert!(
-        !event.0 && event.2.contains("ServiceException"),
-        "{event:?}"
-    );
+    ));
+    assert_eq!(event["StatusCode"], 202, "{event}");
     let bad = aws(
         "wrong-secret",
         &[
@@ -971,7 +984,7 @@ async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_sig
             "published": "2",
             "v1": {"greeting": "first", "version": "1"},
             "latest": {"greeting": "second", "version": "2"},
-            "event": 501,
+            "event": 202,
             "bad": "InvalidSignatureException",
             "after_delete": "ResourceNotFoundException"
         })

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `petrel` binary, spawned on port 0, driven through the CLI and HTTP.
 //! Tests whose name ends in `_postgres` need the PostgreSQL server from `scripts/services.sh`.
 
+mod asynchronous;
 mod cli_ux;
 mod coldstart;
 mod errors;

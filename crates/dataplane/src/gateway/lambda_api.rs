@@ -235,11 +235,9 @@ async fn invoke_inner(
             return resp;
         }
         "Event" => {
-            return service_error(
-                StatusCode::NOT_IMPLEMENTED,
-                "ServiceException",
-                "asynchronous invocation (InvocationType Event) is not built yet in Petrel; invoke with RequestResponse",
-            );
+            return super::asynchronous::lambda_event(dp, &r, id, req)
+                .await
+                .unwrap_or_else(|e| lambda_error(e, id));
         }
         other => {
             return service_error(

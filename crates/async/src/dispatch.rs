@@ -1,0 +1,487 @@
+//! The dispatcher: claims ready work per function within its async concurrency, runs each attempt
+//! through the [`Invoker`], and records what comes next (success, a retry, the dead-letter list),
+//! with the outcome's deliveries in the same transaction.
+
+use crate::{backoff, deliver, AsyncQueue, Attempt, Invoker, Verdict};
+use petrel_core::api::async_status as st;
+use petrel_core::manifest::{AsyncSpec, Destination};
+use petrel_core::now_ms;
+use petrel_store::{Finish, LeasedAsync, NewAsync, NewDelivery};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+type Key = (String, String);
+
+/// The running dispatcher; stopping it stops claiming work (claimed work keeps its claim, and a
+/// restart of the same server takes it back).
+pub struct Dispatcher {
+    stop: watch::Sender<bool>,
+    running: Arc<Mutex<HashMap<Key, u32>>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+struct Ctx {
+    queue: AsyncQueue,
+    invoker: Arc<dyn Invoker>,
+    running: Arc<Mutex<HashMap<Key, u32>>>,
+    deliveries: Arc<tokio::sync::Notify>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Dispatcher {
+    /// Takes back what this server was running when it last stopped, then starts the loops.
+    pub async fn start(
+        queue: AsyncQueue,
+        invoker: Arc<dyn Invoker>,
+    ) -> Result<Self, petrel_store::StoreError> {
+        let me = queue.config().worker_id.clone();
+        let resumed = queue.store().requeue_async(Some(&me), now_ms()).await?;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "async: queued again the invocations this server was running when it stopped"
+            );
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let running: Arc<Mutex<HashMap<Key, u32>>> = Arc::default();
+        let ctx = Arc::new(Ctx {
+            queue: queue.clone(),
+            invoker,
+            running: running.clone(),
+            deliveries: Arc::new(tokio::sync::Notify::new()),
+            stop: stop_rx.clone(),
+        });
+        tokio::spawn(dispatch_loop(ctx.clone(), stop_rx.clone()));
+        tokio::spawn(heartbeat_loop(queue.clone(), stop_rx.clone()));
+        tokio::spawn(deliver::delivery_loop(
+            queue.clone(),
+            ctx.deliveries.clone(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(retention_loop(queue, stop_rx));
+        Ok(Self { stop, running })
+    }
+
+    /// Async invocations running on this server now.
+    pub fn running(&self) -> u32 {
+        self.running.lock().unwrap().values().sum()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let config = ctx.queue.config().clone();
+    let store = ctx.queue.store().clone();
+    let me = config.worker_id.clone();
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = ctx.queue.wake.notified() => {}
+            _ = tokio::time::sleep(config.poll) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = now_ms();
+        // Claims of servers that stopped answering lapse; their work runs again here.
+        if last_sweep.is_none_or(|t| t.elapsed() > config.lease / 3) {
+            last_sweep = Some(Instant::now());
+            match store.requeue_async(None, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    requeued = n,
+                    "async: queued again the invocations of a server whose claims lapsed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "async: could not look for lapsed claims"),
+            }
+        }
+        let ready = match store.ready_async(now).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "async: could not read the queue; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for (ns, f, waiting) in ready {
+            // Work of a function this server does not serve is left to a server that does.
+            let Some(spec) = ctx.invoker.settings(&ns, &f) else {
+                continue;
+            };
+            let key = (ns, f);
+            let busy = ctx.running.lock().unwrap().get(&key).copied().unwrap_or(0);
+            let free = spec.concurrency.saturating_sub(busy);
+            if free == 0 {
+                continue;
+            }
+            let want = free.min(waiting.min(u32::MAX as u64) as u32);
+            let until = now + config.lease.as_millis() as i64;
+            let jobs = match store
+                .lease_async(&me, (&key.0, &key.1), want, now, until)
+                .await
+            {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, function = %key.1, "async: could not claim work");
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                continue;
+            }
+            *ctx.running.lock().unwrap().entry(key.clone()).or_default() += jobs.len() as u32;
+            for job in jobs {
+                let (ctx, spec, key) = (ctx.clone(), spec.clone(), key.clone());
+                tokio::spawn(async move {
+                    run_one(&ctx, job, spec).await;
+                    if let Some(n) = ctx.running.lock().unwrap().get_mut(&key) {
+                        *n = n.saturating_sub(1);
+                    }
+                    ctx.queue.wake();
+                });
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(queue: AsyncQueue, mut stop: watch::Receiver<bool>) {
+    let config = queue.config().clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.lease / 3) => {}
+            _ = stop.changed() => return,
+        }
+        let until = now_ms() + config.lease.as_millis() as i64;
+        if let Err(e) = queue
+            .store()
+            .renew_async_leases(&config.worker_id, until)
+            .await
+        {
+            tracing::warn!(error = %e, "async: could not renew this server's claims");
+        }
+    }
+}
+
+async fn retention_loop(queue: AsyncQueue, mut stop: watch::Receiver<bool>) {
+    let config = queue.config().clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.changed() => return,
+        }
+        match queue
+            .store()
+            .trim_async(
+                now_ms(),
+                config.retention.as_millis() as i64,
+                config.dead_retention.as_millis() as i64,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dropped = n, "async: dropped invocations past retention"),
+            Err(e) => tracing::warn!(error = %e, "async: retention skipped"),
+        }
+    }
+}
+
+/// Runs one claimed attempt and records what comes next.
+async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
+    let config = ctx.queue.config();
+    let started = now_ms();
+    let age = started - job.created_at;
+    let (attempt, spec) = if age > latest.max_event_age_ms as i64 {
+        let error = format!(
+            "waited {}s, longer than max_event_age ({}s), before it could run",
+            age / 1000,
+            latest.max_event_age_ms / 1000
+        );
+        let a = Attempt {
+            verdict: Verdict::Retry,
+            executed_version: None,
+            result: None,
+            error: Some(error),
+        };
+        (
+            a,
+            AsyncSpec {
+                max_retries: 0,
+                ..latest
+            },
+        )
+    } else {
+        let (a, spec) = ctx.invoker.run(job.clone()).await;
+        (a, spec.unwrap_or(latest))
+    };
+    if attempt.verdict == Verdict::Retry && *ctx.stop.borrow() {
+        // Cut short by this server's stop: not the function's failure. The claim stays, and
+        // this server takes the work back when it starts again.
+        tracing::info!(id = %job.id, "async: an attempt was cut short by the stop; it runs again after the restart");
+        return;
+    }
+    let now = now_ms();
+    let (status, run_at, condition) = match attempt.verdict {
+        Verdict::Succeeded => (st::SUCCEEDED, now, "Success"),
+        Verdict::Fail => (st::FAILED, now, "Failure"),
+        Verdict::Retry if job.attempt > spec.max_retries => (st::DEAD, now, "RetriesExhausted"),
+        Verdict::Retry => {
+            let delay = backoff(config, job.attempt).as_millis() as i64;
+            if now + delay - job.created_at > spec.max_event_age_ms as i64 {
+                (st::DEAD, now, "EventAgeExceeded")
+            } else {
+                (st::QUEUED, now + delay, "")
+            }
+        }
+    };
+    let error = match (status, &attempt.error) {
+        (st::DEAD, Some(e)) if condition == "RetriesExhausted" => Some(format!(
+            "failed {} times (max_retries = {}); the last error: {e}",
+            job.attempt, spec.max_retries
+        )),
+        (st::DEAD, Some(e)) => Some(format!(
+            "too old for another retry (max_event_age = {}s); the last error: {e}",
+            spec.max_event_age_ms / 1000
+        )),
+        _ => attempt.error.clone(),
+    };
+    let mut finish = Finish {
+        status,
+        run_at,
+        executed_version: attempt.executed_version,
+        result: attempt.result.clone(),
+        error: error.clone(),
+        deliveries: Vec::new(),
+        follow_ups: Vec::new(),
+    };
+    if status != st::QUEUED {
+        outcome_deliveries(&mut finish, &job, &spec, &attempt, condition, now);
+    }
+    // The claim guards the write: if it lapsed (this server was thought dead) and another server
+    // took the work, this outcome is dropped and theirs stands.
+    for wait in [0u64, 100, 1000, 5000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        match ctx
+            .queue
+            .store()
+            .finish_async(&job.id, &config.worker_id, job.attempt, now, &finish)
+            .await
+        {
+            Ok(true) => {
+                if status == st::QUEUED {
+                    // Run the retry when it is due, not at the next poll.
+                    let (queue, delay) = (ctx.queue.clone(), (run_at - now).max(0) as u64);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        queue.wake();
+                    });
+                }
+                if !finish.deliveries.is_empty() {
+                    ctx.deliveries.notify_one();
+                }
+                if !finish.follow_ups.is_empty() {
+                    ctx.queue.wake();
+                }
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(id = %job.id, "async: the claim on this invocation lapsed before it ended; its outcome is dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(id = %job.id, error = %e, "async: could not record an outcome; trying again")
+            }
+        }
+    }
+    tracing::error!(id = %job.id, "async: the outcome could not be recorded; the invocation runs again when its claim lapses");
+}
+
+/// The callback and the destination of a final outcome.
+fn outcome_deliveries(
+    finish: &mut Finish,
+    job: &LeasedAsync,
+    spec: &AsyncSpec,
+    attempt: &Attempt,
+    condition: &str,
+    now: i64,
+) {
+    let status = finish.status;
+    if let Some(url) = &job.callback_url {
+        // The callback gets the function's answer as it is (OpenFaaS's X-Callback-Url), with
+        // the invocation's id and status in headers.
+        let (code, mut headers, body) = match &attempt.result {
+            Some((c, h, b)) => (*c, h.clone(), b.clone()),
+            None => (
+                0,
+                vec![("content-type".into(), "application/json".into())],
+                serde_json::to_vec(&serde_json::json!({
+                    "error": {"message": finish.error.clone().unwrap_or_default()}
+                }))
+                .expect("json"),
+            ),
+        };
+        headers.retain(|(k, _)| !is_hop_header(k));
+        headers.extend([
+            ("x-petrel-invocation-id".to_owned(), job.id.clone()),
+            ("x-petrel-function".to_owned(), job.function.clone()),
+            ("x-petrel-status".to_owned(), status.to_owned()),
+            ("x-petrel-attempts".to_owned(), job.attempt.to_string()),
+        ]);
+        if code != 0 {
+            headers.push(("x-petrel-function-status".to_owned(), code.to_string()));
+        }
+        finish.deliveries.push(NewDelivery {
+            url: url.clone(),
+            headers,
+            body,
+        });
+    }
+    let destination = if status == st::SUCCEEDED {
+        &spec.on_success
+    } else {
+        &spec.on_failure
+    };
+    let Some(destination) = destination else {
+        return;
+    };
+    let record = destination_record(job, attempt, finish, condition, now);
+    let body = serde_json::to_vec(&record).expect("json");
+    match destination {
+        Destination::Url(url) => finish.deliveries.push(NewDelivery {
+            url: url.clone(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("x-petrel-invocation-id".into(), job.id.clone()),
+            ],
+            body,
+        }),
+        Destination::Function(name) => finish.follow_ups.push(NewAsync {
+            id: uuid::Uuid::now_v7().to_string(),
+            namespace: job.namespace.clone(),
+            function: name.clone(),
+            version: None,
+            kind: "event".into(),
+            method: "POST".into(),
+            path: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            created_at: now,
+            run_at: now,
+            callback_url: None,
+            idem_key: None,
+        }),
+    }
+}
+
+fn is_hop_header(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "host"
+    )
+}
+
+/// JSON of a body when it is JSON, else its text (or nothing).
+fn payload(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|_| match std::str::from_utf8(body) {
+        Ok("") | Err(_) => serde_json::Value::Null,
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+    })
+}
+
+/// Lambda's destination record, so code written for Lambda destinations reads it unchanged.
+fn destination_record(
+    job: &LeasedAsync,
+    attempt: &Attempt,
+    finish: &Finish,
+    condition: &str,
+    now: i64,
+) -> serde_json::Value {
+    let qualifier = attempt
+        .executed_version
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "$LATEST".into());
+    let (status_code, response) = match &attempt.result {
+        Some((c, _, b)) => (Some(*c), payload(b)),
+        None => (None, serde_json::Value::Null),
+    };
+    let function_error = attempt
+        .result
+        .as_ref()
+        .filter(|_| finish.status != st::SUCCEEDED)
+        .map(|_| "Unhandled");
+    let ts = std::time::UNIX_EPOCH + Duration::from_millis(now as u64);
+    serde_json::json!({
+        "version": "1.0",
+        "timestamp": humantime_rfc3339(ts),
+        "requestContext": {
+            "requestId": job.id,
+            "functionArn": format!("arn:aws:lambda:petrel:000000000000:function:{}:{qualifier}", job.function),
+            "condition": condition,
+            "approximateInvokeCount": job.attempt,
+        },
+        "requestPayload": payload(&job.body),
+        "responseContext": {
+            "statusCode": status_code,
+            "executedVersion": qualifier,
+            "functionError": function_error,
+        },
+        "responsePayload": response,
+        "petrel": {
+            "namespace": job.namespace,
+            "function": job.function,
+            "status": finish.status,
+            "error": finish.error,
+        },
+    })
+}
+
+/// `2026-11-26T18:00:00.123Z`.
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_180_245_123);
+        assert_eq!(humantime_rfc3339(t), "2025-11-26T18:04:05.123Z");
+        assert_eq!(
+            humantime_rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Petrel's async mode: submissions are committed to the store before their `202` (many per
+//! transaction, so that durable accepts are cheap), a dispatcher claims ready work and runs it
+//! through the same pools as synchronous calls under a per-function concurrency limit, retries
+//! failures with exponential backoff and jitter, moves exhausted work to the dead-letter list, and
+//! delivers outcomes (callback URLs, destinations) at least once.
+//!
+//! It knows nothing of pools or instances: the data plane runs an attempt through [`Invoker`].
+//! Every state change is a row update guarded by the claim, so a server killed at any moment
+//! leaves nothing that a restart (or, on a shared PostgreSQL, another server) does not resume.
+
+#![forbid(unsafe_code)]
+
+mod deliver;
+mod dispatch;
+
+pub use dispatch::Dispatcher;
+
+use petrel_core::api::async_status;
+use petrel_core::manifest::AsyncSpec;
+use petrel_store::{LeasedAsync, NewAsync, Store};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the async mode behaves on this server.
+#[derive(Debug, Clone)]
+pub struct AsyncConfig {
+    /// This server's name in claims. Stable across restarts (kept in the data directory), so a
+    /// restarted server takes back at once what it was running when it died.
+    pub worker_id: String,
+    /// How long a claim holds without a heartbeat; then another server may take the work.
+    pub lease: Duration,
+    /// How often the dispatcher looks for work it was not told about (retries coming due, other
+    /// servers' submissions).
+    pub poll: Duration,
+    /// The first retry's delay; each later one doubles, up to `retry_cap`, with jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long an idempotency key keeps deduplicating.
+    pub idempotency_window: Duration,
+    /// How long results of finished invocations are kept.
+    pub retention: Duration,
+    /// How long dead-lettered invocations are kept.
+    pub dead_retention: Duration,
+    /// Attempts to deliver one outcome before giving up.
+    pub delivery_attempts: u32,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: uuid::Uuid::new_v4().to_string(),
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            dead_retention: Duration::from_secs(14 * 24 * 3600),
+            delivery_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the async queue could not store the request: {0}")]
+    Store(#[from] petrel_store::StoreError),
+    #[error("the async queue is stopped")]
+    Stopped,
+}
+
+type Pending = (NewAsync, oneshot::Sender<Result<(), String>>);
+
+/// The accept side: commits submissions (in groups) and wakes the dispatcher.
+#[derive(Clone)]
+pub struct AsyncQueue {
+    store: Store,
+    tx: mpsc::Sender<Pending>,
+    wake: Arc<Notify>,
+    config: Arc<AsyncConfig>,
+}
+
+impl std::fmt::Debug for AsyncQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncQueue")
+            .field("worker_id", &self.config.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Submissions written per transaction, at most.
+const GROUP: usize = 512;
+
+impl AsyncQueue {
+    /// Starts the group-commit writer.
+    pub fn new(store: Store, config: AsyncConfig) -> Self {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(write_groups(store.clone(), rx, wake.clone()));
+        Self {
+            store,
+            tx,
+            wake,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &AsyncConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Commits a submission; returns its id, or with an idempotency key that matched an earlier
+    /// submission, that one's id and `true`. Only an `Ok` may be answered with a `202`.
+    pub async fn submit(&self, n: NewAsync) -> Result<(String, bool), QueueError> {
+        if n.idem_key.is_some() {
+            let window = self.config.idempotency_window.as_millis() as i64;
+            let r = self.store.insert_async_once(&n, window).await?;
+            self.wake.notify_one();
+            return Ok(r);
+        }
+        let id = n.id.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx
+            .send((n, done_tx))
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        match done_rx.await {
+            Ok(Ok(())) => Ok((id, false)),
+            Ok(Err(e)) => Err(QueueError::Store(petrel_store::StoreError::Corrupt(e))),
+            Err(_) => Err(QueueError::Stopped),
+        }
+    }
+
+    /// Wakes the dispatcher: there may be work (a replay, a freed slot).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Writes what is waiting in one transaction, answers each submitter, and wakes the dispatcher.
+/// While one group commits the next one gathers, so the commit rate bounds groups, not requests.
+async fn write_groups(store: Store, mut rx: mpsc::Receiver<Pending>, wake: Arc<Notify>) {
+    let mut group: Vec<Pending> = Vec::with_capacity(GROUP);
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<NewAsync> = group.iter().map(|(n, _)| n.clone()).collect();
+        let result = store.insert_async(&rows).await.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, submissions = rows.len(), "could not store async submissions; they were refused");
+        }
+        for (_, done) in group.drain(..) {
+            let _ = done.send(result.clone());
+        }
+        wake.notify_one();
+    }
+}
+
+/// How an attempt ended, as the dispatcher decides what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Succeeded,
+    /// The function failed (an error, a timeout, a crash, out of memory) or Petrel could not run
+    /// it now: retry while retries and age allow.
+    Retry,
+    /// It cannot succeed by running again (the function is gone, the input is refused).
+    Fail,
+}
+
+/// One attempt's outcome.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub verdict: Verdict,
+    pub executed_version: Option<u32>,
+    /// The answer, when there was one: a function error's body is an answer too.
+    pub result: Option<petrel_store::StoredResult>,
+    pub error: Option<String>,
+}
+
+/// Runs async attempts; the data plane implements it.
+pub trait Invoker: Send + Sync + 'static {
+    /// The async settings of the function's latest version on this server, if it serves it.
+    fn settings(&self, namespace: &str, function: &str) -> Option<AsyncSpec>;
+    /// Runs one attempt through the function's pool.
+    fn run(&self, job: LeasedAsync) -> BoxFuture<'_, (Attempt, Option<AsyncSpec>)>;
+}
+
+/// The delay before retry number `attempt` (1 for the first retry): `base × 2^(attempt-1)`,
+/// capped, of which the second half is random ("equal jitter"), so retries of a burst spread out.
+pub fn backoff(config: &AsyncConfig, attempt: u32) -> Duration {
+    let exp = config
+        .retry_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(config.retry_cap);
+    let half = exp / 2;
+    let r = (uuid::Uuid::new_v4().as_u128() as u64) % (half.as_millis() as u64 + 1);
+    half + Duration::from_millis(r)
+}
+
+/// Whether a status may still change.
+pub fn is_final(status: &str) -> bool {
+    matches!(
+        status,
+        async_status::SUCCEEDED | async_status::FAILED | async_status::DEAD
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
+        let c = AsyncConfig {
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(10),
+            ..AsyncConfig::default()
+        };
+        for _ in 0..200 {
+            let d1 = backoff(&c, 1);
+            assert!(
+                d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1),
+                "{d1:?}"
+            );
+            let d3 = backoff(&c, 3);
+            assert!(
+                d3 >= Duration::from_secs(2) && d3 <= Duration::from_secs(4),
+                "{d3:?}"
+            );
+            let d9 = backoff(&c, 9);
+            assert!(
+                d9 >= Duration::from_secs(5) && d9 <= Duration::from_secs(10),
+                "{d9:?}"
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(&c, 4)).collect();
+        assert!(spread.len() > 10, "the jitter spreads retries: {spread:?}");
+    }
+}

@@ -1,0 +1,626 @@
+//! Async mode end to end: submissions answered 202 after a durable commit, `kill -9` of the
+//! server while work runs and while it is submitted, retries into the dead-letter list and
+//! replays, callbacks and destinations, idempotency keys, the long async timeout, and two servers
+//! sharing one PostgreSQL queue.
+
+use crate::harness::{function_dir, manifest, Petrel, StoreKind};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const APP: &str = r#"
+import json, time
+calls = 0
+
+def handler(event, context):
+    global calls
+    calls += 1
+    print("ran", context.aws_request_id, flush=True)
+    if "requestContext" in event and "rawPath" in event:
+        return {"statusCode": 201, "headers": {"x-from": "async"},
+                "body": json.dumps({"path": event["rawPath"], "query": event["rawQueryString"],
+                                    "body": event.get("body"), "method": event["requestContext"]["http"]["method"]})}
+    action = event.get("action")
+    if action == "sleep":
+        time.sleep(event["secs"])
+    if action == "fail_first" and calls <= event["n"]:
+        raise RuntimeError("failing call %d" % calls)
+    if action == "fail":
+        raise RuntimeError("always failing")
+    return {"n": event.get("n"), "calls": calls, "event": event}
+"#;
+
+fn function(name: &str, extra: &str) -> tempfile::TempDir {
+    function_dir(&[
+        (
+            "petrel.toml",
+            &manifest(name, "python3", "app.handler", extra),
+        ),
+        ("app.py", APP),
+    ])
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// Submits an event through the raw invoke's async flag; the id if it was accepted (202).
+async fn try_submit(client: &HttpClient, url: &str, name: &str, event: &Value) -> Option<String> {
+    let req = http::Request::post(format!("{url}/v1/functions/{name}/invoke?async=true"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(event.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.ok()?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    if status != 202 {
+        panic!(
+            "submission answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    Some(v["id"].as_str().unwrap().to_owned())
+}
+
+async fn submit(p: &Petrel, name: &str, event: Value) -> String {
+    try_submit(&http_client(), &p.url, name, &event)
+        .await
+        .expect("accepted")
+}
+
+async fn get(p: &Petrel, id: &str) -> Value {
+    let r = p.http("GET", &format!("/v1/invocations/{id}"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Waits until the invocation is in `status`; returns it.
+async fn wait_status(p: &Petrel, id: &str, status: &str, limit: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v = get(p, id).await;
+        if v["status"] == status {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{id} is not {status} after {limit:?}: {v}\n{}",
+            p.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A function's async invocations (at most 10,000).
+async fn list(p: &Petrel, name: &str, status: Option<&str>) -> Vec<Value> {
+    let q = status.map(|s| format!("&status={s}")).unwrap_or_default();
+    let r = p
+        .http(
+            "GET",
+            &format!("/v1/functions/{name}/async?limit=10000{q}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["invocations"].as_array().unwrap().clone()
+}
+
+fn result_json(v: &Value) -> Value {
+    serde_json::from_str(v["result"]["body"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_accepted_invocation_succeeds_across_kill_9_of_the_server() {
+    let mut p = Petrel::start().await;
+    p.deploy(
+        function(
+            "batch",
+            "max_instances = 2\nasync_concurrency = 2\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    p.deploy(function("slow", "keep_alive = \"10m\"").path());
+    let slow = submit(&p, "slow", json!({"action": "sleep", "secs": 3, "n": -1})).await;
+    // Submissions race the kill: only what was answered 202 counts as accepted.
+    let accepted: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, accepted, next) = (p.url.clone(), accepted.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= 1000 {
+                    return;
+                }
+                let event = json!({"action": "sleep", "secs": 0.002, "n": n});
+                match try_submit(&client, &url, "batch", &event).await {
+                    Some(id) => accepted.lock().unwrap().push((id, n)),
+                    None => return,
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    while accepted.lock().unwrap().len() < 500 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "submissions stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The slow one is running (an attempt in flight), the batch both runs and is submitted.
+    wait_status(&p, &slow, "running", Duration::from_secs(30)).await;
+    let done_before = list(&p, "batch", Some("succeeded")).await.len();
+    p.kill9_and_restart().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let submitted_before = accepted.lock().unwrap().len();
+    assert!(
+        submitted_before < 1000,
+        "the kill came after every submission"
+    );
+    // The rest, to the restarted server.
+    let client = http_client();
+    let mut n = next.load(std::sync::atomic::Ordering::SeqCst).min(1000);
+    while accepted.lock().unwrap().len() < 1000 {
+        let id = try_submit(
+            &client,
+            &p.url,
+            "batch",
+            &json!({"action": "sleep", "secs": 0.002, "n": n}),
+        )
+        .await
+        .expect("the restarted server accepts");
+        accepted.lock().unwrap().push((id, n));
+        n += 1;
+    }
+    let t0 = Instant::now();
+    loop {
+        let done = list(&p, "batch", Some("succeeded")).await.len();
+        if done == 1000 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "{done} of 1000 succeeded; log:\n{}",
+            p.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all: HashMap<String, Value> = list(&p, "batch", None)
+        .await
+        .into_iter()
+        .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
+        .collect();
+    assert_eq!(all.len(), 1000, "nothing queued twice");
+    for (id, n) in accepted.lock().unwrap().iter() {
+        let v = &all[id];
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(result_json(v)["n"], *n, "each result is its own: {v}");
+        assert!(v["attempts"].as_u64().unwrap() >= 1, "{v}");
+    }
+    // The attempt the kill cut short ran again, and counts.
+    let s = wait_status(&p, &slow, "succeeded", Duration::from_secs(60)).await;
+    assert_eq!(s["attempts"], 2, "{s}");
+    assert!(
+        p.server_log()
+            .contains("queued again the invocations this server was running"),
+        "{}",
+        p.server_log()
+    );
+    eprintln!("kill -9 came after {submitted_before} submissions, {done_before} of them done");
+}
+
+/// A config file for quick retries.
+fn quick_retries() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("petrel-node.toml");
+    std::fs::write(&path, "async_retry_base = \"50ms\"\n").unwrap();
+    let p = path.to_str().unwrap().to_owned();
+    (dir, p)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_retry_into_the_dead_letter_list_and_replay() {
+    let (_cfg, path) = quick_retries();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", &path]).await;
+    p.deploy(
+        function(
+            "flaky",
+            "max_instances = 1\nmax_retries = 2\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    // Fails on the first three calls of its instance: three attempts, then the dead letters.
+    let id = submit(&p, "flaky", json!({"action": "fail_first", "n": 3})).await;
+    let dead = wait_status(&p, &id, "dead", Duration::from_secs(60)).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    let error = dead["error"].as_str().unwrap();
+    assert!(
+        error.contains("failed 3 times (max_retries = 2)") && error.contains("RuntimeError"),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["result"]["status"], 500,
+        "the last answer is kept: {dead}"
+    );
+    assert!(
+        dead["result"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("failing call 3"),
+        "{dead}"
+    );
+    // Each attempt has its record.
+    let records = p.cli_ok(&["inv", "ls", "flaky"]);
+    for n in 1..=3 {
+        assert!(records.contains(&format!("{id}.{n}")), "{records}");
+    }
+    assert_eq!(records.matches("function_error").count(), 3, "{records}");
+    let dlq = p.cli_ok(&["dlq", "ls", "flaky"]);
+    assert!(dlq.contains(&id) && dlq.contains("dead"), "{dlq}");
+    let out = p.cli_ok(&["dlq", "replay", "flaky", &id]);
+    assert!(
+        out.contains("Queued again: 1") && out.contains(&id),
+        "{out}"
+    );
+    let ok = wait_status(&p, &id, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(
+        (&ok["attempts"], &ok["replays"]),
+        (&json!(1), &json!(1)),
+        "{ok}"
+    );
+    assert_eq!(result_json(&ok)["calls"], 4, "{ok}");
+    assert!(p.cli_ok(&["dlq", "ls", "flaky"]).contains("is empty"));
+    let again = p.cli(&["dlq", "replay", "flaky", &id]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("not in the dead-letter list"),
+        "{again:?}"
+    );
+
+    // max_event_age: too old for the next retry long before the retries run out.
+    p.deploy(
+        function(
+            "aged",
+            "max_retries = 10\nmax_event_age = \"1s\"\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    let id = submit(&p, "aged", json!({"action": "fail"})).await;
+    let dead = wait_status(&p, &id, "dead", Duration::from_secs(30)).await;
+    assert!(
+        dead["error"].as_str().unwrap().contains("max_event_age")
+            && dead["attempts"].as_u64().unwrap() < 11,
+        "{dead}"
+    );
+
+    // A long task: async_timeout, not timeout, bounds an async run.
+    p.deploy(
+        function(
+            "long",
+            "timeout = \"1s\"\nasync_timeout = \"20s\"\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    let sync = p.invoke("long", r#"{"action": "sleep", "secs": 2}"#).await;
+    sync.assert_error(504, "function_timeout");
+    let id = submit(&p, "long", json!({"action": "sleep", "secs": 2, "n": 7})).await;
+    let ok = wait_status(&p, &id, "succeeded", Duration::from_secs(60)).await;
+    assert_eq!(result_json(&ok)["n"], 7, "{ok}");
+
+    // Refused at once, not queued: an unknown function, an event that is not JSON, a bad
+    // callback URL.
+    let r = p
+        .http(
+            "POST",
+            "/v1/functions/nope/invoke?async=true",
+            Some(("application/json", b"{}".to_vec())),
+        )
+        .await;
+    r.assert_error(404, "function_not_found");
+    p.http("POST", "/async-fn/nope/x", None)
+        .await
+        .assert_error(404, "function_not_found");
+    let r = p
+        .http(
+            "POST",
+            "/v1/functions/flaky/invoke?async=true",
+            Some(("application/json", b"{not json".to_vec())),
+        )
+        .await;
+    r.assert_error(400, "invalid_payload");
+    let r = p
+        .http_with(
+            "POST",
+            "/async-fn/flaky",
+            &[("x-callback-url", "ftp://example.com/")],
+            b"{}".to_vec(),
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert_eq!(
+        list(&p, "flaky", None).await.len(),
+        1,
+        "nothing refused was queued"
+    );
+
+    // The CLI: --async prints the id, --wait the result.
+    let id = p.cli_ok(&["invoke", "flaky", "--async", "-d", r#"{"n": 5}"#]);
+    let id = id.trim();
+    wait_status(&p, id, "succeeded", Duration::from_secs(30)).await;
+    assert!(p.cli_ok(&["inv", "get", id]).contains("\"succeeded\""));
+    let out = p.cli_ok(&["invoke", "flaky", "--async", "--wait", "-d", r#"{"n": 6}"#]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["n"],
+        6,
+        "{out}"
+    );
+    let ls = p.cli_ok(&["inv", "ls", "flaky", "--async", "--status", "succeeded"]);
+    assert_eq!(ls.lines().count(), 4, "a header and three: {ls}");
+}
+
+/// What the receiver saw: path, headers, body.
+type Seen = Arc<Mutex<Vec<(String, http::HeaderMap, Bytes)>>>;
+
+/// An HTTP receiver for callbacks and destinations: records every request; `/flaky` answers
+/// 500 to its first request.
+async fn receiver() -> (String, Seen) {
+    use axum::extract::{Request, State};
+    let seen: Seen = Arc::default();
+    async fn record(State(seen): State<Seen>, req: Request) -> http::StatusCode {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let path = parts.uri.path().to_owned();
+        let mut seen = seen.lock().unwrap();
+        let first_flaky = path == "/flaky" && !seen.iter().any(|(p, _, _)| p == "/flaky");
+        seen.push((path, parts.headers, body));
+        if first_flaky {
+            http::StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            http::StatusCode::OK
+        }
+    }
+    let app = axum::Router::new()
+        .fallback(record)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn wait_seen(seen: &Seen, path: &str, n: usize) -> Vec<(http::HeaderMap, Bytes)> {
+    let t0 = Instant::now();
+    loop {
+        let got: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, h, b)| (h.clone(), b.clone()))
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{path}: {} of {n} requests",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_destinations_and_idempotency_keys() {
+    let (_cfg, path) = quick_retries();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", &path]).await;
+    let (url, seen) = receiver().await;
+    p.deploy(function("sink", "keep_alive = \"10m\"").path());
+    p.deploy(
+        function(
+            "notify",
+            &format!(
+                "max_retries = 1\non_success = \"function:sink\"\non_failure = \"{url}/failure\"\nkeep_alive = \"10m\""
+            ),
+        )
+        .path(),
+    );
+    // X-Callback-Url: the function's answer, retried until the receiver takes it (its first
+    // answer is a 500).
+    let r = p
+        .http_with(
+            "POST",
+            "/async-fn/notify/orders/7?verbose=1",
+            &[
+                ("x-callback-url", &format!("{url}/flaky")),
+                ("content-type", "text/plain"),
+            ],
+            b"hello".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/invocations/{id}").as_str())
+    );
+    let got = wait_seen(&seen, "/flaky", 2).await;
+    let (h, body) = &got[1];
+    assert_eq!(h["x-petrel-invocation-id"], id.as_str());
+    assert_eq!(h["x-petrel-status"], "succeeded");
+    assert_eq!(h["x-petrel-function-status"], "201");
+    assert_eq!(
+        h["x-from"], "async",
+        "the function's own headers come along"
+    );
+    let answer: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        answer,
+        json!({"path": "/orders/7", "query": "verbose=1", "body": "hello", "method": "POST"})
+    );
+    assert_eq!(got[0].1, got[1].1, "the same outcome, delivered again");
+    // on_success = function:sink: the sink ran with Lambda's destination record.
+    let t0 = Instant::now();
+    let sunk = loop {
+        let l = list(&p, "sink", Some("succeeded")).await;
+        if let Some(v) = l.first() {
+            break v.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the sink never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let record = &result_json(&sunk)["event"];
+    assert_eq!(
+        record["requestContext"]["requestId"],
+        id.as_str(),
+        "{record}"
+    );
+    assert_eq!(record["requestContext"]["condition"], "Success", "{record}");
+    assert_eq!(record["responseContext"]["statusCode"], 201, "{record}");
+
+    // on_failure = a URL: the record after the retries ran out.
+    let id = submit(&p, "notify", json!({"action": "fail"})).await;
+    let got = wait_seen(&seen, "/failure", 1).await;
+    let record: Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(
+        record["requestContext"]["requestId"],
+        id.as_str(),
+        "{record}"
+    );
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(record["requestPayload"], json!({"action": "fail"}));
+    assert_eq!(
+        record["responsePayload"]["errorType"], "RuntimeError",
+        "{record}"
+    );
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(list(&p, "sink", None).await.len(), 1, "no success, no sink");
+
+    // An idempotency key: a retried submission gets the first id, and runs once.
+    let headers = [
+        ("idempotency-key", "order-42"),
+        ("content-type", "application/json"),
+    ];
+    let a = p
+        .http_with(
+            "POST",
+            "/v1/functions/sink/invoke?async=true",
+            &headers,
+            br#"{"n": 42}"#.to_vec(),
+        )
+        .await;
+    let b = p
+        .http_with(
+            "POST",
+            "/v1/functions/sink/invoke?async=true",
+            &headers,
+            br#"{"n": 42}"#.to_vec(),
+        )
+        .await;
+    assert_eq!((a.status, b.status), (202, 202));
+    assert_eq!(a.json()["id"], b.json()["id"]);
+    assert_eq!(b.json()["duplicate"], true);
+    assert_eq!(b.header("x-petrel-duplicate"), Some("true"));
+    assert!(a.json().get("duplicate").is_none());
+    let other = p
+        .http_with(
+            "POST",
+            "/v1/functions/sink/invoke?async=true",
+            &[("idempotency-key", "order-43")],
+            br#"{"n": 43}"#.to_vec(),
+        )
+        .await;
+    assert_ne!(other.json()["id"], a.json()["id"]);
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    wait_status(&p, &id, "succeeded", Duration::from_secs(30)).await;
+    let keyed: Vec<Value> = list(&p, "sink", None)
+        .await
+        .into_iter()
+        .filter(|v| v["idempotency_key"] == "order-42")
+        .collect();
+    assert_eq!(keyed.len(), 1, "{keyed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
+    let store = StoreKind::fresh_postgres().await;
+    let a = Petrel::start_with(store.clone(), &[]).await;
+    let b = Petrel::start_with(store.clone(), &[]).await;
+    let dir = function(
+        "shared",
+        "max_instances = 2\nasync_concurrency = 2\nkeep_alive = \"10m\"",
+    );
+    a.deploy(dir.path());
+    b.deploy(dir.path());
+    let client = http_client();
+    let mut ids = HashSet::new();
+    for n in 0..300 {
+        // Half to each server; each dispatcher claims from the shared queue.
+        let p = if n % 2 == 0 { &a } else { &b };
+        let event = json!({"action": "sleep", "secs": 0.02, "n": n});
+        ids.insert(try_submit(&client, &p.url, "shared", &event).await.unwrap());
+    }
+    let t0 = Instant::now();
+    loop {
+        if list(&a, "shared", Some("succeeded")).await.len() == 300 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "not all ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = list(&b, "shared", None).await;
+    let workers: HashSet<&str> = all.iter().map(|v| v["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "both servers ran some");
+    assert!(all.iter().all(|v| v["attempts"] == 1), "none ran twice");
+    // The functions' own logs, from both servers: one run per invocation.
+    let url = match &store {
+        StoreKind::Postgres(u) => u.clone(),
+        StoreKind::Sqlite => unreachable!(),
+    };
+    use sqlx::{Connection, Row};
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let t0 = Instant::now();
+    let runs: HashMap<String, i64> = loop {
+        let rows = sqlx::query(
+            "SELECT line, COUNT(*) FROM logs WHERE function = 'shared' AND line LIKE 'ran %'
+             GROUP BY line",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        let runs: HashMap<String, i64> = rows
+            .iter()
+            .map(|r| {
+                let line: String = r.get(0);
+                (
+                    line.trim_start_matches("ran ").trim().to_owned(),
+                    r.get::<i64, _>(1),
+                )
+            })
+            .collect();
+        if runs.len() == 300 || t0.elapsed() > Duration::from_secs(30) {
+            break runs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(runs.keys().cloned().collect::<HashSet<_>>(), ids);
+    assert!(runs.values().all(|&c| c == 1), "a run twice: {runs:?}");
+    db.close().await.unwrap();
+    drop((a, b));
+    store.drop_postgres().await;
+}
