@@ -2,7 +2,7 @@
 # Side-by-side benchmarks: Petrel next to its peers and the physical limit, on this machine, with
 # the same load generator, in one run. Writes a markdown report to bench/results/.
 #
-#   bench/run.sh [warm-http] [gateway-overhead] [cold-start] [many-functions]   (default: all)
+#   bench/run.sh [warm-http] [gateway-overhead] [cold-start] [many-functions] [async]   (default: all)
 #
 # Installs what it needs when missing: wrk (Debian), wasmtime-cli 48.0.8 (crates.io), workerd
 # 1.20261117.1 (npm, under bench/.tools). Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
@@ -18,7 +18,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 N=${N:-1000}
 scenarios=("$@")
-[ ${#scenarios[@]} -eq 0 ] && scenarios=(warm-http gateway-overhead cold-start many-functions)
+[ ${#scenarios[@]} -eq 0 ] && scenarios=(warm-http gateway-overhead cold-start many-functions async)
 
 tools=$root/bench/.tools
 mkdir -p "$tools" bench/results
@@ -213,6 +213,38 @@ cold_start() {
   } >> "$work/later.md"
 }
 
+# Async mode: durable accepts per second (alone and while the queue drains) and completions per
+# second, against the synchronous raw invoke in the same run; SQLite, then PostgreSQL.
+async_mode() {
+  say "async"
+  local args=(--petrel "$PETREL" --duration "$DURATION")
+  {
+    echo "## async"
+    echo
+    echo "### SQLite, server on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU"
+    echo
+    python3 bench/async_throughput.py "${args[@]}" --server-cpu "$SERVER_CPU" --load-cpu "$LOAD_CPU"
+    echo
+    echo "### SQLite, nothing pinned (both cores shared by the server and wrk)"
+    echo
+    python3 bench/async_throughput.py "${args[@]}"
+    echo
+    # shellcheck source=/dev/null
+    if . scripts/services.sh > /dev/null 2>&1 && [ -n "${PETREL_TEST_POSTGRES_URL:-}" ]; then
+      local db="petrel_bench_$$"
+      psql -q "$PETREL_TEST_POSTGRES_URL" -c "CREATE DATABASE $db" > /dev/null
+      echo "### PostgreSQL (local), nothing pinned"
+      echo
+      python3 bench/async_throughput.py "${args[@]}" --store "${PETREL_TEST_POSTGRES_URL%/*}/$db"
+      psql -q "$PETREL_TEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
+      echo
+    else
+      echo "PostgreSQL: not measured (scripts/services.sh could not start it)."
+      echo
+    fi
+  } >> "$work/later.md"
+}
+
 many_functions() {
   say "many-functions ($N)"
   { echo "## many-functions"; echo; python3 bench/many_wasm.py --petrel "$PETREL" --n "$N" --calls 2000 | sed 1d; echo; } >> "$work/later.md"
@@ -224,7 +256,8 @@ for s in "${scenarios[@]}"; do
     gateway-overhead) gateway_overhead ;;
     cold-start) cold_start ;;
     many-functions) many_functions ;;
-    *) say "unknown scenario $s (warm-http, gateway-overhead, cold-start, many-functions)"; exit 2 ;;
+    async) async_mode ;;
+    *) say "unknown scenario $s (warm-http, gateway-overhead, cold-start, many-functions, async)"; exit 2 ;;
   esac
 done
 if [ -s "$raw" ]; then python3 bench/report.py "$raw" >> "$report"; fi

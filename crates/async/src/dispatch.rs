@@ -6,7 +6,7 @@ use crate::{backoff, deliver, AsyncQueue, Attempt, Invoker, Verdict};
 use petrel_core::api::async_status as st;
 use petrel_core::manifest::{AsyncSpec, Destination};
 use petrel_core::now_ms;
-use petrel_store::{Finish, LeasedAsync, NewAsync, NewDelivery};
+use petrel_store::{Ended, Finish, LeasedAsync, NewAsync, NewDelivery};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +33,42 @@ struct Ctx {
     running: Arc<Mutex<HashMap<Key, u32>>>,
     deliveries: Arc<tokio::sync::Notify>,
     stop: watch::Receiver<bool>,
+    finisher: tokio::sync::mpsc::Sender<Finishing>,
+}
+
+type Finishing = (Ended, tokio::sync::oneshot::Sender<Result<bool, String>>);
+
+/// Outcomes recorded per transaction, at most.
+const FINISH_GROUP: usize = 256;
+
+/// Records outcomes in groups, as the queue's writer commits submissions: one transaction per
+/// group while the next one gathers.
+async fn finish_groups(queue: AsyncQueue, mut rx: tokio::sync::mpsc::Receiver<Finishing>) {
+    let owner = queue.config().worker_id.clone();
+    let mut group: Vec<Finishing> = Vec::with_capacity(FINISH_GROUP);
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < FINISH_GROUP {
+            match rx.try_recv() {
+                Ok(f) => group.push(f),
+                Err(_) => break,
+            }
+        }
+        let ended: Vec<Ended> = group.iter().map(|(e, _)| e.clone()).collect();
+        match queue.store().finish_async(&owner, &ended).await {
+            Ok(held) => {
+                for ((_, reply), h) in group.drain(..).zip(held) {
+                    let _ = reply.send(Ok(h));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl Dispatcher {
@@ -51,7 +87,10 @@ impl Dispatcher {
         }
         let (stop, stop_rx) = watch::channel(false);
         let running: Arc<Mutex<HashMap<Key, u32>>> = Arc::default();
+        let (finisher, finishing) = tokio::sync::mpsc::channel(16 * 1024);
+        tokio::spawn(finish_groups(queue.clone(), finishing));
         let ctx = Arc::new(Ctx {
+            finisher,
             queue: queue.clone(),
             invoker,
             running: running.clone(),
@@ -84,15 +123,20 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let store = ctx.queue.store().clone();
     let me = config.worker_id.clone();
     let mut last_sweep: Option<Instant> = None;
+    let mut tick = tokio::time::interval(config.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ctx.queue.wake.notified() => {}
-            _ = tokio::time::sleep(config.poll) => {}
-            _ = stop.changed() => {}
-        }
+        // A wake names the functions that got work; the tick looks at every function's (retries
+        // coming due, other servers' submissions), so no wake is ever needed for correctness.
+        let ticked = tokio::select! {
+            _ = ctx.queue.waker().notify.notified() => false,
+            _ = tick.tick() => true,
+            _ = stop.changed() => false,
+        };
         if *stop.borrow() {
             return;
         }
+        let (named, scan) = ctx.queue.waker().take();
         let now = now_ms();
         // Claims of servers that stopped answering lapse; their work runs again here.
         if last_sweep.is_none_or(|t| t.elapsed() > config.lease / 3) {
@@ -106,13 +150,17 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "async: could not look for lapsed claims"),
             }
         }
-        let ready = match store.ready_async(now).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "async: could not read the queue; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let ready = if ticked || scan {
+            match store.ready_async(now).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "async: could not read the queue; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
+        } else {
+            named.into_iter().map(|(ns, f)| (ns, f, u64::MAX)).collect()
         };
         for (ns, f, waiting) in ready {
             // Work of a function this server does not serve is left to a server that does.
@@ -148,7 +196,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                     if let Some(n) = ctx.running.lock().unwrap().get_mut(&key) {
                         *n = n.saturating_sub(1);
                     }
-                    ctx.queue.wake();
+                    ctx.queue.wake_for(&key.0, &key.1);
                 });
             }
         }
@@ -269,28 +317,38 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
     }
     // The claim guards the write: if it lapsed (this server was thought dead) and another server
     // took the work, this outcome is dropped and theirs stands.
+    let ended = Ended {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        now,
+        finish,
+    };
+    let finish = &ended.finish;
     for wait in [0u64, 100, 1000, 5000] {
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        match ctx
-            .queue
-            .store()
-            .finish_async(&job.id, &config.worker_id, job.attempt, now, &finish)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if ctx.finisher.send((ended.clone(), reply)).await.is_err() {
+            return;
+        }
+        match answer
             .await
+            .unwrap_or_else(|_| Err("the recorder stopped".into()))
         {
             Ok(true) => {
                 if status == st::QUEUED {
                     // Run the retry when it is due, not at the next poll.
                     let (queue, delay) = (ctx.queue.clone(), (run_at - now).max(0) as u64);
+                    let (ns, f) = (job.namespace.clone(), job.function.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
-                        queue.wake();
+                        queue.wake_for(&ns, &f);
                     });
                 }
                 if !finish.deliveries.is_empty() {
                     ctx.deliveries.notify_one();
                 }
-                if !finish.follow_ups.is_empty() {
-                    ctx.queue.wake();
+                for n in &finish.follow_ups {
+                    ctx.queue.wake_for(&n.namespace, &n.function);
                 }
                 return;
             }

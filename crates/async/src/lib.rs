@@ -81,8 +81,38 @@ type Pending = (NewAsync, oneshot::Sender<Result<(), String>>);
 pub struct AsyncQueue {
     store: Store,
     tx: mpsc::Sender<Pending>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     config: Arc<AsyncConfig>,
+}
+
+/// What the dispatcher is told: functions that may have ready work, or to look at everything.
+#[derive(Default)]
+pub(crate) struct Wake {
+    notify: Notify,
+    due: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    scan: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    fn function(&self, namespace: &str, function: &str) {
+        self.due
+            .lock()
+            .unwrap()
+            .insert((namespace.to_owned(), function.to_owned()));
+        self.notify.notify_one();
+    }
+
+    fn everything(&self) {
+        self.scan.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// The functions named since the last call, and whether to look at everything.
+    pub(crate) fn take(&self) -> (Vec<(String, String)>, bool) {
+        let due = std::mem::take(&mut *self.due.lock().unwrap());
+        let scan = self.scan.swap(false, std::sync::atomic::Ordering::Relaxed);
+        (due.into_iter().collect(), scan)
+    }
 }
 
 impl std::fmt::Debug for AsyncQueue {
@@ -100,7 +130,7 @@ impl AsyncQueue {
     /// Starts the group-commit writer.
     pub fn new(store: Store, config: AsyncConfig) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         tokio::spawn(write_groups(store.clone(), rx, wake.clone()));
         Self {
             store,
@@ -124,7 +154,7 @@ impl AsyncQueue {
         if n.idem_key.is_some() {
             let window = self.config.idempotency_window.as_millis() as i64;
             let r = self.store.insert_async_once(&n, window).await?;
-            self.wake.notify_one();
+            self.wake.function(&n.namespace, &n.function);
             return Ok(r);
         }
         let id = n.id.clone();
@@ -140,15 +170,25 @@ impl AsyncQueue {
         }
     }
 
-    /// Wakes the dispatcher: there may be work (a replay, a freed slot).
+    /// Wakes the dispatcher for one function: it may have ready work (a replay, a freed slot,
+    /// a retry coming due).
+    pub fn wake_for(&self, namespace: &str, function: &str) {
+        self.wake.function(namespace, function);
+    }
+
+    /// Wakes the dispatcher to look at every function's work.
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.wake.everything();
+    }
+
+    pub(crate) fn waker(&self) -> &Wake {
+        &self.wake
     }
 }
 
 /// Writes what is waiting in one transaction, answers each submitter, and wakes the dispatcher.
 /// While one group commits the next one gathers, so the commit rate bounds groups, not requests.
-async fn write_groups(store: Store, mut rx: mpsc::Receiver<Pending>, wake: Arc<Notify>) {
+async fn write_groups(store: Store, mut rx: mpsc::Receiver<Pending>, wake: Arc<Wake>) {
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP);
     while let Some(first) = rx.recv().await {
         group.push(first);
@@ -163,10 +203,12 @@ async fn write_groups(store: Store, mut rx: mpsc::Receiver<Pending>, wake: Arc<N
         if let Err(e) = &result {
             tracing::error!(error = %e, submissions = rows.len(), "could not store async submissions; they were refused");
         }
-        for (_, done) in group.drain(..) {
+        for (n, done) in group.drain(..) {
+            if result.is_ok() {
+                wake.function(&n.namespace, &n.function);
+            }
             let _ = done.send(result.clone());
         }
-        wake.notify_one();
     }
 }
 

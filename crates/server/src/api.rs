@@ -702,7 +702,7 @@ pub async fn replay(
             .into());
         }
     }
-    app.queue.wake();
+    app.queue.wake_for(&ns, &name);
     tracing::info!(function = %name, replayed = replayed.len(), "dead letters replayed");
     Ok(Json(ReplayResponse { replayed }))
 }

@@ -141,7 +141,7 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             // SQLite has one writer; a few connections are enough for readers beside it.
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .max_connections(if backend == Backend::Sqlite { 1 } else { 10 })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {

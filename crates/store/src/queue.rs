@@ -85,6 +85,15 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
 }
 
+/// An attempt that ended, to record.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub id: String,
+    pub attempt: u32,
+    pub now: i64,
+    pub finish: Finish,
+}
+
 /// A delivery a dispatcher claimed.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -295,66 +304,65 @@ impl Store {
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 
-    /// Records how an attempt ended, if `owner` still holds it as attempt `attempt`; with it, in
-    /// the same transaction, the deliveries and follow-ups it causes. Returns whether it held.
-    pub async fn finish_async(
-        &self,
-        id: &str,
-        owner: &str,
-        attempt: u32,
-        now: i64,
-        f: &Finish,
-    ) -> Result<bool> {
+    /// Records how attempts ended, in one transaction: each one if `owner` still holds it as
+    /// that attempt, and with it the deliveries and follow-ups it causes. Returns, per attempt,
+    /// whether the claim held.
+    pub async fn finish_async(&self, owner: &str, ended: &[Ended]) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
-        let (rs, rh, rb) = match &f.result {
-            Some((s, h, b)) => (Some(*s as i64), Some(headers_json(h)), Some(&b[..])),
-            None => (None, None, None),
-        };
-        let finished = (f.status != st::QUEUED).then_some(now);
-        let held = sqlx::query(
-            "UPDATE async_invocations
-             SET status = $1, run_at = $2, finished_at = $3, executed_version = $4, result_status = $5,
-                 result_headers = $6, result_body = $7, error = $8, lease_until = NULL
-             WHERE id = $9 AND lease_owner = $10 AND attempts = $11 AND status = $12",
-        )
-        .bind(f.status)
-        .bind(f.run_at)
-        .bind(finished)
-        .bind(f.executed_version.map(i64::from))
-        .bind(rs)
-        .bind(rh)
-        .bind(rb)
-        .bind(f.error.as_deref())
-        .bind(id)
-        .bind(owner)
-        .bind(attempt as i64)
-        .bind(st::RUNNING)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if !held {
-            return Ok(false);
-        }
-        for d in &f.deliveries {
-            sqlx::query(
-                "INSERT INTO async_deliveries (invocation, url, headers, body, status, attempts, next_at)
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5)",
+        let mut held = Vec::with_capacity(ended.len());
+        for e in ended {
+            let f = &e.finish;
+            let (rs, rh, rb) = match &f.result {
+                Some((s, h, b)) => (Some(*s as i64), Some(headers_json(h)), Some(&b[..])),
+                None => (None, None, None),
+            };
+            let finished = (f.status != st::QUEUED).then_some(e.now);
+            let ok = sqlx::query(
+                "UPDATE async_invocations
+                 SET status = $1, run_at = $2, finished_at = $3, executed_version = $4, result_status = $5,
+                     result_headers = $6, result_body = $7, error = $8, lease_until = NULL
+                 WHERE id = $9 AND lease_owner = $10 AND attempts = $11 AND status = $12",
             )
-            .bind(id)
-            .bind(&d.url)
-            .bind(headers_json(&d.headers))
-            .bind(&d.body[..])
-            .bind(now)
+            .bind(f.status)
+            .bind(f.run_at)
+            .bind(finished)
+            .bind(f.executed_version.map(i64::from))
+            .bind(rs)
+            .bind(rh)
+            .bind(rb)
+            .bind(f.error.as_deref())
+            .bind(&e.id)
+            .bind(owner)
+            .bind(e.attempt as i64)
+            .bind(st::RUNNING)
             .execute(&mut *tx)
-            .await?;
-        }
-        for n in &f.follow_ups {
-            let sql = multi_row_insert(self.backend, INSERT_HEAD, INSERT_COLUMNS, 1, "");
-            bind_new(sqlx::query(&sql), n).execute(&mut *tx).await?;
+            .await?
+            .rows_affected()
+                > 0;
+            held.push(ok);
+            if !ok {
+                continue;
+            }
+            for d in &f.deliveries {
+                sqlx::query(
+                    "INSERT INTO async_deliveries (invocation, url, headers, body, status, attempts, next_at)
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5)",
+                )
+                .bind(&e.id)
+                .bind(&d.url)
+                .bind(headers_json(&d.headers))
+                .bind(&d.body[..])
+                .bind(e.now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for n in &f.follow_ups {
+                let sql = multi_row_insert(self.backend, INSERT_HEAD, INSERT_COLUMNS, 1, "");
+                bind_new(sqlx::query(&sql), n).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(held)
     }
 
     pub async fn get_async(&self, id: &str) -> Result<Option<AsyncInvocation>> {

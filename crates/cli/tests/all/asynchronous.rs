@@ -186,30 +186,39 @@ async fn every_accepted_invocation_succeeds_across_kill_9_of_the_server() {
         accepted.lock().unwrap().push((id, n));
         n += 1;
     }
+    // Every accepted one succeeds. A submission the kill caught between its commit and its
+    // answer may be there too, unacknowledged: at least once.
+    let accepted = accepted.lock().unwrap().clone();
     let t0 = Instant::now();
-    loop {
-        let done = list(&p, "batch", Some("succeeded")).await.len();
-        if done == 1000 {
-            break;
+    let all: HashMap<String, Value> = loop {
+        let all: HashMap<String, Value> = list(&p, "batch", None)
+            .await
+            .into_iter()
+            .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
+            .collect();
+        let done = accepted
+            .iter()
+            .filter(|(id, _)| all.get(id).is_some_and(|v| v["status"] == "succeeded"))
+            .count();
+        if done == accepted.len() {
+            break all;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(180),
-            "{done} of 1000 succeeded; log:\n{}",
+            "{done} of {} succeeded; log:\n{}",
+            accepted.len(),
             p.server_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let all: HashMap<String, Value> = list(&p, "batch", None)
-        .await
-        .into_iter()
-        .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
-        .collect();
-    assert_eq!(all.len(), 1000, "nothing queued twice");
-    for (id, n) in accepted.lock().unwrap().iter() {
+    };
+    assert!(
+        all.len() >= 1000 && all.len() <= 1000 + 8,
+        "1000 accepted, and at most one unanswered per submitter: {}",
+        all.len()
+    );
+    for (id, n) in &accepted {
         let v = &all[id];
-        assert_eq!(v["status"], "succeeded", "{v}");
         assert_eq!(result_json(v)["n"], *n, "each result is its own: {v}");
-        assert!(v["attempts"].as_u64().unwrap() >= 1, "{v}");
     }
     // The attempt the kill cut short ran again, and counts.
     let s = wait_status(&p, &slow, "succeeded", Duration::from_secs(60)).await;

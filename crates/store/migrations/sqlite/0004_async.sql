@@ -33,7 +33,10 @@ CREATE TABLE async_invocations (
     replays          BIGINT NOT NULL
 );
 CREATE INDEX async_ready ON async_invocations (status, run_at);
-CREATE INDEX async_by_function ON async_invocations (namespace, function, status, created_at);
+-- Claims: a function's ready work, oldest due first.
+CREATE INDEX async_due ON async_invocations (namespace, function, status, run_at);
+-- Listings: a function's invocations, newest first.
+CREATE INDEX async_by_function ON async_invocations (namespace, function, created_at);
 CREATE INDEX async_by_owner ON async_invocations (lease_owner, status);
 CREATE UNIQUE INDEX async_idempotency ON async_invocations (namespace, function, idem_key);
 
