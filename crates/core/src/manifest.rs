@@ -736,4 +736,48 @@ mod tests {
         let e = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nallowed_outbound_hosts = [\"*://*:*\"]").unwrap_err();
         assert!(e.to_string().contains("wasm only"), "{e}");
     }
+
+    #[test]
+    fn async_keys_have_lambdas_defaults_and_are_checked() {
+        let base = "name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\n";
+        let spec = parse(base).unwrap();
+        let a = &spec.asynchronous;
+        assert_eq!(a.max_retries, 2);
+        assert_eq!(a.max_event_age(), Duration::from_secs(6 * 3600));
+        assert_eq!(a.timeout(), Duration::from_secs(15 * 60));
+        assert_eq!(a.concurrency, 5, "half of max_instances x concurrency");
+        assert_eq!((&a.on_success, &a.on_failure), (&None, &None));
+        let spec = parse(&format!(
+            "{base}max_retries = 0\nmax_event_age = \"90s\"\nasync_timeout = \"2h\"\nasync_concurrency = 3\non_success = \"function:audit\"\non_failure = \"http://alerts:9000/hook\"\n"
+        ))
+        .unwrap();
+        let a = &spec.asynchronous;
+        assert_eq!((a.max_retries, a.concurrency), (0, 3));
+        assert_eq!(a.timeout(), Duration::from_secs(7200));
+        assert_eq!(a.on_success, Some(Destination::Function("audit".into())));
+        assert_eq!(
+            a.on_failure,
+            Some(Destination::Url("http://alerts:9000/hook".into()))
+        );
+        // A synchronous timeout longer than the async default raises the async one with it.
+        let spec = parse(&format!("{base}timeout = \"15m\"\n")).unwrap();
+        assert_eq!(spec.asynchronous.timeout(), Duration::from_secs(900));
+        for (extra, field) in [
+            ("max_retries = 11", "max_retries"),
+            ("max_event_age = \"8d\"", "max_event_age"),
+            ("async_timeout = \"25h\"", "async_timeout"),
+            ("async_concurrency = 0", "async_concurrency"),
+            ("on_success = \"function:Bad\"", "on_success"),
+            ("on_failure = \"ftp://x\"", "on_failure"),
+            ("on_failure = \"http://\"", "on_failure"),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        // Versions stored before async mode read back with the defaults.
+        let mut json = serde_json::to_value(parse(base).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("async");
+        let old: FunctionSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.asynchronous, AsyncSpec::default());
+    }
 }

@@ -106,7 +106,173 @@ both_backends!(
     logs_are_read_filtered_and_trimmed,
     invocations_are_recorded_and_metered,
     idle_histograms_are_saved_and_replaced,
+    async_claims_are_exclusive_guarded_and_resumable,
 );
+
+fn submission(id: &str, key: Option<&str>) -> petrel_store::NewAsync {
+    petrel_store::NewAsync {
+        id: id.to_owned(),
+        namespace: "default".into(),
+        function: "f".into(),
+        version: None,
+        kind: "event".into(),
+        method: "POST".into(),
+        path: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"n": 1}"#.to_vec(),
+        created_at: 1_000,
+        run_at: 1_000,
+        callback_url: None,
+        idem_key: key.map(str::to_owned),
+    }
+}
+
+fn finish(status: &'static str) -> petrel_store::Finish {
+    petrel_store::Finish {
+        status,
+        run_at: 2_000,
+        executed_version: Some(1),
+        result: Some((200, vec![], b"ok".to_vec())),
+        error: None,
+        deliveries: vec![petrel_store::NewDelivery {
+            url: "http://127.0.0.1:9/cb".into(),
+            headers: vec![],
+            body: b"ok".to_vec(),
+        }],
+        follow_ups: vec![],
+    }
+}
+
+async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
+    use std::collections::HashSet;
+    let subs: Vec<_> = (0..200)
+        .map(|i| submission(&format!("id-{i:03}"), None))
+        .collect();
+    store.insert_async(&subs).await.unwrap();
+    assert_eq!(
+        store.ready_async(1_000).await.unwrap(),
+        vec![("default".into(), "f".into(), 200)]
+    );
+    assert!(
+        store.ready_async(999).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    // Two claimers at once: on PostgreSQL, SKIP LOCKED keeps them apart.
+    let key = ("default", "f");
+    let (a, b) = tokio::join!(
+        store.lease_async("a", key, 150, 1_000, 31_000),
+        store.lease_async("b", key, 150, 1_000, 31_000)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let rest = store
+        .lease_async("c", key, 500, 1_000, 31_000)
+        .await
+        .unwrap();
+    let ids =
+        |v: &[petrel_store::LeasedAsync]| v.iter().map(|j| j.id.clone()).collect::<HashSet<_>>();
+    let (ia, ib, ic) = (ids(&a), ids(&b), ids(&rest));
+    assert!(ia.is_disjoint(&ib) && ia.is_disjoint(&ic) && ib.is_disjoint(&ic));
+    assert_eq!(
+        ia.len() + ib.len() + ic.len(),
+        200,
+        "every one claimed once"
+    );
+    assert!(a
+        .iter()
+        .chain(&b)
+        .all(|j| j.attempt == 1 && j.body == br#"{"n": 1}"#));
+    // An outcome counts only from the holder of the claim, for that attempt.
+    let j = &a[0];
+    let ended = |id: &str, attempt| petrel_store::Ended {
+        id: id.to_owned(),
+        attempt,
+        now: 2_000,
+        finish: finish("succeeded"),
+    };
+    assert_eq!(
+        store.finish_async("b", &[ended(&j.id, 1)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store.finish_async("a", &[ended(&j.id, 2)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store.finish_async("a", &[ended(&j.id, 1)]).await.unwrap(),
+        vec![true]
+    );
+    let got = store.get_async(&j.id).await.unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.attempts), ("succeeded", 1));
+    assert_eq!(got.result.unwrap().body, "ok");
+    assert_eq!(
+        store.deliveries_of(&j.id).await.unwrap().len(),
+        1,
+        "written with it"
+    );
+    // A restarted "a" takes back what it ran; the attempts stay counted.
+    let back = store.requeue_async(Some("a"), 3_000).await.unwrap();
+    assert_eq!(back as usize, a.len() - 1);
+    let again = store
+        .lease_async("a", key, 500, 3_000, 33_000)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), a.len() - 1);
+    assert!(again.iter().all(|j| j.attempt == 2));
+    // Lapsed claims of "b" and "c" are put back by anyone.
+    assert_eq!(
+        store.requeue_async(None, 40_000).await.unwrap() as usize,
+        b.len() + rest.len() + again.len()
+    );
+    // Dead letters replay with fresh attempts.
+    let one = store
+        .lease_async("a", key, 1, 40_000, 70_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .finish_async(
+                "a",
+                &[ended(&one[0].id, one[0].attempt)].map(|mut e| {
+                    e.finish = finish("dead");
+                    e
+                })
+            )
+            .await
+            .unwrap()[0]
+    );
+    assert_eq!(
+        store
+            .list_async("default", "f", Some("dead"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let replayed = store
+        .replay_dead("default", "f", &[], 50_000)
+        .await
+        .unwrap();
+    assert_eq!(replayed, vec![one[0].id.clone()]);
+    let r = store.get_async(&one[0].id).await.unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.attempts, r.replays), ("queued", 0, 1));
+    // An idempotency key: the second submission gets the first id; after the window, a new one.
+    let (first, dup) = store
+        .insert_async_once(&submission("k-1", Some("key")), 10_000)
+        .await
+        .unwrap();
+    assert_eq!((first.as_str(), dup), ("k-1", false));
+    let (second, dup) = store
+        .insert_async_once(&submission("k-2", Some("key")), 10_000)
+        .await
+        .unwrap();
+    assert_eq!((second.as_str(), dup), ("k-1", true));
+    let mut later = submission("k-3", Some("key"));
+    later.created_at = 20_000;
+    assert_eq!(
+        store.insert_async_once(&later, 10_000).await.unwrap(),
+        ("k-3".into(), false)
+    );
+}
 
 async fn idle_histograms_are_saved_and_replaced(store: Store) {
     assert!(store.load_idle_histograms().await.unwrap().is_empty());
