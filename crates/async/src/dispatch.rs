@@ -113,8 +113,22 @@ impl Dispatcher {
         self.running.lock().unwrap().values().sum()
     }
 
+    /// Stops claiming work. Attempts already running go on; see [`Dispatcher::drain`].
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Waits up to `grace` for the running attempts to end and their outcomes to be recorded;
+    /// returns how many are still running (they keep their claims).
+    pub async fn drain(&self, grace: Duration) -> u32 {
+        let deadline = Instant::now() + grace;
+        loop {
+            let left = self.running();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -335,6 +349,9 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
             .unwrap_or_else(|_| Err("the recorder stopped".into()))
         {
             Ok(true) => {
+                if status != st::QUEUED {
+                    ctx.invoker.finished(&job.namespace, &job.function, status);
+                }
                 if status == st::QUEUED {
                     // Run the retry when it is due, not at the next poll.
                     let (queue, delay) = (ctx.queue.clone(), (run_at - now).max(0) as u64);

@@ -239,6 +239,8 @@ pub trait Invoker: Send + Sync + 'static {
     fn settings(&self, namespace: &str, function: &str) -> Option<AsyncSpec>;
     /// Runs one attempt through the function's pool.
     fn run(&self, job: LeasedAsync) -> BoxFuture<'_, (Attempt, Option<AsyncSpec>)>;
+    /// An invocation ended (`succeeded`, `failed` or `dead`): for metrics.
+    fn finished(&self, _namespace: &str, _function: &str, _status: &str) {}
 }
 
 /// The delay before retry number `attempt` (1 for the first retry): `base × 2^(attempt-1)`,

@@ -400,4 +400,8 @@ impl petrel_async::Invoker for DataPlane {
     > {
         Box::pin(gateway::run_attempt(self, job))
     }
+
+    fn finished(&self, namespace: &str, function: &str, status: &str) {
+        self.metrics().async_finished(namespace, function, status);
+    }
 }

@@ -69,6 +69,15 @@ pub struct Metrics {
     cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     memory_budget: Family<BudgetLabels, Gauge>,
     async_accepted: Family<FunctionLabels, Counter>,
+    async_attempts: Family<OutcomeLabels, Counter>,
+    async_finished: Family<StatusLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub namespace: String,
+    pub function: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,7 +188,21 @@ impl Default for Metrics {
             "Async invocations committed to the queue and answered 202",
             async_accepted.clone(),
         );
+        let async_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "petrel_async_attempts",
+            "Async attempts run, by outcome: succeeded, retry (failed, may run again) or fail (cannot succeed)",
+            async_attempts.clone(),
+        );
+        let async_finished = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "petrel_async_finished",
+            "Async invocations that ended, by status: succeeded, failed or dead (dead-lettered)",
+            async_finished.clone(),
+        );
         Self {
+            async_attempts,
+            async_finished,
             async_accepted,
             cold_start_phases,
             evictions,
@@ -303,6 +326,22 @@ impl Metrics {
     pub fn async_accepted(&self, namespace: &str, spec: &FunctionSpec) {
         self.async_accepted
             .get_or_create(&function_labels(namespace, spec))
+            .inc();
+    }
+
+    pub fn async_attempt(&self, namespace: &str, spec: &FunctionSpec, outcome: &str) {
+        self.async_attempts
+            .get_or_create(&outcome_labels(namespace, spec, outcome))
+            .inc();
+    }
+
+    pub fn async_finished(&self, namespace: &str, function: &str, status: &str) {
+        self.async_finished
+            .get_or_create(&StatusLabels {
+                namespace: namespace.to_owned(),
+                function: function.to_owned(),
+                status: status.to_owned(),
+            })
             .inc();
     }
 

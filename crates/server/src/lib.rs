@@ -361,11 +361,22 @@ impl Server {
         // server takes it back when it starts again.
         dispatcher.stop();
         let _ = stop_tx.send(true);
+        let deadline = std::time::Instant::now() + grace;
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r??,
             Err(_) => tracing::warn!(
                 "in-flight requests did not finish within the shutdown timeout; stopping anyway"
             ),
+        }
+        // Async attempts are in-flight requests too: they get what is left of the grace.
+        let left = dispatcher
+            .drain(deadline.saturating_duration_since(std::time::Instant::now()))
+            .await;
+        if left > 0 {
+            tracing::warn!(
+                running = left,
+                "async attempts still running at the shutdown timeout: they keep their claims and run again when this server starts"
+            );
         }
         save_histograms(&app.store, &app.dataplane, &mut Saved::new()).await;
         app.dataplane.shutdown();

@@ -3,7 +3,7 @@
 
 use crate::db::{insert_chunks, multi_row_insert, Backend};
 use crate::{Result, Store, StoreError};
-use petrel_core::api::{async_status as st, AsyncInvocation, InvocationResult};
+use petrel_core::api::{async_status as st, AsyncInvocation, DeliveryStatus, InvocationResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -365,6 +365,7 @@ impl Store {
         Ok(held)
     }
 
+    /// One async invocation, with its deliveries.
     pub async fn get_async(&self, id: &str) -> Result<Option<AsyncInvocation>> {
         let row = sqlx::query(&format!(
             "SELECT {VIEW_COLUMNS} FROM async_invocations WHERE id = $1"
@@ -372,7 +373,21 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| view(&r)).transpose()
+        let Some(mut a) = row.map(|r| view(&r)).transpose()? else {
+            return Ok(None);
+        };
+        a.deliveries = self
+            .deliveries_of(id)
+            .await?
+            .into_iter()
+            .map(|(url, status, attempts, error)| DeliveryStatus {
+                url,
+                status,
+                attempts,
+                error,
+            })
+            .collect();
+        Ok(Some(a))
     }
 
     /// A function's async invocations, newest first, optionally in one status.
@@ -615,5 +630,6 @@ fn view(r: &AnyRow) -> Result<AsyncInvocation> {
         idempotency_key: r.try_get("idem_key")?,
         replays: r.try_get::<i64, _>("replays")? as u32,
         worker: r.try_get("lease_owner")?,
+        deliveries: Vec::new(),
     })
 }

@@ -232,6 +232,33 @@ async fn every_accepted_invocation_succeeds_across_kill_9_of_the_server() {
     eprintln!("kill -9 came after {submitted_before} submissions, {done_before} of them done");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_lets_attempts_finish_and_resumes_the_ones_it_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("petrel-node.toml");
+    std::fs::write(&path, "shutdown_timeout = \"1500ms\"\n").unwrap();
+    let mut p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
+    // No retries: an attempt the stop cuts short must not count as the function's failure.
+    p.deploy(function("cut", "max_retries = 0\nkeep_alive = \"10m\"").path());
+    p.deploy(function("quick", "max_retries = 0\nkeep_alive = \"10m\"").path());
+    let cut = submit(&p, "cut", json!({"action": "sleep", "secs": 6, "n": 1})).await;
+    let quick = submit(&p, "quick", json!({"action": "sleep", "secs": 0.3, "n": 2})).await;
+    wait_status(&p, &cut, "running", Duration::from_secs(30)).await;
+    wait_status(&p, &quick, "running", Duration::from_secs(30)).await;
+    p.restart().await;
+    // The short one ended within the grace, before the server exited.
+    let q = get(&p, &quick).await;
+    assert_eq!(
+        (&q["status"], &q["attempts"]),
+        (&json!("succeeded"), &json!(1)),
+        "{q}"
+    );
+    // The long one was cut, kept its claim, and ran again after the start.
+    let c = wait_status(&p, &cut, "succeeded", Duration::from_secs(60)).await;
+    assert_eq!(c["attempts"], 2, "{c}");
+    assert_eq!(result_json(&c)["n"], 1);
+}
+
 /// A config file for quick retries.
 fn quick_retries() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -278,6 +305,13 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
         assert!(records.contains(&format!("{id}.{n}")), "{records}");
     }
     assert_eq!(records.matches("function_error").count(), 3, "{records}");
+    let metrics = p.http("GET", "/metrics", None).await.text();
+    for line in [
+        r#"petrel_async_finished_total{namespace="default",function="flaky",status="dead"} 1"#,
+        r#"petrel_async_attempts_total{namespace="default",function="flaky",runtime="python3",outcome="retry"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     let dlq = p.cli_ok(&["dlq", "ls", "flaky"]);
     assert!(dlq.contains(&id) && dlq.contains("dead"), "{dlq}");
     let out = p.cli_ok(&["dlq", "replay", "flaky", &id]);
@@ -482,6 +516,17 @@ async fn callbacks_destinations_and_idempotency_keys() {
         json!({"path": "/orders/7", "query": "verbose=1", "body": "hello", "method": "POST"})
     );
     assert_eq!(got[0].1, got[1].1, "the same outcome, delivered again");
+    let t0 = Instant::now();
+    loop {
+        let d = &get(&p, &id).await["deliveries"];
+        if d[0]["status"] == "delivered" {
+            assert_eq!(d[0]["attempts"], 2, "{d}");
+            assert!(d[0].get("error").is_none(), "{d}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // on_success = function:sink: the sink ran with Lambda's destination record.
     let t0 = Instant::now();
     let sunk = loop {

@@ -261,6 +261,13 @@ pub(crate) async fn run_attempt(dp: &DataPlane, job: LeasedAsync) -> (Attempt, O
         Ok(resp) => answered(dp, resp, version).await,
         Err(e) => refused(e, Some(version)),
     };
+    let outcome = match attempt.verdict {
+        Verdict::Succeeded => "succeeded",
+        Verdict::Retry => "retry",
+        Verdict::Fail => "fail",
+    };
+    let v = pool.version();
+    dp.metrics().async_attempt(&v.namespace, &v.spec, outcome);
     (attempt, Some(spec))
 }
 
