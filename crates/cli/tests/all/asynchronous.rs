@@ -120,7 +120,18 @@ fn result_json(v: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_accepted_invocation_succeeds_across_kill_9_of_the_server() {
-    let mut p = Petrel::start().await;
+    kill_9_suite(StoreKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_accepted_invocation_succeeds_across_kill_9_of_the_server_postgres() {
+    let store = StoreKind::fresh_postgres().await;
+    kill_9_suite(store.clone()).await;
+    store.drop_postgres().await;
+}
+
+async fn kill_9_suite(store: StoreKind) {
+    let mut p = Petrel::start_with(store, &[]).await;
     p.deploy(
         function(
             "batch",
