@@ -177,8 +177,12 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             named.into_iter().map(|(ns, f)| (ns, f, u64::MAX)).collect()
         };
         for (ns, f, waiting) in ready {
-            // Work of a function this server does not serve is left to a server that does.
+            // Work of a function this server does not serve is left to a server that does,
+            // unless no such function exists (a destination naming a function never deployed).
             let Some(spec) = ctx.invoker.settings(&ns, &f) else {
+                if ticked || scan {
+                    fail_if_missing(&store, &ns, &f, now).await;
+                }
                 continue;
             };
             let key = (ns, f);
@@ -214,6 +218,30 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 });
             }
         }
+    }
+}
+
+/// Ends the queued invocations of a function that does not exist in the store as `failed`.
+async fn fail_if_missing(store: &petrel_store::Store, namespace: &str, function: &str, now: i64) {
+    match store.get_function(namespace, function).await {
+        Ok(None) => {
+            let error = format!(
+                "function {function} does not exist in namespace {namespace}: deploy it and submit again"
+            );
+            match store.fail_queued(namespace, function, &error, now).await {
+                Ok(n) if n > 0 => tracing::warn!(
+                    function,
+                    failed = n,
+                    "async: queued invocations of a function that does not exist ended failed"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "async: could not end invocations of a missing function")
+                }
+            }
+        }
+        Ok(Some(_)) => {}
+        Err(e) => tracing::warn!(error = %e, "async: could not look a function up"),
     }
 }
 

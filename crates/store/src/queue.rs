@@ -265,6 +265,30 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Ends every queued invocation of a function as `failed` with `error` (the function does
+    /// not exist). Returns how many.
+    pub async fn fail_queued(
+        &self,
+        namespace: &str,
+        function: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE async_invocations SET status = $1, error = $2, finished_at = $3
+             WHERE namespace = $4 AND function = $5 AND status = $6",
+        )
+        .bind(st::FAILED)
+        .bind(error)
+        .bind(now)
+        .bind(namespace)
+        .bind(function)
+        .bind(st::QUEUED)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Extends the claims `owner` holds: its heartbeat.
     pub async fn renew_async_leases(&self, owner: &str, until: i64) -> Result<u64> {
         Ok(sqlx::query(

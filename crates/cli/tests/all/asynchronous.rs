@@ -576,6 +576,36 @@ async fn callbacks_destinations_and_idempotency_keys() {
     assert_eq!(record["responseContext"]["functionError"], "Unhandled");
     assert_eq!(list(&p, "sink", None).await.len(), 1, "no success, no sink");
 
+    // A destination naming a function that does not exist: its invocation ends failed, not
+    // queued for ever.
+    p.deploy(function("lost", "on_success = \"function:missing\"").path());
+    let id = submit(&p, "lost", json!({"n": 9})).await;
+    wait_status(&p, &id, "succeeded", Duration::from_secs(30)).await;
+    let db = p.data_dir.path().join("data/petrel.db");
+    let mut db = {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    loop {
+        use sqlx::Row;
+        let row =
+            sqlx::query("SELECT status, error FROM async_invocations WHERE function = 'missing'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        let (status, error): (String, Option<String>) = (row.get(0), row.get(1));
+        if status == "failed" {
+            assert!(error.unwrap().contains("does not exist"));
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // An idempotency key: a retried submission gets the first id, and runs once.
     let headers = [
         ("idempotency-key", "order-42"),
