@@ -372,6 +372,14 @@ call("arn", FunctionName="arn:aws:lambda:us-east-1:000000000000:function:sdk-py"
 call("raise", FunctionName="sdk-py", Payload=json.dumps({"action": "raise"}))
 call("timeout", FunctionName="sdk-py", Payload=json.dumps({"action": "sleep"}))
 call("dry", FunctionName="sdk-py", InvocationType="DryRun")
+call("too_large", FunctionName="sdk-py", Payload=json.dumps({"who": "x" * (7 * 1024 * 1024)}))
+call("not_json", FunctionName="sdk-py", Payload=b"{nope")
+# One instance and no wait queue: a second call while the first sleeps is throttled.
+import threading, time
+slow = threading.Thread(target=call, args=("busy",), kwargs={"FunctionName": "sdk-py", "Payload": json.dumps({"action": "sleep"})})
+slow.start(); time.sleep(0.7)
+call("throttled", FunctionName="sdk-py", Payload=b"{}")
+slow.join()
 call("event", FunctionName="sdk-py", InvocationType="Event", Payload=json.dumps({"who": "event"}))
 call("missing", FunctionName="no-such-function", Payload=b"{}")
 call("old", FunctionName="sdk-py", Qualifier="9", Payload=b"{}")
@@ -392,7 +400,7 @@ def handler(event, context):
 #[tokio::test(flavor = "multi_thread")]
 async fn boto3_invokes_petrel_functions_through_lambdas_api() {
     let p = Petrel::start().await;
-    deploy_sdk_py(&p, "timeout = \"2s\"");
+    deploy_sdk_py(&p, "timeout = \"2s\"\nmax_instances = 1\nqueue_size = 0");
     let j = run_boto3(BOTO3_SCRIPT, &[&p.url]).await;
     use serde_json::json;
     let mut hello = j["hello"].clone();
@@ -428,6 +436,23 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
         "{j}"
     );
     assert_eq!(j["dry"]["status"], 204, "{j}");
+    // Lambda's service errors, as the SDK raises them.
+    assert_eq!(
+        (&j["too_large"]["code"], &j["too_large"]["status"]),
+        (&json!("RequestTooLargeException"), &json!(413)),
+        "{j}"
+    );
+    assert_eq!(
+        (&j["not_json"]["code"], &j["not_json"]["status"]),
+        (&json!("InvalidRequestContentException"), &json!(400)),
+        "{j}"
+    );
+    assert_eq!(
+        (&j["throttled"]["code"], &j["throttled"]["status"]),
+        (&json!("TooManyRequestsException"), &json!(429)),
+        "{j}"
+    );
+    assert_eq!(j["busy"]["error"], "Unhandled", "the call that held the instance: {j}");
     // InvocationType Event: 202 at once, then it runs through the async queue.
     assert_eq!(j["event"]["status"], 202, "{j}");
     let id = j["event"]["request_id"].as_str().unwrap().to_owned();

@@ -262,10 +262,10 @@ async fn invoke_inner(
         Ok(v) => v,
         Err(e) => return lambda_error(e, id),
     };
-    let event = if body.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        body
+    // Lambda refuses a payload that is not JSON (InvalidRequestContentException).
+    let event = match super::json_event(body) {
+        Ok(e) => e,
+        Err(e) => return lambda_error(e, id),
     };
     // LogType Tail: the invocation's own lines, collected as they are written.
     let tap = tail.then(|| dp.env().log_sink().tap(id));
