@@ -265,9 +265,12 @@ async fn heartbeat_loop(queue: AsyncQueue, mut stop: watch::Receiver<bool>) {
 
 async fn retention_loop(queue: AsyncQueue, mut stop: watch::Receiver<bool>) {
     let config = queue.config().clone();
+    // Often enough that nothing outlives its retention by more than a quarter of it.
+    let every = (config.retention.min(config.dead_retention) / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         match queue

@@ -270,6 +270,68 @@ async fn a_graceful_stop_lets_attempts_finish_and_resumes_the_ones_it_cut() {
     assert_eq!(result_json(&c)["n"], 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("petrel-node.toml");
+    std::fs::write(&path, "async_retention = \"2s\"\n").unwrap();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
+    // Two instances; async work may take half of them (async_concurrency defaults to 1). A
+    // synchronous call that found both busy would give up after queue_timeout (503).
+    p.deploy(
+        function(
+            "shared-pool",
+            "max_instances = 2\nqueue_timeout = \"1s\"\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            submit(
+                &p,
+                "shared-pool",
+                json!({"action": "sleep", "secs": 1.5, "n": n}),
+            )
+            .await,
+        );
+    }
+    wait_status(&p, &ids[0], "running", Duration::from_secs(30)).await;
+    let mut most_running = 0;
+    for _ in 0..8 {
+        let r = p.invoke("shared-pool", r#"{"n": "sync"}"#).await;
+        assert_eq!(
+            r.status,
+            200,
+            "a synchronous call got through: {}",
+            r.text()
+        );
+        let running = list(&p, "shared-pool", Some("running")).await.len();
+        most_running = most_running.max(running);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(most_running, 1, "async work stays within its share");
+    for id in &ids {
+        wait_status(&p, id, "succeeded", Duration::from_secs(60)).await;
+    }
+    // Results are kept for async_retention, then dropped.
+    let t0 = Instant::now();
+    loop {
+        let r = p
+            .http("GET", &format!("/v1/invocations/{}", ids[0]), None)
+            .await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still kept: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A config file for quick retries.
 fn quick_retries() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -452,7 +452,10 @@ async fn boto3_invokes_petrel_functions_through_lambdas_api() {
         (&json!("TooManyRequestsException"), &json!(429)),
         "{j}"
     );
-    assert_eq!(j["busy"]["error"], "Unhandled", "the call that held the instance: {j}");
+    assert_eq!(
+        j["busy"]["error"], "Unhandled",
+        "the call that held the instance: {j}"
+    );
     // InvocationType Event: 202 at once, then it runs through the async queue.
     assert_eq!(j["event"]["status"], 202, "{j}");
     let id = j["event"]["request_id"].as_str().unwrap().to_owned();
