@@ -85,6 +85,22 @@ impl Dispatcher {
                 "async: queued again the invocations this server was running when it stopped"
             );
         }
+        // On PostgreSQL, every server hears of every submission at its commit.
+        match queue.store().async_wakes().await {
+            Ok(Some(mut wakes)) => {
+                let q = queue.clone();
+                tokio::spawn(async move {
+                    while let Some((ns, f)) = wakes.recv().await {
+                        q.wake_for(&ns, &f);
+                    }
+                });
+                tracing::info!("async: listening for the queue's notifications (PostgreSQL)");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "async: could not listen for the queue's notifications; other servers' work is found by polling")
+            }
+        }
         let (stop, stop_rx) = watch::channel(false);
         let running: Arc<Mutex<HashMap<Key, u32>>> = Arc::default();
         let (finisher, finishing) = tokio::sync::mpsc::channel(16 * 1024);

@@ -112,6 +112,8 @@ pub type LogCursor = i64;
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// PostgreSQL's URL, for the connection that listens for the queue's notifications.
+    pub(crate) url: Option<std::sync::Arc<str>>,
 }
 
 impl Store {
@@ -164,7 +166,8 @@ impl Store {
             Backend::Postgres => Embedded(POSTGRES_MIGRATIONS),
         };
         Migrator::new(source).await?.run(&pool).await?;
-        Ok(Self { pool, backend })
+        let url = (backend == Backend::Postgres).then(|| std::sync::Arc::from(url));
+        Ok(Self { pool, backend, url })
     }
 
     pub fn backend(&self) -> Backend {

@@ -122,6 +122,30 @@ fn skip_locked(backend: Backend) -> &'static str {
     }
 }
 
+/// The PostgreSQL channel on which the queue announces `namespace/function` that got work.
+const WAKE_CHANNEL: &str = "petrel_async";
+
+/// Announces, at the transaction's commit, that functions got work: every server listening on
+/// PostgreSQL wakes its dispatcher for them. Nothing on SQLite (one server per file).
+async fn announce(
+    backend: Backend,
+    tx: &mut sqlx::AnyConnection,
+    keys: Vec<(String, String)>,
+) -> Result<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let keys: std::collections::BTreeSet<(String, String)> = keys.into_iter().collect();
+    for (ns, f) in keys {
+        // NOTIFY takes no parameters; names are [a-z0-9-], and quotes are doubled anyway.
+        let payload = format!("{ns}/{f}").replace('\'', "''");
+        sqlx::query(&format!("NOTIFY {WAKE_CHANNEL}, '{payload}'"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 const INSERT_HEAD: &str =
     "INSERT INTO async_invocations (id, namespace, function, version, kind, method, path,
    headers, body, status, attempts, created_at, run_at, callback_url, idem_key, replays) VALUES ";
@@ -164,8 +188,50 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
+        let keys = items
+            .iter()
+            .map(|n| (n.namespace.clone(), n.function.clone()))
+            .collect();
+        announce(self.backend, &mut tx, keys).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// PostgreSQL: the functions that got async work, as the queue announces them (this
+    /// server's own submissions included), until the receiver is dropped. `None` on SQLite.
+    /// Announcements made while the listening connection is down are lost: the dispatcher's
+    /// poll finds that work.
+    pub async fn async_wakes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<(String, String)>>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        let Some((ns, f)) = n.payload().split_once('/') else {
+                            continue;
+                        };
+                        // Full: the dispatcher is busy, and its poll finds the work anyway.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send((ns.to_owned(), f.to_owned()))
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "async: the PostgreSQL notification listener failed; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     /// Writes a submission that carries an idempotency key, unless one with the same key for the
@@ -200,6 +266,12 @@ impl Store {
             let sql = multi_row_insert(self.backend, INSERT_HEAD, INSERT_COLUMNS, 1, "");
             match bind_new(sqlx::query(&sql), n).execute(&mut *tx).await {
                 Ok(_) => {
+                    announce(
+                        self.backend,
+                        &mut tx,
+                        vec![(n.namespace.clone(), n.function.clone())],
+                    )
+                    .await?;
                     tx.commit().await?;
                     return Ok((n.id.clone(), false));
                 }
@@ -385,6 +457,15 @@ impl Store {
                 bind_new(sqlx::query(&sql), n).execute(&mut *tx).await?;
             }
         }
+        let mut follow_ups = Vec::new();
+        for (e, h) in ended.iter().zip(&held) {
+            if *h {
+                for n in &e.finish.follow_ups {
+                    follow_ups.push((n.namespace.clone(), n.function.clone()));
+                }
+            }
+        }
+        announce(self.backend, &mut tx, follow_ups).await?;
         tx.commit().await?;
         Ok(held)
     }
@@ -482,6 +563,14 @@ impl Store {
             for r in rows {
                 replayed.push(r.try_get(0)?);
             }
+        }
+        if !replayed.is_empty() {
+            announce(
+                self.backend,
+                &mut tx,
+                vec![(namespace.to_owned(), function.to_owned())],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(replayed)

@@ -743,6 +743,14 @@ async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
     let all = list(&b, "shared", None).await;
     let workers: HashSet<&str> = all.iter().map(|v| v["worker"].as_str().unwrap()).collect();
     assert_eq!(workers.len(), 2, "both servers ran some");
+    for p in [&a, &b] {
+        assert!(
+            p.server_log()
+                .contains("listening for the queue's notifications"),
+            "{}",
+            p.server_log()
+        );
+    }
     assert!(all.iter().all(|v| v["attempts"] == 1), "none ran twice");
     // The functions' own logs, from both servers: one run per invocation.
     let url = match &store {

@@ -145,10 +145,22 @@ fn finish(status: &'static str) -> petrel_store::Finish {
 
 async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     use std::collections::HashSet;
+    // PostgreSQL announces the work at the commit; SQLite has nobody else to tell.
+    let mut wakes = store.async_wakes().await.unwrap();
+    assert_eq!(wakes.is_some(), store.backend() == Backend::Postgres);
     let subs: Vec<_> = (0..200)
         .map(|i| submission(&format!("id-{i:03}"), None))
         .collect();
     store.insert_async(&subs).await.unwrap();
+    if let Some(w) = &mut wakes {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await;
+        assert_eq!(
+            got.unwrap(),
+            Some(("default".into(), "f".into())),
+            "one announcement per function"
+        );
+        assert!(w.try_recv().is_err());
+    }
     assert_eq!(
         store.ready_async(1_000).await.unwrap(),
         vec![("default".into(), "f".into(), 200)]
