@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 mod asynchronous;
+mod eventstream;
 mod lambda_api;
 mod sigv4;
 
@@ -43,6 +44,10 @@ pub fn routes() -> Router<DataPlane> {
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(lambda_api::invoke),
+        )
+        .route(
+            "/2021-11-15/functions/{name}/response-streaming-invocations",
+            post(lambda_api::invoke_stream),
         )
         .route("/fn/{name}", any(fn_root))
         .route("/fn/{name}/", any(fn_root))

@@ -664,7 +664,71 @@ async fn a_streaming_handler_of_the_nodejs_client_streams_to_the_caller() {
         (r.status, r.text()),
         (200, "chunk one,chunk two".to_owned())
     );
+
+    // boto3's InvokeWithResponseStream: the event stream, its chunks, and how it ends.
+    deploy_sdk_py(&p, "");
+    let j = run_boto3(BOTO3_STREAM_SCRIPT, &[&p.url]).await;
+    use serde_json::json;
+    // (The pieces may reach Petrel together: the relay above shows that they stream.)
+    let pieces: Vec<&str> = j["streamed"]["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces.concat(), "chunk one,chunk two", "{j}");
+    assert_eq!(
+        (
+            &j["streamed"]["status"],
+            &j["streamed"]["error"],
+            &j["streamed"]["version"]
+        ),
+        (&json!(200), &json!(null), &json!("1")),
+        "{j}"
+    );
+    assert_eq!(j["failed_early"]["chunks"], json!([]), "{j}");
+    assert_eq!(j["failed_early"]["error"], "Error", "{j}");
+    assert!(
+        j["failed_early"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("broke before writing"),
+        "{j}"
+    );
+    assert_eq!(j["failed_late"]["chunks"], json!(["chunk one,"]), "{j}");
+    assert_eq!(j["failed_late"]["error"], "Unhandled", "{j}");
+    // A handler that does not stream answers in one chunk.
+    assert_eq!(
+        j["buffered"],
+        json!({"status": 200, "chunks": [r#"{"hello": "stream", "version": "1"}"#], "error": null, "version": "1"}),
+        "{j}"
+    );
 }
+
+const BOTO3_STREAM_SCRIPT: &str = r#"
+import json, sys, boto3, botocore
+lam = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="AKIDPETREL", aws_secret_access_key="secret",
+                   config=botocore.config.Config(retries={"max_attempts": 1}))
+out = {}
+def stream(key, **kw):
+    r = lam.invoke_with_response_stream(**kw)
+    chunks, done = [], {}
+    for ev in r["EventStream"]:
+        if "PayloadChunk" in ev:
+            chunks.append(ev["PayloadChunk"]["Payload"].decode())
+        if "InvokeComplete" in ev:
+            done = ev["InvokeComplete"]
+    out[key] = {"status": r["StatusCode"], "chunks": chunks, "error": done.get("ErrorCode"),
+                "version": r.get("ExecutedVersion")}
+    if done.get("ErrorDetails"):
+        out[key]["details"] = done["ErrorDetails"]
+stream("streamed", FunctionName="ric-stream", Payload=b"{}")
+stream("failed_early", FunctionName="ric-stream", Payload=json.dumps({"action": "fail_early"}))
+stream("failed_late", FunctionName="ric-stream", Payload=json.dumps({"action": "fail"}))
+stream("buffered", FunctionName="sdk-py", Payload=json.dumps({"who": "stream"}))
+print(json.dumps(out))
+"#;
 
 const NODE_APP: &str = r#"
 exports.handler = async (event, context) => {

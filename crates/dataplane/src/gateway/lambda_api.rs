@@ -315,6 +315,100 @@ async fn invoke_inner(
     with_log(resp)
 }
 
+/// `InvokeWithResponseStream`: the answer as an event stream of `PayloadChunk`s, as they come
+/// when the function streams, ended by `InvokeComplete` (with the error, if it failed).
+pub(super) async fn invoke_stream(
+    State(dp): State<DataPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<LambdaQuery>,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    let req = match check_signature(&dp, req, dp.env().payload_limit()).await {
+        Ok(req) => req,
+        Err(resp) => return *resp,
+    };
+    let mut resp = invoke_stream_inner(&dp, &name, &q, &id, req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-amzn-requestid", v.clone());
+        resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
+    }
+    resp
+}
+
+async fn invoke_stream_inner(
+    dp: &DataPlane,
+    name: &str,
+    q: &LambdaQuery,
+    id: &str,
+    req: Request,
+) -> Response {
+    use super::eventstream::{chunk, complete};
+    use http_body_util::BodyExt;
+    let r = match function_ref(name, q) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let pool = match dp.resolve(&r).await {
+        Ok(p) => p,
+        Err(e) => return lambda_error(e, id),
+    };
+    if !pool.version().spec.runtime.speaks_lambda() {
+        return service_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            &format!("function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}", pool.version().spec.runtime),
+        );
+    }
+    let call = Call::new(dp, id, "lambda-invoke", &req);
+    let (parts, body) = match read_body(req, dp.env().payload_limit()).await {
+        Ok(v) => v,
+        Err(e) => return lambda_error(e, id),
+    };
+    let event = match super::json_event(body) {
+        Ok(e) => e,
+        Err(e) => return lambda_error(e, id),
+    };
+    let (version, outcome) = match invoke_event(&call, &pool, event, &parts.headers).await {
+        Ok(v) => v,
+        Err(e) => return lambda_error(e, id),
+    };
+    let body = match outcome {
+        LambdaOutcome::Success(b) => {
+            let mut all = chunk(&b).to_vec();
+            all.extend_from_slice(&complete(None));
+            axum::body::Body::from(all)
+        }
+        LambdaOutcome::FunctionError { error_type, body } => axum::body::Body::from(complete(
+            Some((&error_type, &String::from_utf8_lossy(&body))),
+        )),
+        LambdaOutcome::Streamed { body, .. } => {
+            // Each piece goes out as it comes; an error ends the stream with its details.
+            let events = futures_util::stream::unfold(Some(body), |state| async move {
+                let mut body = state?;
+                let next = match body.frame().await {
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) if !d.is_empty() => (chunk(&d), Some(body)),
+                        _ => (Bytes::new(), Some(body)),
+                    },
+                    Some(Err(e)) => (complete(Some(("Unhandled", &e.to_string()))), None),
+                    None => (complete(None), None),
+                };
+                Some((Ok::<_, std::convert::Infallible>(next.0), next.1))
+            });
+            axum::body::Body::from_stream(events)
+        }
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    h.insert("x-amz-executed-version", HeaderValue::from(version));
+    resp
+}
+
 /// `X-Amz-Log-Result`: base64 of the last 4 KB of the invocation's log, framed as Lambda frames
 /// it (START, the function's lines, END, REPORT).
 fn log_result(id: &str, version: u32, lines: &[String], took: std::time::Duration) -> String {
