@@ -632,6 +632,46 @@ impl std::fmt::Display for Network {
     }
 }
 
+/// The manifest that validates back to this spec, every key written out: for rewriting a
+/// function's configuration (Lambda's UpdateFunctionConfiguration) without losing any of it.
+impl From<&FunctionSpec> for Manifest {
+    fn from(s: &FunctionSpec) -> Self {
+        let ms = |v: u64| Some(format!("{v}ms"));
+        let a = &s.asynchronous;
+        Manifest {
+            name: Some(s.name.clone()),
+            runtime: Some(s.runtime.as_str().to_owned()),
+            handler: Some(s.handler.clone()),
+            memory_mb: Some(s.memory_mb),
+            timeout: ms(s.timeout_ms),
+            concurrency: Some(s.concurrency),
+            min_instances: Some(s.min_instances),
+            max_instances: Some(s.max_instances),
+            keep_alive: ms(s.keep_alive_ms),
+            keep_alive_policy: Some(
+                match s.keep_alive_policy {
+                    KeepAlivePolicy::Fixed => "fixed",
+                    KeepAlivePolicy::Hybrid => "hybrid",
+                }
+                .to_owned(),
+            ),
+            queue_size: Some(s.queue_size),
+            queue_timeout: ms(s.queue_timeout_ms),
+            allowed_outbound_hosts: (!s.allowed_outbound_hosts.is_empty())
+                .then(|| s.allowed_outbound_hosts.clone()),
+            network: (s.runtime != Runtime::Wasm).then(|| s.network.to_string()),
+            tmp_mb: Some(s.tmp_mb),
+            max_retries: Some(a.max_retries),
+            max_event_age: ms(a.max_event_age_ms),
+            async_timeout: ms(a.timeout_ms),
+            async_concurrency: Some(a.concurrency),
+            on_success: a.on_success.as_ref().map(ToString::to_string),
+            on_failure: a.on_failure.as_ref().map(ToString::to_string),
+            env: s.env.clone(),
+        }
+    }
+}
+
 impl FunctionSpec {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -779,5 +819,19 @@ mod tests {
         json.as_object_mut().unwrap().remove("async");
         let old: FunctionSpec = serde_json::from_value(json).unwrap();
         assert_eq!(old.asynchronous, AsyncSpec::default());
+    }
+
+    #[test]
+    fn a_spec_writes_back_as_a_manifest_that_validates_to_it() {
+        let texts = [
+            "name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\n",
+            "name = \"b\"\nruntime = \"nodejs\"\nhandler = \"index.handler\"\nmemory_mb = 512\ntimeout = \"1500ms\"\nconcurrency = 4\nmin_instances = 1\nmax_instances = 7\nkeep_alive = \"90s\"\nkeep_alive_policy = \"hybrid\"\nqueue_size = 3\nqueue_timeout = \"2s\"\nnetwork = \"host\"\ntmp_mb = 16\nmax_retries = 0\nmax_event_age = \"1h\"\nasync_timeout = \"3h\"\nasync_concurrency = 2\non_success = \"function:next\"\non_failure = \"http://h:1/x\"\n[env]\nK = \"v \\\" quoted\"\n",
+            "name = \"c\"\nruntime = \"wasm\"\nhandler = \"x.wasm\"\nmemory_mb = 16\nallowed_outbound_hosts = [\"https://example.com\"]\n",
+        ];
+        for t in texts {
+            let spec = parse(t).unwrap();
+            let back = Manifest::from(&spec).to_toml();
+            assert_eq!(parse(&back).unwrap(), spec, "{back}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! AWS Lambda's function management calls on Petrel's listener, for AWS SDKs and the AWS CLI:
-//! `CreateFunction` (a zip), `UpdateFunctionCode`, `GetFunction`, `ListFunctions`,
-//! `DeleteFunction` and `PublishVersion`, over functions of the default namespace.
+//! `CreateFunction` (a zip), `UpdateFunctionCode`, `UpdateFunctionConfiguration`,
+//! `GetFunction`, `GetFunctionConfiguration`, `ListFunctions`, `DeleteFunction` and
+//! `PublishVersion`, over functions of the default namespace.
 //!
 //! How Lambda's versions map onto Petrel's: every deploy of Petrel makes an immutable, numbered
 //! version and points the function at it. Lambda's `$LATEST` is that newest version, so
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
 use petrel_core::api::VersionInfo;
-use petrel_core::{FunctionSpec, Runtime, DEFAULT_NAMESPACE};
+use petrel_core::{Manifest, Runtime, DEFAULT_NAMESPACE};
 use petrel_dataplane::{check_lambda_signature, lambda_service_error as service_error};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -270,22 +271,105 @@ pub async fn update_code(
 async fn update_code_inner(app: &App, name: &str, req: Request) -> Result<Response, Refused> {
     let body = json_body(app, req).await?;
     let current = latest(app, name).await?;
-    let s: &FunctionSpec = &current.spec;
-    let env: serde_json::Map<String, Value> = s
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let m = manifest(
-        name,
-        s.runtime,
-        &s.handler,
-        s.memory_mb,
-        s.timeout_ms.div_ceil(1000),
-        &env,
-    );
+    // Every setting stays, Petrel's own keys included.
+    let m = Manifest::from(&current.spec).to_toml();
     let conf = deploy_zip(app, name, &body, &m).await?;
     Ok(axum::Json(conf).into_response())
+}
+
+/// `UpdateFunctionConfiguration`: a new version with the same code and the settings given
+/// changed (`Handler`, `MemorySize`, `Timeout`, `Environment`, `Runtime`); every other setting,
+/// Petrel's own keys included, stays.
+pub async fn update_configuration(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    answer(update_configuration_inner(&app, &name, req).await)
+}
+
+async fn update_configuration_inner(
+    app: &App,
+    name: &str,
+    req: Request,
+) -> Result<Response, Refused> {
+    let body = json_body(app, req).await?;
+    let current = latest(app, name).await?;
+    let mut m = Manifest::from(&current.spec);
+    if let Some(h) = body["Handler"].as_str() {
+        m.handler = Some(h.to_owned());
+    }
+    if let Some(v) = body["MemorySize"].as_u64() {
+        m.memory_mb = Some(v.min(u32::MAX as u64) as u32);
+    }
+    if let Some(t) = body["Timeout"].as_u64() {
+        m.timeout = Some(format!("{t}s"));
+    }
+    if let Some(vars) = body["Environment"]["Variables"].as_object() {
+        m.env = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+    }
+    if let Some(rt) = body["Runtime"].as_str() {
+        let r = runtime(rt).ok_or_else(|| {
+            invalid(&format!(
+                "Runtime {rt:?} is not one Petrel runs: use python3.x, nodejs*.x or provided*"
+            ))
+        })?;
+        m.runtime = Some(r.as_str().to_owned());
+    }
+    let path = app.artifacts.package_path(&current.digest);
+    let code = tokio::fs::read(&path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "a version's package is unreadable");
+        Box::new(service_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceException",
+            "the function's package could not be read; deploy its code again",
+        ))
+    })?;
+    let package = with_manifest(&code, &m.to_toml()).map_err(|e| invalid(&e))?;
+    deploy(app, name, package).await?;
+    let v = latest(app, name).await?;
+    Ok(axum::Json(configuration(name, &v, "$LATEST")).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct QualifierQuery {
+    #[serde(rename = "Qualifier")]
+    qualifier: Option<String>,
+}
+
+/// `GetFunctionConfiguration`, of `$LATEST` or of version `Qualifier`.
+pub async fn get_configuration(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<QualifierQuery>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let v = latest(&app, &name).await?;
+            let (v, shown) = match q.qualifier.as_deref() {
+                None | Some("$LATEST") => (v, "$LATEST".to_owned()),
+                Some(n) => {
+                    let number = n
+                        .parse::<u32>()
+                        .map_err(|_| not_found(&format!("{name}:{n}")))?;
+                    let old = app
+                        .store
+                        .get_version(DEFAULT_NAMESPACE, &name, number)
+                        .await
+                        .map_err(|e| Box::new(crate::api::error_response(store_error(e))))?
+                        .ok_or_else(|| not_found(&format!("{name}:{n}")))?;
+                    (old, n.to_owned())
+                }
+            };
+            Ok(axum::Json(configuration(&name, &v, &shown)).into_response())
+        }
+        .await,
+    )
 }
 
 pub async fn get(State(app): State<App>, Path(name): Path<String>, req: Request) -> Response {

@@ -426,6 +426,10 @@ fn router(app: App, dataplane: DataPlane) -> Router {
             put(lambda_api::update_code),
         )
         .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(lambda_api::get_configuration).put(lambda_api::update_configuration),
+        )
+        .route(
             "/2015-03-31/functions/{name}/versions",
             post(lambda_api::publish_version),
         )

@@ -1118,6 +1118,14 @@ out["published"] = p["Version"]
 out["invoke_latest"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
 out["invoke_v1"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="1", Payload=b"{}"))
 out["invoke_published"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier=p["Version"], Payload=b"{}"))
+uc = lam.update_function_configuration(FunctionName="made-by-sdk", Timeout=9, MemorySize=512,
+                                       Environment={"Variables": {"STAGE": "prod"}})
+out["update_config"] = {k: uc[k] for k in ("MemorySize", "Timeout", "Environment", "Version")}
+out["invoke_config"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
+out["get_config"] = {k: v for k, v in lam.get_function_configuration(FunctionName="made-by-sdk").items()
+                     if k in ("MemorySize", "Timeout", "Version")}
+out["get_config_v1"] = {k: v for k, v in lam.get_function_configuration(FunctionName="made-by-sdk", Qualifier="1").items()
+                        if k in ("MemorySize", "Timeout", "Version")}
 lam.delete_function(FunctionName="made-by-sdk")
 try:
     lam.get_function(FunctionName="made-by-sdk")
@@ -1159,6 +1167,24 @@ async fn boto3_creates_updates_publishes_and_deletes_a_function() {
         "version 1 keeps its code: {j}"
     );
     assert_eq!(j["invoke_published"]["greeting"], "updated");
+    // UpdateFunctionConfiguration: a new version, same code, new settings; older versions keep
+    // theirs.
+    assert_eq!(
+        j["update_config"],
+        json!({"MemorySize": 512, "Timeout": 9, "Environment": {"Variables": {"STAGE": "prod"}}, "Version": "$LATEST"})
+    );
+    assert_eq!(
+        j["invoke_config"],
+        json!({"greeting": "updated", "version": "3", "env": "prod"})
+    );
+    assert_eq!(
+        j["get_config"],
+        json!({"MemorySize": 512, "Timeout": 9, "Version": "$LATEST"})
+    );
+    assert_eq!(
+        j["get_config_v1"],
+        json!({"MemorySize": 256, "Timeout": 5, "Version": "1"})
+    );
     assert_eq!(j["after_delete"], "ResourceNotFoundException");
     // The function is Petrel's like any other: its CLI sees it gone.
     assert!(!p.cli_ok(&["ls"]).contains("made-by-sdk"));
