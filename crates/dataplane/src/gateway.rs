@@ -33,7 +33,8 @@ mod sigv4;
 pub(crate) use asynchronous::run_attempt;
 
 pub use lambda_api::{
-    check_signature as check_lambda_signature, service_error as lambda_service_error,
+    check_signature as check_lambda_signature, is_alias_name as is_lambda_alias_name,
+    service_error as lambda_service_error,
 };
 pub use sigv4::AccessKey;
 

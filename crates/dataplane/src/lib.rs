@@ -20,7 +20,9 @@ pub mod pool;
 pub mod trace;
 
 pub use error::{invoke_error, ErrorResponse};
-pub use gateway::{check_lambda_signature, lambda_service_error, routes, AccessKey};
+pub use gateway::{
+    check_lambda_signature, is_lambda_alias_name, lambda_service_error, routes, AccessKey,
+};
 pub use pool::{Pool, PoolStats};
 
 use petrel_core::api::InvocationRecord;
@@ -60,6 +62,16 @@ pub trait VersionSource: Send + Sync + 'static {
         name: &str,
         version: u32,
     ) -> BoxFuture<'_, anyhow::Result<Option<DeployedVersion>>>;
+
+    /// The version an alias names: `Some(None)` follows the latest, `None` is no such alias.
+    fn alias(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _alias: &str,
+    ) -> BoxFuture<'_, anyhow::Result<Option<Option<u32>>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 type Key = (String, String);
@@ -331,6 +343,24 @@ impl DataPlane {
     }
 
     /// Stats of every pool, by (namespace, name, version).
+    /// The version an alias of a function names (`Some(None)`: the latest); `None` if there is
+    /// no such alias.
+    pub async fn alias(
+        &self,
+        namespace: &str,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<Option<u32>>, ApiError> {
+        self.inner
+            .source
+            .alias(namespace, name, alias)
+            .await
+            .map_err(|e| {
+                tracing::error!(function = %name, error = %e, "could not read an alias");
+                ApiError::internal()
+            })
+    }
+
     pub fn pool_stats(&self) -> Vec<(String, String, u32, PoolStats)> {
         let pools = self.inner.pools.lock().unwrap();
         let mut out: Vec<_> = pools

@@ -1,7 +1,8 @@
 //! AWS Lambda's function management calls on Petrel's listener, for AWS SDKs and the AWS CLI:
 //! `CreateFunction` (a zip), `UpdateFunctionCode`, `UpdateFunctionConfiguration`,
 //! `GetFunction`, `GetFunctionConfiguration`, `ListFunctions`, `DeleteFunction` and
-//! `PublishVersion`, over functions of the default namespace.
+//! `PublishVersion`, and aliases (`CreateAlias`, `GetAlias`, `UpdateAlias`, `DeleteAlias`,
+//! `ListAliases`), over functions of the default namespace.
 //!
 //! How Lambda's versions map onto Petrel's: every deploy of Petrel makes an immutable, numbered
 //! version and points the function at it. Lambda's `$LATEST` is that newest version, so
@@ -443,6 +444,192 @@ pub async fn publish_version(
                 axum::Json(configuration(&name, &v, &version)),
             )
                 .into_response())
+        }
+        .await,
+    )
+}
+
+/// Lambda's `AliasConfiguration`.
+fn alias_config(function: &str, a: &petrel_store::Alias) -> Value {
+    json!({
+        "AliasArn": format!("arn:aws:lambda:us-east-1:000000000000:function:{function}:{}", a.name),
+        "Name": a.name,
+        "FunctionVersion": a.version.map(|v| v.to_string()).unwrap_or_else(|| "$LATEST".into()),
+        "Description": a.description,
+        "RevisionId": a.revision,
+    })
+}
+
+fn alias_not_found(function: &str, alias: &str) -> Refused {
+    Box::new(service_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        &format!(
+            "Alias not found: arn:aws:lambda:us-east-1:000000000000:function:{function}:{alias}"
+        ),
+    ))
+}
+
+fn db(e: petrel_store::StoreError) -> Refused {
+    Box::new(crate::api::error_response(store_error(e)))
+}
+
+/// `FunctionVersion` as a version (`None`: `$LATEST`), checked to exist.
+async fn alias_target(app: &App, function: &str, v: &str) -> Result<Option<u32>, Refused> {
+    if v == "$LATEST" {
+        return Ok(None);
+    }
+    let n: u32 = v.parse().map_err(|_| {
+        invalid(&format!(
+            "FunctionVersion {v:?} is not $LATEST or a version number"
+        ))
+    })?;
+    app.store
+        .get_version(DEFAULT_NAMESPACE, function, n)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| not_found(&format!("{function}:{v}")))?;
+    Ok(Some(n))
+}
+
+/// `CreateAlias`.
+pub async fn create_alias(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            let body = json_body(&app, req).await?;
+            latest(&app, &name).await?;
+            let alias = body["Name"].as_str().unwrap_or_default();
+            if !petrel_dataplane::is_lambda_alias_name(alias) {
+                return Err(Box::new(service_error(
+                    StatusCode::BAD_REQUEST,
+                    "ValidationException",
+                    &format!("Name {alias:?} is not an alias name: 1 to 128 letters, digits, - and _, not all digits"),
+                )));
+            }
+            let target = alias_target(&app, &name, body["FunctionVersion"].as_str().unwrap_or("")).await?;
+            let description = body["Description"].as_str().unwrap_or_default();
+            let key = (DEFAULT_NAMESPACE, name.as_str());
+            if !app.store.put_alias(key, alias, target, description, true).await.map_err(db)? {
+                return Err(Box::new(service_error(
+                    StatusCode::CONFLICT,
+                    "ResourceConflictException",
+                    &format!("Alias already exists: {name}:{alias}"),
+                )));
+            }
+            let a = app.store.get_alias(DEFAULT_NAMESPACE, &name, alias).await.map_err(db)?;
+            let a = a.ok_or_else(|| alias_not_found(&name, alias))?;
+            Ok((StatusCode::CREATED, axum::Json(alias_config(&name, &a))).into_response())
+        }
+        .await,
+    )
+}
+
+/// `ListAliases`.
+pub async fn list_aliases(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            latest(&app, &name).await?;
+            let all = app
+                .store
+                .list_aliases(DEFAULT_NAMESPACE, &name)
+                .await
+                .map_err(db)?;
+            let aliases: Vec<Value> = all.iter().map(|a| alias_config(&name, a)).collect();
+            Ok(axum::Json(json!({"Aliases": aliases})).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GetAlias`.
+pub async fn get_alias(
+    State(app): State<App>,
+    Path((name, alias)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            let a = app
+                .store
+                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
+                .await
+                .map_err(db)?;
+            let a = a.ok_or_else(|| alias_not_found(&name, &alias))?;
+            Ok(axum::Json(alias_config(&name, &a)).into_response())
+        }
+        .await,
+    )
+}
+
+/// `UpdateAlias`: a new `FunctionVersion` and/or `Description`.
+pub async fn update_alias(
+    State(app): State<App>,
+    Path((name, alias)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            let body = json_body(&app, req).await?;
+            let current = app
+                .store
+                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
+                .await
+                .map_err(db)?;
+            let current = current.ok_or_else(|| alias_not_found(&name, &alias))?;
+            let target = match body["FunctionVersion"].as_str() {
+                Some(v) => alias_target(&app, &name, v).await?,
+                None => current.version,
+            };
+            let description = body["Description"].as_str().unwrap_or(&current.description);
+            let key = (DEFAULT_NAMESPACE, name.as_str());
+            if !app
+                .store
+                .put_alias(key, &alias, target, description, false)
+                .await
+                .map_err(db)?
+            {
+                return Err(alias_not_found(&name, &alias));
+            }
+            let a = app
+                .store
+                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
+                .await
+                .map_err(db)?;
+            let a = a.ok_or_else(|| alias_not_found(&name, &alias))?;
+            Ok(axum::Json(alias_config(&name, &a)).into_response())
+        }
+        .await,
+    )
+}
+
+/// `DeleteAlias`.
+pub async fn delete_alias(
+    State(app): State<App>,
+    Path((name, alias)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    answer(
+        async {
+            check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
+            if !app
+                .store
+                .delete_alias(DEFAULT_NAMESPACE, &name, &alias)
+                .await
+                .map_err(db)?
+            {
+                return Err(alias_not_found(&name, &alias));
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
     )

@@ -105,6 +105,22 @@ struct StoreSource {
 }
 
 impl VersionSource for StoreSource {
+    fn alias(
+        &self,
+        namespace: &str,
+        name: &str,
+        alias: &str,
+    ) -> BoxFuture<'_, anyhow::Result<Option<Option<u32>>>> {
+        let (namespace, name, alias) = (namespace.to_owned(), name.to_owned(), alias.to_owned());
+        Box::pin(async move {
+            Ok(self
+                .store
+                .get_alias(&namespace, &name, &alias)
+                .await?
+                .map(|a| a.version))
+        })
+    }
+
     fn load(
         &self,
         namespace: &str,
@@ -424,6 +440,16 @@ fn router(app: App, dataplane: DataPlane) -> Router {
         .route(
             "/2015-03-31/functions/{name}/code",
             put(lambda_api::update_code),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            get(lambda_api::list_aliases).post(lambda_api::create_alias),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(lambda_api::get_alias)
+                .put(lambda_api::update_alias)
+                .delete(lambda_api::delete_alias),
         )
         .route(
             "/2015-03-31/functions/{name}/configuration",

@@ -44,6 +44,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "async",
         include_str!("../migrations/sqlite/0004_async.sql"),
     ),
+    (
+        5,
+        "aliases",
+        include_str!("../migrations/sqlite/0005_aliases.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -65,6 +70,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "async",
         include_str!("../migrations/postgres/0004_async.sql"),
+    ),
+    (
+        5,
+        "aliases",
+        include_str!("../migrations/postgres/0005_aliases.sql"),
     ),
 ];
 
@@ -337,7 +347,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        for table in ["logs", "invocations", "async_invocations"] {
+        for table in ["logs", "invocations", "async_invocations", "aliases"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE namespace = $1 AND function = $2"
             ))
@@ -638,6 +648,119 @@ impl Store {
             .await?
             .rows_affected())
     }
+}
+
+/// An alias: a name for a version of a function; `version` `None` follows the latest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    pub name: String,
+    pub version: Option<u32>,
+    pub description: String,
+    /// Changes with every update (Lambda's `RevisionId`).
+    pub revision: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Store {
+    /// Creates an alias (`create`), or updates an existing one. Returns `false` when creating an
+    /// alias that exists, or updating one that does not.
+    pub async fn put_alias(
+        &self,
+        (namespace, function): (&str, &str),
+        name: &str,
+        version: Option<u32>,
+        description: &str,
+        create: bool,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let revision = uuid_like(now);
+        let q = if create {
+            sqlx::query(
+                "INSERT INTO aliases (namespace, function, name, version, description, revision, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (namespace, function, name) DO NOTHING",
+            )
+        } else {
+            sqlx::query(
+                "UPDATE aliases SET version = $4, description = $5, revision = $6, updated_at = $7
+                 WHERE namespace = $1 AND function = $2 AND name = $3",
+            )
+        };
+        let n = q
+            .bind(namespace)
+            .bind(function)
+            .bind(name)
+            .bind(version.map(i64::from))
+            .bind(description)
+            .bind(&revision)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    pub async fn get_alias(
+        &self,
+        namespace: &str,
+        function: &str,
+        name: &str,
+    ) -> Result<Option<Alias>> {
+        let row = sqlx::query(
+            "SELECT name, version, description, revision, created_at, updated_at FROM aliases
+             WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(namespace)
+        .bind(function)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| alias(&r)).transpose()
+    }
+
+    pub async fn list_aliases(&self, namespace: &str, function: &str) -> Result<Vec<Alias>> {
+        let rows = sqlx::query(
+            "SELECT name, version, description, revision, created_at, updated_at FROM aliases
+             WHERE namespace = $1 AND function = $2 ORDER BY name",
+        )
+        .bind(namespace)
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alias).collect()
+    }
+
+    /// Returns whether it existed.
+    pub async fn delete_alias(&self, namespace: &str, function: &str, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM aliases WHERE namespace = $1 AND function = $2 AND name = $3")
+                .bind(namespace)
+                .bind(function)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+}
+
+fn alias(r: &AnyRow) -> Result<Alias> {
+    Ok(Alias {
+        name: r.try_get("name")?,
+        version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u32),
+        description: r.try_get("description")?,
+        revision: r.try_get("revision")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// A revision id: the time and a counter, unique within the process and ordered.
+fn uuid_like(now: i64) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{now:x}-{n:x}-{:x}", std::process::id())
 }
 
 /// Rows per INSERT statement: well under SQLite's limit of bound parameters.

@@ -12,7 +12,7 @@ mod db;
 mod queue;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
-pub use db::{Backend, FunctionRecord, LogCursor, Store};
+pub use db::{Alias, Backend, FunctionRecord, LogCursor, Store};
 pub use queue::{Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult};
 
 /// Errors of the storage layer. Package problems are the uploader's to fix; the rest are ours.

@@ -1118,6 +1118,22 @@ out["published"] = p["Version"]
 out["invoke_latest"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
 out["invoke_v1"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="1", Payload=b"{}"))
 out["invoke_published"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier=p["Version"], Payload=b"{}"))
+a = lam.create_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="1", Description="stable")
+out["alias"] = {k: a[k] for k in ("Name", "FunctionVersion", "Description")}
+out["invoke_alias1"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="live", Payload=b"{}"))
+try:
+    lam.create_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="2")
+except botocore.exceptions.ClientError as e:
+    out["alias_again"] = e.response["Error"]["Code"]
+lam.update_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="2")
+out["invoke_alias2"] = payload(lam.invoke(FunctionName="made-by-sdk:live", Payload=b"{}"))
+out["aliases"] = [[x["Name"], x["FunctionVersion"]] for x in lam.list_aliases(FunctionName="made-by-sdk")["Aliases"]]
+out["get_alias"] = lam.get_alias(FunctionName="made-by-sdk", Name="live")["FunctionVersion"]
+lam.delete_alias(FunctionName="made-by-sdk", Name="live")
+try:
+    lam.invoke(FunctionName="made-by-sdk", Qualifier="live", Payload=b"{}")
+except botocore.exceptions.ClientError as e:
+    out["alias_gone"] = e.response["Error"]["Code"]
 uc = lam.update_function_configuration(FunctionName="made-by-sdk", Timeout=9, MemorySize=512,
                                        Environment={"Variables": {"STAGE": "prod"}})
 out["update_config"] = {k: uc[k] for k in ("MemorySize", "Timeout", "Environment", "Version")}
@@ -1167,6 +1183,25 @@ async fn boto3_creates_updates_publishes_and_deletes_a_function() {
         "version 1 keeps its code: {j}"
     );
     assert_eq!(j["invoke_published"]["greeting"], "updated");
+    // Aliases: a name for a version, moved by UpdateAlias, gone with DeleteAlias.
+    assert_eq!(
+        j["alias"],
+        json!({"Name": "live", "FunctionVersion": "1", "Description": "stable"})
+    );
+    assert_eq!(
+        j["invoke_alias1"],
+        json!({"greeting": "hello", "version": "1", "env": "test"})
+    );
+    assert_eq!(j["alias_again"], "ResourceConflictException");
+    assert_eq!(
+        j["invoke_alias2"],
+        json!({"greeting": "updated", "version": "2", "env": "test"})
+    );
+    assert_eq!(
+        (&j["aliases"], &j["get_alias"]),
+        (&json!([["live", "2"]]), &json!("2"))
+    );
+    assert_eq!(j["alias_gone"], "ResourceNotFoundException");
     // UpdateFunctionConfiguration: a new version, same code, new settings; older versions keep
     // theirs.
     assert_eq!(

@@ -22,9 +22,46 @@ pub(super) struct LambdaQuery {
     qualifier: Option<String>,
 }
 
+/// [`function_ref`], with an alias qualifier resolved to its version.
+async fn resolve_ref(dp: &DataPlane, name: &str, q: &LambdaQuery) -> Result<FunctionRef, Response> {
+    match function_ref(name, q) {
+        Ok(r) => Ok(r),
+        Err(Unresolved::Alias(mut r, alias)) => match dp.alias(&r.namespace, &r.name, &alias).await
+        {
+            Ok(Some(version)) => {
+                r.version = version;
+                Ok(r)
+            }
+            Ok(None) => Err(ServiceError(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                format!(
+                    "Function not found: {}:{alias} (no such version or alias)",
+                    r.name
+                ),
+            )
+            .into_response()),
+            Err(e) => Err(lambda_error(e, "")),
+        },
+        Err(Unresolved::Refused(e)) => Err(e.into_response()),
+    }
+}
+
+enum Unresolved {
+    /// The qualifier is an alias's name.
+    Alias(FunctionRef, String),
+    Refused(ServiceError),
+}
+
+impl From<ServiceError> for Unresolved {
+    fn from(e: ServiceError) -> Self {
+        Unresolved::Refused(e)
+    }
+}
+
 /// `{name}` may be a name, `name:qualifier`, or a function ARN with or without a qualifier;
-/// a qualifier is `$LATEST` or a version number (aliases are not supported).
-fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, ServiceError> {
+/// a qualifier is `$LATEST`, a version number, or an alias.
+fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, Unresolved> {
     let name = name
         .strip_prefix("arn:aws:lambda:")
         .and_then(|rest| rest.split_once(":function:").map(|(_, f)| f))
@@ -33,19 +70,6 @@ fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, ServiceError
         Some((b, q)) => (b, Some(q)),
         None => (name, q.qualifier.as_deref()),
     };
-    let version = match qualifier {
-        None | Some("$LATEST") => None,
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return Err(ServiceError(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    format!("Function not found: {base}:{v} (Petrel knows versions and $LATEST, not aliases)"),
-                ))
-            }
-        },
-    };
     let mut r = FunctionRef::parse(base, petrel_core::DEFAULT_NAMESPACE).map_err(|e| {
         ServiceError(
             StatusCode::BAD_REQUEST,
@@ -53,8 +77,38 @@ fn function_ref(name: &str, q: &LambdaQuery) -> Result<FunctionRef, ServiceError
             e.to_string(),
         )
     })?;
-    r.version = version;
+    r.version = match qualifier {
+        None | Some("$LATEST") => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            Ok(_) => {
+                return Err(ServiceError(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    format!("Function not found: {base}:{v}"),
+                )
+                .into())
+            }
+            Err(_) if is_alias_name(v) => return Err(Unresolved::Alias(r, v.to_owned())),
+            Err(_) => {
+                return Err(ServiceError(
+                    StatusCode::BAD_REQUEST,
+                    "ValidationException",
+                    format!("Qualifier {v:?} is not $LATEST, a version number or an alias name"),
+                )
+                .into())
+            }
+        },
+    };
     Ok(r)
+}
+
+/// Lambda's alias names: 1 to 128 of letters, digits, `-` and `_`, not all digits.
+pub fn is_alias_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !s.chars().all(|c| c.is_ascii_digit())
 }
 
 /// One of Lambda's service errors: status, type, message.
@@ -207,9 +261,9 @@ async fn invoke_inner(
     id: &str,
     req: Request,
 ) -> Response {
-    let r = match function_ref(name, q) {
+    let r = match resolve_ref(dp, name, q).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
     let tail = req
         .headers()
@@ -345,9 +399,9 @@ async fn invoke_stream_inner(
 ) -> Response {
     use super::eventstream::{chunk, complete};
     use http_body_util::BodyExt;
-    let r = match function_ref(name, q) {
+    let r = match resolve_ref(dp, name, q).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
     let pool = match dp.resolve(&r).await {
         Ok(p) => p,

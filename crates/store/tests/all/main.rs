@@ -107,7 +107,73 @@ both_backends!(
     invocations_are_recorded_and_metered,
     idle_histograms_are_saved_and_replaced,
     async_claims_are_exclusive_guarded_and_resumable,
+    aliases_name_versions_and_go_with_their_function,
 );
+
+async fn aliases_name_versions_and_go_with_their_function(store: Store) {
+    store
+        .create_version("default", &spec("f", "python3"), "d1", 1)
+        .await
+        .unwrap();
+    let key = ("default", "f");
+    assert!(store
+        .put_alias(key, "live", Some(1), "first", true)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .put_alias(key, "live", Some(1), "again", true)
+            .await
+            .unwrap(),
+        "exists"
+    );
+    assert!(
+        !store
+            .put_alias(key, "nope", Some(1), "", false)
+            .await
+            .unwrap(),
+        "no such alias"
+    );
+    let before = store
+        .get_alias("default", "f", "live")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (before.version, before.description.as_str()),
+        (Some(1), "first")
+    );
+    assert!(store
+        .put_alias(key, "live", None, "latest", false)
+        .await
+        .unwrap());
+    let after = store
+        .get_alias("default", "f", "live")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.version, None);
+    assert_ne!(
+        after.revision, before.revision,
+        "each update has its revision"
+    );
+    assert!(store
+        .put_alias(key, "beta", Some(1), "", true)
+        .await
+        .unwrap());
+    let names: Vec<String> = store
+        .list_aliases("default", "f")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["beta", "live"]);
+    assert!(store.delete_alias("default", "f", "beta").await.unwrap());
+    assert!(!store.delete_alias("default", "f", "beta").await.unwrap());
+    store.delete_function("default", "f").await.unwrap();
+    assert!(store.list_aliases("default", "f").await.unwrap().is_empty());
+}
 
 fn submission(id: &str, key: Option<&str>) -> petrel_store::NewAsync {
     petrel_store::NewAsync {
