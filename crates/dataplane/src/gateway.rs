@@ -393,6 +393,7 @@ async fn invoke_event(
     event: Bytes,
     headers: &http::HeaderMap,
 ) -> Result<(u32, LambdaOutcome), ApiError> {
+    let cognito_identity = cognito_identity(headers)?;
     let (version, started, mut lease) = take_lease(call, pool).await?;
     let timing = (started, SystemTime::now(), call.trace.child());
     let call_span = timing.2;
@@ -413,7 +414,7 @@ async fn invoke_event(
             event,
             timeout: call.timeout(&pool.version().spec),
             client_context: text("x-amz-client-context").map(|c| client_context(&c)),
-            cognito_identity: None,
+            cognito_identity,
             trace_id: Some(call_span.xray()),
         })
         .await;
@@ -836,6 +837,28 @@ impl http_body::Body for LeasedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// `X-Amz-Cognito-Identity` (a Petrel extension: Lambda takes the identity from the caller's
+/// Cognito credentials), a JSON object such as `{"cognitoIdentityId": ..., "cognitoIdentityPoolId":
+/// ...}`, handed on as `Lambda-Runtime-Cognito-Identity` for the runtime clients'
+/// `context.identity`.
+fn cognito_identity(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("x-amz-cognito-identity") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|s| {
+            serde_json::from_str::<serde_json::Value>(s).is_ok_and(|j| j.is_object())
+        })
+        .map(|s| Some(s.to_owned()))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                r#"X-Amz-Cognito-Identity must be a JSON object, such as {"cognitoIdentityId": "...", "cognitoIdentityPoolId": "..."}"#,
+            )
+        })
 }
 
 /// The client context as the Runtime API hands it on: Lambda's `X-Amz-Client-Context` is

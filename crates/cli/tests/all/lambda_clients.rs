@@ -126,6 +126,7 @@ def handler(event, context):
         "log_group": context.log_group_name,
         "log_stream": context.log_stream_name,
         "client_custom": cc.custom if cc else None,
+        "identity": [context.identity.cognito_identity_id, context.identity.cognito_identity_pool_id],
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
         "task_root": os.environ.get("LAMBDA_TASK_ROOT"),
         "event": event,
@@ -177,6 +178,10 @@ async fn the_official_python_runtime_client_runs_unchanged() {
             &[
                 ("content-type", "application/json"),
                 ("x-amz-client-context", &b64(cc)),
+                (
+                    "x-amz-cognito-identity",
+                    r#"{"cognitoIdentityId": "id-7", "cognitoIdentityPoolId": "pool-1"}"#,
+                ),
             ],
             br#"{"hello": "ric"}"#.to_vec(),
         )
@@ -212,6 +217,15 @@ async fn the_official_python_runtime_client_runs_unchanged() {
         serde_json::json!({"tenant": "t-1"}),
         "{j}"
     );
+    assert_eq!(j["identity"], serde_json::json!(["id-7", "pool-1"]), "{j}");
+    p.http_with(
+        "POST",
+        "/v1/functions/ric-py/invoke",
+        &[("x-amz-cognito-identity", "not json")],
+        b"{}".to_vec(),
+    )
+    .await
+    .assert_error(400, "invalid_request");
     assert!(j["trace"].as_str().unwrap().starts_with("Root=1-"), "{j}");
     assert_eq!(j["task_root"], "/var/task");
     assert_eq!(j["event"], serde_json::json!({"hello": "ric"}));
