@@ -544,7 +544,7 @@ fn destination_record(
     let ts = std::time::UNIX_EPOCH + Duration::from_millis(now as u64);
     serde_json::json!({
         "version": "1.0",
-        "timestamp": humantime_rfc3339(ts),
+        "timestamp": humantime::format_rfc3339_millis(ts).to_string(),
         "requestContext": {
             "requestId": job.id,
             "functionArn": format!("arn:aws:lambda:petrel:000000000000:function:{}:{qualifier}", job.function),
@@ -565,45 +565,4 @@ fn destination_record(
             "error": finish.error,
         },
     })
-}
-
-/// `2026-11-26T18:00:00.123Z`.
-fn humantime_rfc3339(t: std::time::SystemTime) -> String {
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_180_245_123);
-        assert_eq!(humantime_rfc3339(t), "2025-11-26T18:04:05.123Z");
-        assert_eq!(
-            humantime_rfc3339(std::time::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
-        );
-    }
 }

@@ -59,16 +59,30 @@ impl Client {
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<Response<Incoming>> {
+        let (headers, body) = match body {
+            Some((ct, bytes)) => (
+                vec![(http::header::CONTENT_TYPE.as_str(), ct.to_owned())],
+                bytes,
+            ),
+            None => (Vec::new(), Bytes::new()),
+        };
+        self.send_with(method, path, &headers, body).await
+    }
+
+    /// Sends a request with headers of its own.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> anyhow::Result<Response<Incoming>> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
-        let body = match body {
-            Some((ct, bytes)) => {
-                b = b.header(http::header::CONTENT_TYPE, ct);
-                bytes
-            }
-            None => Bytes::new(),
-        };
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
         let req = b
             .body(Full::new(body))
             .context("could not build the request")?;
@@ -88,28 +102,7 @@ impl Client {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> anyhow::Result<(http::response::Parts, Bytes)> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            b = b.header(*k, v);
-        }
-        let req = b
-            .body(Full::new(body))
-            .context("could not build the request")?;
-        let resp = self.inner.request(req).await.map_err(|e| {
-            anyhow!(
-                "cannot reach Petrel at {} ({e}); is `petrel serve` running? Point to it with --server or PETREL_SERVER",
-                self.base
-            )
-        })?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .context("the answer was cut off")?
-            .to_bytes();
-        Ok((parts, bytes))
+        read_whole(self.send_with(method, path, headers, body).await?).await
     }
 
     /// Sends a request and reads the whole answer, whatever its status.
@@ -119,14 +112,7 @@ impl Client {
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<(http::response::Parts, Bytes)> {
-        let resp = self.send(method, path, body).await?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .context("the answer was cut off")?
-            .to_bytes();
-        Ok((parts, bytes))
+        read_whole(self.send(method, path, body).await?).await
     }
 
     /// Sends a request and fails with the server's own message on a Petrel error.
@@ -151,6 +137,17 @@ impl Client {
         let (_, bytes) = self.call(method, path, None).await?;
         serde_json::from_slice(&bytes).context("the server answered with unexpected JSON")
     }
+}
+
+/// An answer's head and whole body.
+async fn read_whole(resp: Response<Incoming>) -> anyhow::Result<(http::response::Parts, Bytes)> {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .context("the answer was cut off")?
+        .to_bytes();
+    Ok((parts, bytes))
 }
 
 /// Reads a Petrel error answer (or describes a non-Petrel one).

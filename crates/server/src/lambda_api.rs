@@ -474,6 +474,19 @@ fn db(e: petrel_store::StoreError) -> Refused {
     Box::new(crate::api::error_response(store_error(e)))
 }
 
+/// An alias of a function, or Lambda's not-found.
+async fn stored_alias(
+    app: &App,
+    function: &str,
+    alias: &str,
+) -> Result<petrel_store::Alias, Refused> {
+    app.store
+        .get_alias(DEFAULT_NAMESPACE, function, alias)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| alias_not_found(function, alias))
+}
+
 /// `FunctionVersion` as a version (`None`: `$LATEST`), checked to exist.
 async fn alias_target(app: &App, function: &str, v: &str) -> Result<Option<u32>, Refused> {
     if v == "$LATEST" {
@@ -520,8 +533,7 @@ pub async fn create_alias(
                     &format!("Alias already exists: {name}:{alias}"),
                 )));
             }
-            let a = app.store.get_alias(DEFAULT_NAMESPACE, &name, alias).await.map_err(db)?;
-            let a = a.ok_or_else(|| alias_not_found(&name, alias))?;
+            let a = stored_alias(&app, &name, alias).await?;
             Ok((StatusCode::CREATED, axum::Json(alias_config(&name, &a))).into_response())
         }
         .await,
@@ -559,12 +571,7 @@ pub async fn get_alias(
     answer(
         async {
             check_lambda_signature(&app.dataplane, req, 64 * 1024).await?;
-            let a = app
-                .store
-                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
-                .await
-                .map_err(db)?;
-            let a = a.ok_or_else(|| alias_not_found(&name, &alias))?;
+            let a = stored_alias(&app, &name, &alias).await?;
             Ok(axum::Json(alias_config(&name, &a)).into_response())
         }
         .await,
@@ -580,12 +587,7 @@ pub async fn update_alias(
     answer(
         async {
             let body = json_body(&app, req).await?;
-            let current = app
-                .store
-                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
-                .await
-                .map_err(db)?;
-            let current = current.ok_or_else(|| alias_not_found(&name, &alias))?;
+            let current = stored_alias(&app, &name, &alias).await?;
             let target = match body["FunctionVersion"].as_str() {
                 Some(v) => alias_target(&app, &name, v).await?,
                 None => current.version,
@@ -600,12 +602,7 @@ pub async fn update_alias(
             {
                 return Err(alias_not_found(&name, &alias));
             }
-            let a = app
-                .store
-                .get_alias(DEFAULT_NAMESPACE, &name, &alias)
-                .await
-                .map_err(db)?;
-            let a = a.ok_or_else(|| alias_not_found(&name, &alias))?;
+            let a = stored_alias(&app, &name, &alias).await?;
             Ok(axum::Json(alias_config(&name, &a)).into_response())
         }
         .await,

@@ -207,17 +207,71 @@ pub(super) async fn invoke(
     Query(q): Query<LambdaQuery>,
     req: Request,
 ) -> Response {
+    signed_call(&dp, &name, &q, req, false).await
+}
+
+/// `InvokeWithResponseStream`: the answer as an event stream of `PayloadChunk`s, as they come
+/// when the function streams, ended by `InvokeComplete` (with the error, if it failed).
+pub(super) async fn invoke_stream(
+    State(dp): State<DataPlane>,
+    Path(name): Path<String>,
+    Query(q): Query<LambdaQuery>,
+    req: Request,
+) -> Response {
+    signed_call(&dp, &name, &q, req, true).await
+}
+
+/// Checks the signature, runs the call, and stamps the request id on the answer.
+async fn signed_call(
+    dp: &DataPlane,
+    name: &str,
+    q: &LambdaQuery,
+    req: Request,
+    stream: bool,
+) -> Response {
     let id = new_invocation_id();
-    let req = match check_signature(&dp, req, dp.env().payload_limit()).await {
+    let req = match check_signature(dp, req, dp.env().payload_limit()).await {
         Ok(req) => req,
         Err(resp) => return *resp,
     };
-    let mut resp = invoke_inner(&dp, &name, &q, &id, req).await;
+    let mut resp = if stream {
+        invoke_stream_inner(dp, name, q, &id, req).await
+    } else {
+        invoke_inner(dp, name, q, &id, req).await
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amzn-requestid", v.clone());
         resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
     }
     resp
+}
+
+/// The event of a Lambda handler's invocation, with its bookkeeping: refused for a function
+/// that takes HTTP, or a payload that is not JSON (`InvalidRequestContentException`).
+async fn handler_event<'a>(
+    dp: &'a DataPlane,
+    pool: &crate::Pool,
+    id: &'a str,
+    req: Request,
+) -> Result<(Call<'a>, http::request::Parts, Bytes), Response> {
+    let spec = &pool.version().spec;
+    if !spec.runtime.speaks_lambda() {
+        let name = &pool.version().name;
+        return Err(service_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            &format!(
+                "function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}",
+                spec.runtime
+            ),
+        ));
+    }
+    let call = Call::new(dp, id, "lambda-invoke", &req);
+    let (parts, body) = read_body(req, dp.env().payload_limit())
+        .await
+        .map_err(|e| lambda_error(e, id))?;
+    let event = super::json_event(body).map_err(|e| lambda_error(e, id))?;
+    Ok((call, parts, event))
 }
 
 /// The request, if signatures are not required or it carries a valid one (its body read to
@@ -301,25 +355,9 @@ async fn invoke_inner(
             );
         }
     }
-    if !pool.version().spec.runtime.speaks_lambda() {
-        return service_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            &format!(
-                "function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}",
-                pool.version().spec.runtime
-            ),
-        );
-    }
-    let call = Call::new(dp, id, "lambda-invoke", &req);
-    let (parts, body) = match read_body(req, dp.env().payload_limit()).await {
+    let (call, parts, event) = match handler_event(dp, &pool, id, req).await {
         Ok(v) => v,
-        Err(e) => return lambda_error(e, id),
-    };
-    // Lambda refuses a payload that is not JSON (InvalidRequestContentException).
-    let event = match super::json_event(body) {
-        Ok(e) => e,
-        Err(e) => return lambda_error(e, id),
+        Err(resp) => return resp,
     };
     // LogType Tail: the invocation's own lines, collected as they are written.
     let tap = tail.then(|| dp.env().log_sink().tap(id));
@@ -369,27 +407,6 @@ async fn invoke_inner(
     with_log(resp)
 }
 
-/// `InvokeWithResponseStream`: the answer as an event stream of `PayloadChunk`s, as they come
-/// when the function streams, ended by `InvokeComplete` (with the error, if it failed).
-pub(super) async fn invoke_stream(
-    State(dp): State<DataPlane>,
-    Path(name): Path<String>,
-    Query(q): Query<LambdaQuery>,
-    req: Request,
-) -> Response {
-    let id = new_invocation_id();
-    let req = match check_signature(&dp, req, dp.env().payload_limit()).await {
-        Ok(req) => req,
-        Err(resp) => return *resp,
-    };
-    let mut resp = invoke_stream_inner(&dp, &name, &q, &id, req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-amzn-requestid", v.clone());
-        resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
-    }
-    resp
-}
-
 async fn invoke_stream_inner(
     dp: &DataPlane,
     name: &str,
@@ -407,21 +424,9 @@ async fn invoke_stream_inner(
         Ok(p) => p,
         Err(e) => return lambda_error(e, id),
     };
-    if !pool.version().spec.runtime.speaks_lambda() {
-        return service_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            &format!("function {name} is of runtime {}, which takes HTTP requests: call it at /fn/{name}", pool.version().spec.runtime),
-        );
-    }
-    let call = Call::new(dp, id, "lambda-invoke", &req);
-    let (parts, body) = match read_body(req, dp.env().payload_limit()).await {
+    let (call, parts, event) = match handler_event(dp, &pool, id, req).await {
         Ok(v) => v,
-        Err(e) => return lambda_error(e, id),
-    };
-    let event = match super::json_event(body) {
-        Ok(e) => e,
-        Err(e) => return lambda_error(e, id),
+        Err(resp) => return resp,
     };
     let (version, outcome) = match invoke_event(&call, &pool, event, &parts.headers).await {
         Ok(v) => v,
