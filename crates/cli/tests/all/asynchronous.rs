@@ -705,6 +705,35 @@ async fn callbacks_destinations_and_idempotency_keys() {
         .await;
     assert_ne!(other.json()["id"], a.json()["id"]);
     let id = a.json()["id"].as_str().unwrap().to_owned();
+    // The CLI sends the same header.
+    let by_cli = |key: &str| {
+        p.cli_ok(&[
+            "invoke",
+            "sink",
+            "--async",
+            "--idempotency-key",
+            key,
+            "-d",
+            "{}",
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(by_cli("cli-1"), by_cli("cli-1"));
+    assert_ne!(by_cli("cli-1"), by_cli("cli-2"));
+    let cb = format!("{url}/cli");
+    let sent = p.cli_ok(&[
+        "invoke",
+        "sink",
+        "--async",
+        "--callback-url",
+        &cb,
+        "-d",
+        r#"{"n": 3}"#,
+    ]);
+    let got = wait_seen(&seen, "/cli", 1).await;
+    assert_eq!(got[0].0["x-petrel-invocation-id"], sent.trim());
+    assert_eq!(serde_json::from_slice::<Value>(&got[0].1).unwrap()["n"], 3);
     wait_status(&p, &id, "succeeded", Duration::from_secs(30)).await;
     let keyed: Vec<Value> = list(&p, "sink", None)
         .await

@@ -143,6 +143,11 @@ impl Petrel {
             "server exited with {status}; log:\n{}",
             self.server_log()
         );
+        self.respawn();
+    }
+
+    /// Starts the server again on the same data directory, store and arguments.
+    fn respawn(&mut self) {
         let (child, url) = spawn(
             self.data_dir.path(),
             &self.store,
@@ -162,17 +167,7 @@ impl Petrel {
         let mut child = self.child.take().expect("server running");
         signal(child.id(), "KILL");
         wait_exit(&mut child, Duration::from_secs(10));
-        let (child, url) = spawn(
-            self.data_dir.path(),
-            &self.store,
-            &self.extra_args,
-            &self.stderr_path,
-            self.default_data_dir,
-            self.as_nobody,
-        );
-        self.child = Some(child);
-        self.client = Client::new(&url).unwrap();
-        self.url = url;
+        self.respawn();
     }
 
     /// The server's process id.
