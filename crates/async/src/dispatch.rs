@@ -166,7 +166,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let (named, scan) = ctx.queue.waker().take();
+        let named = ctx.queue.waker().take();
         let now = now_ms();
         // Claims of servers that stopped answering lapse; their work runs again here.
         if last_sweep.is_none_or(|t| t.elapsed() > config.lease / 3) {
@@ -180,7 +180,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "async: could not look for lapsed claims"),
             }
         }
-        let ready = if ticked || scan {
+        let ready = if ticked {
             match store.ready_async(now).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -196,7 +196,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             // Work of a function this server does not serve is left to a server that does,
             // unless no such function exists (a destination naming a function never deployed).
             let Some(spec) = ctx.invoker.settings(&ns, &f) else {
-                if ticked || scan {
+                if ticked {
                     fail_if_missing(&store, &ns, &f, now).await;
                 }
                 continue;

@@ -15,7 +15,6 @@ mod dispatch;
 
 pub use dispatch::Dispatcher;
 
-use petrel_core::api::async_status;
 use petrel_core::manifest::AsyncSpec;
 use petrel_store::{LeasedAsync, NewAsync, Store};
 use std::future::Future;
@@ -85,12 +84,12 @@ pub struct AsyncQueue {
     config: Arc<AsyncConfig>,
 }
 
-/// What the dispatcher is told: functions that may have ready work, or to look at everything.
+/// What the dispatcher is told: functions that may have ready work. (Its poll looks at every
+/// function's work.)
 #[derive(Default)]
 pub(crate) struct Wake {
     notify: Notify,
     due: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
-    scan: std::sync::atomic::AtomicBool,
 }
 
 impl Wake {
@@ -102,16 +101,11 @@ impl Wake {
         self.notify.notify_one();
     }
 
-    fn everything(&self) {
-        self.scan.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.notify.notify_one();
-    }
-
-    /// The functions named since the last call, and whether to look at everything.
-    pub(crate) fn take(&self) -> (Vec<(String, String)>, bool) {
-        let due = std::mem::take(&mut *self.due.lock().unwrap());
-        let scan = self.scan.swap(false, std::sync::atomic::Ordering::Relaxed);
-        (due.into_iter().collect(), scan)
+    /// The functions named since the last call.
+    pub(crate) fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.due.lock().unwrap())
+            .into_iter()
+            .collect()
     }
 }
 
@@ -174,11 +168,6 @@ impl AsyncQueue {
     /// a retry coming due).
     pub fn wake_for(&self, namespace: &str, function: &str) {
         self.wake.function(namespace, function);
-    }
-
-    /// Wakes the dispatcher to look at every function's work.
-    pub fn wake(&self) {
-        self.wake.everything();
     }
 
     pub(crate) fn waker(&self) -> &Wake {
@@ -253,14 +242,6 @@ pub fn backoff(config: &AsyncConfig, attempt: u32) -> Duration {
     let half = exp / 2;
     let r = (uuid::Uuid::new_v4().as_u128() as u64) % (half.as_millis() as u64 + 1);
     half + Duration::from_millis(r)
-}
-
-/// Whether a status may still change.
-pub fn is_final(status: &str) -> bool {
-    matches!(
-        status,
-        async_status::SUCCEEDED | async_status::FAILED | async_status::DEAD
-    )
 }
 
 #[cfg(test)]

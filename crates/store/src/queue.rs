@@ -517,21 +517,6 @@ impl Store {
         rows.iter().map(view).collect()
     }
 
-    /// How many of a function's async invocations are in each status.
-    pub async fn count_async(&self, namespace: &str, function: &str) -> Result<Vec<(String, u64)>> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) FROM async_invocations WHERE namespace = $1 AND function = $2
-             GROUP BY status ORDER BY status",
-        )
-        .bind(namespace)
-        .bind(function)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
-            .collect()
-    }
-
     /// Queues dead-lettered invocations of a function again, with fresh attempts (all of them
     /// when `ids` is empty). Returns the ids queued.
     pub async fn replay_dead(
