@@ -22,6 +22,18 @@ pub(super) struct LambdaQuery {
     qualifier: Option<String>,
 }
 
+/// The function a Lambda call names, and its pool; else Lambda's refusal.
+async fn resolve_pool(
+    dp: &DataPlane,
+    name: &str,
+    q: &LambdaQuery,
+    id: &str,
+) -> Result<(FunctionRef, std::sync::Arc<crate::Pool>), Response> {
+    let r = resolve_ref(dp, name, q).await?;
+    let pool = dp.resolve(&r).await.map_err(|e| lambda_error(e, id))?;
+    Ok((r, pool))
+}
+
 /// [`function_ref`], with an alias qualifier resolved to its version.
 async fn resolve_ref(dp: &DataPlane, name: &str, q: &LambdaQuery) -> Result<FunctionRef, Response> {
     match function_ref(name, q) {
@@ -315,8 +327,8 @@ async fn invoke_inner(
     id: &str,
     req: Request,
 ) -> Response {
-    let r = match resolve_ref(dp, name, q).await {
-        Ok(r) => r,
+    let (r, pool) = match resolve_pool(dp, name, q, id).await {
+        Ok(v) => v,
         Err(resp) => return resp,
     };
     let tail = req
@@ -329,10 +341,6 @@ async fn invoke_inner(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse")
         .to_owned();
-    let pool = match dp.resolve(&r).await {
-        Ok(p) => p,
-        Err(e) => return lambda_error(e, id),
-    };
     let executed = pool.version().version;
     match invocation_type.as_str() {
         "RequestResponse" => {}
@@ -416,13 +424,9 @@ async fn invoke_stream_inner(
 ) -> Response {
     use super::eventstream::{chunk, complete};
     use http_body_util::BodyExt;
-    let r = match resolve_ref(dp, name, q).await {
-        Ok(r) => r,
+    let (_, pool) = match resolve_pool(dp, name, q, id).await {
+        Ok(v) => v,
         Err(resp) => return resp,
-    };
-    let pool = match dp.resolve(&r).await {
-        Ok(p) => p,
-        Err(e) => return lambda_error(e, id),
     };
     let (call, parts, event) = match handler_event(dp, &pool, id, req).await {
         Ok(v) => v,
