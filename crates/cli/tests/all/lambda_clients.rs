@@ -1062,25 +1062,13 @@ async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_sig
     // @aws-sdk/client-lambda: the same lifecycle.
     let script = cfg.path().join("lifecycle.js");
     std::fs::write(&script, JS_SDK_SCRIPT).unwrap();
-    let url = p.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(&script)
-            .args([url.as_str(), "AKIDPETRELCLI", "cli-secret"])
-            .arg(&zip1)
-            .arg(&zip2)
-            .env("NODE_PATH", js_dir.join("node_modules"))
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut node = std::process::Command::new("node");
+    node.arg(&script)
+        .args([p.url.as_str(), "AKIDPETRELCLI", "cli-secret"])
+        .arg(&zip1)
+        .arg(&zip2)
+        .env("NODE_PATH", js_dir.join("node_modules"));
+    let j = json_output(node).await;
     assert_eq!(
         j,
         serde_json::json!({
@@ -1260,17 +1248,19 @@ async fn start_with_key(id: &str, secret: &str) -> (Petrel, tempfile::TempDir) {
 async fn run_boto3(script: &str, args: &[&str]) -> serde_json::Value {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), script).unwrap();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(file.path())
-            .args(&args)
-            .env("PYTHONPATH", boto3())
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
+    let mut python = std::process::Command::new("python3");
+    python
+        .arg(file.path())
+        .args(args)
+        .env("PYTHONPATH", boto3());
+    json_output(python).await
+}
+
+/// Runs a command off the async runtime; it must succeed, and what it printed is JSON.
+async fn json_output(mut cmd: std::process::Command) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("the command runs"))
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
