@@ -275,7 +275,11 @@ async fn a_graceful_stop_lets_attempts_finish_and_resumes_the_ones_it_cut() {
 async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("petrel-node.toml");
-    std::fs::write(&path, "async_retention = \"2s\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "async_retention = \"2s\"\ndead_letter_retention = \"3s\"\n",
+    )
+    .unwrap();
     let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
     // Two instances; async work may take half of them (async_concurrency defaults to 1). A
     // synchronous call that found both busy would give up after queue_timeout (503).
@@ -315,21 +319,26 @@ async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
     for id in &ids {
         wait_status(&p, id, "succeeded", Duration::from_secs(60)).await;
     }
-    // Results are kept for async_retention, then dropped.
-    let t0 = Instant::now();
-    loop {
-        let r = p
-            .http("GET", &format!("/v1/invocations/{}", ids[0]), None)
-            .await;
-        if r.status == 404 {
-            break;
+    // A dead letter, kept for dead_letter_retention.
+    p.deploy(function("doomed", "max_retries = 0").path());
+    let dead = submit(&p, "doomed", json!({"action": "fail"})).await;
+    wait_status(&p, &dead, "dead", Duration::from_secs(30)).await;
+    // Results are kept for async_retention, dead letters for dead_letter_retention; then both
+    // are dropped.
+    for id in [&ids[0], &dead] {
+        let t0 = Instant::now();
+        loop {
+            let r = p.http("GET", &format!("/v1/invocations/{id}"), None).await;
+            if r.status == 404 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "still kept: {}",
+                r.text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "still kept: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -382,6 +391,7 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     let metrics = p.http("GET", "/metrics", None).await.text();
     for line in [
         r#"petrel_async_finished_total{namespace="default",function="flaky",status="dead"} 1"#,
+        r#"petrel_async_accepted_total{namespace="default",function="flaky",runtime="python3"} 1"#,
         r#"petrel_async_attempts_total{namespace="default",function="flaky",runtime="python3",outcome="retry"} 3"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
@@ -543,8 +553,14 @@ async fn wait_seen(seen: &Seen, path: &str, n: usize) -> Vec<(http::HeaderMap, B
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callbacks_destinations_and_idempotency_keys() {
-    let (_cfg, path) = quick_retries();
-    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", &path]).await;
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("petrel-node.toml");
+    std::fs::write(
+        &path,
+        "async_retry_base = \"50ms\"\nidempotency_window = \"5s\"\n",
+    )
+    .unwrap();
+    let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
     let (url, seen) = receiver().await;
     p.deploy(function("sink", "keep_alive = \"10m\"").path());
     p.deploy(
@@ -670,6 +686,7 @@ async fn callbacks_destinations_and_idempotency_keys() {
     }
 
     // An idempotency key: a retried submission gets the first id, and runs once.
+    let keyed_at = Instant::now();
     let headers = [
         ("idempotency-key", "order-42"),
         ("content-type", "application/json"),
@@ -741,13 +758,33 @@ async fn callbacks_destinations_and_idempotency_keys() {
         .filter(|v| v["idempotency_key"] == "order-42")
         .collect();
     assert_eq!(keyed.len(), 1, "{keyed:?}");
+    // Past idempotency_window (5s), the same key is a new submission.
+    tokio::time::sleep(
+        Duration::from_secs(5).saturating_sub(keyed_at.elapsed()) + Duration::from_millis(200),
+    )
+    .await;
+    let later = p
+        .http_with(
+            "POST",
+            "/v1/functions/sink/invoke?async=true",
+            &headers,
+            br#"{"n": 42}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(later.status, 202);
+    assert_ne!(later.json()["id"], a.json()["id"]);
+    assert!(later.json().get("duplicate").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
     let store = StoreKind::fresh_postgres().await;
     let a = Petrel::start_with(store.clone(), &[]).await;
-    let b = Petrel::start_with(store.clone(), &[]).await;
+    // One server named in its config file, the other by the id kept in its data directory.
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("petrel-node.toml");
+    std::fs::write(&path, "worker_id = \"node-b\"\n").unwrap();
+    let b = Petrel::start_with(store.clone(), &["--config", path.to_str().unwrap()]).await;
     let dir = function(
         "shared",
         "max_instances = 2\nasync_concurrency = 2\nkeep_alive = \"10m\"",
@@ -773,6 +810,9 @@ async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
     let all = list(&b, "shared", None).await;
     let workers: HashSet<&str> = all.iter().map(|v| v["worker"].as_str().unwrap()).collect();
     assert_eq!(workers.len(), 2, "both servers ran some");
+    assert!(workers.contains("node-b"), "{workers:?}");
+    let a_id = std::fs::read_to_string(a.data_dir.path().join("data/worker-id")).unwrap();
+    assert!(workers.contains(a_id.trim()), "{workers:?}");
     for p in [&a, &b] {
         assert!(
             p.server_log()
