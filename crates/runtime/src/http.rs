@@ -27,7 +27,8 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Removes the headers that describe one hop (and those `Connection` names).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)

@@ -20,6 +20,7 @@ mod shims;
 pub mod wasm;
 mod zygote;
 
+pub use http::strip_hop_by_hop;
 pub use instance::{
     Instance, InstanceSpec, InvokeError, LambdaOutcome, LambdaRequest, Preloaded, RuntimeEnv,
     StartTimings, StreamHead,

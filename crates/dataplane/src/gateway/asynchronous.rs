@@ -106,20 +106,14 @@ pub(crate) fn accepted((id, duplicate): (String, bool)) -> Response {
     resp
 }
 
-/// Headers not kept with a queued request: the connection's, and the ones Petrel acts on.
-fn kept(name: &header::HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "content-length"
-            | "te"
-            | "upgrade"
-            | "expect"
-            | CALLBACK_URL_HEADER
-            | IDEMPOTENCY_KEY_HEADER
-    )
+/// A message's headers as stored: without the ones of its hop and its framing (the body is
+/// stored whole), as text pairs.
+fn stored_headers(mut h: http::HeaderMap) -> Vec<(String, String)> {
+    petrel_runtime::strip_hop_by_hop(&mut h);
+    h.remove(header::CONTENT_LENGTH);
+    h.iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
 }
 
 /// Commits a request to the async queue; returns the id that stands (an earlier one when the
@@ -171,19 +165,23 @@ pub(crate) async fn submit(
             "the Idempotency-Key header must be 1 to 256 characters",
         ));
     }
-    let (parts, body) = read_body(req, dp.env().payload_limit()).await?;
+    let (mut parts, body) = read_body(req, dp.env().payload_limit()).await?;
     let body = if kind == Kind::Event && pool.version().spec.runtime.speaks_lambda() {
         // Refused now, not after a retry cycle.
         json_event(body)?
     } else {
         body
     };
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| kept(k))
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+    // The ones Petrel acts on stay with Petrel.
+    let mut request_headers = std::mem::take(&mut parts.headers);
+    for h in [
+        CALLBACK_URL_HEADER,
+        IDEMPOTENCY_KEY_HEADER,
+        header::EXPECT.as_str(),
+    ] {
+        request_headers.remove(h);
+    }
+    let headers = stored_headers(request_headers);
     let now = now_ms();
     let n = NewAsync {
         id: id.to_owned(),
@@ -293,17 +291,7 @@ async fn answered(dp: &DataPlane, resp: Response, version: u32) -> Attempt {
             }
         }
     };
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "content-length" | "transfer-encoding" | "connection"
-            )
-        })
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+    let headers = stored_headers(parts.headers.clone());
     let status = parts.status.as_u16();
     let (verdict, error) = if let Some(kind) = parts.headers.get(FUNCTION_ERROR_HEADER) {
         let kind = kind.to_str().unwrap_or("Unhandled");
