@@ -36,7 +36,12 @@ struct Ctx {
     finisher: tokio::sync::mpsc::Sender<Finishing>,
 }
 
-type Finishing = (Ended, tokio::sync::oneshot::Sender<Result<bool, String>>);
+/// An outcome to record, and where to answer: whether the claim held, or the error with the
+/// outcome handed back to try again.
+type Finishing = (
+    Ended,
+    tokio::sync::oneshot::Sender<Result<bool, (String, Ended)>>,
+);
 
 /// Outcomes recorded per transaction, at most.
 const FINISH_GROUP: usize = 256;
@@ -54,17 +59,17 @@ async fn finish_groups(queue: AsyncQueue, mut rx: tokio::sync::mpsc::Receiver<Fi
                 Err(_) => break,
             }
         }
-        let ended: Vec<Ended> = group.iter().map(|(e, _)| e.clone()).collect();
+        let (ended, replies): (Vec<Ended>, Vec<_>) = group.drain(..).unzip();
         match queue.store().finish_async(&owner, &ended).await {
             Ok(held) => {
-                for ((_, reply), h) in group.drain(..).zip(held) {
+                for (reply, h) in replies.into_iter().zip(held) {
                     let _ = reply.send(Ok(h));
                 }
             }
             Err(e) => {
                 let e = e.to_string();
-                for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
+                for (reply, back) in replies.into_iter().zip(ended) {
+                    let _ = reply.send(Err((e.clone(), back)));
                 }
             }
         }
@@ -378,23 +383,30 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
     }
     // The claim guards the write: if it lapsed (this server was thought dead) and another server
     // took the work, this outcome is dropped and theirs stands.
-    let ended = Ended {
+    // What to wake once it is recorded (the outcome itself goes to the recorder).
+    let delivers = !finish.deliveries.is_empty();
+    let follow_ups: Vec<(String, String)> = finish
+        .follow_ups
+        .iter()
+        .map(|n| (n.namespace.clone(), n.function.clone()))
+        .collect();
+    let mut ended = Ended {
         id: job.id.clone(),
         attempt: job.attempt,
         now,
         finish,
     };
-    let finish = &ended.finish;
     for wait in [0u64, 100, 1000, 5000] {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if ctx.finisher.send((ended.clone(), reply)).await.is_err() {
+        if ctx.finisher.send((ended, reply)).await.is_err() {
             return;
         }
-        match answer
-            .await
-            .unwrap_or_else(|_| Err("the recorder stopped".into()))
-        {
+        let Ok(answer) = answer.await else {
+            tracing::error!(id = %job.id, "async: the outcome recorder stopped; the invocation runs again when its claim lapses");
+            return;
+        };
+        match answer {
             Ok(true) => {
                 if status != st::QUEUED {
                     ctx.invoker.finished(&job.namespace, &job.function, status);
@@ -408,11 +420,11 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
                         queue.wake_for(&ns, &f);
                     });
                 }
-                if !finish.deliveries.is_empty() {
+                if delivers {
                     ctx.deliveries.notify_one();
                 }
-                for n in &finish.follow_ups {
-                    ctx.queue.wake_for(&n.namespace, &n.function);
+                for (ns, f) in &follow_ups {
+                    ctx.queue.wake_for(ns, f);
                 }
                 return;
             }
@@ -420,8 +432,9 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
                 tracing::warn!(id = %job.id, "async: the claim on this invocation lapsed before it ended; its outcome is dropped");
                 return;
             }
-            Err(e) => {
-                tracing::warn!(id = %job.id, error = %e, "async: could not record an outcome; trying again")
+            Err((e, back)) => {
+                tracing::warn!(id = %job.id, error = %e, "async: could not record an outcome; trying again");
+                ended = back;
             }
         }
     }
@@ -452,7 +465,6 @@ fn outcome_deliveries(
                 .expect("json"),
             ),
         };
-        headers.retain(|(k, _)| !is_hop_header(k));
         headers.extend([
             ("x-petrel-invocation-id".to_owned(), job.id.clone()),
             ("x-petrel-function".to_owned(), job.function.clone()),
@@ -503,13 +515,6 @@ fn outcome_deliveries(
             idem_key: None,
         }),
     }
-}
-
-fn is_hop_header(name: &str) -> bool {
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "host"
-    )
 }
 
 /// JSON of a body when it is JSON, else its text (or nothing).

@@ -187,15 +187,19 @@ async fn write_groups(store: Store, mut rx: mpsc::Receiver<Pending>, wake: Arc<W
                 Err(_) => break,
             }
         }
-        let rows: Vec<NewAsync> = group.iter().map(|(n, _)| n.clone()).collect();
+        let (rows, replies): (Vec<NewAsync>, Vec<_>) = group.drain(..).unzip();
         let result = store.insert_async(&rows).await.map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, submissions = rows.len(), "could not store async submissions; they were refused");
-        }
-        for (n, done) in group.drain(..) {
-            if result.is_ok() {
-                wake.function(&n.namespace, &n.function);
+        match &result {
+            Ok(()) => {
+                for n in &rows {
+                    wake.function(&n.namespace, &n.function);
+                }
             }
+            Err(e) => {
+                tracing::error!(error = %e, submissions = rows.len(), "could not store async submissions; they were refused")
+            }
+        }
+        for done in replies {
             let _ = done.send(result.clone());
         }
     }
