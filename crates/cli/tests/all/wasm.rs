@@ -29,9 +29,28 @@ async fn pong_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
+                // `POST /read` reads the whole (chunked) body first and answers how many
+                // pieces it held; anything else is answered at the head.
+                let mut answer = "pong".to_owned();
+                if seen.starts_with(b"POST /read ") {
+                    while !seen.ends_with(b"0\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    answer = String::from_utf8_lossy(&seen)
+                        .matches("piece ")
+                        .count()
+                        .to_string();
+                }
                 let _ = s
                     .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                        .as_bytes(),
                     )
                     .await;
                 let _ = s.shutdown().await;
@@ -248,6 +267,29 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
     })
     .await;
     assert!(logged, "no platform line {denied_line:?}");
+    healthy(&p).await;
+
+    // A server may answer at the request's head and close (an HTTP/1.0 server does): the guest
+    // still finishes writing its body, which goes nowhere, and reads the answer.
+    for _ in 0..3 {
+        let r = p
+            .http(
+                "GET",
+                &format!("/fn/probe/upload?pieces=3&url=http://127.0.0.1:{allowed}/up"),
+                None,
+            )
+            .await;
+        assert_eq!((r.status, r.text().as_str()), (200, "uploaded 200 pong"));
+    }
+    // And a server that reads the body gets all of it.
+    let r = p
+        .http(
+            "GET",
+            &format!("/fn/probe/upload?pieces=4&url=http://127.0.0.1:{allowed}/read"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "uploaded 200 4"));
     healthy(&p).await;
 
     // The guest's stdout and stderr are the invocation's logs.

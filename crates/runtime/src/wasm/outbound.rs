@@ -88,6 +88,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 .path_and_query(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
                 .build()
                 .map_err(|_| Error::HttpRequestUriInvalid)?;
+            let request = request.map(detach_body);
             let resp = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
                 .await
                 .map_err(|_| Error::ConnectionReadTimeout)?
@@ -98,5 +99,59 @@ impl WasiHttpHooks for OutboundPolicy {
                 Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>,
             ))
         })
+    }
+}
+
+/// The guest's request body, handed to hyper through a channel, so that the guest can always
+/// finish writing it. A server may answer at the request's head and close the connection (an
+/// HTTP/1.0 server answering a GET does); hyper then drops the body, and the guest's next write,
+/// or its `finish`, would fail with its stream closed although the answer arrived. Once hyper
+/// has let go, the rest of the body is read and dropped: it has nowhere to go. The guest's own
+/// deadline bounds how long that lasts.
+fn detach_body(body: WasiBody) -> WasiBody {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return body;
+    }
+    let exact = body.size_hint().exact();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut to_hyper = Some(tx);
+        while let Some(frame) = body.frame().await {
+            if let Some(tx) = &to_hyper {
+                if tx.send(frame).await.is_err() {
+                    to_hyper = None;
+                }
+            }
+        }
+    });
+    ChannelBody { rx, exact }.boxed_unsync()
+}
+
+/// The receiving end of [`detach_body`]'s channel, keeping the body's exact length (so a
+/// `content-length` request stays one).
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<http_body::Frame<bytes::Bytes>, Error>>,
+    exact: Option<u64>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.exact {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
     }
 }

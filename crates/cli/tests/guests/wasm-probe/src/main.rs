@@ -55,6 +55,28 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                 Err(e) => text(StatusCode::BAD_GATEWAY, format!("fetch refused: {e:?}")),
             }
         }
+        "/upload" => {
+            // A body sent in pieces, 100 ms apart: the server may answer (and close) before the
+            // last piece, and the guest must still be able to finish its request.
+            let url = param(&query, "url").unwrap_or("http://127.0.0.1:9/");
+            let pieces: u32 = param(&query, "pieces").and_then(|v| v.parse().ok()).unwrap_or(3);
+            let body = futures_lite::stream::unfold(0u32, move |i| async move {
+                if i == pieces {
+                    return None;
+                }
+                wstd::task::sleep(std::time::Duration::from_millis(100).into()).await;
+                Some((format!("piece {i}\n").into_bytes(), i + 1))
+            });
+            let req = Request::post(url).body(Body::from_stream(body))?;
+            match Client::new().send(req).await {
+                Ok(mut resp) => {
+                    let status = resp.status();
+                    let body = resp.body_mut().str_contents().await.unwrap_or("").to_owned();
+                    text(StatusCode::OK, format!("uploaded {} {body}", status.as_u16()))
+                }
+                Err(e) => text(StatusCode::BAD_GATEWAY, format!("upload failed: {e:?}")),
+            }
+        }
         _ => text(StatusCode::OK, format!("probe ok {}", request.uri().path())),
     }
 }
