@@ -519,7 +519,11 @@ async fn hostile_suite(p: &Petrel, how: &str) {
     let marker = format!("{}", 7000 + std::process::id() % 1000);
     call(json!({"what": "daemon", "marker": marker})).await;
     let pattern = format!("^sleep {marker}$");
-    assert!(host_processes_matching(&pattern), "the daemon runs");
+    // The grandchild may not have exec'd `sleep` yet when the handler answers.
+    assert!(
+        eventually(Duration::from_secs(5), || host_processes_matching(&pattern)).await,
+        "the daemon runs"
+    );
     p.cli_ok(&["rm", "hostile"]);
     assert!(
         eventually(Duration::from_secs(10), || !host_processes_matching(
