@@ -429,7 +429,7 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
                 return;
             }
             Ok(false) => {
-                tracing::warn!(id = %job.id, "async: the claim on this invocation lapsed before it ended; its outcome is dropped");
+                tracing::warn!(id = %job.id, "async: the invocation was cancelled, or this server's claim lapsed, before it ended; its outcome is dropped");
                 return;
             }
             Err((e, back)) => {

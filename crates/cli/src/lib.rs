@@ -172,7 +172,7 @@ enum InvCommand {
         /// The async invocations, with status and attempts.
         #[arg(long = "async")]
         asynchronous: bool,
-        /// With --async: only this status (queued, running, succeeded, failed, dead).
+        /// With --async: only this status (queued, running, succeeded, failed, dead, cancelled).
         #[arg(long)]
         status: Option<String>,
         /// Only this outcome (success, function_error, timeout, crashed, ...).
@@ -188,6 +188,13 @@ enum InvCommand {
     },
     /// One invocation: an async one's status, attempts and result, or a record.
     Get { id: String },
+    /// Cancel async invocations that have not ended (queued, waiting for a retry, running, or
+    /// dead): they do not run again and nothing is delivered. An attempt already running is
+    /// not stopped; its outcome is dropped.
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -576,6 +583,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Inv {
+            command: InvCommand::Cancel { ids },
+        } => {
+            // Each on its own: one that already ended does not keep the others from cancelling.
+            let mut failed = false;
+            for id in ids {
+                match client
+                    .json::<AsyncInvocation>(Method::DELETE, &format!("/v1/invocations/{id}"))
+                    .await
+                {
+                    Ok(a) => println!("Cancelled {id} ({})", a.error.unwrap_or_default()),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Top {
             interval,

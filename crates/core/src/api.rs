@@ -163,6 +163,9 @@ pub mod async_status {
     pub const FAILED: &str = "failed";
     /// Retries exhausted or too old: in the function's dead-letter list, replayable.
     pub const DEAD: &str = "dead";
+    /// Cancelled by a caller (`DELETE /v1/invocations/{id}`): will not run again, nothing is
+    /// delivered.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// What a function answered, as stored for an async invocation.

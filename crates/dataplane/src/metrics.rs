@@ -5,6 +5,7 @@
 
 use crate::DataPlane;
 use petrel_core::FunctionSpec;
+use petrel_store::AsyncBacklog;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -71,6 +72,14 @@ pub struct Metrics {
     async_accepted: Family<FunctionLabels, Counter>,
     async_attempts: Family<OutcomeLabels, Counter>,
     async_finished: Family<StatusLabels, Counter>,
+    async_invocations: Family<StatusLabels, Gauge>,
+    async_oldest_queued: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    namespace: String,
+    function: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -194,6 +203,19 @@ impl Default for Metrics {
             "Async attempts run, by outcome: succeeded, retry (failed, may run again) or fail (cannot succeed)",
             async_attempts.clone(),
         );
+        let async_invocations = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "petrel_async_invocations",
+            "Async invocations now queued, running or dead (in the dead-letter list), in the store every server shares",
+            async_invocations.clone(),
+        );
+        let async_oldest_queued =
+            Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "petrel_async_oldest_queued_age_seconds",
+            "Age of the oldest queued async invocation (a retry waiting for its backoff included)",
+            async_oldest_queued.clone(),
+        );
         let async_finished = Family::<StatusLabels, Counter>::default();
         registry.register(
             "petrel_async_finished",
@@ -203,6 +225,8 @@ impl Default for Metrics {
         Self {
             async_attempts,
             async_finished,
+            async_invocations,
+            async_oldest_queued,
             async_accepted,
             cold_start_phases,
             evictions,
@@ -353,8 +377,30 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in the Prometheus (OpenMetrics) text format, with pool gauges read now.
-    pub fn render(&self, dp: &DataPlane) -> String {
+    /// The metrics in the Prometheus (OpenMetrics) text format, with pool gauges read now, and
+    /// the async queue's depth as the store reported it (`None`: the store did not answer, and
+    /// the queue's gauges are left out rather than shown stale).
+    pub fn render(&self, dp: &DataPlane, backlog: Option<&[AsyncBacklog]>) -> String {
+        self.async_invocations.clear();
+        self.async_oldest_queued.clear();
+        let now = petrel_core::now_ms();
+        for b in backlog.unwrap_or_default() {
+            self.async_invocations
+                .get_or_create(&StatusLabels {
+                    namespace: b.namespace.clone(),
+                    function: b.function.clone(),
+                    status: b.status.clone(),
+                })
+                .set(b.count as i64);
+            if b.status == petrel_core::api::async_status::QUEUED {
+                self.async_oldest_queued
+                    .get_or_create(&QueueLabels {
+                        namespace: b.namespace.clone(),
+                        function: b.function.clone(),
+                    })
+                    .set((now - b.oldest_created_at).max(0) as f64 / 1000.0);
+            }
+        }
         self.instances.clear();
         for (namespace, function, _version, s) in dp.pool_stats() {
             for (state, v) in [

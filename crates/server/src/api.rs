@@ -446,6 +446,43 @@ pub async fn invocation(
     })
 }
 
+/// Cancels an async invocation that has not ended: it will not run again and nothing is
+/// delivered. An attempt already running is not stopped; its outcome is dropped.
+pub async fn cancel_invocation(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<petrel_core::api::AsyncInvocation>> {
+    match app
+        .store
+        .cancel_async(&id, petrel_store::now_ms())
+        .await
+        .map_err(store_error)?
+    {
+        petrel_store::Cancel::Cancelled { was, now } => {
+            app.dataplane
+                .metrics()
+                .async_finished(&now.namespace, &now.function, async_status::CANCELLED);
+            tracing::info!(%id, function = %now.function, %was, "async invocation cancelled");
+            Ok(Json(now))
+        }
+        petrel_store::Cancel::Ended(a) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{id} has already ended ({}); only queued, running and dead invocations can be cancelled",
+                a.status
+            ),
+        )
+        .into()),
+        petrel_store::Cancel::NotFound => Err(ApiError::new(
+            ErrorCode::InvocationNotFound,
+            format!(
+                "no async invocation {id}; a synchronous invocation ends with its answer and cannot be cancelled (see `petrel inv ls NAME --async`)"
+            ),
+        )
+        .into()),
+    }
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct UsageQuery {
     namespace: Option<String>,
@@ -576,7 +613,17 @@ pub async fn openapi() -> Response {
 
 /// Prometheus metrics (OpenMetrics text format).
 pub async fn metrics(State(app): State<App>) -> Response {
-    let text = app.dataplane.metrics().render(&app.dataplane);
+    let backlog = match app.store.async_backlog().await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("metrics without the async queue's depth: the store failed: {e}");
+            None
+        }
+    };
+    let text = app
+        .dataplane
+        .metrics()
+        .render(&app.dataplane, backlog.as_deref());
     (
         [(
             header::CONTENT_TYPE,
@@ -626,10 +673,12 @@ fn check_status(status: Option<&str>) -> Result<(), ApiError> {
     use async_status::*;
     match status {
         None => Ok(()),
-        Some(s) if [QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD].contains(&s) => Ok(()),
+        Some(s) if [QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED].contains(&s) => Ok(()),
         Some(s) => Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            format!("status {s:?} is not one of queued, running, succeeded, failed, dead"),
+            format!(
+                "status {s:?} is not one of queued, running, succeeded, failed, dead, cancelled"
+            ),
         )),
     }
 }

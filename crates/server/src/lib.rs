@@ -422,7 +422,10 @@ fn router(app: App, dataplane: DataPlane) -> Router {
         )
         .route("/v1/functions/{name}/logs", get(api::logs))
         .route("/v1/functions/{name}/invocations", get(api::invocations))
-        .route("/v1/invocations/{id}", get(api::invocation))
+        .route(
+            "/v1/invocations/{id}",
+            get(api::invocation).delete(api::cancel_invocation),
+        )
         .route("/v1/functions/{name}/async", get(api::async_invocations))
         .route("/v1/functions/{name}/dlq", get(api::dead_letters))
         .route("/v1/functions/{name}/dlq/replay", post(api::replay))

@@ -13,7 +13,9 @@ mod queue;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
 pub use db::{Alias, Backend, FunctionRecord, LogCursor, Store};
-pub use queue::{Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult};
+pub use queue::{
+    AsyncBacklog, Cancel, Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult,
+};
 
 /// Errors of the storage layer. Package problems are the uploader's to fix; the rest are ours.
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,30 @@ impl LeasedAsync {
     }
 }
 
+/// How many of a function's async invocations are in one status, and the oldest's submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncBacklog {
+    pub namespace: String,
+    pub function: String,
+    /// `queued`, `running` or `dead`.
+    pub status: String,
+    pub count: u64,
+    pub oldest_created_at: i64,
+}
+
+/// What [`Store::cancel_async`] found.
+#[derive(Debug, Clone)]
+pub enum Cancel {
+    NotFound,
+    /// It had already ended (succeeded, failed or cancelled); as it is.
+    Ended(AsyncInvocation),
+    /// Cancelled: its status before, and the invocation now.
+    Cancelled {
+        was: String,
+        now: AsyncInvocation,
+    },
+}
+
 /// A function's answer as stored: status, headers, body.
 pub type StoredResult = (u16, Vec<(String, String)>, Vec<u8>);
 
@@ -495,6 +519,72 @@ impl Store {
         Ok(Some(a))
     }
 
+    /// Cancels an async invocation that has not ended: queued (a retry waiting included),
+    /// running, or dead. A running attempt is not stopped, but its outcome can no longer be
+    /// recorded (outcomes are written only over a running claim), so nothing runs again and
+    /// nothing is delivered.
+    pub async fn cancel_async(&self, id: &str, now: i64) -> Result<Cancel> {
+        // The status may change between the read and the write (a claim, an outcome): the write
+        // is guarded by the status read, and read again when it lost.
+        loop {
+            let Some(before) = self.get_async(id).await? else {
+                return Ok(Cancel::NotFound);
+            };
+            if ![st::QUEUED, st::RUNNING, st::DEAD].contains(&before.status.as_str()) {
+                return Ok(Cancel::Ended(before));
+            }
+            let done = sqlx::query(
+                "UPDATE async_invocations SET status = $1, finished_at = $2,
+                   error = $3 || COALESCE('; before: ' || error, '')
+                 WHERE id = $4 AND status = $5",
+            )
+            .bind(st::CANCELLED)
+            .bind(now)
+            .bind(format!("cancelled while {}", before.status))
+            .bind(id)
+            .bind(&before.status)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                let after = self.get_async(id).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("async invocation {id} vanished"))
+                })?;
+                return Ok(Cancel::Cancelled {
+                    was: before.status,
+                    now: after,
+                });
+            }
+        }
+    }
+
+    /// The queue's depth for the metrics: per function, how many invocations are queued, running
+    /// and dead, and when the oldest queued one was submitted. Shared by every server on the
+    /// database, so each reports the same numbers.
+    pub async fn async_backlog(&self) -> Result<Vec<AsyncBacklog>> {
+        let rows = sqlx::query(
+            "SELECT namespace, function, status, COUNT(*), MIN(created_at) FROM async_invocations
+             WHERE status IN ($1, $2, $3) GROUP BY namespace, function, status
+             ORDER BY namespace, function, status",
+        )
+        .bind(st::QUEUED)
+        .bind(st::RUNNING)
+        .bind(st::DEAD)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AsyncBacklog {
+                    namespace: r.try_get(0)?,
+                    function: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    count: r.try_get::<i64, _>(3)? as u64,
+                    oldest_created_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// A function's async invocations, newest first, optionally in one status.
     pub async fn list_async(
         &self,
@@ -565,10 +655,11 @@ impl Store {
     /// ones older than `dead_ms`, and settled deliveries older than `done_ms`.
     pub async fn trim_async(&self, now: i64, done_ms: i64, dead_ms: i64) -> Result<u64> {
         let mut n = sqlx::query(
-            "DELETE FROM async_invocations WHERE (status = $1 OR status = $2) AND finished_at < $3",
+            "DELETE FROM async_invocations WHERE status IN ($1, $2, $3) AND finished_at < $4",
         )
         .bind(st::SUCCEEDED)
         .bind(st::FAILED)
+        .bind(st::CANCELLED)
         .bind(now - done_ms)
         .execute(&self.pool)
         .await?

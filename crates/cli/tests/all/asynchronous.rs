@@ -1,6 +1,6 @@
 //! Async mode end to end: submissions answered 202 after a durable commit, `kill -9` of the
-//! server while work runs and while it is submitted, retries into the dead-letter list and
-//! replays, callbacks and destinations, idempotency keys, the long async timeout, and two servers
+//! server while work runs and while it is submitted, retries (function errors, crashes, running
+//! out of memory) into the dead-letter list and replays, callbacks and destinations, idempotency keys, the long async timeout, and two servers
 //! sharing one PostgreSQL queue.
 
 use crate::harness::{function_dir, manifest, Petrel, StoreKind};
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const APP: &str = r#"
-import json, time
+import json, os, time
 calls = 0
 
 def handler(event, context):
@@ -30,6 +30,13 @@ def handler(event, context):
         raise RuntimeError("failing call %d" % calls)
     if action == "fail":
         raise RuntimeError("always failing")
+    if action == "crash":
+        print("about to crash", flush=True)
+        os._exit(3)
+    if action == "hog":
+        hoard = []
+        while True:
+            hoard.append(bytearray(16 * 1024 * 1024))
     return {"n": event.get("n"), "calls": calls, "event": event}
 "#;
 
@@ -301,6 +308,28 @@ async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
             .await,
         );
     }
+    // The queue's depth: none of the four can have finished yet (each sleeps 1.5 s, one at a
+    // time).
+    let metrics = p.http("GET", "/metrics", None).await.text();
+    let depth = |status: &str| {
+        sample(
+            &metrics,
+            &format!(
+                r#"petrel_async_invocations{{namespace="default",function="shared-pool",status="{status}"}}"#
+            ),
+        )
+    };
+    assert_eq!(
+        depth("queued").unwrap_or(0.0) + depth("running").unwrap_or(0.0),
+        4.0,
+        "{metrics}"
+    );
+    let age = sample(
+        &metrics,
+        r#"petrel_async_oldest_queued_age_seconds{namespace="default",function="shared-pool"}"#,
+    )
+    .unwrap_or_else(|| panic!("no age of the oldest queued in {metrics}"));
+    assert!((0.0..60.0).contains(&age), "{age}");
     wait_status(&p, &ids[0], "running", Duration::from_secs(30)).await;
     let mut most_running = 0;
     for _ in 0..8 {
@@ -319,6 +348,12 @@ async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
     for id in &ids {
         wait_status(&p, id, "succeeded", Duration::from_secs(60)).await;
     }
+    let metrics = p.http("GET", "/metrics", None).await.text();
+    assert!(
+        !metrics.contains(r#"petrel_async_invocations{namespace="default",function="shared-pool""#)
+            && !metrics.contains("petrel_async_oldest_queued_age_seconds{"),
+        "an empty queue has no depth: {metrics}"
+    );
     // A dead letter, kept for dead_letter_retention.
     p.deploy(function("doomed", "max_retries = 0").path());
     let dead = submit(&p, "doomed", json!({"action": "fail"})).await;
@@ -340,6 +375,13 @@ async fn async_work_leaves_synchronous_calls_their_share_and_results_expire() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The value of one sample, by its name and labels exactly as the exposition writes them.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A config file for quick retries.
@@ -396,6 +438,14 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"petrel_async_invocations{namespace="default",function="flaky",status="dead"}"#
+        ),
+        Some(1.0),
+        "the dead-letter list's length: {metrics}"
+    );
     let dlq = p.cli_ok(&["dlq", "ls", "flaky"]);
     assert!(dlq.contains(&id) && dlq.contains("dead"), "{dlq}");
     let out = p.cli_ok(&["dlq", "replay", "flaky", &id]);
@@ -411,6 +461,15 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     );
     assert_eq!(result_json(&ok)["calls"], 4, "{ok}");
     assert!(p.cli_ok(&["dlq", "ls", "flaky"]).contains("is empty"));
+    let metrics = p.http("GET", "/metrics", None).await.text();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"petrel_async_invocations{namespace="default",function="flaky",status="dead"}"#
+        ),
+        None,
+        "{metrics}"
+    );
     let again = p.cli(&["dlq", "replay", "flaky", &id]);
     assert!(
         !again.status.success()
@@ -434,11 +493,45 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
         "{dead}"
     );
 
+    // A crash and running out of memory are failures like the others: retried, counted, and
+    // dead after max_retries + 1 attempts; the next invocation gets a new instance.
+    p.deploy(
+        function(
+            "fragile",
+            "memory_mb = 128\nmax_retries = 1\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    for (action, outcome, cause) in [
+        ("crash", " crashed ", "exited with status 3"),
+        ("hog", " out_of_memory ", "memory_mb of 128 MiB"),
+    ] {
+        let id = submit(&p, "fragile", json!({"action": action})).await;
+        let dead = wait_status(&p, &id, "dead", Duration::from_secs(60)).await;
+        assert_eq!(dead["attempts"], 2, "{dead}");
+        let error = dead["error"].as_str().unwrap();
+        assert!(
+            error.contains("failed 2 times (max_retries = 1)") && error.contains(cause),
+            "{action}: {dead}"
+        );
+        let records = p.cli_ok(&["inv", "ls", "fragile"]);
+        for n in 1..=2 {
+            let line = records
+                .lines()
+                .find(|l| l.contains(&format!("{id}.{n}")))
+                .unwrap_or_else(|| panic!("no record {id}.{n} in {records}"));
+            assert!(line.contains(outcome), "{line}");
+        }
+    }
+    let id = submit(&p, "fragile", json!({"n": 9})).await;
+    let ok = wait_status(&p, &id, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(result_json(&ok)["n"], 9, "{ok}");
+
     // A long task: async_timeout, not timeout, bounds an async run.
     p.deploy(
         function(
             "long",
-            "timeout = \"1s\"\nasync_timeout = \"20s\"\nkeep_alive = \"10m\"",
+            "timeout = \"1s\"\nasync_timeout = \"20s\"\nasync_concurrency = 1\nkeep_alive = \"10m\"",
         )
         .path(),
     );
@@ -497,6 +590,76 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     );
     let ls = p.cli_ok(&["inv", "ls", "flaky", "--async", "--status", "succeeded"]);
     assert_eq!(ls.lines().count(), 4, "a header and three: {ls}");
+
+    // Cancelling. A running attempt is not stopped, but its outcome is dropped: the invocation
+    // stays cancelled and nothing runs again.
+    let running = submit(&p, "long", json!({"action": "sleep", "secs": 4})).await;
+    wait_status(&p, &running, "running", Duration::from_secs(30)).await;
+    let r = p
+        .http("DELETE", &format!("/v1/invocations/{running}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["status"].as_str(), v["error"].as_str()),
+        (Some("cancelled"), Some("cancelled while running")),
+        "{v}"
+    );
+    // Queued, its age running: one that waits behind it (the function runs one at a time).
+    let behind = submit(&p, "long", json!({"action": "sleep", "secs": 4})).await;
+    let out = p.cli_ok(&["inv", "cancel", &behind]);
+    assert!(
+        out.contains(&format!("Cancelled {behind} (cancelled while queued)")),
+        "{out}"
+    );
+    // Dead: out of the dead-letter list.
+    let doomed = submit(&p, "aged", json!({"action": "fail"})).await;
+    wait_status(&p, &doomed, "dead", Duration::from_secs(30)).await;
+    let out = p.cli_ok(&["inv", "cancel", &doomed]);
+    assert!(out.contains("cancelled while dead; before: "), "{out}");
+    assert!(!p.cli_ok(&["dlq", "ls", "aged"]).contains(&doomed));
+    // The attempt ends, and nothing of it is recorded as the outcome.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (id, attempts) in [(&running, 1), (&behind, 0)] {
+        let v = get(&p, id).await;
+        assert_eq!(
+            (v["status"].as_str(), v["attempts"].as_u64(), &v["result"]),
+            (Some("cancelled"), Some(attempts), &Value::Null),
+            "{v}"
+        );
+    }
+    // What has ended cannot be cancelled; an unknown id is not found.
+    let ended = list(&p, "flaky", Some("succeeded")).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m = p
+        .http("DELETE", &format!("/v1/invocations/{ended}"), None)
+        .await
+        .assert_error(409, "conflict");
+    assert!(m.contains("already ended (succeeded)"), "{m}");
+    p.http("DELETE", &format!("/v1/invocations/{running}"), None)
+        .await
+        .assert_error(409, "conflict");
+    let out = p.cli(&["inv", "cancel", "no-such-id", &ended]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no async invocation no-such-id")
+            && err.contains("already ended"),
+        "{err}"
+    );
+    let ls = p.cli_ok(&["inv", "ls", "long", "--async", "--status", "cancelled"]);
+    assert_eq!(ls.lines().count(), 3, "a header and two: {ls}");
+    let metrics = p.http("GET", "/metrics", None).await.text();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"petrel_async_finished_total{namespace="default",function="long",status="cancelled"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
 }
 
 /// What the receiver saw: path, headers, body.

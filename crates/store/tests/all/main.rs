@@ -235,6 +235,17 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
         store.ready_async(999).await.unwrap().is_empty(),
         "not due yet"
     );
+    let depth = |status: &str, count| petrel_store::AsyncBacklog {
+        namespace: "default".into(),
+        function: "f".into(),
+        status: status.into(),
+        count,
+        oldest_created_at: 1_000,
+    };
+    assert_eq!(
+        store.async_backlog().await.unwrap(),
+        vec![depth("queued", 200)]
+    );
     // Two claimers at once: on PostgreSQL, SKIP LOCKED keeps them apart.
     let key = ("default", "f");
     let (a, b) = tokio::join!(
@@ -281,6 +292,11 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     );
     let got = store.get_async(&j.id).await.unwrap().unwrap();
     assert_eq!((got.status.as_str(), got.attempts), ("succeeded", 1));
+    assert_eq!(
+        store.async_backlog().await.unwrap(),
+        vec![depth("running", 199)],
+        "finished work is not in the backlog"
+    );
     assert_eq!(got.result.unwrap().body, "ok");
     assert_eq!(
         store.deliveries_of(&j.id).await.unwrap().len(),
@@ -350,6 +366,65 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
         store.insert_async_once(&later, 10_000).await.unwrap(),
         ("k-3".into(), false)
     );
+    // Cancelling: a queued one; a running one, whose outcome can then not be recorded; a dead
+    // one keeps its last error after its own. What has ended stays as it is.
+    use petrel_store::Cancel;
+    let was = |c: Cancel| match c {
+        Cancel::Cancelled { was, now } => (was, now.status, now.error.unwrap_or_default()),
+        other => panic!("not cancelled: {other:?}"),
+    };
+    assert_eq!(
+        was(store.cancel_async("k-3", 60_000).await.unwrap()),
+        (
+            "queued".into(),
+            "cancelled".into(),
+            "cancelled while queued".into()
+        )
+    );
+    let run = store
+        .lease_async("a", key, 1, 60_000, 90_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        was(store.cancel_async(&run[0].id, 61_000).await.unwrap()).0,
+        "running"
+    );
+    assert_eq!(
+        store
+            .finish_async("a", &[ended(&run[0].id, run[0].attempt)])
+            .await
+            .unwrap(),
+        vec![false],
+        "a cancelled invocation's outcome is dropped"
+    );
+    let dead = store
+        .lease_async("a", key, 1, 60_000, 90_000)
+        .await
+        .unwrap();
+    let mut e = ended(&dead[0].id, dead[0].attempt);
+    e.finish = finish("dead");
+    e.finish.error = Some("retries ran out".into());
+    assert!(store.finish_async("a", &[e]).await.unwrap()[0]);
+    assert_eq!(
+        was(store.cancel_async(&dead[0].id, 62_000).await.unwrap()).2,
+        "cancelled while dead; before: retries ran out"
+    );
+    assert!(matches!(
+        store.cancel_async(&dead[0].id, 63_000).await.unwrap(),
+        Cancel::Ended(a) if a.status == "cancelled"
+    ));
+    assert!(matches!(
+        store.cancel_async(&j.id, 63_000).await.unwrap(),
+        Cancel::Ended(a) if a.status == "succeeded"
+    ));
+    assert!(matches!(
+        store.cancel_async("nope", 63_000).await.unwrap(),
+        Cancel::NotFound
+    ));
+    // Cancelled work is kept for the retention of finished work, then dropped.
+    assert!(store.get_async("k-3").await.unwrap().is_some());
+    store.trim_async(70_000, 5_000, 1_000_000).await.unwrap();
+    assert!(store.get_async("k-3").await.unwrap().is_none());
 }
 
 async fn idle_histograms_are_saved_and_replaced(store: Store) {
