@@ -12,6 +12,8 @@ missing=()
 command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v npm >/dev/null || missing+=(npm)
+# The async tests make their own CA and certificates for the https callbacks.
+command -v openssl >/dev/null || missing+=(openssl)
 # The official Node.js Lambda runtime client (aws-lambda-ric, from npm) builds curl and
 # aws-lambda-cpp from source when installed.
 for tool in cmake:cmake autoconf:autoconf automake:automake libtoolize:libtool make:make g++:g++; do

@@ -19,14 +19,73 @@ const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claimed delivery stays claimed (a try is much shorter).
 const CLAIM: Duration = Duration::from_secs(60);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// TLS for outbound HTTPS: the system's trust store (`SSL_CERT_FILE` or `SSL_CERT_DIR` name
+/// other certificates instead), plus the PEM certificates of `extra_ca` (an internal CA). Fails
+/// only on an `extra_ca` that cannot be read; without any trusted certificate at all, https
+/// deliveries fail with an unknown issuer, and the server says so at start.
+pub fn tls_client_config(
+    extra_ca: Option<&std::path::Path>,
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer},
+    };
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "could not read a trusted certificate of the system");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (system, _) = roots.add_parsable_certificates(found.certs);
+    let mut extra = 0;
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("could not read certificates from {}: {e}", path.display()))?;
+        for c in certs {
+            roots.add(c).map_err(|e| {
+                format!(
+                    "{} holds a certificate that cannot be trusted: {e}",
+                    path.display()
+                )
+            })?;
+            extra += 1;
+        }
+        if extra == 0 {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!("no trusted CA certificates (install ca-certificates, set SSL_CERT_FILE, or tls_ca_file): https callbacks and destinations will fail");
+    } else {
+        tracing::info!(system, extra, "trusted CA certificates for outbound https");
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The client outcomes are POSTed with, over `http://` or `https://`.
+fn client(tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>) -> HttpClient {
+    let tls = match tls {
+        Some(t) => (*t).clone(),
+        None => tls_client_config(None).expect("no extra certificates to read"),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
 
 pub(crate) async fn delivery_loop(
     queue: AsyncQueue,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = client(queue.config().tls.clone());
     let slots = Arc::new(Semaphore::new(16));
     loop {
         tokio::select! {
@@ -61,9 +120,6 @@ pub(crate) async fn delivery_loop(
 }
 
 async fn post(client: &HttpClient, d: &Delivery) -> Result<(), String> {
-    if d.url.starts_with("https://") {
-        return Err("https URLs are not supported yet: use http:// (a TLS-terminating proxy on the receiving side, or a function destination)".into());
-    }
     let mut req = http::Request::post(&d.url);
     for (k, v) in &d.headers {
         req = req.header(k, v);
@@ -73,7 +129,7 @@ async fn post(client: &HttpClient, d: &Delivery) -> Result<(), String> {
         .map_err(|e| format!("the delivery request is invalid: {e}"))?;
     match tokio::time::timeout(TRY_TIMEOUT, client.request(req)).await {
         Err(_) => Err(format!("no answer within {}s", TRY_TIMEOUT.as_secs())),
-        Ok(Err(e)) => Err(format!("could not reach {}: {e}", d.url)),
+        Ok(Err(e)) => Err(format!("could not reach {}: {}", d.url, causes(&e))),
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
         Ok(Ok(resp)) => Err(format!("{} answered {}", d.url, resp.status())),
     }
@@ -84,7 +140,7 @@ async fn settle(queue: &AsyncQueue, d: &Delivery, result: Result<(), String>) {
     let now = now_ms();
     let (status, next_at, error) = match result {
         Ok(()) => ("delivered", now, None),
-        Err(e) if d.attempt >= config.delivery_attempts || d.url.starts_with("https://") => {
+        Err(e) if d.attempt >= config.delivery_attempts => {
             tracing::warn!(invocation = %d.invocation, url = %d.url, attempts = d.attempt, error = %e, "async: gave up delivering an outcome");
             ("failed", now, Some(e))
         }
@@ -101,4 +157,17 @@ async fn settle(queue: &AsyncQueue, d: &Delivery, result: Result<(), String>) {
         // The claim lapses and the delivery is tried again: at least once.
         tracing::warn!(error = %e, "async: could not record a delivery");
     }
+}
+
+/// An error with its causes: hyper's own text ("client error (Connect)") hides what failed, such
+/// as the certificate the server showed.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

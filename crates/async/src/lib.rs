@@ -13,6 +13,7 @@
 mod deliver;
 mod dispatch;
 
+pub use deliver::tls_client_config;
 pub use dispatch::Dispatcher;
 
 use petrel_core::manifest::AsyncSpec;
@@ -47,6 +48,8 @@ pub struct AsyncConfig {
     pub dead_retention: Duration,
     /// Attempts to deliver one outcome before giving up.
     pub delivery_attempts: u32,
+    /// TLS for `https://` deliveries; `None`: the system's trust store alone.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl Default for AsyncConfig {
@@ -61,6 +64,7 @@ impl Default for AsyncConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             dead_retention: Duration::from_secs(14 * 24 * 3600),
             delivery_attempts: 10,
+            tls: None,
         }
     }
 }

@@ -398,6 +398,14 @@ pub enum Destination {
     Function(String),
 }
 
+/// Whether `s` is an `http://` or `https://` URL with a host, that outcomes can be POSTed to.
+pub fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace))
+}
+
 impl Destination {
     fn parse(field: &'static str, s: &str) -> Result<Self, ManifestError> {
         if let Some(name) = s.strip_prefix("function:") {
@@ -405,17 +413,13 @@ impl Destination {
                 .map_err(|e| ManifestError::invalid(field, e.to_string()))?;
             return Ok(Destination::Function(name.to_owned()));
         }
-        let rest = s
-            .strip_prefix("http://")
-            .or_else(|| s.strip_prefix("https://"));
-        match rest {
-            Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace) => {
-                Ok(Destination::Url(s.to_owned()))
-            }
-            _ => Err(ManifestError::invalid(
+        if is_http_url(s) {
+            Ok(Destination::Url(s.to_owned()))
+        } else {
+            Err(ManifestError::invalid(
                 field,
                 format!("{s:?} is not a destination: write \"function:NAME\" or an http(s):// URL"),
-            )),
+            ))
         }
     }
 }

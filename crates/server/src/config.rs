@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub idempotency_window: Duration,
     pub async_retention: Duration,
     pub dead_letter_retention: Duration,
+    /// PEM certificates trusted for outbound HTTPS (callbacks and destinations) besides the
+    /// system's: an internal CA.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -64,6 +67,7 @@ impl Default for ServeConfig {
             idempotency_window: Duration::from_secs(24 * 3600),
             async_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
+            tls_ca_file: None,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct ConfigFile {
     pub idempotency_window: Option<String>,
     pub async_retention: Option<String>,
     pub dead_letter_retention: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// One `[[lambda_access_keys]]` entry.
@@ -127,6 +132,7 @@ const KNOWN_KEYS: &[&str] = &[
     "idempotency_window",
     "async_retention",
     "dead_letter_retention",
+    "tls_ca_file",
 ];
 
 impl ConfigFile {
@@ -215,6 +221,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.worker_id {
             base.worker_id = Some(v);
+        }
+        if let Some(v) = self.tls_ca_file {
+            base.tls_ca_file = Some(v);
         }
         for (v, key, field) in [
             (

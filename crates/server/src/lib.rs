@@ -288,6 +288,8 @@ impl Server {
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
         let worker_id = worker_id(&config)?;
+        let tls = petrel_async::tls_client_config(config.tls_ca_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("tls_ca_file: {e}"))?;
         let queue = petrel_async::AsyncQueue::new(
             store.clone(),
             petrel_async::AsyncConfig {
@@ -296,6 +298,7 @@ impl Server {
                 idempotency_window: config.idempotency_window,
                 retention: config.async_retention,
                 dead_retention: config.dead_letter_retention,
+                tls: Some(Arc::new(tls)),
                 ..Default::default()
             },
         );

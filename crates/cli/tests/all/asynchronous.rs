@@ -668,28 +668,148 @@ type Seen = Arc<Mutex<Vec<(String, http::HeaderMap, Bytes)>>>;
 /// An HTTP receiver for callbacks and destinations: records every request; `/flaky` answers
 /// 500 to its first request.
 async fn receiver() -> (String, Seen) {
-    use axum::extract::{Request, State};
+    receiver_on(None).await
+}
+
+/// The receiver over HTTPS with this certificate chain and key (PEM files).
+async fn https_receiver(cert: &std::path::Path, key: &std::path::Path) -> (String, Seen) {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    receiver_on(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+}
+
+async fn receiver_on(tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Seen) {
     let seen: Seen = Arc::default();
-    async fn record(State(seen): State<Seen>, req: Request) -> http::StatusCode {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let path = parts.uri.path().to_owned();
-        let mut seen = seen.lock().unwrap();
-        let first_flaky = path == "/flaky" && !seen.iter().any(|(p, _, _)| p == "/flaky");
-        seen.push((path, parts.headers, body));
-        if first_flaky {
-            http::StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            http::StatusCode::OK
-        }
-    }
-    let app = axum::Router::new()
-        .fallback(record)
-        .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (seen, tls) = (record.clone(), tls.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let path = parts.uri.path().to_owned();
+                            let mut seen = seen.lock().unwrap();
+                            let first_flaky =
+                                path == "/flaky" && !seen.iter().any(|(p, _, _)| p == "/flaky");
+                            seen.push((path, parts.headers, body));
+                            let mut resp = http::Response::new(Full::new(Bytes::new()));
+                            if first_flaky {
+                                *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    // A client that does not trust the certificate gives up in the handshake.
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(tcp).await {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(tcp);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                }
+            });
+        }
+    });
     (url, seen)
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with the openssl tool: (CA, certificate,
+/// key), PEM files in `dir`.
+fn test_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl tool (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &format!(
+                "/CN=petrel test CA {}",
+                dir.file_name().unwrap().to_string_lossy()
+            ),
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    ["ca.pem", "leaf.pem", "leaf.key"].map(|f| dir.join(f))
 }
 
 async fn wait_seen(seen: &Seen, path: &str, n: usize) -> Vec<(http::HeaderMap, Bytes)> {
@@ -718,9 +838,16 @@ async fn wait_seen(seen: &Seen, path: &str, n: usize) -> Vec<(http::HeaderMap, B
 async fn callbacks_destinations_and_idempotency_keys() {
     let cfg = tempfile::tempdir().unwrap();
     let path = cfg.path().join("petrel-node.toml");
+    // A CA the server trusts through tls_ca_file, and one it does not.
+    let (trusted, untrusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [ca, cert, key] = test_ca(trusted.path());
+    let [_, bad_cert, bad_key] = test_ca(untrusted.path());
     std::fs::write(
         &path,
-        "async_retry_base = \"50ms\"\nidempotency_window = \"5s\"\n",
+        format!(
+            "async_retry_base = \"50ms\"\nidempotency_window = \"5s\"\ntls_ca_file = {:?}\n",
+            ca.to_str().unwrap()
+        ),
     )
     .unwrap();
     let p = Petrel::start_with(StoreKind::Sqlite, &["--config", path.to_str().unwrap()]).await;
@@ -937,6 +1064,58 @@ async fn callbacks_destinations_and_idempotency_keys() {
     assert_eq!(later.status, 202);
     assert_ne!(later.json()["id"], a.json()["id"]);
     assert!(later.json().get("duplicate").is_none());
+
+    // https: a receiver whose certificate chains to tls_ca_file gets the outcome; one whose CA
+    // nobody trusts never sees a request, and the delivery says why.
+    let (secure, secure_seen) = https_receiver(&cert, &key).await;
+    let (forged, forged_seen) = https_receiver(&bad_cert, &bad_key).await;
+    let mut ids = Vec::new();
+    for target in [&secure, &forged] {
+        let r = p
+            .http_with(
+                "POST",
+                "/v1/functions/sink/invoke?async=true",
+                &[("x-callback-url", &format!("{target}/secure"))],
+                br#"{"n": 443}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let got = wait_seen(&secure_seen, "/secure", 1).await;
+    assert_eq!(got[0].0["x-petrel-invocation-id"], ids[0].as_str());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&got[0].1).unwrap()["n"],
+        443
+    );
+    let t0 = Instant::now();
+    let delivery = loop {
+        let v = get(&p, &ids[1]).await;
+        let d = v["deliveries"][0].clone();
+        if d["error"].is_string() {
+            break d;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        delivery["status"] == "pending"
+            && delivery["error"]
+                .as_str()
+                .unwrap()
+                .contains("UnknownIssuer"),
+        "{delivery}"
+    );
+    assert!(forged_seen.lock().unwrap().is_empty());
+    let v = get(&p, &ids[0]).await;
+    assert_eq!(
+        (
+            &v["deliveries"][0]["status"],
+            &v["deliveries"][0]["attempts"]
+        ),
+        (&json!("delivered"), &json!(1)),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -147,11 +147,10 @@ pub(crate) async fn submit(
     }
     let callback_url = text(&req, CALLBACK_URL_HEADER)?;
     if let Some(u) = &callback_url {
-        let host = u.strip_prefix("http://").unwrap_or_default();
-        if host.is_empty() || host.starts_with('/') || u.parse::<http::Uri>().is_err() {
+        if !petrel_core::manifest::is_http_url(u) || u.parse::<http::Uri>().is_err() {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("X-Callback-Url {u:?} is not an http:// URL; give one the result can be POSTed to (https is not supported yet)"),
+                format!("X-Callback-Url {u:?} is not an http:// or https:// URL; give one the result can be POSTed to"),
             ));
         }
     }
