@@ -107,6 +107,8 @@ struct EnvInner {
     sink: LogSink,
     host_path: String,
     payload_limit: usize,
+    /// TLS for wasm guests' outbound `https://` requests; unset: they are refused.
+    outbound_tls: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// Shortest time an instance is given to start, whatever its invocation timeout.
@@ -204,6 +206,7 @@ impl RuntimeEnv {
                 sink,
                 host_path,
                 payload_limit,
+                outbound_tls: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -214,6 +217,12 @@ impl RuntimeEnv {
 
     pub fn payload_limit(&self) -> usize {
         self.inner.payload_limit
+    }
+
+    /// Lets wasm guests make `https://` requests (to their `allowed_outbound_hosts`), verified
+    /// with this configuration. Set once, at start; later calls change nothing.
+    pub fn set_outbound_tls(&self, config: Arc<tokio_rustls::rustls::ClientConfig>) {
+        let _ = self.inner.outbound_tls.set(config);
     }
 
     /// Starts what is configured to be kept warm (the Python fork server, standby Node
@@ -735,7 +744,12 @@ impl Instance {
                 ),
             ])
             .collect();
-        let function = WasmFunction::new(pre, spec.spec.clone(), wasm_env)?;
+        let function = WasmFunction::new(pre, spec.spec.clone(), wasm_env)?.with_tls(
+            env.inner
+                .outbound_tls
+                .get()
+                .map(|c| tokio_rustls::TlsConnector::from(c.clone())),
+        );
         let source = LogSource {
             namespace: spec.namespace.clone(),
             function: spec.function.clone(),

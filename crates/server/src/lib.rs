@@ -209,6 +209,11 @@ impl Server {
             config.log_retention_lines,
             config.log_retention,
         );
+        // One TLS configuration for everything outbound: https deliveries and wasm guests.
+        let tls = Arc::new(
+            petrel_async::tls_client_config(config.tls_ca_file.as_deref())
+                .map_err(|e| anyhow::anyhow!("tls_ca_file: {e}"))?,
+        );
         let env = RuntimeEnv::new(
             &config.data_dir,
             sink,
@@ -218,6 +223,7 @@ impl Server {
             config.sandbox,
         )
         .context("could not prepare the runtime directory")?;
+        env.set_outbound_tls(tls.clone());
         env.prewarm();
         let env_status = env.limits_status().to_owned();
         let sandbox_status = env.sandbox_status().to_owned();
@@ -288,8 +294,6 @@ impl Server {
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
         let worker_id = worker_id(&config)?;
-        let tls = petrel_async::tls_client_config(config.tls_ca_file.as_deref())
-            .map_err(|e| anyhow::anyhow!("tls_ca_file: {e}"))?;
         let queue = petrel_async::AsyncQueue::new(
             store.clone(),
             petrel_async::AsyncConfig {
@@ -298,7 +302,7 @@ impl Server {
                 idempotency_window: config.idempotency_window,
                 retention: config.async_retention,
                 dead_retention: config.dead_letter_retention,
-                tls: Some(Arc::new(tls)),
+                tls: Some(tls),
                 ..Default::default()
             },
         );

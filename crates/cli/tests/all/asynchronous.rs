@@ -3,7 +3,9 @@
 //! out of memory) into the dead-letter list and replays, callbacks and destinations, idempotency keys, the long async timeout, and two servers
 //! sharing one PostgreSQL queue.
 
-use crate::harness::{function_dir, manifest, Petrel, StoreKind};
+use crate::harness::{
+    function_dir, https_receiver, manifest, receiver, test_ca, Petrel, Seen, StoreKind,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -660,156 +662,6 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
         Some(2.0),
         "{metrics}"
     );
-}
-
-/// What the receiver saw: path, headers, body.
-type Seen = Arc<Mutex<Vec<(String, http::HeaderMap, Bytes)>>>;
-
-/// An HTTP receiver for callbacks and destinations: records every request; `/flaky` answers
-/// 500 to its first request.
-async fn receiver() -> (String, Seen) {
-    receiver_on(None).await
-}
-
-/// The receiver over HTTPS with this certificate chain and key (PEM files).
-async fn https_receiver(cert: &std::path::Path, key: &std::path::Path) -> (String, Seen) {
-    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    receiver_on(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
-}
-
-async fn receiver_on(tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (seen, tls) = (record.clone(), tls.clone());
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await?.to_bytes();
-                            let path = parts.uri.path().to_owned();
-                            let mut seen = seen.lock().unwrap();
-                            let first_flaky =
-                                path == "/flaky" && !seen.iter().any(|(p, _, _)| p == "/flaky");
-                            seen.push((path, parts.headers, body));
-                            let mut resp = http::Response::new(Full::new(Bytes::new()));
-                            if first_flaky {
-                                *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                            }
-                            Ok::<_, hyper::Error>(resp)
-                        }
-                    });
-                let http = hyper::server::conn::http1::Builder::new();
-                match tls {
-                    // A client that does not trust the certificate gives up in the handshake.
-                    Some(tls) => {
-                        if let Ok(stream) = tls.accept(tcp).await {
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            let _ = http.serve_connection(io, service).await;
-                        }
-                    }
-                    None => {
-                        let io = hyper_util::rt::TokioIo::new(tcp);
-                        let _ = http.serve_connection(io, service).await;
-                    }
-                }
-            });
-        }
-    });
-    (url, seen)
-}
-
-/// A CA and a certificate for 127.0.0.1 it signed, made with the openssl tool: (CA, certificate,
-/// key), PEM files in `dir`.
-fn test_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl tool (scripts/test.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            &format!(
-                "/CN=petrel test CA {}",
-                dir.file_name().unwrap().to_string_lossy()
-            ),
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    ["ca.pem", "leaf.pem", "leaf.key"].map(|f| dir.join(f))
 }
 
 async fn wait_seen(seen: &Seen, path: &str, n: usize) -> Vec<(http::HeaderMap, Bytes)> {

@@ -1,7 +1,9 @@
 //! The wasm runtime through the real binary: the Rust example, every bad component, and guests
 //! that trap, loop, grow and reach out.
 
-use crate::harness::{function_dir, manifest, wasm_function, wasm_guests, Petrel};
+use crate::harness::{
+    function_dir, https_receiver, manifest, test_ca, wasm_function, wasm_guests, Petrel, StoreKind,
+};
 use std::sync::Arc;
 
 /// A tiny HTTP server on loopback for the guests' outbound calls: answers "pong", and counts
@@ -135,12 +137,21 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
     let (allowed, allowed_hits) = pong_server().await;
     let (denied, denied_hits) = pong_server().await;
     assert_ne!(allowed, denied);
-    let p = Arc::new(Petrel::start().await);
+    // https: one server whose CA the Petrel server trusts (tls_ca_file), one whose CA it does not.
+    let (trusted, untrusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [ca, cert, key] = test_ca(trusted.path());
+    let [_, bad_cert, bad_key] = test_ca(untrusted.path());
+    let (secure, secure_seen) = https_receiver(&cert, &key).await;
+    let (forged, forged_seen) = https_receiver(&bad_cert, &bad_key).await;
+    let cfg = trusted.path().join("petrel-node.toml");
+    std::fs::write(&cfg, format!("tls_ca_file = {:?}\n", ca.to_str().unwrap())).unwrap();
+    let p =
+        Arc::new(Petrel::start_with(StoreKind::Sqlite, &["--config", cfg.to_str().unwrap()]).await);
     p.deploy(guests.hello.parent().unwrap());
     let probe = wasm_function(
         "probe",
         &guests.probe,
-        &format!("timeout = \"1s\"\nmemory_mb = 32\nallowed_outbound_hosts = [\"http://127.0.0.1:{allowed}\"]\n[env]\nGREETING = \"from the manifest\""),
+        &format!("timeout = \"1s\"\nmemory_mb = 32\nallowed_outbound_hosts = [\"http://127.0.0.1:{allowed}\", \"{secure}\", \"{forged}\"]\n[env]\nGREETING = \"from the manifest\""),
     );
     p.deploy(probe.path());
     healthy(&p).await;
@@ -281,6 +292,28 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
             .await;
         assert_eq!((r.status, r.text().as_str()), (200, "uploaded 200 pong"));
     }
+    // https, verified against the server's trusted CAs: the trusted one answers; the other is
+    // refused in the handshake, and the function's log says why.
+    let r = p
+        .http("GET", &format!("/fn/probe/fetch?url={secure}/tls"), None)
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fetched 200 "));
+    assert_eq!(secure_seen.lock().unwrap()[0].0, "/tls");
+    let r = p
+        .http("GET", &format!("/fn/probe/fetch?url={forged}/tls"), None)
+        .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(forged_seen.lock().unwrap().is_empty());
+    let refused = format!(
+        "outbound request to {forged} failed its TLS handshake: invalid peer certificate: UnknownIssuer"
+    );
+    let logged = crate::harness::eventually(std::time::Duration::from_secs(5), || {
+        p.cli_ok(&["logs", "probe", "--tail", "1000"])
+            .contains(&refused)
+    })
+    .await;
+    assert!(logged, "no platform line {refused:?}");
+
     // And a server that reads the body gets all of it.
     let r = p
         .http(

@@ -289,7 +289,7 @@ pub async fn warm_slot(pre: &ProxyPreState, memory_mb: u32) {
         wasi: WasiCtx::builder().build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        hooks: OutboundPolicy::new(Arc::new(Vec::new()), None),
+        hooks: OutboundPolicy::new(Arc::new(Vec::new()), None, None),
         limits: MemoryLimit {
             max_bytes: memory_mb as usize * 1024 * 1024,
             refused: false,
@@ -313,6 +313,7 @@ pub struct WasmFunction {
     spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
     policy: Arc<Vec<HostPattern>>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl WasmFunction {
@@ -335,7 +336,15 @@ impl WasmFunction {
             spec,
             env,
             policy: Arc::new(policy),
+            tls: None,
         })
+    }
+
+    /// Lets the guest's `https://` requests through, verified with `tls`; without it they are
+    /// refused with a TLS error.
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves one request in a fresh instance. The response head comes back as soon as the guest
@@ -363,6 +372,7 @@ impl WasmFunction {
             hooks: OutboundPolicy::new(
                 self.policy.clone(),
                 Some((sink.clone(), source.clone(), invocation.to_owned())),
+                self.tls.clone(),
             ),
             limits: MemoryLimit {
                 max_bytes: self.spec.memory_mb as usize * 1024 * 1024,

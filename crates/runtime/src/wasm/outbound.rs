@@ -1,6 +1,6 @@
 //! Outbound HTTP from guests: denied unless `allowed_outbound_hosts` names the destination
-//! (see `petrel_core::outbound`). Allowed requests go out over plain HTTP/1.1; HTTPS is refused
-//! until TLS is built in.
+//! (see `petrel_core::outbound`). Allowed requests go out over HTTP/1.1, `https://` ones over
+//! TLS verified against the server's trusted CAs (refused when the server gave none).
 
 use crate::logs::{LogSink, LogSource};
 use petrel_core::outbound::{default_port, HostPattern};
@@ -13,11 +13,16 @@ pub struct OutboundPolicy {
     allowed: Arc<Vec<HostPattern>>,
     /// Says in the function's log what was denied (the guest's own error may be less clear).
     log: Option<(LogSink, LogSource, String)>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl OutboundPolicy {
-    pub fn new(allowed: Arc<Vec<HostPattern>>, log: Option<(LogSink, LogSource, String)>) -> Self {
-        Self { allowed, log }
+    pub fn new(
+        allowed: Arc<Vec<HostPattern>>,
+        log: Option<(LogSink, LogSource, String)>,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) -> Self {
+        Self { allowed, log, tls }
     }
 }
 
@@ -43,6 +48,7 @@ impl WasiHttpHooks for OutboundPolicy {
         drop(fut);
         let allowed = self.allowed.clone();
         let log = self.log.clone();
+        let tls = self.tls.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
             let uri = request.uri().clone();
@@ -52,20 +58,27 @@ impl WasiHttpHooks for OutboundPolicy {
                 .port_u16()
                 .or_else(|| default_port(&scheme))
                 .ok_or(Error::HttpRequestUriInvalid)?;
-            if !allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
-                if let Some((sink, source, id)) = log {
-                    sink.emit(source.line(
-                        "platform",
-                        Some(id),
-                        format!("outbound request to {scheme}://{host}:{port} denied: it is not in allowed_outbound_hosts"),
-                    ));
+            // Says in the function's log why a request went nowhere.
+            let tell = |what: String| {
+                if let Some((sink, source, id)) = &log {
+                    sink.emit(source.line("platform", Some(id.clone()), what));
                 }
+            };
+            if !allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
+                tell(format!("outbound request to {scheme}://{host}:{port} denied: it is not in allowed_outbound_hosts"));
                 return Err(Error::HttpRequestDenied);
             }
-            if scheme != "http" {
-                // Outbound TLS is not built in yet; refuse clearly rather than send in the clear.
-                return Err(Error::TlsProtocolError);
-            }
+            let tls = match (scheme.as_str(), tls) {
+                ("http", _) => None,
+                ("https", Some(tls)) => Some(tls),
+                _ => {
+                    // Never send in the clear what was meant for TLS.
+                    tell(format!(
+                        "outbound request to {scheme}://{host}:{port} refused: this server has no TLS for guests"
+                    ));
+                    return Err(Error::TlsProtocolError);
+                }
+            };
             let connect_timeout = options
                 .and_then(|o| o.connect_timeout)
                 .unwrap_or(Duration::from_secs(30));
@@ -79,11 +92,23 @@ impl WasiHttpHooks for OutboundPolicy {
             .await
             .map_err(|_| Error::ConnectionTimeout)?
             .map_err(Error::Connect)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(Error::Hyper)?;
-            tokio::spawn(conn);
+            let mut sender = match tls {
+                None => handshake(stream).await?,
+                Some(tls) => {
+                    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|_| Error::HttpRequestUriInvalid)?;
+                    let stream = tokio::time::timeout(connect_timeout, tls.connect(name, stream))
+                        .await
+                        .map_err(|_| Error::ConnectionTimeout)?
+                        .map_err(|e| {
+                            tell(format!(
+                                "outbound request to {scheme}://{host}:{port} failed its TLS handshake: {e}"
+                            ));
+                            Error::Tls(e)
+                        })?;
+                    handshake(stream).await?
+                }
+            };
             *request.uri_mut() = http::Uri::builder()
                 .path_and_query(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
                 .build()
@@ -100,6 +125,18 @@ impl WasiHttpHooks for OutboundPolicy {
             ))
         })
     }
+}
+
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<WasiBody>, Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(Error::Hyper)?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// The guest's request body, handed to hyper through a channel, so that the guest can always
