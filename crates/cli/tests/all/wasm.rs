@@ -72,6 +72,15 @@ async fn pong_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     (port, accepted)
 }
 
+/// Whether the probe's log shows this line within a few seconds.
+async fn logged(p: &Petrel, line: &str) -> bool {
+    crate::harness::eventually(std::time::Duration::from_secs(5), || {
+        p.cli_ok(&["logs", "probe", "--tail", "1000"])
+            .contains(line)
+    })
+    .await
+}
+
 async fn healthy(p: &Petrel) {
     let r = p.http("GET", "/fn/probe/ok", None).await;
     assert_eq!(
@@ -272,12 +281,10 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
     // The guest's own error text depends on which of its reads fails first; the platform says
     // plainly what was denied, in the function's log.
     let denied_line = format!("outbound request to http://127.0.0.1:{denied} denied");
-    let logged = crate::harness::eventually(std::time::Duration::from_secs(5), || {
-        p.cli_ok(&["logs", "probe", "--tail", "1000"])
-            .contains(&denied_line)
-    })
-    .await;
-    assert!(logged, "no platform line {denied_line:?}");
+    assert!(
+        logged(&p, &denied_line).await,
+        "no platform line {denied_line:?}"
+    );
     healthy(&p).await;
 
     // A server may answer at the request's head and close (an HTTP/1.0 server does): the guest
@@ -307,12 +314,7 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
     let refused = format!(
         "outbound request to {forged} failed its TLS handshake: invalid peer certificate: UnknownIssuer"
     );
-    let logged = crate::harness::eventually(std::time::Duration::from_secs(5), || {
-        p.cli_ok(&["logs", "probe", "--tail", "1000"])
-            .contains(&refused)
-    })
-    .await;
-    assert!(logged, "no platform line {refused:?}");
+    assert!(logged(&p, &refused).await, "no platform line {refused:?}");
 
     // And a server that reads the body gets all of it.
     let r = p

@@ -14,6 +14,18 @@ fn text(status: StatusCode, body: String) -> Result<Response<Body>, Error> {
     Ok(Response::builder().status(status).body(body.into())?)
 }
 
+/// Sends `req` and answers "{done} STATUS BODY", or 502 "{failed}: ERROR".
+async fn send(req: Request<Body>, done: &str, failed: &str) -> Result<Response<Body>, Error> {
+    match Client::new().send(req).await {
+        Ok(mut resp) => {
+            let status = resp.status();
+            let body = resp.body_mut().str_contents().await.unwrap_or("").to_owned();
+            text(StatusCode::OK, format!("{done} {} {body}", status.as_u16()))
+        }
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("{failed}: {e:?}")),
+    }
+}
+
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     let served = SERVED.fetch_add(1, Ordering::SeqCst) + 1;
@@ -45,15 +57,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         }
         "/fetch" => {
             let url = param(&query, "url").unwrap_or("http://127.0.0.1:9/");
-            let req = Request::get(url).body(Body::empty())?;
-            match Client::new().send(req).await {
-                Ok(mut resp) => {
-                    let status = resp.status();
-                    let body = resp.body_mut().str_contents().await.unwrap_or("").to_owned();
-                    text(StatusCode::OK, format!("fetched {} {body}", status.as_u16()))
-                }
-                Err(e) => text(StatusCode::BAD_GATEWAY, format!("fetch refused: {e:?}")),
-            }
+            send(Request::get(url).body(Body::empty())?, "fetched", "fetch refused").await
         }
         "/upload" => {
             // A body sent in pieces, 100 ms apart: the server may answer (and close) before the
@@ -68,14 +72,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                 Some((format!("piece {i}\n").into_bytes(), i + 1))
             });
             let req = Request::post(url).body(Body::from_stream(body))?;
-            match Client::new().send(req).await {
-                Ok(mut resp) => {
-                    let status = resp.status();
-                    let body = resp.body_mut().str_contents().await.unwrap_or("").to_owned();
-                    text(StatusCode::OK, format!("uploaded {} {body}", status.as_u16()))
-                }
-                Err(e) => text(StatusCode::BAD_GATEWAY, format!("upload failed: {e:?}")),
-            }
+            send(req, "uploaded", "upload failed").await
         }
         _ => text(StatusCode::OK, format!("probe ok {}", request.uri().path())),
     }
