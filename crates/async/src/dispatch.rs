@@ -119,7 +119,11 @@ impl Dispatcher {
             stop: stop_rx.clone(),
         });
         tokio::spawn(dispatch_loop(ctx.clone(), stop_rx.clone()));
-        tokio::spawn(heartbeat_loop(queue.clone(), stop_rx.clone()));
+        tokio::spawn(heartbeat_loop(
+            queue.clone(),
+            ctx.invoker.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(deliver::delivery_loop(
             queue.clone(),
             ctx.deliveries.clone(),
@@ -266,20 +270,42 @@ async fn fail_if_missing(store: &petrel_store::Store, namespace: &str, function:
     }
 }
 
-async fn heartbeat_loop(queue: AsyncQueue, mut stop: watch::Receiver<bool>) {
+async fn heartbeat_loop(
+    queue: AsyncQueue,
+    invoker: Arc<dyn Invoker>,
+    mut stop: watch::Receiver<bool>,
+) {
     let config = queue.config().clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.lease / 3) => {}
             _ = stop.changed() => return,
         }
-        let until = now_ms() + config.lease.as_millis() as i64;
+        let now = now_ms();
+        let until = now + config.lease.as_millis() as i64;
         if let Err(e) = queue
             .store()
             .renew_async_leases(&config.worker_id, until)
             .await
         {
             tracing::warn!(error = %e, "async: could not renew this server's claims");
+        }
+        // Invocations cancelled through another server: stop their attempts here. (Cancelled
+        // through this one, they were stopped at once.) Looking back a whole lease covers a
+        // missed beat; stopping twice finds nothing the second time.
+        match queue
+            .store()
+            .cancelled_claims(&config.worker_id, now - config.lease.as_millis() as i64)
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    if invoker.stop(&id) {
+                        tracing::info!(%id, "async: stopped the attempt of a cancelled invocation");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "async: could not look for cancelled invocations"),
         }
     }
 }

@@ -238,6 +238,11 @@ pub trait Invoker: Send + Sync + 'static {
     fn run(&self, job: LeasedAsync) -> BoxFuture<'_, (Attempt, Option<AsyncSpec>)>;
     /// An invocation ended (`succeeded`, `failed` or `dead`): for metrics.
     fn finished(&self, _namespace: &str, _function: &str, _status: &str) {}
+    /// Stops the attempt of invocation `id` running on this server, if it can (it was
+    /// cancelled): whether it did.
+    fn stop(&self, _id: &str) -> bool {
+        false
+    }
 }
 
 /// The delay before retry number `attempt` (1 for the first retry): `base × 2^(attempt-1)`,

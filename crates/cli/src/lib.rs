@@ -189,8 +189,7 @@ enum InvCommand {
     /// One invocation: an async one's status, attempts and result, or a record.
     Get { id: String },
     /// Cancel async invocations that have not ended (queued, waiting for a retry, running, or
-    /// dead): they do not run again and nothing is delivered. An attempt already running is
-    /// not stopped; its outcome is dropped.
+    /// dead): they do not run again and nothing is delivered; a running attempt is stopped.
     Cancel {
         #[arg(required = true)]
         ids: Vec<String>,

@@ -63,5 +63,9 @@ pub fn invoke_error(function: &str, version: u32, e: &InvokeError) -> ApiError {
             format!("function {function} answered in a way Petrel cannot use: {detail}"),
         ),
         InvokeError::Unsupported(detail) => ApiError::new(ErrorCode::UnsupportedRuntime, detail.clone()),
+        InvokeError::Stopped(why) => ApiError::new(
+            ErrorCode::FunctionCrashed,
+            format!("function {function} (version {version}) was stopped: {why}"),
+        ),
     }
 }

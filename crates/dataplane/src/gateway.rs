@@ -371,7 +371,10 @@ fn report_failure(
     e: &InvokeError,
 ) {
     report(call, lease, timing, failure_outcome(e), Some(e.to_string()));
-    if matches!(e, InvokeError::Timeout(_) | InvokeError::Crashed(_)) {
+    if matches!(
+        e,
+        InvokeError::Timeout(_) | InvokeError::Crashed(_) | InvokeError::Stopped(_)
+    ) {
         lease.discard_instance();
     }
 }
@@ -380,6 +383,7 @@ fn failure_outcome(e: &InvokeError) -> &'static str {
     match e {
         InvokeError::Timeout(_) => "timeout",
         InvokeError::Crashed(_) => "crashed",
+        InvokeError::Stopped(_) => "stopped",
         InvokeError::OutOfMemory(_) => "out_of_memory",
         InvokeError::InitFailed { .. } => "init_failed",
         _ => "error",

@@ -374,6 +374,16 @@ impl DataPlane {
         out
     }
 
+    /// Stops the instance running invocation `id` on this server, when it runs that one alone
+    /// (a cancelled async invocation): whether one was stopped.
+    pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
+        let pools: Vec<Arc<Pool>> = {
+            let pools = self.inner.pools.lock().unwrap();
+            pools.values().flat_map(|m| m.values().cloned()).collect()
+        };
+        pools.iter().any(|p| p.stop_invocation(id, why))
+    }
+
     /// Refuses new invocations from now on (in-flight ones carry on).
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
@@ -433,5 +443,9 @@ impl petrel_async::Invoker for DataPlane {
 
     fn finished(&self, namespace: &str, function: &str, status: &str) {
         self.metrics().async_finished(namespace, function, status);
+    }
+
+    fn stop(&self, id: &str) -> bool {
+        self.stop_invocation(id, "its async invocation was cancelled")
     }
 }

@@ -189,6 +189,21 @@ impl Pool {
         s
     }
 
+    /// Stops the instance that runs invocation `id` alone (see `Instance::stop_invocation`).
+    pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
+        let instances: Vec<Arc<Instance>> = {
+            let st = self.state.lock().unwrap();
+            st.slots
+                .iter()
+                .filter_map(|s| match &s.state {
+                    SlotState::Ready(i) if s.in_flight > 0 => Some(i.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        instances.iter().any(|i| i.stop_invocation(id, why))
+    }
+
     /// Loads the version's code ahead of its first request.
     pub async fn preload(self: &Arc<Self>) {
         if let Some(p) = self.env.preload(&self.instance_spec()).await {

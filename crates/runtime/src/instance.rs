@@ -36,6 +36,9 @@ pub enum InvokeError {
     BadResponse(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Petrel stopped the instance on purpose (its invocation was cancelled).
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// A Lambda invocation's result: the handler's return value, the error it raised, or a response
@@ -406,6 +409,8 @@ pub struct Instance {
     attribution: Arc<Attribution>,
     scratch: PathBuf,
     env: RuntimeEnv,
+    /// Why Petrel stopped the instance on purpose, if it did.
+    stopped: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -676,8 +681,8 @@ impl Instance {
             process: Some(process),
             attribution,
             scratch,
-
             env: env.clone(),
+            stopped: std::sync::Mutex::new(None),
         };
         let init_timeout = instance.spec.spec.timeout().max(MIN_INIT_TIMEOUT);
         let process = instance.proc();
@@ -773,8 +778,8 @@ impl Instance {
             kind: Kind::Wasm(function),
             process: None,
             attribution: Arc::new(Attribution::default()),
-
             env: env.clone(),
+            stopped: std::sync::Mutex::new(None),
         })
     }
 
@@ -818,6 +823,9 @@ impl Instance {
     /// Why the instance's process ended: killed for passing its memory limit, or a crash
     /// (with how it ended and its last lines of stderr).
     fn ended(&self, how: &str) -> InvokeError {
+        if let Some(why) = self.stopped.lock().unwrap().clone() {
+            return InvokeError::Stopped(why);
+        }
         match &self.cgroup {
             Some(cg) if cg.oom_killed() => InvokeError::OutOfMemory(format!(
                 "it used more than its memory_mb of {} MiB and the kernel stopped it",
@@ -865,6 +873,20 @@ impl Instance {
         if let Some(p) = &self.process {
             p.kill();
         }
+    }
+
+    /// Stops this instance because `id`, the one invocation it runs, should not go on (it was
+    /// cancelled): the invocation ends with [`InvokeError::Stopped`] and `why`. An instance that
+    /// runs other invocations too is left alone, as they would go with it, and so is a wasm
+    /// instance (its request's own deadline ends it): false.
+    pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
+        if self.process.is_none() || self.attribution.running() != [id] {
+            return false;
+        }
+        *self.stopped.lock().unwrap() = Some(why.to_owned());
+        self.log_platform(&format!("stopping the instance: {why}"));
+        self.kill();
+        true
     }
 
     /// The process of a process-kind instance.

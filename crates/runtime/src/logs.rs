@@ -136,6 +136,11 @@ impl Attribution {
         s.0.push(id.to_owned());
     }
 
+    /// The invocations running now.
+    pub fn running(&self) -> Vec<String> {
+        self.state.lock().unwrap().0.clone()
+    }
+
     pub fn end(&self, id: &str) {
         let mut s = self.state.lock().unwrap();
         s.0.retain(|x| x != id);

@@ -447,7 +447,7 @@ pub async fn invocation(
 }
 
 /// Cancels an async invocation that has not ended: it will not run again and nothing is
-/// delivered. An attempt already running is not stopped; its outcome is dropped.
+/// delivered. An attempt running on this server is stopped now; on another, at its heartbeat.
 pub async fn cancel_invocation(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -462,6 +462,12 @@ pub async fn cancel_invocation(
             app.dataplane
                 .metrics()
                 .async_finished(&now.namespace, &now.function, async_status::CANCELLED);
+            // Running here: stop it now. Running on another server: that server stops it at its
+            // next heartbeat.
+            if was == async_status::RUNNING {
+                app.dataplane
+                    .stop_invocation(&id, "its async invocation was cancelled");
+            }
             tracing::info!(%id, function = %now.function, %was, "async invocation cancelled");
             Ok(Json(now))
         }

@@ -520,9 +520,9 @@ impl Store {
     }
 
     /// Cancels an async invocation that has not ended: queued (a retry waiting included),
-    /// running, or dead. A running attempt is not stopped, but its outcome can no longer be
-    /// recorded (outcomes are written only over a running claim), so nothing runs again and
-    /// nothing is delivered.
+    /// running, or dead. The outcome of an attempt still running can no longer be recorded
+    /// (outcomes are written only over a running claim), so nothing runs again and nothing is
+    /// delivered; stopping the attempt is its server's part (see `cancelled_claims`).
     pub async fn cancel_async(&self, id: &str, now: i64) -> Result<Cancel> {
         // The status may change between the read and the write (a claim, an outcome): the write
         // is guarded by the status read, and read again when it lost.
@@ -556,6 +556,21 @@ impl Store {
                 });
             }
         }
+    }
+
+    /// The invocations claimed by `owner` that were cancelled since `since` (ms): the attempts
+    /// that server should stop, if they still run.
+    pub async fn cancelled_claims(&self, owner: &str, since: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM async_invocations
+             WHERE lease_owner = $1 AND status = $2 AND finished_at >= $3",
+        )
+        .bind(owner)
+        .bind(st::CANCELLED)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     /// The queue's depth for the metrics: per function, how many invocations are queued, running

@@ -593,10 +593,16 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     let ls = p.cli_ok(&["inv", "ls", "flaky", "--async", "--status", "succeeded"]);
     assert_eq!(ls.lines().count(), 4, "a header and three: {ls}");
 
-    // Cancelling. A running attempt is not stopped, but its outcome is dropped: the invocation
-    // stays cancelled and nothing runs again.
-    let running = submit(&p, "long", json!({"action": "sleep", "secs": 4})).await;
+    // Cancelling: a queued invocation (waiting behind one that runs, as the function runs one
+    // at a time), then the running one, whose instance is stopped at once.
+    let running = submit(&p, "long", json!({"action": "sleep", "secs": 15})).await;
+    let behind = submit(&p, "long", json!({"action": "sleep", "secs": 15})).await;
     wait_status(&p, &running, "running", Duration::from_secs(30)).await;
+    let out = p.cli_ok(&["inv", "cancel", &behind]);
+    assert!(
+        out.contains(&format!("Cancelled {behind} (cancelled while queued)")),
+        "{out}"
+    );
     let r = p
         .http("DELETE", &format!("/v1/invocations/{running}"), None)
         .await;
@@ -607,21 +613,33 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
         (Some("cancelled"), Some("cancelled while running")),
         "{v}"
     );
-    // Queued, its age running: one that waits behind it (the function runs one at a time).
-    let behind = submit(&p, "long", json!({"action": "sleep", "secs": 4})).await;
-    let out = p.cli_ok(&["inv", "cancel", &behind]);
+    // The attempt ends as stopped, its instance gone; the next invocation does not wait the
+    // 15 s the stopped one would have slept.
+    let record = format!("{running}.1");
+    let stopped = crate::harness::eventually(Duration::from_secs(10), || {
+        p.cli_ok(&["inv", "ls", "long"])
+            .lines()
+            .any(|l| l.contains(&record) && l.contains(" stopped "))
+    })
+    .await;
+    assert!(stopped, "{}", p.cli_ok(&["inv", "ls", "long"]));
     assert!(
-        out.contains(&format!("Cancelled {behind} (cancelled while queued)")),
-        "{out}"
+        crate::harness::eventually(Duration::from_secs(5), || {
+            p.cli_ok(&["logs", "long", "--tail", "1000"])
+                .contains("stopping the instance: its async invocation was cancelled")
+        })
+        .await
     );
+    let next = submit(&p, "long", json!({"n": 8})).await;
+    let ok = wait_status(&p, &next, "succeeded", Duration::from_secs(10)).await;
+    assert_eq!(result_json(&ok)["n"], 8, "{ok}");
     // Dead: out of the dead-letter list.
     let doomed = submit(&p, "aged", json!({"action": "fail"})).await;
     wait_status(&p, &doomed, "dead", Duration::from_secs(30)).await;
     let out = p.cli_ok(&["inv", "cancel", &doomed]);
     assert!(out.contains("cancelled while dead; before: "), "{out}");
     assert!(!p.cli_ok(&["dlq", "ls", "aged"]).contains(&doomed));
-    // The attempt ends, and nothing of it is recorded as the outcome.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Nothing of the stopped attempt is recorded as the outcome, and nothing runs again.
     for (id, attempts) in [(&running, 1), (&behind, 0)] {
         let v = get(&p, id).await;
         assert_eq!(
@@ -1050,6 +1068,34 @@ async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
     assert_eq!(runs.keys().cloned().collect::<HashSet<_>>(), ids);
     assert!(runs.values().all(|&c| c == 1), "a run twice: {runs:?}");
     db.close().await.unwrap();
+
+    // Cancelled through the server that does not run it: the runner stops the attempt at its
+    // next heartbeat (every 10 s), long before the minute it would sleep.
+    let event = json!({"action": "sleep", "secs": 60});
+    let id = try_submit(&client, &a.url, "shared", &event).await.unwrap();
+    let runner = wait_status(&a, &id, "running", Duration::from_secs(30)).await["worker"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = if runner == "node-b" { &a } else { &b };
+    let r = other
+        .http("DELETE", &format!("/v1/invocations/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let record = format!("{id}.1");
+    let stopped = crate::harness::eventually(Duration::from_secs(25), || {
+        a.cli_ok(&["inv", "ls", "shared"])
+            .lines()
+            .any(|l| l.contains(&record) && l.contains(" stopped "))
+    })
+    .await;
+    assert!(stopped, "{}", a.cli_ok(&["inv", "ls", "shared"]));
+    let v = get(&a, &id).await;
+    assert_eq!(
+        (v["status"].as_str(), v["attempts"].as_u64()),
+        (Some("cancelled"), Some(1)),
+        "{v}"
+    );
     drop((a, b));
     store.drop_postgres().await;
 }

@@ -409,6 +409,18 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
         was(store.cancel_async(&dead[0].id, 62_000).await.unwrap()).2,
         "cancelled while dead; before: retries ran out"
     );
+    // What "a" held and was cancelled lately: its running attempts among them are to stop.
+    let mut held = store.cancelled_claims("a", 61_000).await.unwrap();
+    held.sort();
+    let mut expected = vec![run[0].id.clone(), dead[0].id.clone()];
+    expected.sort();
+    assert_eq!(held, expected);
+    assert!(store
+        .cancelled_claims("a", 62_001)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.cancelled_claims("b", 0).await.unwrap().is_empty());
     assert!(matches!(
         store.cancel_async(&dead[0].id, 63_000).await.unwrap(),
         Cancel::Ended(a) if a.status == "cancelled"
