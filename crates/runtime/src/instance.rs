@@ -875,11 +875,14 @@ impl Instance {
         }
     }
 
-    /// Stops this instance because `id`, the one invocation it runs, should not go on (it was
-    /// cancelled): the invocation ends with [`InvokeError::Stopped`] and `why`. An instance that
-    /// runs other invocations too is left alone, as they would go with it, and so is a wasm
-    /// instance (its request's own deadline ends it): false.
+    /// Stops invocation `id` because it should not go on (it was cancelled): it ends with
+    /// [`InvokeError::Stopped`] and `why`. A wasm guest is stopped alone (each request has its
+    /// own); a process instance is killed, so only when `id` is the one invocation it runs
+    /// (others would go with it): false otherwise, or when `id` does not run here.
     pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
+        if let Kind::Wasm(w) = &self.kind {
+            return w.stop(id, why);
+        }
         if self.process.is_none() || self.attribution.running() != [id] {
             return false;
         }

@@ -327,6 +327,30 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
     assert_eq!((r.status, r.text().as_str()), (200, "uploaded 200 4"));
     healthy(&p).await;
 
+    // An endless async run (async_timeout is 15 minutes) stops when it is cancelled: its guest
+    // is dropped where it runs, and only that request's.
+    let r = p.http("POST", "/async-fn/probe/loop", None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let running = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        p.cli_ok(&["inv", "get", &id]).contains("\"running\"")
+    })
+    .await;
+    assert!(running, "{}", p.cli_ok(&["inv", "get", &id]));
+    let r = p
+        .http("DELETE", &format!("/v1/invocations/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let record = format!("{id}.1");
+    let stopped = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        p.cli_ok(&["inv", "ls", "probe"])
+            .lines()
+            .any(|l| l.contains(&record) && l.contains(" stopped "))
+    })
+    .await;
+    assert!(stopped, "{}", p.cli_ok(&["inv", "ls", "probe"]));
+    healthy(&p).await;
+
     // The guest's stdout and stderr are the invocation's logs.
     let logs = p.cli_ok(&["logs", "probe", "--tail", "1000"]);
     assert!(

@@ -314,6 +314,8 @@ pub struct WasmFunction {
     env: Vec<(String, String)>,
     policy: Arc<Vec<HostPattern>>,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// The guests running now, by invocation id, each with the way to stop it.
+    running: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<String>>>>,
 }
 
 impl WasmFunction {
@@ -337,7 +339,16 @@ impl WasmFunction {
             env,
             policy: Arc::new(policy),
             tls: None,
+            running: Arc::default(),
         })
+    }
+
+    /// Stops the guest serving invocation `id` (it was cancelled), wherever it is, its response
+    /// sent or not: the request ends with [`InvokeError::Stopped`] and `why`. Each request has
+    /// an instance of its own, so no other request is touched. False when no such guest runs.
+    pub fn stop(&self, id: &str, why: &str) -> bool {
+        let stop = self.running.lock().unwrap().remove(id);
+        stop.is_some_and(|tx| tx.send(why.to_owned()).is_ok())
     }
 
     /// Lets the guest's `https://` requests through, verified with `tls`; without it they are
@@ -414,23 +425,34 @@ impl WasmFunction {
         let pre = self.pre.clone();
         let (sink, source, id) = (sink.clone(), source.clone(), invocation.to_owned());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
+        self.running.lock().unwrap().insert(id.clone(), stop_tx);
+        let running = self.running.clone();
         tokio::spawn(async move {
-            let result = async {
+            let guest = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
                     .await
-            }
-            .await;
+            };
+            // Stopping drops the guest where it is (running, or waiting on I/O).
+            let result = tokio::select! {
+                r = guest => Ok(r),
+                Ok(why) = stop_rx => Err(why),
+            };
+            running.lock().unwrap().remove(&id);
             let s = store.data();
-            let outcome = classify(
-                result,
-                s.timed_out,
-                s.limits.refused,
-                s.timeout,
-                &stderr.contents(),
-            );
+            let outcome = match result {
+                Ok(result) => classify(
+                    result,
+                    s.timed_out,
+                    s.limits.refused,
+                    s.timeout,
+                    &stderr.contents(),
+                ),
+                Err(why) => Err(InvokeError::Stopped(why)),
+            };
             for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
                 let text = pipe.contents();
                 for line in String::from_utf8_lossy(&text).lines() {
