@@ -374,8 +374,8 @@ impl DataPlane {
         out
     }
 
-    /// Stops the instance running invocation `id` on this server, when it runs that one alone
-    /// (a cancelled async invocation): whether one was stopped.
+    /// Stops invocation `id` where it runs on this server (a cancelled async invocation; see
+    /// `Instance::stop_invocation` for what can be stopped): whether it was.
     pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
         let pools: Vec<Arc<Pool>> = {
             let pools = self.inner.pools.lock().unwrap();
