@@ -648,6 +648,48 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
             "{v}"
         );
     }
+    // An instance serving another invocation at the same time (concurrency = 2) is not
+    // stopped: the cancelled one runs to its end, unrecorded, and its neighbour is untouched.
+    p.deploy(
+        crate::fixtures::echo_function(
+            "pair",
+            "nodejs",
+            "concurrency = 2\nmax_instances = 1\nasync_concurrency = 2\nkeep_alive = \"10m\"",
+        )
+        .path(),
+    );
+    let event = json!({"action": "slow", "secs": 4});
+    let (cancelled, neighbour) = (
+        submit(&p, "pair", event.clone()).await,
+        submit(&p, "pair", event).await,
+    );
+    for id in [&cancelled, &neighbour] {
+        wait_status(&p, id, "running", Duration::from_secs(30)).await;
+    }
+    let r = p
+        .http("DELETE", &format!("/v1/invocations/{cancelled}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ok = wait_status(&p, &neighbour, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(ok["attempts"], 1, "the neighbour was not cut: {ok}");
+    let record = format!("{cancelled}.1");
+    let ran_out = crate::harness::eventually(Duration::from_secs(10), || {
+        p.cli_ok(&["inv", "ls", "pair"])
+            .lines()
+            .any(|l| l.contains(&record) && l.contains(" success "))
+    })
+    .await;
+    assert!(ran_out, "{}", p.cli_ok(&["inv", "ls", "pair"]));
+    let v = get(&p, &cancelled).await;
+    assert_eq!(
+        (v["status"].as_str(), &v["result"]),
+        (Some("cancelled"), &Value::Null),
+        "{v}"
+    );
+    assert!(!p
+        .cli_ok(&["logs", "pair", "--tail", "1000"])
+        .contains("stopping the instance"));
+
     // What has ended cannot be cancelled; an unknown id is not found.
     let ended = list(&p, "flaky", Some("succeeded")).await[0]["id"]
         .as_str()
