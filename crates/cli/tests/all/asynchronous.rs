@@ -615,14 +615,13 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     );
     // The attempt ends as stopped, its instance gone; the next invocation does not wait the
     // 15 s the stopped one would have slept.
-    let record = format!("{running}.1");
-    let stopped = crate::harness::eventually(Duration::from_secs(10), || {
-        p.cli_ok(&["inv", "ls", "long"])
-            .lines()
-            .any(|l| l.contains(&record) && l.contains(" stopped "))
-    })
+    p.wait_record(
+        "long",
+        &format!("{running}.1"),
+        "stopped",
+        Duration::from_secs(10),
+    )
     .await;
-    assert!(stopped, "{}", p.cli_ok(&["inv", "ls", "long"]));
     assert!(
         crate::harness::eventually(Duration::from_secs(5), || {
             p.cli_ok(&["logs", "long", "--tail", "1000"])
@@ -672,14 +671,13 @@ async fn failures_retry_into_the_dead_letter_list_and_replay() {
     assert_eq!(r.status, 200, "{}", r.text());
     let ok = wait_status(&p, &neighbour, "succeeded", Duration::from_secs(30)).await;
     assert_eq!(ok["attempts"], 1, "the neighbour was not cut: {ok}");
-    let record = format!("{cancelled}.1");
-    let ran_out = crate::harness::eventually(Duration::from_secs(10), || {
-        p.cli_ok(&["inv", "ls", "pair"])
-            .lines()
-            .any(|l| l.contains(&record) && l.contains(" success "))
-    })
+    p.wait_record(
+        "pair",
+        &format!("{cancelled}.1"),
+        "success",
+        Duration::from_secs(10),
+    )
     .await;
-    assert!(ran_out, "{}", p.cli_ok(&["inv", "ls", "pair"]));
     let v = get(&p, &cancelled).await;
     assert_eq!(
         (v["status"].as_str(), &v["result"]),
@@ -1124,14 +1122,13 @@ async fn two_servers_share_one_postgres_queue_without_doubles_postgres() {
         .http("DELETE", &format!("/v1/invocations/{id}"), None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let record = format!("{id}.1");
-    let stopped = crate::harness::eventually(Duration::from_secs(25), || {
-        a.cli_ok(&["inv", "ls", "shared"])
-            .lines()
-            .any(|l| l.contains(&record) && l.contains(" stopped "))
-    })
+    a.wait_record(
+        "shared",
+        &format!("{id}.1"),
+        "stopped",
+        Duration::from_secs(25),
+    )
     .await;
-    assert!(stopped, "{}", a.cli_ok(&["inv", "ls", "shared"]));
     let v = get(&a, &id).await;
     assert_eq!(
         (v["status"].as_str(), v["attempts"].as_u64()),

@@ -244,23 +244,36 @@ fn serve_refuses_a_bad_store_url_and_a_busy_port() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("postgres://"));
 
-    // A tls_ca_file that cannot be read stops the start, naming it.
+    // A tls_ca_file that cannot be read, or holds no certificate, stops the start, naming it.
     let cfg = tempfile::tempdir().unwrap();
     let path = cfg.path().join("node.toml");
-    std::fs::write(&path, "tls_ca_file = \"/nonexistent/ca.pem\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
+    let empty = cfg.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    for (file, says) in [
+        (
+            std::path::PathBuf::from("/nonexistent/ca.pem"),
+            "tls_ca_file: could not read certificates from /nonexistent/ca.pem".to_owned(),
+        ),
+        (
+            empty.clone(),
+            format!("tls_ca_file: {} holds no PEM certificate", empty.display()),
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("tls_ca_file = {:?}\n", file.to_str().unwrap()),
+        )
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("tls_ca_file: could not read certificates from /nonexistent/ca.pem"),
-        "{err}"
-    );
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(tempfile::tempdir().unwrap().path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&says), "{err}");
+    }
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();

@@ -517,6 +517,22 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+impl Petrel {
+    /// Waits up to `limit` for the invocation record `record` of `function` to show `outcome`
+    /// in `petrel inv ls`; fails the test with the listing otherwise.
+    pub async fn wait_record(&self, function: &str, record: &str, outcome: &str, limit: Duration) {
+        let listed = || self.cli_ok(&["inv", "ls", function]);
+        let outcome = format!(" {outcome} ");
+        let seen = eventually(limit, || {
+            listed()
+                .lines()
+                .any(|l| l.contains(record) && l.contains(&outcome))
+        })
+        .await;
+        assert!(seen, "no record {record} with{outcome}in\n{}", listed());
+    }
+}
+
 /// Writes a function directory from (file, contents) pairs; `bootstrap` is made executable.
 pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -341,14 +341,13 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
         .http("DELETE", &format!("/v1/invocations/{id}"), None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let record = format!("{id}.1");
-    let stopped = crate::harness::eventually(std::time::Duration::from_secs(10), || {
-        p.cli_ok(&["inv", "ls", "probe"])
-            .lines()
-            .any(|l| l.contains(&record) && l.contains(" stopped "))
-    })
+    p.wait_record(
+        "probe",
+        &format!("{id}.1"),
+        "stopped",
+        std::time::Duration::from_secs(10),
+    )
     .await;
-    assert!(stopped, "{}", p.cli_ok(&["inv", "ls", "probe"]));
     healthy(&p).await;
 
     // The guest's stdout and stderr are the invocation's logs.
