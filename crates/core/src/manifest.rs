@@ -144,6 +144,8 @@ pub const MAX_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// An async invocation's own time limit (a synchronous one keeps `timeout`).
 pub const DEFAULT_ASYNC_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Async invocations of one function in flight at once, per server, at most.
+pub const MAX_ASYNC_CONCURRENCY: u32 = 100_000;
 
 /// Environment variable names Petrel sets itself; a manifest may not override them.
 const RESERVED_ENV: &[&str] = &[
@@ -358,13 +360,15 @@ impl Manifest {
             ));
         }
         // By default async work may take half of the pool, so it never starves synchronous calls.
+        // A default derived from other keys is clamped into the key's own range: only a value the
+        // developer wrote is refused for being out of it.
         let async_concurrency = self
             .async_concurrency
-            .unwrap_or_else(|| (capacity / 2).max(1));
-        if !(1..=100_000).contains(&async_concurrency) {
+            .unwrap_or_else(|| (capacity / 2).clamp(1, MAX_ASYNC_CONCURRENCY));
+        if !(1..=MAX_ASYNC_CONCURRENCY).contains(&async_concurrency) {
             return Err(ManifestError::invalid(
                 "async_concurrency",
-                format!("{async_concurrency} is out of range: use 1 to 100000"),
+                format!("{async_concurrency} is out of range: use 1 to {MAX_ASYNC_CONCURRENCY}"),
             ));
         }
         let on_success = self
@@ -803,6 +807,12 @@ mod tests {
             a.on_failure,
             Some(Destination::Url("http://alerts:9000/hook".into()))
         );
+        // The derived default is clamped into its range, never refused as if written: the
+        // largest pool (1000 instances x 1000 requests) deploys.
+        let spec = parse(&format!("{base}max_instances = 1000\nconcurrency = 1000\n")).unwrap();
+        assert_eq!(spec.asynchronous.concurrency, MAX_ASYNC_CONCURRENCY);
+        let e = parse(&format!("{base}async_concurrency = 100001\n")).unwrap_err();
+        assert!(e.to_string().contains("async_concurrency"), "{e}");
         // A synchronous timeout longer than the async default raises the async one with it.
         let spec = parse(&format!("{base}timeout = \"15m\"\n")).unwrap();
         assert_eq!(spec.asynchronous.timeout(), Duration::from_secs(900));
