@@ -367,6 +367,13 @@ impl Server {
         } = self;
         let grace = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Nagle's algorithm would hold an answer's last small write (a chunked body's final
+        // chunk) until the client acknowledged the first, and clients delay that ACK by ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -77,6 +77,8 @@ http.createServer((req, res) => {
     const more = () => { while (i < 7) { i++; if (!res.write(chunk)) return res.once('drain', more); } res.end(); };
     return more();
   }
+  // Node answers without a content-length in chunked encoding, as every streamed answer is.
+  if (url.pathname === '/chunked') { res.writeHead(200, {'content-type': 'text/plain'}); return res.end('chunked hello\n'); }
   if (url.pathname === '/stream') {
     res.setHeader('content-type', 'text/plain');
     let i = 0;
