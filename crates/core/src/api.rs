@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const PACKAGE_CONTENT_TYPE: &str = "application/zip";
 
 /// One line of the function list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionSummary {
     pub namespace: String,
     pub name: String,
@@ -19,7 +19,7 @@ pub struct FunctionSummary {
 }
 
 /// An immutable version of a function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     pub version: u32,
     /// sha256 of the uploaded package, hex.
@@ -30,7 +30,7 @@ pub struct VersionInfo {
 }
 
 /// A function with all its versions, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionDetail {
     pub namespace: String,
     pub name: String,
@@ -42,7 +42,7 @@ pub struct FunctionDetail {
 }
 
 /// The answer to a deploy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployResponse {
     pub namespace: String,
     pub name: String,
@@ -57,13 +57,13 @@ pub struct DeployResponse {
     pub url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionList {
     pub functions: Vec<FunctionSummary>,
 }
 
 /// A line a function instance wrote to stdout or stderr.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Milliseconds since the Unix epoch, when Petrel read the line.
     pub ts: i64,
@@ -84,15 +84,99 @@ pub const INVOCATION_ID_HEADER: &str = "x-petrel-invocation-id";
 /// Header carrying the version that served an invocation.
 pub const VERSION_HEADER: &str = "x-petrel-version";
 
+/// Declares a string-backed enum: its wire and stored spelling, `as_str`, `FromStr` (naming the
+/// accepted values on error), `Display` and serde as that spelling.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| {
+                        let all: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        format!("{s:?} is not one of {}", all.join(", "))
+                    })
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// The way an invocation came in.
+    Trigger {
+        /// `ANY /fn/{name}/...`.
+        Http = "http",
+        /// The raw invoke, `POST /v1/functions/{name}/invoke` (what `petrel invoke` uses).
+        Invoke = "invoke",
+        /// AWS Lambda's `Invoke` and `InvokeWithResponseStream`.
+        LambdaInvoke = "lambda-invoke",
+        /// An attempt of an async invocation.
+        Async = "async",
+    }
+}
+
+impl Trigger {
+    /// OpenTelemetry's `faas.trigger`: `http` for requests the function sees as HTTP, else
+    /// `other` (`pubsub`, `datasource` and `timer` come with the event triggers).
+    pub fn otel(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Invoke | Trigger::LambdaInvoke | Trigger::Async => "other",
+        }
+    }
+}
+
+wire_enum! {
+    /// How an invocation that reached a function ended.
+    InvocationOutcome {
+        Success = "success",
+        /// The handler raised (or answered with a Runtime API error).
+        FunctionError = "function_error",
+        Timeout = "timeout",
+        Crashed = "crashed",
+        OutOfMemory = "out_of_memory",
+        /// Its instance failed to start.
+        InitFailed = "init_failed",
+        /// Petrel stopped it on purpose (its async invocation was cancelled).
+        Stopped = "stopped",
+        /// It answered in a way Petrel cannot use, or more than the response limit.
+        Error = "error",
+    }
+}
+
 /// One invocation as recorded: what ran, how long, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationRecord {
     pub id: String,
     pub namespace: String,
     pub function: String,
     pub version: u32,
-    /// `invoke` (the raw invoke) or `http` (`/fn/...`).
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Milliseconds since the Unix epoch, when the request arrived.
     pub started_at: i64,
     /// From arrival to the answer's head, in milliseconds.
@@ -102,21 +186,20 @@ pub struct InvocationRecord {
     pub memory_mb: u32,
     /// Whether this request waited for its instance to start.
     pub cold_start: bool,
-    /// `success`, `function_error`, `timeout`, `crashed`, `out_of_memory`, `init_failed`, ...
-    pub outcome: String,
+    pub outcome: InvocationOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationList {
     pub invocations: Vec<InvocationRecord>,
 }
 
 /// Metered use of one function over a time range.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionUsage {
     pub namespace: String,
     pub function: String,
@@ -127,7 +210,7 @@ pub struct FunctionUsage {
     pub gb_seconds: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub since: i64,
     pub until: i64,
@@ -145,7 +228,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const DUPLICATE_HEADER: &str = "x-petrel-duplicate";
 
 /// The answer to an async submission (`202 Accepted`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncAccepted {
     pub id: String,
     /// The idempotency key matched an earlier submission: this is its id.
@@ -153,23 +236,58 @@ pub struct AsyncAccepted {
     pub duplicate: bool,
 }
 
-/// States of an async invocation.
-pub mod async_status {
-    /// Waiting for its first run or for a retry.
-    pub const QUEUED: &str = "queued";
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    /// Ended without success and will not run again: the function is gone or refused the input.
-    pub const FAILED: &str = "failed";
-    /// Retries exhausted or too old: in the function's dead-letter list, replayable.
-    pub const DEAD: &str = "dead";
-    /// Cancelled by a caller (`DELETE /v1/invocations/{id}`): will not run again, nothing is
-    /// delivered.
-    pub const CANCELLED: &str = "cancelled";
+wire_enum! {
+    /// States of an async invocation.
+    AsyncStatus {
+        /// Waiting for its first run or for a retry.
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        /// Ended without success and will not run again: the function is gone or refused the
+        /// input.
+        Failed = "failed",
+        /// Retries exhausted or too old: in the function's dead-letter list, replayable.
+        Dead = "dead",
+        /// Cancelled by a caller (`DELETE /v1/invocations/{id}`): will not run again, nothing is
+        /// delivered.
+        Cancelled = "cancelled",
+    }
+}
+
+wire_enum! {
+    /// What a queued request is when it runs.
+    AsyncKind {
+        /// A request to `/fn/{name}/...`, as sent (method, path, headers, body).
+        Http = "http",
+        /// An event, as the raw invoke takes it.
+        Event = "event",
+    }
+}
+
+wire_enum! {
+    /// Where the delivery of an async invocation's outcome stands.
+    DeliveryState {
+        Pending = "pending",
+        Delivered = "delivered",
+        /// Petrel gave up after its attempts.
+        Failed = "failed",
+    }
+}
+
+/// How many of a function's async invocations are in one status, and the oldest's submission
+/// (the queue's gauges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncBacklog {
+    pub namespace: String,
+    pub function: String,
+    /// `queued`, `running` or `dead`.
+    pub status: AsyncStatus,
+    pub count: u64,
+    pub oldest_created_at: i64,
 }
 
 /// What a function answered, as stored for an async invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationResult {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -202,7 +320,7 @@ impl InvocationResult {
 }
 
 /// An async invocation: where it is, how often it ran, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncInvocation {
     pub id: String,
     pub namespace: String,
@@ -211,9 +329,8 @@ pub struct AsyncInvocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     /// Always `async`.
-    pub trigger: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `dead`.
-    pub status: String,
+    pub trigger: Trigger,
+    pub status: AsyncStatus,
     /// Runs so far, the interrupted ones included.
     pub attempts: u32,
     /// Milliseconds since the Unix epoch.
@@ -250,29 +367,28 @@ pub struct AsyncInvocation {
 }
 
 /// One delivery of an async invocation's outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryStatus {
     pub url: String,
-    /// `pending`, `delivered` or `failed` (gave up).
-    pub status: String,
+    pub status: DeliveryState,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncInvocationList {
     pub invocations: Vec<AsyncInvocation>,
 }
 
 /// `POST /v1/functions/{name}/dlq/replay`: the ids to run again; none means every one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayRequest {
     #[serde(default)]
     pub ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayResponse {
     /// The ids queued again.
     pub replayed: Vec<String>,

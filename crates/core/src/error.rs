@@ -125,6 +125,107 @@ impl ErrorCode {
     }
 }
 
+/// What kind of failure a code is, which decides how every caller treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request was refused before any function ran, and sending it again as it is cannot
+    /// succeed (bad input, an unknown function): counted as rejected, never retried.
+    Refused,
+    /// Admission shed the request for now (limits, capacity, shutdown): counted as rejected,
+    /// worth retrying later.
+    Shed,
+    /// The function ran, or its instance started, and failed: counted as its invocation, and
+    /// an async attempt is retried.
+    Function,
+    /// Petrel itself failed: retried.
+    Internal,
+}
+
+/// How AWS Lambda's API answers in place of a Petrel error (see `crates/aws`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LambdaError {
+    /// A `200` carrying the function's error document with `X-Amz-Function-Error`, of this
+    /// `errorType`: the function's own failure.
+    Function(&'static str),
+    /// A service error: this status, and this type in `x-amzn-ErrorType`, which the SDKs turn
+    /// into `ResourceNotFoundException` and the like.
+    Service(u16, &'static str),
+}
+
+impl ErrorCode {
+    /// The class of this code. Exhaustive: a new code must be classed here.
+    pub fn class(self) -> ErrorClass {
+        match self {
+            Self::InvalidName
+            | Self::InvalidManifest
+            | Self::InvalidPackage
+            | Self::InvalidPayload
+            | Self::InvalidRequest
+            | Self::UnsupportedRuntime
+            | Self::FunctionNotFound
+            | Self::VersionNotFound
+            | Self::InvocationNotFound
+            | Self::RouteNotFound
+            | Self::MethodNotAllowed
+            | Self::Conflict
+            | Self::PayloadTooLarge => ErrorClass::Refused,
+            Self::TooManyRequests | Self::NoCapacity | Self::ShuttingDown => ErrorClass::Shed,
+            Self::ResponseTooLarge
+            | Self::FunctionTimeout
+            | Self::FunctionCrashed
+            | Self::FunctionInitFailed
+            | Self::FunctionOutOfMemory
+            | Self::BadFunctionResponse => ErrorClass::Function,
+            Self::Internal => ErrorClass::Internal,
+        }
+    }
+
+    /// Whether an answer with this code is a rejection: the request never reached a function.
+    pub fn is_rejection(self) -> bool {
+        match self.class() {
+            ErrorClass::Refused | ErrorClass::Shed => true,
+            ErrorClass::Function | ErrorClass::Internal => false,
+        }
+    }
+
+    /// Whether running the same request again may succeed (an async attempt is retried).
+    pub fn is_retryable(self) -> bool {
+        match self.class() {
+            ErrorClass::Refused => false,
+            ErrorClass::Shed | ErrorClass::Function | ErrorClass::Internal => true,
+        }
+    }
+
+    /// Lambda's answer in place of this code. Exhaustive: a new code must be mapped here.
+    pub fn lambda(self) -> LambdaError {
+        use LambdaError::{Function, Service};
+        match self {
+            Self::FunctionTimeout => Function("Sandbox.Timedout"),
+            Self::FunctionCrashed => Function("Runtime.ExitError"),
+            Self::FunctionOutOfMemory => Function("Runtime.OutOfMemory"),
+            Self::FunctionInitFailed => Function("Runtime.InitError"),
+            Self::BadFunctionResponse => Function("Runtime.InvalidResponse"),
+            Self::FunctionNotFound | Self::VersionNotFound | Self::InvocationNotFound => {
+                Service(404, "ResourceNotFoundException")
+            }
+            Self::RouteNotFound => Service(404, "UnknownOperationException"),
+            Self::InvalidName => Service(400, "ValidationException"),
+            Self::InvalidPayload => Service(400, "InvalidRequestContentException"),
+            Self::InvalidRequest
+            | Self::InvalidManifest
+            | Self::InvalidPackage
+            | Self::UnsupportedRuntime => Service(400, "InvalidParameterValueException"),
+            Self::MethodNotAllowed => Service(405, "UnknownOperationException"),
+            Self::Conflict => Service(409, "ResourceConflictException"),
+            Self::PayloadTooLarge => Service(413, "RequestTooLargeException"),
+            Self::ResponseTooLarge => Service(502, "ResponseSizeTooLargeException"),
+            Self::TooManyRequests | Self::NoCapacity => Service(429, "TooManyRequestsException"),
+            Self::ShuttingDown => Service(503, "ServiceException"),
+            Self::Internal => Service(500, "ServiceException"),
+        }
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -194,12 +295,12 @@ impl From<crate::ManifestError> for ApiError {
 }
 
 /// The JSON body of a Petrel error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -217,5 +318,27 @@ mod tests {
         }
         assert_eq!(ErrorCode::FunctionTimeout.status(), 504);
         assert_eq!(ErrorCode::PayloadTooLarge.status(), 413);
+    }
+
+    #[test]
+    fn the_policy_classes_every_code_consistently() {
+        for c in ErrorCode::ALL {
+            let class = c.class();
+            // A function's own failure is answered by a 5xx, and in Lambda's terms as the
+            // function's error (a too-large response is Lambda's service error, as on AWS).
+            if class == ErrorClass::Function && *c != ErrorCode::ResponseTooLarge {
+                assert!(matches!(c.lambda(), LambdaError::Function(_)), "{c}");
+            }
+            if let LambdaError::Function(_) = c.lambda() {
+                assert_eq!(class, ErrorClass::Function, "{c}");
+            }
+            if class == ErrorClass::Refused {
+                assert!((400..500).contains(&c.status()), "{c}");
+                assert!(c.is_rejection() && !c.is_retryable(), "{c}");
+            }
+            if class == ErrorClass::Shed {
+                assert!(c.is_rejection() && c.is_retryable(), "{c}");
+            }
+        }
     }
 }

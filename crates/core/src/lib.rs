@@ -8,12 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arn;
 pub mod error;
 pub mod manifest;
 pub mod name;
 pub mod outbound;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorClass, ErrorCode, LambdaError};
 pub use manifest::{FunctionSpec, KeepAlivePolicy, Manifest, ManifestError, Network, Runtime};
 pub use name::{FunctionRef, NameError};
 
@@ -30,3 +31,7 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// A boxed future that can be sent between threads: the one alias every crate's object-safe
+/// async trait methods return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -36,7 +36,7 @@ impl ManifestError {
 }
 
 /// The runtimes Petrel knows about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Python3,
@@ -393,7 +393,7 @@ impl Manifest {
 }
 
 /// Where the outcome of an async invocation goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Destination {
     /// POST the outcome (Lambda's destination record) to this `http(s)://` URL.
@@ -438,7 +438,7 @@ impl fmt::Display for Destination {
 }
 
 /// How a function's async invocations run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncSpec {
     pub max_retries: u32,
     pub max_event_age_ms: u64,
@@ -562,7 +562,7 @@ fn validate_env_key(key: &str) -> Result<(), ManifestError> {
 
 /// How idle instances are stopped: after `keep_alive` (`fixed`), or by the function's learned
 /// idle-time histogram with `keep_alive` as the fallback (`hybrid`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeepAlivePolicy {
     #[default]
@@ -577,7 +577,7 @@ impl KeepAlivePolicy {
 }
 
 /// A validated function configuration: what a version stores and what the data plane runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionSpec {
     pub name: String,
     pub runtime: Runtime,
@@ -615,7 +615,7 @@ fn is_default_tmp_mb(v: &u32) -> bool {
 }
 
 /// A process instance's network in the sandbox.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// A network namespace of its own with loopback only; Petrel reaches it from outside.
