@@ -233,78 +233,35 @@ def _unshadow(task_root):
             del sys.modules[mod]
 
 
-_SECCOMP = {}  # the seccomp program Petrel sent, as ctypes wants it (made once)
-
-
-def _confine(plan, netfd):
-    # The sandbox, entered by a fork server's child before any function code runs: the same
-    # steps as Petrel's own (crates/runtime/src/sandbox.rs, Plan::enter), from the plan it sent.
-    # The fork server made this process PID 1 of a new PID namespace (it forked with a new
-    # namespace for its children), so unlike Petrel's own path no second fork is needed.
+def _sandbox_lib():
+    # Petrel's sandbox as a C library (its petrel-sandbox crate, built for this): the one
+    # implementation of the confinement, which the fork server's children carry out on
+    # themselves. Petrel names it when the sandbox is on.
+    path = os.environ.get("PETREL_SANDBOX_LIB")
+    if not path:
+        return None
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    ulong, null = ctypes.c_ulong, None
+    lib = ctypes.CDLL(path, use_errno=True)
+    lib.petrel_sandbox_enter.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                                         ctypes.c_char_p, ctypes.c_size_t)
+    lib.petrel_sandbox_rejoin_pid_namespace.argtypes = (ctypes.c_int,)
+    return lib
 
-    def check(r, what):
-        if r < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, "sandbox: %s: %s" % (what, os.strerror(e)))
 
-    if netfd is not None:
-        check(libc.setns(netfd, 0x40000000), "entering the instance's network")
-        os.close(netfd)
-    if os.getpid() != 1:
-        raise OSError(0, "sandbox: not PID 1 of a PID namespace of its own")
-    # CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-    check(libc.unshare(0x00020000 | 0x08000000 | 0x04000000), "unshare")
-    b = os.fsencode
-    MS_REC, MS_PRIVATE, MS_REMOUNT, MS_BIND, MS_RDONLY = 0x4000, 1 << 18, 32, 4096, 1
-    MS_NOSUID = 2
-    check(libc.mount(null, b"/", null, ulong(MS_REC | MS_PRIVATE), null), "making / private")
-    for op in plan["ops"]:
-        kind = op[0]
-        if kind == "mkdir":
-            try:
-                os.mkdir(op[1], op[2])
-            except FileExistsError:
-                pass
-            if op[2] & 0o7000:
-                os.chmod(op[1], op[2])
-        elif kind == "touch":
-            open(op[1], "a").close()
-        elif kind == "symlink":
-            os.symlink(op[1], op[2])
-        else:
-            _, src, dst, fstype, flags, data = op
-            check(libc.mount(b(src), b(dst), b(fstype) if fstype else null, ulong(flags),
-                             b(data) if data else null), "mounting %s" % dst)
-    os.chdir(plan["root"])
-    check(libc.syscall(plan["sys_pivot_root"], b".", b"."), "pivot_root")
-    check(libc.umount2(b".", 2), "detaching the old root")  # MNT_DETACH
-    os.chdir("/")
-    check(libc.mount(null, b"/", null, ulong(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID), null),
-          "making / read-only")
-    os.chdir(plan["workdir"])
-    check(libc.sethostname(b"petrel", 6), "sethostname")
-    for cap in range(plan["cap_last"] + 1):
-        if libc.prctl(24, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
-            check(-1, "dropping capability %d" % cap)
-    os.setgroups([])
-    os.setresgid(plan["gid"], plan["gid"], plan["gid"])
-    os.setresuid(plan["uid"], plan["uid"], plan["uid"])
-    check(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
-    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+def _confine(lib, plan, netfd):
+    # The sandbox, entered by a fork server's child before any function code runs: the plan
+    # Petrel made (hex of its wire form), carried out by the same code Petrel runs between fork
+    # and exec. The fork server made this process PID 1 of a new PID namespace.
+    import ctypes
 
-    if _SECCOMP.get("hex") != plan["seccomp"]:
-        class Fprog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-        prog = bytes.fromhex(plan["seccomp"])
-        buf = ctypes.create_string_buffer(prog, len(prog))
-        _SECCOMP.update(hex=plan["seccomp"], buf=buf,
-                        fprog=Fprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p)))
-    check(libc.prctl(22, 2, ctypes.byref(_SECCOMP["fprog"]), 0, 0), "installing the seccomp filter")
+    if lib is None:
+        raise OSError(0, "sandbox: the fork server has no sandbox library")
+    plan = bytes.fromhex(plan)
+    err = ctypes.create_string_buffer(1024)
+    fd = -1 if netfd is None else netfd
+    if lib.petrel_sandbox_enter(plan, len(plan), fd, err, len(err)) != 0:
+        raise OSError(0, "sandbox: " + err.value.decode(errors="replace"))
 
 
 def _zygote():
@@ -322,6 +279,7 @@ def _zygote():
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: go when Petrel goes
     except Exception:
         libc = None
+    sandbox = _sandbox_lib()
     # The fork server's own PID namespace, to come back to after forking a sandboxed child into a
     # new one.
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -369,14 +327,14 @@ def _zygote():
             sys.stderr.flush()
             try:
                 if msg.get("sandbox"):
-                    # The child becomes PID 1 of a PID namespace of its own (CLONE_NEWPID).
-                    if libc is None or libc.unshare(0x20000000) < 0:
-                        raise OSError(ctypes.get_errno() if libc else 0, "cannot make a PID namespace")
+                    # The child becomes PID 1 of a PID namespace of its own.
+                    if sandbox is None or sandbox.petrel_sandbox_children_in_new_pid_namespace() < 0:
+                        raise OSError(ctypes.get_errno() if sandbox else 0, "cannot make a PID namespace")
                 try:
                     pid = os.fork()
                 finally:
-                    if msg.get("sandbox") and libc is not None:
-                        libc.setns(own_pidns, 0x20000000)
+                    if msg.get("sandbox") and sandbox is not None:
+                        sandbox.petrel_sandbox_rejoin_pid_namespace(own_pidns)
             except OSError as exc:
                 for fd in fds:
                     os.close(fd)
@@ -406,7 +364,7 @@ def _zygote():
                     os.close(named["stdout"])
                     os.close(named["stderr"])
                     if msg.get("sandbox"):
-                        _confine(msg["sandbox"], named.get("net"))
+                        _confine(sandbox, msg["sandbox"], named.get("net"))
                     if "spec" in named:
                         # A standby child: it waits in its sandbox for its function, sent as one
                         # line of JSON once its code is mounted at /var/task.
