@@ -13,9 +13,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use petrel_core::Manifest;
-use petrel_runtime::logs::{LogSink, LogSource};
-use petrel_runtime::wasm::{WasmEngine, WasmFunction};
-use petrel_runtime::Body;
+use petrel_runtime::logs::LogSink;
+use petrel_runtime::wasm::{WasmEngine, WasmInstance};
+use petrel_runtime::{Body, HttpInstance, InstanceSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,25 +63,24 @@ fn bench(c: &mut Criterion) {
     std::fs::copy(hello_component(), &component).unwrap();
     let engine = Arc::new(WasmEngine::new(dir.path().join("cache")).unwrap());
     engine.prepare(&component).unwrap();
-    let spec = Arc::new(
-        Manifest::from_toml(
-            "name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n",
-        )
-        .unwrap()
-        .validate()
-        .unwrap(),
-    );
-    let (sink, mut rx) = LogSink::new(1 << 16);
-    rt.spawn(async move { while rx.recv().await.is_some() {} });
-    let source = LogSource {
+    let spec = InstanceSpec {
         namespace: "default".into(),
         function: "hello".into(),
         version: 1,
-        instance: "bench".into(),
+        spec: Arc::new(
+            Manifest::from_toml(
+                "name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n[env]\nGREETING = \"Hello\"\n",
+            )
+            .unwrap()
+            .validate()
+            .unwrap(),
+        ),
+        code_dir: dir.path().to_owned(),
     };
-    let env = vec![("GREETING".to_owned(), "Hello".to_owned())];
-    let warm =
-        WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone()).unwrap();
+    let (sink, mut rx) = LogSink::new(1 << 16);
+    rt.spawn(async move { while rx.recv().await.is_some() {} });
+    let start = || WasmInstance::start(engine.clone(), spec.clone(), None, sink.clone());
+    let warm = rt.block_on(start()).unwrap();
     let timeout = Duration::from_secs(5);
 
     let mut g = c.benchmark_group("wasm-request");
@@ -106,10 +105,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("fresh-instance-per-request", |b| {
         b.to_async(&rt).iter(|| async {
-            let resp = warm
-                .handle(request(), timeout, "bench", &sink, &source)
-                .await
-                .unwrap();
+            let resp = warm.handle("bench", request(), timeout).await.unwrap();
             let bytes: Bytes = resp.into_body().collect().await.unwrap().to_bytes();
             assert!(bytes.starts_with(b"{\"message\":\"Hello, bench!\""));
             bytes
@@ -119,12 +115,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("first-request-after-deploy", |b| {
         b.to_async(&rt).iter(|| async {
             // Nothing holds the component between iterations: each loads it from the cache.
-            let f = WasmFunction::new(engine.load(&component).unwrap(), spec.clone(), env.clone())
-                .unwrap();
-            let resp = f
-                .handle(request(), timeout, "bench", &sink, &source)
-                .await
-                .unwrap();
+            let f = start().await.unwrap();
+            let resp = f.handle("bench", request(), timeout).await.unwrap();
             resp.into_body().collect().await.unwrap().to_bytes()
         })
     });

@@ -5,12 +5,13 @@
 //! (`--instance-limits`) or where Petrel may not create cgroups (not root, no controllers).
 //!
 //! A process joins its cgroup before it runs any function code: a spawned one writes `0` to the
-//! `cgroup.procs` files between fork and exec (the one unsafe block here), a forked one does it
-//! first thing in the fork server's child, a standby one is moved while it waits for its function.
+//! `cgroup.procs` files between fork and exec (`petrel_sandbox::limits`, which gets the files
+//! opened here), a forked one does it first thing in the fork server's child, a standby one is
+//! moved while it waits for its function.
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -369,41 +370,6 @@ impl Drop for InstanceCgroup {
         let _ = std::thread::Builder::new()
             .name("petrel-cgroup-rm".into())
             .spawn(remove);
-    }
-}
-
-/// Resource limits every process Petrel starts gets (instances, standby processes and the fork
-/// server, whose children inherit them): (resource, soft and hard limit).
-pub const RLIMITS: [(nix::sys::resource::Resource, u64); 3] = [
-    // No core dumps: a crash must not write the instance's memory to disk.
-    (nix::sys::resource::Resource::RLIMIT_CORE, 0),
-    (nix::sys::resource::Resource::RLIMIT_NOFILE, 4096),
-    // No single file past 1 GiB.
-    (nix::sys::resource::Resource::RLIMIT_FSIZE, 1 << 30),
-];
-
-/// Before `cmd`'s child executes anything: sets [`RLIMITS`] and joins `procs` (open
-/// `cgroup.procs` files; none when cgroups are off).
-pub fn confine_before_exec(cmd: &mut tokio::process::Command, procs: Vec<OwnedFd>) {
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: getrlimit(2) and setrlimit(2), and write(2) on descriptors opened before the fork; it
-    // allocates nothing. "0" moves the writing process into the cgroup (v1 and v2).
-    unsafe {
-        cmd.pre_exec(move || {
-            for (resource, limit) in RLIMITS {
-                // Never above the hard limit Petrel itself has: only root may raise it.
-                let (_, hard) =
-                    nix::sys::resource::getrlimit(resource).map_err(std::io::Error::from)?;
-                let limit = limit.min(hard);
-                nix::sys::resource::setrlimit(resource, limit, limit)
-                    .map_err(std::io::Error::from)?;
-            }
-            for fd in &procs {
-                nix::unistd::write(fd.as_fd(), b"0").map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
     }
 }
 

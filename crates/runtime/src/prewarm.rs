@@ -12,9 +12,9 @@
 
 use crate::cgroup::InstanceCgroup;
 use crate::logs::{Attribution, LogSink, LogSource};
-use crate::process::{Process, SourceCell};
-use crate::sandbox::{NetNs, Sandbox};
+use crate::process::os::{Process, SourceCell};
 use crate::zygote::Zygote;
+use petrel_sandbox::{NetNs, Sandbox};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, RwLock};
@@ -91,7 +91,7 @@ fn exec_line(env: &[(String, String)], argv: &[String]) -> String {
     };
     format!(
         "cd {} || exit 1; unset {EXEC_STANDBY_VARS} PWD OLDPWD SHLVL; export {}; exec {}\n",
-        crate::sandbox::TASK_ROOT,
+        petrel_sandbox::TASK_ROOT,
         quoted(&mut env.iter().map(|(k, v)| format!("{k}={v}"))),
         quoted(&mut argv.iter().cloned()),
     )
@@ -116,7 +116,7 @@ struct Standby {
 }
 
 /// What standby processes need to start in the sandbox (as root): they wait in a root of their
-/// own with an empty [`crate::sandbox::TASK_ROOT`], where their function's code is mounted
+/// own with an empty [`petrel_sandbox::TASK_ROOT`], where their function's code is mounted
 /// when one is handed over.
 #[derive(Debug)]
 pub(crate) struct SandboxedStandby {
@@ -134,7 +134,7 @@ pub(crate) struct SandboxedStandby {
 struct StandbyCell {
     root: PathBuf,
     net: NetNs,
-    plan: crate::sandbox::Plan,
+    plan: petrel_sandbox::Plan,
     cgroup: Option<InstanceCgroup>,
 }
 
@@ -178,6 +178,8 @@ pub(crate) struct Prewarm {
     host_path: String,
     pycache: PathBuf,
     sink: LogSink,
+    /// The sandbox's shared library, for the fork server's children (when the sandbox is on).
+    sandbox_lib: Option<PathBuf>,
     zygote: Mutex<ZygoteSlot>,
     stopped: std::sync::atomic::AtomicBool,
     /// Oldest first: the front has had the longest to get ready.
@@ -216,6 +218,7 @@ impl Prewarm {
         pycache: PathBuf,
         sink: LogSink,
         sandboxed: Option<SandboxedStandby>,
+        sandbox_lib: Option<PathBuf>,
     ) -> Self {
         Self {
             config,
@@ -223,6 +226,7 @@ impl Prewarm {
             host_path,
             pycache,
             sink,
+            sandbox_lib,
             zygote: Mutex::default(),
             stopped: Default::default(),
             standby: Mutex::default(),
@@ -279,7 +283,12 @@ impl Prewarm {
             return None;
         }
         let shim = self.shims_dir.join(crate::shims::PYTHON_SHIM_PATH);
-        match Zygote::start(&shim, &self.host_path, &self.pycache) {
+        match Zygote::start(
+            &shim,
+            &self.host_path,
+            &self.pycache,
+            self.sandbox_lib.as_deref(),
+        ) {
             Ok(z) => {
                 let z = Arc::new(z);
                 slot.current = Some(z.clone());
@@ -299,14 +308,14 @@ impl Prewarm {
         &self,
         cmd: &Command,
         cgroup: Option<&InstanceCgroup>,
-        sandbox: Option<&crate::sandbox::Plan>,
+        sandbox: Option<&petrel_sandbox::Plan>,
         source: SourceCell,
         attribution: Arc<Attribution>,
     ) -> Result<Process, String> {
         let zygote = self.zygote().ok_or("no fork server")?;
         let (env, mut cwd) = env_and_dir(cmd);
         if sandbox.is_some() {
-            cwd = PathBuf::from(crate::sandbox::TASK_ROOT);
+            cwd = PathBuf::from(petrel_sandbox::TASK_ROOT);
         }
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -322,8 +331,16 @@ impl Prewarm {
                 standby_spec: None,
             })
             .await?;
-        Process::forked(forked, out_r, err_r, source, self.sink.clone(), attribution)
-            .map_err(|e| format!("could not read the forked instance's output: {e}"))
+        Process::forked(
+            forked.pid,
+            forked.exit,
+            out_r,
+            err_r,
+            source,
+            self.sink.clone(),
+            attribution,
+        )
+        .map_err(|e| format!("could not read the forked instance's output: {e}"))
     }
 
     fn queue(&self, kind: Kind) -> &Mutex<std::collections::VecDeque<Standby>> {
@@ -389,7 +406,7 @@ impl Prewarm {
     }
 
     /// Hands a standby process in its sandbox the instance `cmd` describes: mounts its code
-    /// at [`crate::sandbox::TASK_ROOT`] in the standby's namespace, moves it into the
+    /// at [`petrel_sandbox::TASK_ROOT`] in the standby's namespace, moves it into the
     /// instance's cgroups, and sends it its environment. `None` when there is none (or it
     /// cannot be handed over; the instance then starts plainly).
     pub(crate) async fn take_sandboxed(
@@ -422,7 +439,7 @@ impl Prewarm {
                 return None;
             }
         }
-        if let Err(e) = crate::sandbox::inject_code(pid, code_dir) {
+        if let Err(e) = petrel_sandbox::inject_code(pid, code_dir) {
             tracing::warn!(error = %e, ?kind, "a standby process could not be given its code; starting plainly");
             return None;
         }
@@ -437,7 +454,7 @@ impl Prewarm {
         } else {
             serde_json::json!({
                 "env": env.into_iter().collect::<std::collections::HashMap<_, _>>(),
-                "cwd": crate::sandbox::TASK_ROOT,
+                "cwd": petrel_sandbox::TASK_ROOT,
             })
             .to_string()
                 + "\n"
@@ -515,7 +532,7 @@ impl Prewarm {
         let forked = zygote
             .fork(crate::zygote::ForkRequest {
                 env: &env,
-                cwd: Path::new(crate::sandbox::TASK_ROOT),
+                cwd: Path::new(petrel_sandbox::TASK_ROOT),
                 cgroup_procs: &procs,
                 sandbox: Some(&plan),
                 stdout: out_w,
@@ -526,7 +543,8 @@ impl Prewarm {
             .map_err(io)?;
         let (source, attribution) = standby_identity();
         let process = Process::forked(
-            forked,
+            forked.pid,
+            forked.exit,
             out_r,
             err_r,
             source.clone(),
@@ -588,7 +606,7 @@ impl Prewarm {
                     None => Vec::new(),
                 };
                 cgroup = cg;
-                crate::cgroup::confine_before_exec(&mut cmd, procs);
+                petrel_sandbox::limits::confine_before_exec(cmd.as_std_mut(), procs);
                 cmd.env("PATH", &s.path)
                     .env("HOME", "/tmp")
                     .env("TMPDIR", "/tmp")
@@ -599,7 +617,7 @@ impl Prewarm {
                 Some((net, root, own_pid_ns))
             }
             None => {
-                crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+                petrel_sandbox::limits::confine_before_exec(cmd.as_std_mut(), Vec::new());
                 None
             }
         };
@@ -607,7 +625,11 @@ impl Prewarm {
         let (src, sink, a) = (source.clone(), self.sink.clone(), attribution.clone());
         let (process, stdin) = match &sandboxed {
             Some((_, _, true)) => {
-                crate::sandbox::in_new_pid_ns(move || Process::spawn_with_stdin(cmd, src, sink, a))?
+                let rt = tokio::runtime::Handle::current();
+                petrel_sandbox::in_new_pid_ns(move || {
+                    let _rt = rt.enter();
+                    Process::spawn_with_stdin(cmd, src, sink, a)
+                })?
             }
             _ => Process::spawn_with_stdin(cmd, src, sink, a)?,
         };
@@ -674,7 +696,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let line = exec_line(&env, &["/usr/bin/env".to_owned(), "-0".to_owned()])
-            .replace(crate::sandbox::TASK_ROOT, dir.path().to_str().unwrap());
+            .replace(petrel_sandbox::TASK_ROOT, dir.path().to_str().unwrap());
         let mut child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(EXEC_STANDBY)

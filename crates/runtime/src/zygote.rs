@@ -47,7 +47,7 @@ pub(crate) struct ForkRequest<'a> {
     /// `cgroup.procs` files it writes `0` to first.
     pub cgroup_procs: &'a [std::path::PathBuf],
     /// Its sandbox, entered before any function code runs.
-    pub sandbox: Option<&'a crate::sandbox::Plan>,
+    pub sandbox: Option<&'a petrel_sandbox::Plan>,
     /// The pipe ends its stdout and stderr go to.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -73,8 +73,14 @@ struct Message {
 }
 
 impl Zygote {
-    /// Starts the fork server with the shim at `shim`.
-    pub(crate) fn start(shim: &Path, host_path: &str, pycache: &Path) -> std::io::Result<Self> {
+    /// Starts the fork server with the shim at `shim`; `sandbox_lib` is the sandbox's shared
+    /// library its children confine themselves with (when the sandbox is on).
+    pub(crate) fn start(
+        shim: &Path,
+        host_path: &str,
+        pycache: &Path,
+        sandbox_lib: Option<&Path>,
+    ) -> std::io::Result<Self> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -96,8 +102,11 @@ impl Zygote {
             .stderr(Stdio::inherit())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(lib) = sandbox_lib {
+            cmd.env("PETREL_SANDBOX_LIB", lib);
+        }
         // Its children inherit the limits.
-        crate::cgroup::confine_before_exec(&mut cmd, Vec::new());
+        petrel_sandbox::limits::confine_before_exec(cmd.as_std_mut(), Vec::new());
         let child = cmd.spawn()?;
         let shared = Arc::new(Shared::default());
         let reader = ours.try_clone()?;
@@ -135,7 +144,7 @@ impl Zygote {
         // The descriptors sent, and their names in that order.
         let mut fds = vec![stdout.as_raw_fd(), stderr.as_raw_fd()];
         let mut names = vec!["stdout", "stderr"];
-        if let Some(net) = sandbox.and_then(crate::sandbox::Plan::net_fd) {
+        if let Some(net) = sandbox.and_then(petrel_sandbox::Plan::net_fd) {
             fds.push(net);
             names.push("net");
         }
@@ -143,12 +152,20 @@ impl Zygote {
             fds.push(spec.as_raw_fd());
             names.push("spec");
         }
+        let plan = match sandbox.map(petrel_sandbox::Plan::to_bytes).transpose() {
+            Ok(p) => p.map(hex::encode),
+            Err(e) => {
+                return Err(format!(
+                    "the sandbox plan cannot go to the fork server: {e}"
+                ))
+            }
+        };
         let msg = serde_json::json!({
             "id": id,
             "env": env.iter().cloned().collect::<HashMap<String, String>>(),
             "cwd": cwd,
             "cgroup_procs": cgroup_procs,
-            "sandbox": sandbox.map(crate::sandbox::Plan::to_json),
+            "sandbox": plan,
             "fds": names,
         })
         .to_string();
@@ -195,7 +212,7 @@ fn read_loop(sock: OwnedFd, shared: Arc<Shared>) {
             continue;
         };
         if let Some(pid) = m.exit {
-            let how = crate::process::describe_end(m.code, m.signal);
+            let how = crate::process::os::describe_end(m.code, m.signal);
             if let Some(tx) = shared.exits.lock().unwrap().remove(&pid) {
                 let _ = tx.send(Some(how));
             }

@@ -12,17 +12,17 @@
 //! the executor every few milliseconds, so an endless loop never holds a server thread, and is
 //! stopped at its deadline), outbound HTTP only to `allowed_outbound_hosts`.
 
-mod aot;
 mod outbound;
 
 pub use outbound::OutboundPolicy;
 use petrel_core::outbound::HostPattern;
 
-use crate::instance::InvokeError;
+use crate::error::{init_failed, InvokeError};
+use crate::instance::{HttpInstance, Instance, InstanceSpec, Protocol, StartTimings};
 use crate::logs::{LogSink, LogSource};
 use crate::Body;
 use http_body_util::BodyExt;
-use petrel_core::FunctionSpec;
+use petrel_core::BoxFuture;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -221,13 +221,10 @@ impl WasmEngine {
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err("the handler is a core WebAssembly module, not a component; build for the wasm32-wasip2 target, or wrap the module with `wasm-tools component new`".into());
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
+        let (compiled, component) = petrel_sandbox::compiled::precompile(&self.engine, bytes)
             .map_err(|e| format!("the component does not compile: {}", root(&e)))?;
-        let component = aot::load_bytes(&self.engine, &compiled).map_err(|e| format!("{e:#}"))?;
         self.check_world(&component)?;
-        aot::write_atomically(cached, &compiled)
+        write_atomically(cached, &compiled)
             .map_err(|e| format!("could not cache the compiled component: {e}"))
     }
 
@@ -262,13 +259,21 @@ impl WasmEngine {
         if let Some(pre) = loaded.get(&cached).and_then(Weak::upgrade) {
             return Ok(pre);
         }
-        let component = aot::load_file(&self.engine, &cached)
+        let component = petrel_sandbox::compiled::load_cached(&self.engine, &cached)
             .map_err(|e| fail(format!("could not load the compiled component: {e:#}")))?;
         let pre = Arc::new(self.check_world(&component).map_err(fail)?);
         loaded.retain(|_, w| w.strong_count() > 0);
         loaded.insert(cached, Arc::downgrade(&pre));
         Ok(pre)
     }
+}
+
+/// Writes a compiled component under a temporary name, then renames it into place (a file of
+/// the cache is never seen half written, nor rewritten in place).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn root(e: &wasmtime::Error) -> String {
@@ -307,38 +312,101 @@ pub async fn warm_slot(pre: &ProxyPreState, memory_mb: u32) {
     let _ = pre.instantiate_async(&mut store).await;
 }
 
-/// A loaded component for one function version: what an `Instance` of kind wasm holds.
-pub struct WasmFunction {
+/// A wasm instance: a share of one version's loaded component. Each request gets a fresh wasm
+/// instance of its own from it, so nothing a request leaves behind is seen by the next, and
+/// "stopping the instance" only ever concerns one request.
+pub struct WasmInstance {
+    id: String,
+    spec: InstanceSpec,
+    timings: StartTimings,
     pre: Arc<ProxyPre<WasmState>>,
-    spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
     policy: Arc<Vec<HostPattern>>,
     tls: Option<tokio_rustls::TlsConnector>,
+    sink: LogSink,
+    source: LogSource,
     /// The guests running now, by invocation id, each with the way to stop it.
     running: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<String>>>>,
 }
 
-impl WasmFunction {
-    pub fn new(
-        pre: Arc<ProxyPre<WasmState>>,
-        spec: Arc<FunctionSpec>,
-        env: Vec<(String, String)>,
+impl std::fmt::Debug for WasmInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmInstance")
+            .field("id", &self.id)
+            .field("function", &self.spec.function)
+            .field("version", &self.spec.version)
+            .finish()
+    }
+}
+
+impl WasmInstance {
+    /// The component loaded (compiled at deploy, memory-mapped from the cache) and
+    /// pre-instantiated, shared by every instance of the version; its guests' outbound
+    /// `https://` requests verified with `tls` (refused without it).
+    pub async fn start(
+        engine: Arc<WasmEngine>,
+        spec: InstanceSpec,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+        sink: LogSink,
     ) -> Result<Self, InvokeError> {
+        let t0 = Instant::now();
+        let id = crate::instance::new_instance_id();
+        let path = spec.code_dir.join(&spec.spec.handler);
+        let pre = match engine.loaded(&path) {
+            Some(pre) => pre,
+            None => tokio::task::spawn_blocking(move || engine.load(&path))
+                .await
+                .map_err(|e| init_failed(format!("loading the component failed: {e}")))??,
+        };
+        let env = spec
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([
+                ("PETREL_NAMESPACE".to_owned(), spec.namespace.clone()),
+                ("PETREL_FUNCTION_NAME".to_owned(), spec.function.clone()),
+                (
+                    "PETREL_FUNCTION_VERSION".to_owned(),
+                    spec.version.to_string(),
+                ),
+                (
+                    "PETREL_MEMORY_MB".to_owned(),
+                    spec.spec.memory_mb.to_string(),
+                ),
+            ])
+            .collect();
         let policy = spec
+            .spec
             .allowed_outbound_hosts
             .iter()
             .map(|h| HostPattern::parse(h))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| InvokeError::InitFailed {
-                error_type: None,
-                message: e,
-            })?;
+            .map_err(init_failed)?;
+        let source = LogSource {
+            namespace: spec.namespace.clone(),
+            function: spec.function.clone(),
+            version: spec.version,
+            instance: id.clone(),
+        };
+        sink.emit(source.line(
+            "platform",
+            None,
+            format!("component loaded in {} µs", t0.elapsed().as_micros()),
+        ));
         Ok(Self {
-            pre,
+            id,
             spec,
+            timings: StartTimings {
+                start: t0.elapsed(),
+                init: Duration::ZERO,
+            },
+            pre,
             env,
             policy: Arc::new(policy),
-            tls: None,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+            sink,
+            source,
             running: Arc::default(),
         })
     }
@@ -346,29 +414,21 @@ impl WasmFunction {
     /// Stops the guest serving invocation `id` (it was cancelled), wherever it is, its response
     /// sent or not: the request ends with [`InvokeError::Stopped`] and `why`. Each request has
     /// an instance of its own, so no other request is touched. False when no such guest runs.
-    pub fn stop(&self, id: &str, why: &str) -> bool {
+    fn stop(&self, id: &str, why: &str) -> bool {
         let stop = self.running.lock().unwrap().remove(id);
         stop.is_some_and(|tx| tx.send(why.to_owned()).is_ok())
-    }
-
-    /// Lets the guest's `https://` requests through, verified with `tls`; without it they are
-    /// refused with a TLS error.
-    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsConnector>) -> Self {
-        self.tls = tls;
-        self
     }
 
     /// Serves one request in a fresh instance. The response head comes back as soon as the guest
     /// sets it; the guest keeps running (streaming its body) in a task of its own, and its output
     /// goes to the logs when it ends.
-    pub async fn handle(
+    pub async fn serve(
         &self,
         req: http::Request<Body>,
         timeout: Duration,
         invocation: &str,
-        sink: &LogSink,
-        source: &LogSource,
     ) -> Result<http::Response<Body>, InvokeError> {
+        let (sink, source) = (&self.sink, &self.source);
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let wasi = WasiCtx::builder()
@@ -386,7 +446,7 @@ impl WasmFunction {
                 self.tls.clone(),
             ),
             limits: MemoryLimit {
-                max_bytes: self.spec.memory_mb as usize * 1024 * 1024,
+                max_bytes: self.spec.spec.memory_mb as usize * 1024 * 1024,
                 refused: false,
             },
             started: Instant::now(),
@@ -478,6 +538,54 @@ impl WasmFunction {
                 )),
             },
         }
+    }
+}
+
+impl Instance for WasmInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    fn start_timings(&self) -> StartTimings {
+        self.timings
+    }
+
+    fn is_alive(&self) -> bool {
+        true
+    }
+
+    /// Nothing to kill: each request's wasm instance ends with its request.
+    fn kill(&self) {}
+
+    fn stop_invocation(&self, id: &str, why: &str) -> bool {
+        self.stop(id, why)
+    }
+
+    fn log_platform(&self, invocation: Option<&str>, message: &str) {
+        self.sink.emit(self.source.line(
+            "platform",
+            invocation.map(str::to_owned),
+            message.to_owned(),
+        ));
+    }
+
+    fn protocol(&self) -> Protocol<'_> {
+        Protocol::Http(self)
+    }
+}
+
+impl HttpInstance for WasmInstance {
+    fn handle<'a>(
+        &'a self,
+        id: &'a str,
+        req: http::Request<Body>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<http::Response<Body>, InvokeError>> {
+        Box::pin(self.serve(req, timeout, id))
     }
 }
 

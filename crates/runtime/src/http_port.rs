@@ -1,13 +1,14 @@
-//! Instances that serve HTTP on `$PORT` (the Knative / Cloud Run / of-watchdog contract): Petrel
-//! waits for the port to accept connections, then proxies requests to it as sent.
+//! The HTTP protocol of process instances that serve HTTP on `$PORT` (the Knative / Cloud Run /
+//! of-watchdog contract): Petrel waits for the port to accept connections, then proxies
+//! requests to it as sent.
 
-use crate::sandbox::NetNs;
 use crate::Body;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use petrel_sandbox::NetNs;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -90,7 +91,7 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 async fn connect_in(net: &NetNs, port: u16) -> std::io::Result<TcpStream> {
-    let s = net.tcp_socket()?;
+    let s = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(net.tcp_socket()?));
     let s = s.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     s.set_nodelay(true)?;
     Ok(s)

@@ -97,10 +97,12 @@ impl Process {
         ))
     }
 
-    /// A process the Python fork server made: not Petrel's child, so its end comes from the
-    /// fork server's report; its output comes through the pipes Petrel handed it.
+    /// A process another one made (the Python fork server's child `pid`): not Petrel's child,
+    /// so its end comes from `exit`, which that process's reports fill; its output comes
+    /// through the pipes Petrel handed it.
     pub(crate) fn forked(
-        forked: crate::zygote::Forked,
+        pid: i32,
+        exit: watch::Receiver<Option<String>>,
         stdout: OwnedFd,
         stderr: OwnedFd,
         source: SourceCell,
@@ -109,22 +111,14 @@ impl Process {
     ) -> std::io::Result<Self> {
         let out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
         let err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
-        let mut rx = forked.exit;
+        let mut rx = exit;
         let exit = async move {
             match rx.wait_for(|e| e.is_some()).await {
                 Ok(v) => v.clone().unwrap_or_default(),
                 Err(_) => "ended".to_owned(),
             }
         };
-        Ok(Self::watch(
-            forked.pid,
-            out,
-            err,
-            exit,
-            source,
-            sink,
-            attribution,
-        ))
+        Ok(Self::watch(pid, out, err, exit, source, sink, attribution))
     }
 
     /// Reads the output, keeps the stderr tail, and turns the end of the process into the exit

@@ -2,7 +2,8 @@
 //! loopback port of its own (`AWS_LAMBDA_RUNTIME_API`). Invocations are queued here and taken by
 //! the instance's `next` calls; its `response` and `error` calls complete them.
 
-use crate::instance::{InvokeError, LambdaOutcome};
+use crate::error::InvokeError;
+use crate::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +18,35 @@ use tokio::task::JoinHandle;
 
 const PREFIX: &str = "/2018-06-01/runtime";
 
+/// A Lambda invocation's result: the handler's return value, the error it raised, or a response
+/// it streams.
+#[derive(Debug)]
+pub enum LambdaOutcome {
+    Success(Bytes),
+    FunctionError {
+        error_type: String,
+        body: Bytes,
+    },
+    /// A response sent in streaming mode, passed on as it comes: the HTTP head its prelude gave
+    /// (`awslambda.HttpResponseStream`), if any, and the body. An error the function reports
+    /// after the first bytes, its deadline, or a size past the limit end the body with an error.
+    Streamed {
+        head: Option<StreamHead>,
+        body: Body,
+    },
+}
+
+/// The HTTP head a streamed response starts with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub cookies: Vec<String>,
+}
+
 /// The instance's init phase as the Runtime API sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum InitState {
+enum InitState {
     Starting,
     Ready,
     Failed { error_type: String, message: String },
@@ -55,7 +82,7 @@ pub(crate) enum Listen {
     /// A listener bound in the instance's network namespace before it starts.
     Now(std::net::TcpListener),
     /// A listener the instance makes in its own network namespace as it starts (in a user
-    /// namespace), at [`crate::sandbox::RUNTIME_API_ADDR`].
+    /// namespace), at [`petrel_sandbox::RUNTIME_API_ADDR`].
     Later(oneshot::Receiver<std::net::TcpListener>),
 }
 
@@ -99,7 +126,7 @@ impl Endpoint {
             }
             Listen::Later(rx) => (
                 ListenerLater::Later(rx),
-                crate::sandbox::RUNTIME_API_ADDR
+                petrel_sandbox::RUNTIME_API_ADDR
                     .parse()
                     .expect("a valid address"),
             ),
@@ -144,6 +171,11 @@ impl Endpoint {
                     l
                 }
             };
+            // The instance's `next` waits on this connection: no small write may sit behind
+            // Nagle's algorithm for the instance's delayed ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self {
@@ -153,8 +185,28 @@ impl Endpoint {
         })
     }
 
-    pub(crate) fn init_state(&self) -> watch::Receiver<InitState> {
-        self.shared.state.subscribe()
+    /// Waits until the instance's runtime is ready (its first `next`), or reported that its
+    /// initialisation failed.
+    pub(crate) async fn initialised(&self) -> Result<(), InvokeError> {
+        let mut rx = self.shared.state.subscribe();
+        let state = rx
+            .wait_for(|s| *s != InitState::Starting)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(InitState::Starting);
+        match state {
+            InitState::Ready => Ok(()),
+            InitState::Failed {
+                error_type,
+                message,
+            } => Err(InvokeError::InitFailed {
+                message: format!("{error_type}: {message}"),
+                error_type: Some(error_type),
+            }),
+            InitState::Starting => {
+                Err(crate::error::init_failed("the Runtime API endpoint closed"))
+            }
+        }
     }
 
     /// Queues an invocation; the receiver completes when the instance answers.
@@ -319,7 +371,7 @@ async fn stream_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with(HTTP_INTEGRATION));
     let mut buf = bytes::BytesMut::new();
-    let mut head: Option<crate::instance::StreamHead> = None;
+    let mut head: Option<StreamHead> = None;
     let first = loop {
         match body.frame().await {
             None => return complete(&s, &id, Ok(whole(buf.freeze(), is_http))),
@@ -366,7 +418,7 @@ async fn stream_response(
         &id,
         Ok(LambdaOutcome::Streamed {
             head,
-            body: crate::Body::new(ChannelBody(rx)),
+            body: Body::new(ChannelBody(rx)),
         }),
     );
     let mut sent = first.len();
@@ -455,9 +507,9 @@ fn trailer_error(t: &HeaderMap) -> Option<LambdaOutcome> {
 }
 
 /// The HTTP head of an `HttpResponseStream` prelude (`{"statusCode", "headers", "cookies"}`).
-fn parse_head(prelude: &[u8]) -> crate::instance::StreamHead {
+fn parse_head(prelude: &[u8]) -> StreamHead {
     let v: serde_json::Value = serde_json::from_slice(prelude).unwrap_or_default();
-    crate::instance::StreamHead {
+    StreamHead {
         status: v["statusCode"].as_u64().unwrap_or(200) as u16,
         headers: v["headers"]
             .as_object()
