@@ -1,6 +1,8 @@
-//! Petrel's persistent state: the SQL store (functions, versions, logs) on SQLite or PostgreSQL
-//! through one schema and one set of queries, and the content-addressed artifact store that keeps
-//! uploaded packages and their unpacked code under the data directory.
+//! Petrel's persistent state: the SQL store on SQLite or PostgreSQL through one schema and one
+//! set of queries, by what it keeps (functions with their versions and aliases; the async queue
+//! with its deliveries; logs and invocation records; learned keep-alive histograms), and the
+//! content-addressed artifact store that keeps uploaded packages and their unpacked code under
+//! the data directory.
 //!
 //! It does not decide what is valid (that is `petrel-core`) nor run anything (that is the data
 //! plane); it stores and reads back.
@@ -8,14 +10,20 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
-mod db;
+mod functions;
+mod histograms;
 mod queue;
+mod records;
+mod store;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
-pub use db::{Alias, Backend, FunctionRecord, LogCursor, Store};
+pub use functions::{Alias, FunctionRecord};
+pub use petrel_core::api::AsyncBacklog;
 pub use queue::{
-    AsyncBacklog, Cancel, Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult,
+    Cancel, Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult,
 };
+pub use records::LogCursor;
+pub use store::{Backend, Store};
 
 /// Errors of the storage layer. Package problems are the uploader's to fix; the rest are ours.
 #[derive(Debug, thiserror::Error)]
@@ -38,3 +46,19 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 pub use petrel_core::now_ms;
+
+/// What a caller is told of a store failure: a package problem as it is (the uploader's to
+/// fix); anything else as Petrel's internal error, its cause logged here and never shown.
+impl From<StoreError> for petrel_core::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidPackage(m) => {
+                petrel_core::ApiError::new(petrel_core::ErrorCode::InvalidPackage, m)
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                petrel_core::ApiError::internal()
+            }
+        }
+    }
+}

@@ -1,9 +1,12 @@
 //! The async queue's tables: submissions, leases (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite
 //! has one writer), attempts' outcomes, the dead-letter list, and deliveries of outcomes.
 
-use crate::db::{insert_chunks, multi_row_insert, Backend};
+use crate::store::{insert_chunks, multi_row_insert, Backend};
 use crate::{Result, Store, StoreError};
-use petrel_core::api::{async_status as st, AsyncInvocation, DeliveryStatus, InvocationResult};
+use petrel_core::api::{
+    AsyncBacklog, AsyncInvocation, AsyncKind, AsyncStatus, DeliveryState, DeliveryStatus,
+    InvocationResult, Trigger,
+};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -14,8 +17,7 @@ pub struct NewAsync {
     pub namespace: String,
     pub function: String,
     pub version: Option<u32>,
-    /// `http` or `event`.
-    pub kind: String,
+    pub kind: AsyncKind,
     pub method: String,
     /// The path and query the function sees (`http`), or empty.
     pub path: String,
@@ -35,7 +37,7 @@ pub struct LeasedAsync {
     pub namespace: String,
     pub function: String,
     pub version: Option<u32>,
-    pub kind: String,
+    pub kind: AsyncKind,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -59,17 +61,6 @@ impl LeasedAsync {
     }
 }
 
-/// How many of a function's async invocations are in one status, and the oldest's submission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AsyncBacklog {
-    pub namespace: String,
-    pub function: String,
-    /// `queued`, `running` or `dead`.
-    pub status: String,
-    pub count: u64,
-    pub oldest_created_at: i64,
-}
-
 /// What [`Store::cancel_async`] found.
 #[derive(Debug, Clone)]
 pub enum Cancel {
@@ -78,7 +69,7 @@ pub enum Cancel {
     Ended(AsyncInvocation),
     /// Cancelled: its status before, and the invocation now.
     Cancelled {
-        was: String,
+        was: AsyncStatus,
         now: AsyncInvocation,
     },
 }
@@ -90,7 +81,7 @@ pub type StoredResult = (u16, Vec<(String, String)>, Vec<u8>);
 #[derive(Debug, Clone)]
 pub struct Finish {
     /// `succeeded`, `failed`, `dead`, or `queued` for a retry.
-    pub status: &'static str,
+    pub status: AsyncStatus,
     /// When a retry may run.
     pub run_at: i64,
     pub executed_version: Option<u32>,
@@ -183,12 +174,12 @@ fn bind_new<'q>(
         .bind(&n.namespace)
         .bind(&n.function)
         .bind(n.version.map(i64::from))
-        .bind(&n.kind)
+        .bind(n.kind.as_str())
         .bind(&n.method)
         .bind(&n.path)
         .bind(headers_json(&n.headers))
         .bind(&n.body[..])
-        .bind(st::QUEUED)
+        .bind(AsyncStatus::Queued.as_str())
         .bind(0i64)
         .bind(n.created_at)
         .bind(n.run_at)
@@ -315,7 +306,7 @@ impl Store {
             "SELECT namespace, function, COUNT(*) FROM async_invocations
              WHERE status = $1 AND run_at <= $2 GROUP BY namespace, function",
         )
-        .bind(st::QUEUED)
+        .bind(AsyncStatus::Queued.as_str())
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -346,13 +337,13 @@ impl Store {
             skip_locked(self.backend)
         );
         let rows = sqlx::query(&sql)
-            .bind(st::RUNNING)
+            .bind(AsyncStatus::Running.as_str())
             .bind(owner)
             .bind(lease_until)
             .bind(now)
             .bind(namespace)
             .bind(function)
-            .bind(st::QUEUED)
+            .bind(AsyncStatus::Queued.as_str())
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -374,12 +365,12 @@ impl Store {
             "UPDATE async_invocations SET status = $1, error = $2, finished_at = $3
              WHERE namespace = $4 AND function = $5 AND status = $6",
         )
-        .bind(st::FAILED)
+        .bind(AsyncStatus::Failed.as_str())
         .bind(error)
         .bind(now)
         .bind(namespace)
         .bind(function)
-        .bind(st::QUEUED)
+        .bind(AsyncStatus::Queued.as_str())
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -392,7 +383,7 @@ impl Store {
         )
         .bind(until)
         .bind(owner)
-        .bind(st::RUNNING)
+        .bind(AsyncStatus::Running.as_str())
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -406,19 +397,19 @@ impl Store {
                 "UPDATE async_invocations SET status = $1, run_at = $2, error = $3
                  WHERE status = $4 AND lease_owner = $5",
             )
-            .bind(st::QUEUED)
+            .bind(AsyncStatus::Queued.as_str())
             .bind(now)
             .bind("the server running this attempt stopped before it ended; queued again")
-            .bind(st::RUNNING)
+            .bind(AsyncStatus::Running.as_str())
             .bind(o),
             None => sqlx::query(
                 "UPDATE async_invocations SET status = $1, run_at = $2, error = $3
                  WHERE status = $4 AND lease_until < $5",
             )
-            .bind(st::QUEUED)
+            .bind(AsyncStatus::Queued.as_str())
             .bind(now)
             .bind("the server running this attempt stopped answering; queued again")
-            .bind(st::RUNNING)
+            .bind(AsyncStatus::Running.as_str())
             .bind(now),
         };
         Ok(q.execute(&self.pool).await?.rows_affected())
@@ -436,14 +427,14 @@ impl Store {
                 Some((s, h, b)) => (Some(*s as i64), Some(headers_json(h)), Some(&b[..])),
                 None => (None, None, None),
             };
-            let finished = (f.status != st::QUEUED).then_some(e.now);
+            let finished = (f.status != AsyncStatus::Queued).then_some(e.now);
             let ok = sqlx::query(
                 "UPDATE async_invocations
                  SET status = $1, run_at = $2, finished_at = $3, executed_version = $4, result_status = $5,
                      result_headers = $6, result_body = $7, error = $8, lease_until = NULL
                  WHERE id = $9 AND lease_owner = $10 AND attempts = $11 AND status = $12",
             )
-            .bind(f.status)
+            .bind(f.status.as_str())
             .bind(f.run_at)
             .bind(finished)
             .bind(f.executed_version.map(i64::from))
@@ -454,7 +445,7 @@ impl Store {
             .bind(&e.id)
             .bind(owner)
             .bind(e.attempt as i64)
-            .bind(st::RUNNING)
+            .bind(AsyncStatus::Running.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -530,7 +521,9 @@ impl Store {
             let Some(before) = self.get_async(id).await? else {
                 return Ok(Cancel::NotFound);
             };
-            if ![st::QUEUED, st::RUNNING, st::DEAD].contains(&before.status.as_str()) {
+            if ![AsyncStatus::Queued, AsyncStatus::Running, AsyncStatus::Dead]
+                .contains(&before.status)
+            {
                 return Ok(Cancel::Ended(before));
             }
             let done = sqlx::query(
@@ -538,11 +531,11 @@ impl Store {
                    error = $3 || COALESCE('; before: ' || error, '')
                  WHERE id = $4 AND status = $5",
             )
-            .bind(st::CANCELLED)
+            .bind(AsyncStatus::Cancelled.as_str())
             .bind(now)
             .bind(format!("cancelled while {}", before.status))
             .bind(id)
-            .bind(&before.status)
+            .bind(before.status.as_str())
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -566,7 +559,7 @@ impl Store {
              WHERE lease_owner = $1 AND status = $2 AND finished_at >= $3",
         )
         .bind(owner)
-        .bind(st::CANCELLED)
+        .bind(AsyncStatus::Cancelled.as_str())
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
@@ -582,9 +575,9 @@ impl Store {
              WHERE status IN ($1, $2, $3) GROUP BY namespace, function, status
              ORDER BY namespace, function, status",
         )
-        .bind(st::QUEUED)
-        .bind(st::RUNNING)
-        .bind(st::DEAD)
+        .bind(AsyncStatus::Queued.as_str())
+        .bind(AsyncStatus::Running.as_str())
+        .bind(AsyncStatus::Dead.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -592,7 +585,7 @@ impl Store {
                 Ok(AsyncBacklog {
                     namespace: r.try_get(0)?,
                     function: r.try_get(1)?,
-                    status: r.try_get(2)?,
+                    status: parse(&r.try_get::<String, _>(2)?)?,
                     count: r.try_get::<i64, _>(3)? as u64,
                     oldest_created_at: r.try_get(4)?,
                 })
@@ -605,7 +598,7 @@ impl Store {
         &self,
         namespace: &str,
         function: &str,
-        status: Option<&str>,
+        status: Option<AsyncStatus>,
         limit: u32,
     ) -> Result<Vec<AsyncInvocation>> {
         let rows = sqlx::query(&format!(
@@ -615,7 +608,7 @@ impl Store {
         ))
         .bind(namespace)
         .bind(function)
-        .bind(status.unwrap_or(""))
+        .bind(status.map(AsyncStatus::as_str).unwrap_or(""))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -642,11 +635,11 @@ impl Store {
         let all = [String::new()];
         for id in if ids.is_empty() { &all[..] } else { ids } {
             let rows = sqlx::query(REPLAY)
-                .bind(st::QUEUED)
+                .bind(AsyncStatus::Queued.as_str())
                 .bind(now)
                 .bind(namespace)
                 .bind(function)
-                .bind(st::DEAD)
+                .bind(AsyncStatus::Dead.as_str())
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -672,21 +665,22 @@ impl Store {
         let mut n = sqlx::query(
             "DELETE FROM async_invocations WHERE status IN ($1, $2, $3) AND finished_at < $4",
         )
-        .bind(st::SUCCEEDED)
-        .bind(st::FAILED)
-        .bind(st::CANCELLED)
+        .bind(AsyncStatus::Succeeded.as_str())
+        .bind(AsyncStatus::Failed.as_str())
+        .bind(AsyncStatus::Cancelled.as_str())
         .bind(now - done_ms)
         .execute(&self.pool)
         .await?
         .rows_affected();
         n += sqlx::query("DELETE FROM async_invocations WHERE status = $1 AND finished_at < $2")
-            .bind(st::DEAD)
+            .bind(AsyncStatus::Dead.as_str())
             .bind(now - dead_ms)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM async_deliveries WHERE status <> 'pending' AND next_at < $1")
+        sqlx::query("DELETE FROM async_deliveries WHERE status <> $2 AND next_at < $1")
             .bind(now - done_ms)
+            .bind(DeliveryState::Pending.as_str())
             .execute(&self.pool)
             .await?;
         Ok(n)
@@ -701,7 +695,7 @@ impl Store {
     ) -> Result<Vec<Delivery>> {
         let sql = format!(
             "UPDATE async_deliveries SET attempts = attempts + 1, next_at = $1
-             WHERE id IN (SELECT id FROM async_deliveries WHERE status = 'pending' AND next_at <= $2
+             WHERE id IN (SELECT id FROM async_deliveries WHERE status = $4 AND next_at <= $2
                           ORDER BY next_at LIMIT $3{})
              RETURNING id, invocation, url, headers, body, attempts",
             skip_locked(self.backend)
@@ -710,6 +704,7 @@ impl Store {
             .bind(lease_until)
             .bind(now)
             .bind(limit as i64)
+            .bind(DeliveryState::Pending.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -731,14 +726,14 @@ impl Store {
     pub async fn settle_delivery(
         &self,
         id: i64,
-        status: &str,
+        status: DeliveryState,
         next_at: i64,
         error: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE async_deliveries SET status = $1, next_at = $2, error = $3 WHERE id = $4",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(next_at)
         .bind(error)
         .bind(id)
@@ -751,7 +746,7 @@ impl Store {
     pub async fn deliveries_of(
         &self,
         invocation: &str,
-    ) -> Result<Vec<(String, String, u32, Option<String>)>> {
+    ) -> Result<Vec<(String, DeliveryState, u32, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT url, status, attempts, error FROM async_deliveries WHERE invocation = $1 ORDER BY id",
         )
@@ -762,7 +757,7 @@ impl Store {
             .map(|r| {
                 Ok((
                     r.try_get(0)?,
-                    r.try_get(1)?,
+                    parse(&r.try_get::<String, _>(1)?)?,
                     r.try_get::<i64, _>(2)? as u32,
                     r.try_get(3)?,
                 ))
@@ -775,6 +770,11 @@ const VIEW_COLUMNS: &str = "id, namespace, function, version, status, attempts, 
   started_at, finished_at, lease_owner, executed_version, result_status, result_headers, result_body,
   error, callback_url, idem_key, replays";
 
+/// A stored enum's value (its text), read back; anything else is corrupt data.
+fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(StoreError::Corrupt)
+}
+
 fn opt_u32(r: &AnyRow, col: &str) -> Result<Option<u32>> {
     Ok(r.try_get::<Option<i64>, _>(col)?.map(|v| v as u32))
 }
@@ -785,7 +785,7 @@ fn leased(r: &AnyRow) -> Result<LeasedAsync> {
         namespace: r.try_get("namespace")?,
         function: r.try_get("function")?,
         version: opt_u32(r, "version")?,
-        kind: r.try_get("kind")?,
+        kind: parse(&r.try_get::<String, _>("kind")?)?,
         method: r.try_get("method")?,
         path: r.try_get("path")?,
         headers: headers_from(&r.try_get::<String, _>("headers")?)?,
@@ -798,7 +798,7 @@ fn leased(r: &AnyRow) -> Result<LeasedAsync> {
 }
 
 fn view(r: &AnyRow) -> Result<AsyncInvocation> {
-    let status: String = r.try_get("status")?;
+    let status: AsyncStatus = parse(&r.try_get::<String, _>("status")?)?;
     let result = match r.try_get::<Option<i64>, _>("result_status")? {
         Some(s) => {
             let headers = match r.try_get::<Option<String>, _>("result_headers")? {
@@ -820,8 +820,8 @@ fn view(r: &AnyRow) -> Result<AsyncInvocation> {
         namespace: r.try_get("namespace")?,
         function: r.try_get("function")?,
         version: opt_u32(r, "version")?,
-        trigger: "async".into(),
-        next_attempt_at: (status == st::QUEUED).then_some(run_at),
+        trigger: Trigger::Async,
+        next_attempt_at: (status == AsyncStatus::Queued).then_some(run_at),
         status,
         attempts: r.try_get::<i64, _>("attempts")? as u32,
         created_at: r.try_get("created_at")?,

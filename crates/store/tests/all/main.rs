@@ -1,7 +1,7 @@
 //! The store's suite, run against SQLite (a real file) and PostgreSQL (the server started by
 //! `scripts/services.sh`; its URL comes in `PETREL_TEST_POSTGRES_URL`).
 
-use petrel_core::api::LogLine;
+use petrel_core::api::{AsyncKind, AsyncStatus, InvocationOutcome, LogLine, Trigger};
 use petrel_core::{FunctionSpec, Manifest};
 use petrel_store::{ArtifactStore, Backend, PackageLimits, Store};
 use sqlx::Connection;
@@ -181,7 +181,7 @@ fn submission(id: &str, key: Option<&str>) -> petrel_store::NewAsync {
         namespace: "default".into(),
         function: "f".into(),
         version: None,
-        kind: "event".into(),
+        kind: AsyncKind::Event,
         method: "POST".into(),
         path: String::new(),
         headers: vec![("content-type".into(), "application/json".into())],
@@ -193,9 +193,9 @@ fn submission(id: &str, key: Option<&str>) -> petrel_store::NewAsync {
     }
 }
 
-fn finish(status: &'static str) -> petrel_store::Finish {
+fn finish(status: &str) -> petrel_store::Finish {
     petrel_store::Finish {
-        status,
+        status: status.parse().unwrap(),
         run_at: 2_000,
         executed_version: Some(1),
         result: Some((200, vec![], b"ok".to_vec())),
@@ -238,7 +238,7 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     let depth = |status: &str, count| petrel_store::AsyncBacklog {
         namespace: "default".into(),
         function: "f".into(),
-        status: status.into(),
+        status: status.parse().unwrap(),
         count,
         oldest_created_at: 1_000,
     };
@@ -336,7 +336,7 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     );
     assert_eq!(
         store
-            .list_async("default", "f", Some("dead"), 10)
+            .list_async("default", "f", Some(AsyncStatus::Dead), 10)
             .await
             .unwrap()
             .len(),
@@ -376,8 +376,8 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     assert_eq!(
         was(store.cancel_async("k-3", 60_000).await.unwrap()),
         (
-            "queued".into(),
-            "cancelled".into(),
+            AsyncStatus::Queued,
+            AsyncStatus::Cancelled,
             "cancelled while queued".into()
         )
     );
@@ -387,7 +387,7 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
         .unwrap();
     assert_eq!(
         was(store.cancel_async(&run[0].id, 61_000).await.unwrap()).0,
-        "running"
+        AsyncStatus::Running
     );
     assert_eq!(
         store
@@ -423,11 +423,11 @@ async fn async_claims_are_exclusive_guarded_and_resumable(store: Store) {
     assert!(store.cancelled_claims("b", 0).await.unwrap().is_empty());
     assert!(matches!(
         store.cancel_async(&dead[0].id, 63_000).await.unwrap(),
-        Cancel::Ended(a) if a.status == "cancelled"
+        Cancel::Ended(a) if a.status == AsyncStatus::Cancelled
     ));
     assert!(matches!(
         store.cancel_async(&j.id, 63_000).await.unwrap(),
-        Cancel::Ended(a) if a.status == "succeeded"
+        Cancel::Ended(a) if a.status == AsyncStatus::Succeeded
     ));
     assert!(matches!(
         store.cancel_async("nope", 63_000).await.unwrap(),
@@ -713,13 +713,13 @@ fn record(
         namespace: "default".into(),
         function: function.into(),
         version: 1,
-        trigger: "invoke".into(),
+        trigger: Trigger::Invoke,
         started_at,
         duration_ms: billed_ms,
         billed_ms,
         memory_mb,
         cold_start: id == "a",
-        outcome: outcome.into(),
+        outcome: outcome.parse().unwrap(),
         error: (outcome != "success").then(|| "boom".into()),
         instance: Some("i-1".into()),
     }
@@ -761,7 +761,7 @@ async fn invocations_are_recorded_and_metered(store: Store) {
     );
     assert_eq!(
         store.get_invocation("d").await.unwrap().unwrap().outcome,
-        "timeout"
+        InvocationOutcome::Timeout
     );
     assert!(store.get_invocation("zzz").await.unwrap().is_none());
 
