@@ -6,7 +6,9 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use petrel_runtime::Body;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Content types sent to the handler as text; anything else goes base64-encoded.
@@ -24,16 +26,73 @@ fn is_textual(headers: &HeaderMap) -> bool {
         || ct.starts_with("application/x-www-form-urlencoded")
 }
 
-/// Builds the event for a request to `/fn/{name}{path}`.
-pub(crate) fn event(
-    parts: &http::request::Parts,
-    path: &str,
+/// The event of an API Gateway HTTP API (payload format 2.0), as AWS documents it.
+///
+/// Written here rather than with `aws_lambda_events`' `ApiGatewayV2httpRequest`: that type
+/// serialises the Custom Authorizer v1 fields too (`"httpMethod": "GET"`, `"type": null`,
+/// `"methodArn": null`, ...), and handlers (and `lambda_http`) that tell a v1 event from a v2
+/// one by `httpMethod` would read the event wrongly. The tests check that the event reads back
+/// as that type.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HttpApiEvent<'a> {
+    version: &'static str,
+    route_key: &'static str,
+    raw_path: &'a str,
+    raw_query_string: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<String>,
+    /// Repeated headers joined with commas, as API Gateway joins them.
+    headers: BTreeMap<&'a str, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    query_string_parameters: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_parameters: Option<PathParameters<'a>>,
+    request_context: RequestContext<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    is_base64_encoded: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PathParameters<'a> {
+    proxy: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    account_id: &'static str,
+    api_id: &'static str,
+    domain_name: &'a str,
+    domain_prefix: &'a str,
+    http: HttpDescription<'a>,
+    request_id: &'a str,
+    route_key: &'static str,
+    stage: &'static str,
+    time: String,
+    time_epoch: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpDescription<'a> {
+    method: &'a str,
+    path: &'a str,
+    protocol: String,
+    source_ip: String,
+    user_agent: &'a str,
+}
+
+/// Builds the event for a request whose URI is already the function's own (`/a/b?x=1`).
+pub(crate) fn event<'a>(
+    parts: &'a http::request::Parts,
     body: &Bytes,
-    request_id: &str,
+    request_id: &'a str,
     source_ip: Option<IpAddr>,
     now_ms: i64,
-) -> Value {
-    let mut headers = Map::new();
+) -> HttpApiEvent<'a> {
+    let mut headers = BTreeMap::new();
     let mut cookies = Vec::new();
     for name in parts.headers.keys() {
         let values: Vec<&str> = parts
@@ -51,22 +110,19 @@ pub(crate) fn event(
                     .filter(|c| !c.is_empty()),
             );
         } else {
-            headers.insert(name.as_str().to_owned(), Value::String(values.join(",")));
+            headers.insert(name.as_str(), values.join(","));
         }
     }
-    let raw_query = parts.uri.query().unwrap_or("");
-    let mut query = Map::new();
+    let mut query: BTreeMap<String, String> = BTreeMap::new();
     if let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
         for (k, v) in pairs {
-            match query.get_mut(&k) {
-                Some(Value::String(s)) => {
+            query
+                .entry(k)
+                .and_modify(|s| {
                     s.push(',');
                     s.push_str(&v);
-                }
-                _ => {
-                    query.insert(k, Value::String(v));
-                }
-            }
+                })
+                .or_insert(v);
         }
     }
     let host = parts
@@ -74,58 +130,52 @@ pub(crate) fn event(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
-    let mut ev = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": raw_query,
-        "headers": headers,
-        "requestContext": {
-            "accountId": "000000000000",
-            "apiId": "petrel",
-            "domainName": host,
-            "domainPrefix": host.split('.').next().unwrap_or(host),
-            "http": {
-                "method": parts.method.as_str(),
-                "path": path,
-                "protocol": format!("{:?}", parts.version),
-                "sourceIp": source_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into()),
-                "userAgent": parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
-            },
-            "requestId": request_id,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": clf_time(now_ms),
-            "timeEpoch": now_ms,
-        },
-        "isBase64Encoded": false,
-    });
-    let obj = ev.as_object_mut().expect("built as an object");
-    if !cookies.is_empty() {
-        obj.insert("cookies".into(), json!(cookies));
-    }
-    if !query.is_empty() {
-        obj.insert("queryStringParameters".into(), Value::Object(query));
-    }
+    let path = parts.uri.path();
     let rest = path.trim_start_matches('/');
-    if !rest.is_empty() {
-        obj.insert("pathParameters".into(), json!({ "proxy": rest }));
+    let (body, is_base64_encoded) = match std::str::from_utf8(body) {
+        _ if body.is_empty() => (None, false),
+        Ok(text) if is_textual(&parts.headers) => (Some(text.to_owned()), false),
+        _ => (
+            Some(base64::engine::general_purpose::STANDARD.encode(body)),
+            true,
+        ),
+    };
+    HttpApiEvent {
+        version: "2.0",
+        route_key: "$default",
+        raw_path: path,
+        raw_query_string: parts.uri.query().unwrap_or(""),
+        cookies,
+        headers,
+        query_string_parameters: query,
+        path_parameters: (!rest.is_empty()).then_some(PathParameters { proxy: rest }),
+        request_context: RequestContext {
+            account_id: petrel_core::arn::ACCOUNT,
+            api_id: "petrel",
+            domain_name: host,
+            domain_prefix: host.split('.').next().unwrap_or(host),
+            http: HttpDescription {
+                method: parts.method.as_str(),
+                path,
+                protocol: format!("{:?}", parts.version),
+                source_ip: source_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                user_agent: parts
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            },
+            request_id,
+            route_key: "$default",
+            stage: "$default",
+            time: clf_time(now_ms),
+            time_epoch: now_ms,
+        },
+        body,
+        is_base64_encoded,
     }
-    if !body.is_empty() {
-        match std::str::from_utf8(body) {
-            Ok(text) if is_textual(&parts.headers) => {
-                obj.insert("body".into(), Value::String(text.to_owned()));
-            }
-            _ => {
-                obj.insert(
-                    "body".into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
-                );
-                obj.insert("isBase64Encoded".into(), Value::Bool(true));
-            }
-        }
-    }
-    ev
 }
 
 fn header_text(v: &Value) -> Option<String> {
@@ -253,6 +303,8 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    use serde_json::json;
+
     fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
         let mut b = http::Request::builder().method("POST").uri(uri);
         for (k, v) in headers {
@@ -264,7 +316,7 @@ mod tests {
     #[test]
     fn event_carries_the_request() {
         let p = parts(
-            "/fn/hello/a/b?x=1&y=two%20words&x=3",
+            "/a/b?x=1&y=two%20words&x=3",
             &[
                 ("content-type", "application/json"),
                 ("cookie", "a=1; b=2"),
@@ -272,14 +324,14 @@ mod tests {
                 ("x-multi", "2"),
             ],
         );
-        let ev = event(
+        let ev = serde_json::to_value(event(
             &p,
-            "/a/b",
             &Bytes::from_static(b"{\"k\":1}"),
             "req-1",
             None,
             1_764_154_978_000,
-        );
+        ))
+        .unwrap();
         assert_eq!(ev["version"], "2.0");
         assert_eq!(ev["rawPath"], "/a/b");
         assert_eq!(ev["rawQueryString"], "x=1&y=two%20words&x=3");
@@ -296,17 +348,47 @@ mod tests {
         assert_eq!(ev["isBase64Encoded"], false);
     }
 
+    /// The event reads back as the official Rust types read it (`lambda_http` parses with
+    /// them), with nothing lost or mistaken: no v1 field makes it look like a v1 event.
+    #[test]
+    fn the_event_reads_back_as_aws_lambda_events_types() {
+        use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+        let p = parts(
+            "/a/b?x=1&x=2",
+            &[
+                ("content-type", "text/plain"),
+                ("cookie", "c=1"),
+                ("x-k", "v"),
+            ],
+        );
+        let ev = event(&p, &Bytes::from_static(b"hello"), "req-9", None, 1);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert!(json.get("httpMethod").is_none(), "{json}");
+        let back: ApiGatewayV2httpRequest = serde_json::from_value(json).unwrap();
+        assert_eq!(back.version.as_deref(), Some("2.0"));
+        assert_eq!(back.raw_path.as_deref(), Some("/a/b"));
+        assert_eq!(back.raw_query_string.as_deref(), Some("x=1&x=2"));
+        assert_eq!(back.request_context.http.method, http::Method::POST);
+        assert_eq!(back.request_context.request_id.as_deref(), Some("req-9"));
+        assert_eq!(back.headers["x-k"], "v");
+        assert_eq!(back.cookies, Some(vec!["c=1".to_owned()]));
+        assert_eq!(back.query_string_parameters.all("x"), Some(vec!["1", "2"]));
+        assert_eq!(back.path_parameters["proxy"], "a/b");
+        assert_eq!(back.body.as_deref(), Some("hello"));
+        assert!(!back.is_base64_encoded);
+    }
+
     #[test]
     fn binary_bodies_are_base64() {
-        let p = parts("/fn/x", &[("content-type", "application/octet-stream")]);
-        let ev = event(
+        let p = parts("/", &[("content-type", "application/octet-stream")]);
+        let ev = serde_json::to_value(event(
             &p,
-            "/",
             &Bytes::from_static(&[0, 159, 146, 150]),
             "r",
             None,
             0,
-        );
+        ))
+        .unwrap();
         assert_eq!(ev["isBase64Encoded"], true);
         assert_eq!(ev["body"], "AJ+Slg==");
         assert!(ev.get("pathParameters").is_none());

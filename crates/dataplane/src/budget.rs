@@ -7,15 +7,32 @@
 //! a loaded component, and each request's own memory is bounded by its `memory_mb` and the
 //! function's concurrency inside Petrel's process.
 
-use crate::pool::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
-#[derive(Debug)]
+/// What holds instances the budget may stop: a pool.
+pub(crate) trait Evictable: Send + Sync {
+    /// The idle instance an eviction would stop here, if any: when it was last used, and its
+    /// slot.
+    fn oldest_evictable(&self) -> Option<(Instant, u64)>;
+    /// Stops that idle instance; false if it is busy now (or gone).
+    fn evict(&self, slot: u64) -> bool;
+}
+
 pub struct MemoryBudget {
     limit_mb: AtomicU64,
     used_mb: AtomicU64,
-    pools: Mutex<Vec<Weak<Pool>>>,
+    holders: Mutex<Vec<Weak<dyn Evictable>>>,
+}
+
+impl std::fmt::Debug for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget")
+            .field("limit_mb", &self.limit_mb())
+            .field("used_mb", &self.used_mb())
+            .finish()
+    }
 }
 
 /// Memory held for one instance; returned on drop.
@@ -36,7 +53,7 @@ impl Default for MemoryBudget {
         Self {
             limit_mb: AtomicU64::new(u64::MAX),
             used_mb: AtomicU64::new(0),
-            pools: Mutex::new(Vec::new()),
+            holders: Mutex::new(Vec::new()),
         }
     }
 }
@@ -54,10 +71,10 @@ impl MemoryBudget {
         self.used_mb.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn register(&self, pool: &Arc<Pool>) {
-        let mut pools = self.pools.lock().unwrap();
-        pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+    pub(crate) fn register(&self, holder: Weak<dyn Evictable>) {
+        let mut holders = self.holders.lock().unwrap();
+        holders.retain(|p| p.strong_count() > 0);
+        holders.push(holder);
     }
 
     /// Takes `mb` if it fits now; never waits, never evicts.
@@ -74,23 +91,23 @@ impl MemoryBudget {
         })
     }
 
-    /// Stops the least recently used idle instance of any pool but `except`; false when there
-    /// is none. Locks one pool at a time, so it may run while no pool lock is held only.
-    pub(crate) fn evict_one(&self, except: &Pool) -> bool {
-        let pools: Vec<Arc<Pool>> = self
-            .pools
+    /// Stops the least recently used idle instance of any holder but `except`; false when there
+    /// is none. Asks one holder at a time, so it may run while no pool lock is held only.
+    pub(crate) fn evict_one(&self, except: &dyn Evictable) -> bool {
+        let holders: Vec<Arc<dyn Evictable>> = self
+            .holders
             .lock()
             .unwrap()
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|p| !std::ptr::eq(p.as_ref(), except))
+            .filter(|h| !std::ptr::addr_eq(Arc::as_ptr(h), except))
             .collect();
-        let oldest = pools
+        let oldest = holders
             .iter()
-            .filter_map(|p| p.oldest_evictable().map(|(at, id)| (at, id, p)))
+            .filter_map(|h| h.oldest_evictable().map(|(at, id)| (at, id, h)))
             .min_by_key(|(at, _, _)| *at);
         match oldest {
-            Some((_, id, pool)) => pool.evict(id),
+            Some((_, id, holder)) => holder.evict(id),
             None => false,
         }
     }

@@ -1,10 +1,13 @@
-//! Petrel's data plane: the invoke gateway (`/fn/{name}/...`, `POST /v1/functions/{name}/invoke`),
-//! the router that resolves a function reference to a deployed version, and one [`Pool`] of
-//! instances per version.
+//! Petrel's data plane: the invocation core ([`DataPlane::invoke`], the one entry point of every
+//! way in), the router that resolves a function reference to a deployed version, and one
+//! [`Pool`] of instances per version, with its autoscaler, keep-alive policy and the node's
+//! memory budget.
 //!
 //! It does not store anything: the server tells it what is deployed ([`DataPlane::deployed`],
 //! [`DataPlane::removed`]) and gives it a [`VersionSource`] to load older versions on demand.
-//! Errors become HTTP answers here, in one place ([`ErrorResponse`]).
+//! It speaks no wire format of its own: the HTTP front ends (`petrel-gateway`), AWS Lambda's API
+//! (`petrel-aws`), the async dispatcher (`petrel-async`) and the triggers translate theirs to
+//! an [`Invocation`] and back.
 
 #![forbid(unsafe_code)]
 
@@ -12,26 +15,24 @@ mod apigw;
 pub mod autoscale;
 pub mod body;
 pub mod budget;
-mod error;
-mod gateway;
+mod invoke;
 pub mod keepalive;
 pub mod metrics;
 pub mod pool;
 pub mod trace;
 
-pub use error::{invoke_error, ErrorResponse};
-pub use gateway::{
-    check_lambda_signature, is_lambda_alias_name, lambda_service_error, routes, AccessKey,
+pub use invoke::{
+    invoke_error, json_event, new_invocation_id, payload_too_large, read_body, Answer, AttemptOf,
+    Failure, Invocation, Outcome, Payload,
 };
 pub use pool::{Pool, PoolStats};
 
 use petrel_core::api::InvocationRecord;
-use petrel_core::{ApiError, ErrorCode, FunctionRef, FunctionSpec};
-use petrel_runtime::RuntimeEnv;
+use petrel_core::manifest::AsyncSpec;
+use petrel_core::{ApiError, BoxFuture, ErrorCode, FunctionRef, FunctionSpec};
+use petrel_runtime::Starter;
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -45,8 +46,6 @@ pub struct DeployedVersion {
     pub spec: Arc<FunctionSpec>,
     pub code_dir: PathBuf,
 }
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 struct RecordSink {
     tx: tokio::sync::mpsc::Sender<InvocationRecord>,
@@ -77,10 +76,10 @@ pub trait VersionSource: Send + Sync + 'static {
 type Key = (String, String);
 
 struct Inner {
-    queue: std::sync::OnceLock<petrel_async::AsyncQueue>,
-    lambda_keys: std::sync::OnceLock<Vec<gateway::AccessKey>>,
     spans: std::sync::OnceLock<trace::SpanSink>,
-    env: RuntimeEnv,
+    starter: Arc<dyn Starter>,
+    /// Largest request or response payload, in bytes.
+    payload_limit: usize,
     metrics: Arc<metrics::Metrics>,
     budget: Arc<budget::MemoryBudget>,
     /// Each function's idle-time histogram, for the hybrid keep-alive policy.
@@ -107,18 +106,19 @@ impl std::fmt::Debug for DataPlane {
 }
 
 impl DataPlane {
-    /// A data plane and the receiving end of its invocation records (write them somewhere).
+    /// A data plane whose instances `starter` starts, and the receiving end of its invocation
+    /// records (write them somewhere).
     pub fn new(
-        env: RuntimeEnv,
+        starter: Arc<dyn Starter>,
         source: Arc<dyn VersionSource>,
+        payload_limit: usize,
     ) -> (Self, tokio::sync::mpsc::Receiver<InvocationRecord>) {
         let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
         let dp = Self {
             inner: Arc::new(Inner {
                 spans: std::sync::OnceLock::new(),
-                queue: std::sync::OnceLock::new(),
-                lambda_keys: std::sync::OnceLock::new(),
-                env,
+                starter,
+                payload_limit,
                 metrics: Arc::new(metrics::Metrics::default()),
                 budget: Arc::default(),
                 idle_hists: Mutex::default(),
@@ -142,16 +142,6 @@ impl DataPlane {
         }
     }
 
-    /// Requires AWS Signature V4 with one of these keys on the Lambda API from now on.
-    /// Turns async mode on: submissions go to this queue.
-    pub fn set_async_queue(&self, queue: petrel_async::AsyncQueue) {
-        let _ = self.inner.queue.set(queue);
-    }
-
-    pub(crate) fn async_queue(&self) -> Option<&petrel_async::AsyncQueue> {
-        self.inner.queue.get()
-    }
-
     /// The version this server serves as a function's latest, if any.
     pub fn latest_version(&self, namespace: &str, name: &str) -> Option<u32> {
         self.inner
@@ -160,15 +150,6 @@ impl DataPlane {
             .unwrap()
             .get(&(namespace.to_owned(), name.to_owned()))
             .copied()
-    }
-
-    pub fn require_lambda_signatures(&self, keys: Vec<gateway::AccessKey>) {
-        let _ = self.inner.lambda_keys.set(keys);
-    }
-
-    /// The keys the Lambda API checks signatures against; `None`: signatures are not checked.
-    pub(crate) fn lambda_keys(&self) -> Option<&[gateway::AccessKey]> {
-        self.inner.lambda_keys.get().map(Vec::as_slice)
     }
 
     /// Exports invocation spans as OTLP to `endpoint` (e.g. `http://127.0.0.1:4318`) from now on.
@@ -218,8 +199,9 @@ impl DataPlane {
         self.inner.records.dropped.load(Ordering::Relaxed)
     }
 
-    pub fn env(&self) -> &RuntimeEnv {
-        &self.inner.env
+    /// Largest request or response payload, in bytes.
+    pub fn payload_limit(&self) -> usize {
+        self.inner.payload_limit
     }
 
     pub fn metrics(&self) -> &Arc<metrics::Metrics> {
@@ -242,7 +224,7 @@ impl DataPlane {
                 version,
                 Pool::new(
                     Arc::new(v),
-                    self.inner.env.clone(),
+                    self.inner.starter.clone(),
                     self.inner.metrics.clone(),
                     self.inner.budget.clone(),
                     self.idle_hist(&key),
@@ -284,8 +266,14 @@ impl DataPlane {
         }
     }
 
+    /// The version a reference names (the latest, or one by number), loading an older version
+    /// from the source when needed.
+    pub async fn version_of(&self, r: &FunctionRef) -> Result<Arc<DeployedVersion>, ApiError> {
+        self.resolve(r).await.map(|p| p.version().clone())
+    }
+
     /// The pool serving a reference, loading an older version from the source when needed.
-    pub async fn resolve(&self, r: &FunctionRef) -> Result<Arc<Pool>, ApiError> {
+    pub(crate) async fn resolve(&self, r: &FunctionRef) -> Result<Arc<Pool>, ApiError> {
         if self.inner.draining.load(Ordering::Relaxed) {
             return Err(ApiError::new(
                 ErrorCode::ShuttingDown,
@@ -332,7 +320,7 @@ impl DataPlane {
         let pool = by_version.entry(version).or_insert_with(|| {
             Pool::new(
                 Arc::new(v),
-                self.inner.env.clone(),
+                self.inner.starter.clone(),
                 self.inner.metrics.clone(),
                 self.inner.budget.clone(),
                 self.idle_hist(&(r.namespace.clone(), r.name.clone())),
@@ -342,7 +330,6 @@ impl DataPlane {
         Ok(pool.clone())
     }
 
-    /// Stats of every pool, by (namespace, name, version).
     /// The version an alias of a function names (`Some(None)`: the latest); `None` if there is
     /// no such alias.
     pub async fn alias(
@@ -361,6 +348,7 @@ impl DataPlane {
             })
     }
 
+    /// Stats of every pool, by (namespace, name, version).
     pub fn pool_stats(&self) -> Vec<(String, String, u32, PoolStats)> {
         let pools = self.inner.pools.lock().unwrap();
         let mut out: Vec<_> = pools
@@ -414,38 +402,13 @@ fn not_found(r: &FunctionRef) -> ApiError {
     )
 }
 
-/// The dispatcher runs async attempts through the data plane's pools.
-impl petrel_async::Invoker for DataPlane {
-    fn settings(
-        &self,
-        namespace: &str,
-        function: &str,
-    ) -> Option<petrel_core::manifest::AsyncSpec> {
+impl DataPlane {
+    /// The async settings of the function's latest version on this server, if it serves it.
+    pub fn async_settings(&self, namespace: &str, function: &str) -> Option<AsyncSpec> {
         let key = (namespace.to_owned(), function.to_owned());
         let latest = self.inner.latest.read().unwrap().get(&key).copied()?;
         let pools = self.inner.pools.lock().unwrap();
         let pool = pools.get(&key)?.get(&latest)?;
         Some(pool.version().spec.asynchronous.clone())
-    }
-
-    fn run(
-        &self,
-        job: petrel_store::LeasedAsync,
-    ) -> petrel_async::BoxFuture<
-        '_,
-        (
-            petrel_async::Attempt,
-            Option<petrel_core::manifest::AsyncSpec>,
-        ),
-    > {
-        Box::pin(gateway::run_attempt(self, job))
-    }
-
-    fn finished(&self, namespace: &str, function: &str, status: &str) {
-        self.metrics().async_finished(namespace, function, status);
-    }
-
-    fn stop(&self, id: &str) -> bool {
-        self.stop_invocation(id, "its async invocation was cancelled")
     }
 }

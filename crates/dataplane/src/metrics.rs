@@ -4,8 +4,8 @@
 //! pool gauges are read at scrape time.
 
 use crate::DataPlane;
+use petrel_core::api::{AsyncBacklog, AsyncStatus, InvocationOutcome};
 use petrel_core::FunctionSpec;
-use petrel_store::AsyncBacklog;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -268,11 +268,11 @@ impl Metrics {
         &self,
         namespace: &str,
         spec: &FunctionSpec,
-        outcome: &str,
+        outcome: InvocationOutcome,
         took: Option<Duration>,
     ) {
         self.invocations
-            .get_or_create(&outcome_labels(namespace, spec, outcome))
+            .get_or_create(&outcome_labels(namespace, spec, outcome.as_str()))
             .inc();
         if let Some(d) = took {
             self.duration
@@ -353,34 +353,41 @@ impl Metrics {
             .inc();
     }
 
+    /// An async attempt ended: `outcome` is its verdict (`succeeded`, `retry` or `fail`).
     pub fn async_attempt(&self, namespace: &str, spec: &FunctionSpec, outcome: &str) {
         self.async_attempts
             .get_or_create(&outcome_labels(namespace, spec, outcome))
             .inc();
     }
 
-    pub fn async_finished(&self, namespace: &str, function: &str, status: &str) {
+    pub fn async_finished(&self, namespace: &str, function: &str, status: AsyncStatus) {
         self.async_finished
             .get_or_create(&StatusLabels {
                 namespace: namespace.to_owned(),
                 function: function.to_owned(),
-                status: status.to_owned(),
+                status: status.as_str().to_owned(),
             })
             .inc();
     }
 
-    pub fn rejected(&self, code: &str) {
+    pub fn rejected(&self, code: petrel_core::ErrorCode) {
         self.rejected
             .get_or_create(&CodeLabels {
-                code: code.to_owned(),
+                code: code.as_str().to_owned(),
             })
             .inc();
     }
 
-    /// The metrics in the Prometheus (OpenMetrics) text format, with pool gauges read now, and
-    /// the async queue's depth as the store reported it (`None`: the store did not answer, and
-    /// the queue's gauges are left out rather than shown stale).
-    pub fn render(&self, dp: &DataPlane, backlog: Option<&[AsyncBacklog]>) -> String {
+    /// The metrics in the Prometheus (OpenMetrics) text format, with pool gauges read now, the
+    /// async queue's depth as the store reported it (`None`: the store did not answer, and the
+    /// queue's gauges are left out rather than shown stale), and the log lines the log writer
+    /// dropped so far.
+    pub fn render(
+        &self,
+        dp: &DataPlane,
+        backlog: Option<&[AsyncBacklog]>,
+        log_lines_dropped: u64,
+    ) -> String {
         self.async_invocations.clear();
         self.async_oldest_queued.clear();
         let now = petrel_core::now_ms();
@@ -389,10 +396,10 @@ impl Metrics {
                 .get_or_create(&StatusLabels {
                     namespace: b.namespace.clone(),
                     function: b.function.clone(),
-                    status: b.status.clone(),
+                    status: b.status.as_str().to_owned(),
                 })
                 .set(b.count as i64);
-            if b.status == petrel_core::api::async_status::QUEUED {
+            if b.status == AsyncStatus::Queued {
                 self.async_oldest_queued
                     .get_or_create(&QueueLabels {
                         namespace: b.namespace.clone(),
@@ -420,10 +427,9 @@ impl Metrics {
         }
         let budget = dp.memory_budget();
         self.memory_budget(budget.limit_mb(), budget.used_mb());
-        let dropped = dp.env().log_sink().dropped();
         let counted = self.log_lines_dropped.get();
-        if dropped > counted {
-            self.log_lines_dropped.inc_by(dropped - counted);
+        if log_lines_dropped > counted {
+            self.log_lines_dropped.inc_by(log_lines_dropped - counted);
         }
         let dropped = dp.records_dropped();
         let counted = self.records_dropped.get();

@@ -8,21 +8,21 @@
 //! caller that goes away does not waste the start, and every request waiting for that instance is
 //! told the same outcome.
 
-use crate::budget::{MemoryBudget, Reservation};
+use crate::budget::{Evictable, MemoryBudget, Reservation};
 use crate::keepalive::{IdleHistogram, Policy};
 use crate::DeployedVersion;
 use petrel_core::{ApiError, ErrorCode};
-use petrel_runtime::{Instance, InstanceSpec, InvokeError, RuntimeEnv};
+use petrel_runtime::{Instance, InstanceSpec, InvokeError, Preloaded, Starter};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-type StartResult = Option<Result<Arc<Instance>, InvokeError>>;
+type StartResult = Option<Result<Arc<dyn Instance>, InvokeError>>;
 
 enum SlotState {
     Starting(watch::Receiver<StartResult>),
-    Ready(Arc<Instance>),
+    Ready(Arc<dyn Instance>),
 }
 
 struct Slot {
@@ -54,7 +54,7 @@ pub struct PoolStats {
 
 pub struct Pool {
     version: Arc<DeployedVersion>,
-    env: RuntimeEnv,
+    starter: Arc<dyn Starter>,
     metrics: Arc<crate::metrics::Metrics>,
     budget: Arc<MemoryBudget>,
     /// The function's idle-time histogram (shared by its versions, kept across restarts).
@@ -73,7 +73,7 @@ pub struct Pool {
     /// A newer version took over: no pre-warming for this one.
     preloaded_retired: AtomicBool,
     /// The version's code, loaded at deploy (wasm), so its first request only creates an instance.
-    preloaded: Mutex<Option<petrel_runtime::Preloaded>>,
+    preloaded: Mutex<Option<Preloaded>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -90,7 +90,7 @@ impl std::fmt::Debug for Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     slot: u64,
-    instance: Arc<Instance>,
+    instance: Arc<dyn Instance>,
     broken: bool,
     cold: bool,
     slot_wait: Duration,
@@ -98,8 +98,13 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn instance(&self) -> &Instance {
-        &self.instance
+    /// The version the slot's pool runs.
+    pub fn version(&self) -> &Arc<DeployedVersion> {
+        &self.pool.version
+    }
+
+    pub fn instance(&self) -> &dyn Instance {
+        self.instance.as_ref()
     }
 
     /// Whether the request waited for its instance to start (a cold start).
@@ -139,7 +144,7 @@ impl Drop for Lease {
 impl Pool {
     pub fn new(
         version: Arc<DeployedVersion>,
-        env: RuntimeEnv,
+        starter: Arc<dyn Starter>,
         metrics: Arc<crate::metrics::Metrics>,
         budget: Arc<MemoryBudget>,
         idle_hist: Arc<Mutex<IdleHistogram>>,
@@ -149,7 +154,7 @@ impl Pool {
         let permits = (spec.max_instances as usize) * (spec.concurrency as usize);
         let pool = Arc::new(Self {
             version,
-            env,
+            starter,
             metrics,
             budget,
             idle_hist,
@@ -164,7 +169,8 @@ impl Pool {
             preloaded_retired: AtomicBool::new(false),
             preloaded: Mutex::new(None),
         });
-        pool.budget.register(&pool);
+        let holder: std::sync::Weak<dyn Evictable> = Arc::downgrade(&pool) as _;
+        pool.budget.register(holder);
         pool.clone().spawn_keeper();
         pool
     }
@@ -191,7 +197,7 @@ impl Pool {
 
     /// Stops the instance that runs invocation `id` alone (see `Instance::stop_invocation`).
     pub fn stop_invocation(&self, id: &str, why: &str) -> bool {
-        let instances: Vec<Arc<Instance>> = {
+        let instances: Vec<Arc<dyn Instance>> = {
             let st = self.state.lock().unwrap();
             st.slots
                 .iter()
@@ -206,7 +212,7 @@ impl Pool {
 
     /// Loads the version's code ahead of its first request.
     pub async fn preload(self: &Arc<Self>) {
-        if let Some(p) = self.env.preload(&self.instance_spec()).await {
+        if let Some(p) = self.starter.preload(&self.instance_spec()).await {
             if !self.closed.load(Ordering::Relaxed) {
                 *self.preloaded.lock().unwrap() = Some(p);
             }
@@ -278,7 +284,7 @@ impl Pool {
                 Ok(taken) => break taken,
                 // Room freed by an eviction can be taken by another start first: try again a
                 // few times, evicting each time.
-                Err(NeedRoom) if tries < 8 && self.budget.evict_one(self) => tries += 1,
+                Err(NeedRoom) if tries < 8 && self.budget.evict_one(self.as_ref()) => tries += 1,
                 Err(NeedRoom) => {
                     drop(permit);
                     return Err(AcquireError::Refused(self.over_budget()));
@@ -382,47 +388,12 @@ impl Pool {
             .ok_or(NeedRoom)
     }
 
-    /// The idle instance an eviction would stop here (when above `min_instances`): when it was
-    /// last used, and its slot.
-    pub(crate) fn oldest_evictable(&self) -> Option<(Instant, u64)> {
-        let min = self.min_instances.load(Ordering::Relaxed);
-        let st = self.state.lock().unwrap();
-        if st.slots.len() <= min {
-            return None;
-        }
-        st.slots
-            .iter()
-            .filter(|s| s.in_flight == 0 && s._reservation.is_some())
-            .filter(|s| matches!(s.state, SlotState::Ready(_)))
-            .map(|s| (s.last_used, s.id))
-            .min()
-    }
-
-    /// Stops an idle instance to make room under the memory budget; false if it is busy now.
-    pub(crate) fn evict(&self, slot: u64) -> bool {
-        let removed = {
-            let mut st = self.state.lock().unwrap();
-            let pos = st.slots.iter().position(|s| {
-                s.id == slot && s.in_flight == 0 && matches!(s.state, SlotState::Ready(_))
-            });
-            pos.map(|p| st.slots.remove(p))
-        };
-        let Some(slot) = removed else { return false };
-        if let SlotState::Ready(i) = &slot.state {
-            tracing::info!(function = %self.version.name, version = self.version.version, instance = i.id(), "idle instance stopped to make room under the memory budget");
-            i.log_platform("instance stopped to make room under the node's memory budget");
-        }
-        self.metrics
-            .evicted(&self.version.namespace, &self.version.spec);
-        true
-    }
-
     /// With a permit held: picks the fullest instance that has a free slot (so the others can go
     /// idle and be stopped), preferring ready ones, or begins a new instance.
     #[allow(clippy::type_complexity)]
     fn take_slot(
         self: &Arc<Self>,
-    ) -> Result<(u64, Result<Arc<Instance>, watch::Receiver<StartResult>>), NeedRoom> {
+    ) -> Result<(u64, Result<Arc<dyn Instance>, watch::Receiver<StartResult>>), NeedRoom> {
         let concurrency = self.version.spec.concurrency;
         let mut st = self.state.lock().unwrap();
         st.slots.retain(|s| match &s.state {
@@ -477,7 +448,7 @@ impl Pool {
         let spec = self.instance_spec();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let result = Instance::start(&self.env, spec).await.map(Arc::new);
+            let result = self.starter.start(spec).await;
             self.metrics.cold_start(
                 &self.version.namespace,
                 &self.version.spec,
@@ -640,6 +611,46 @@ impl Pool {
     }
 }
 
+impl Evictable for Pool {
+    /// The idle instance an eviction would stop here (when above `min_instances`): when it was
+    /// last used, and its slot.
+    fn oldest_evictable(&self) -> Option<(Instant, u64)> {
+        let min = self.min_instances.load(Ordering::Relaxed);
+        let st = self.state.lock().unwrap();
+        if st.slots.len() <= min {
+            return None;
+        }
+        st.slots
+            .iter()
+            .filter(|s| s.in_flight == 0 && s._reservation.is_some())
+            .filter(|s| matches!(s.state, SlotState::Ready(_)))
+            .map(|s| (s.last_used, s.id))
+            .min()
+    }
+
+    /// Stops an idle instance to make room under the memory budget; false if it is busy now.
+    fn evict(&self, slot: u64) -> bool {
+        let removed = {
+            let mut st = self.state.lock().unwrap();
+            let pos = st.slots.iter().position(|s| {
+                s.id == slot && s.in_flight == 0 && matches!(s.state, SlotState::Ready(_))
+            });
+            pos.map(|p| st.slots.remove(p))
+        };
+        let Some(slot) = removed else { return false };
+        if let SlotState::Ready(i) = &slot.state {
+            tracing::info!(function = %self.version.name, version = self.version.version, instance = i.id(), "idle instance stopped to make room under the memory budget");
+            i.log_platform(
+                None,
+                "instance stopped to make room under the node's memory budget",
+            );
+        }
+        self.metrics
+            .evicted(&self.version.namespace, &self.version.spec);
+        true
+    }
+}
+
 /// Why a slot could not be had.
 #[derive(Debug)]
 pub enum AcquireError {
@@ -647,4 +658,302 @@ pub enum AcquireError {
     Refused(ApiError),
     /// The instance the request waited for failed to start.
     Start(InvokeError),
+}
+
+/// Admission, starts, failures and eviction, behind a starter whose instances are plain
+/// in-memory objects.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_core::{BoxFuture, Manifest};
+    use petrel_runtime::{Body, HttpInstance, Protocol, StartTimings};
+    use std::sync::atomic::AtomicBool;
+
+    /// Starts instances that answer every request with `200`, after `delay`; fails every start
+    /// with `fail` when set.
+    #[derive(Default)]
+    struct FakeStarter {
+        started: AtomicUsize,
+        delay: Duration,
+        fail: Option<InvokeError>,
+        instances: Mutex<Vec<Arc<FakeInstance>>>,
+    }
+
+    struct FakeInstance {
+        id: String,
+        spec: InstanceSpec,
+        killed: AtomicBool,
+    }
+
+    impl Starter for FakeStarter {
+        fn start(
+            &self,
+            spec: InstanceSpec,
+        ) -> BoxFuture<'static, Result<Arc<dyn Instance>, InvokeError>> {
+            let n = self.started.fetch_add(1, Ordering::SeqCst);
+            let (delay, fail) = (self.delay, self.fail.clone());
+            let i = Arc::new(FakeInstance {
+                id: format!("i-{n}"),
+                spec,
+                killed: AtomicBool::new(false),
+            });
+            self.instances.lock().unwrap().push(i.clone());
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                match fail {
+                    Some(e) => Err(e),
+                    None => Ok(i as Arc<dyn Instance>),
+                }
+            })
+        }
+    }
+
+    impl Instance for FakeInstance {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn spec(&self) -> &InstanceSpec {
+            &self.spec
+        }
+        fn start_timings(&self) -> StartTimings {
+            StartTimings::default()
+        }
+        fn is_alive(&self) -> bool {
+            !self.killed.load(Ordering::SeqCst)
+        }
+        fn kill(&self) {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+        fn stop_invocation(&self, _id: &str, _why: &str) -> bool {
+            false
+        }
+        fn log_platform(&self, _invocation: Option<&str>, _message: &str) {}
+        fn protocol(&self) -> Protocol<'_> {
+            Protocol::Http(self)
+        }
+    }
+
+    impl HttpInstance for FakeInstance {
+        fn handle<'a>(
+            &'a self,
+            _id: &'a str,
+            _req: http::Request<Body>,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<http::Response<Body>, InvokeError>> {
+            Box::pin(async { Ok(http::Response::new(Body::empty())) })
+        }
+    }
+
+    fn pool_with(
+        name: &str,
+        manifest: &str,
+        starter: Arc<FakeStarter>,
+        budget: Arc<MemoryBudget>,
+    ) -> Arc<Pool> {
+        let spec = Manifest::from_toml(&format!(
+            "name = \"{name}\"\nruntime = \"http\"\nhandler = \"server\"\n{manifest}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let min = spec.min_instances as usize;
+        let version = Arc::new(DeployedVersion {
+            namespace: "default".into(),
+            name: name.into(),
+            version: 1,
+            digest: "d".into(),
+            spec: Arc::new(spec),
+            code_dir: "/nonexistent".into(),
+        });
+        Pool::new(
+            version,
+            starter,
+            Arc::default(),
+            budget,
+            Arc::default(),
+            min,
+        )
+    }
+
+    fn pool(manifest: &str, starter: Arc<FakeStarter>) -> Arc<Pool> {
+        pool_with("f", manifest, starter, Arc::default())
+    }
+
+    fn refused(r: Result<Lease, AcquireError>) -> ErrorCode {
+        match r {
+            Err(AcquireError::Refused(e)) => e.code,
+            Err(AcquireError::Start(e)) => panic!("a start failed: {e}"),
+            Ok(_) => panic!("a slot was given"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_request_starts_an_instance_and_the_next_reuses_it() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("", starter.clone());
+        let lease = p.acquire().await.unwrap();
+        assert!(lease.cold());
+        let first = lease.instance().id().to_owned();
+        drop(lease);
+        let lease = p.acquire().await.unwrap();
+        assert!(!lease.cold());
+        assert_eq!(lease.instance().id(), first);
+        assert_eq!(starter.started.load(Ordering::SeqCst), 1);
+        assert_eq!(p.stats().in_flight, 1);
+    }
+
+    #[tokio::test]
+    async fn never_more_than_max_instances_and_the_rest_wait_for_a_slot() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("max_instances = 3\nqueue_size = 100\n", starter.clone());
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(p.acquire().await.unwrap());
+        }
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.acquire().await.map(|l| l.instance().id().to_owned()) })
+            })
+            .collect();
+        while p.stats().waiting < 5 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(starter.started.load(Ordering::SeqCst), 3);
+        // Each slot freed lets one waiter in, onto a warm instance.
+        let ids: Vec<String> = held.iter().map(|l| l.instance().id().to_owned()).collect();
+        held.clear();
+        for w in waiting {
+            let id = w.await.unwrap().unwrap();
+            assert!(ids.contains(&id), "{id} is not one of {ids:?}");
+        }
+        assert_eq!(starter.started.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_wait_queue_refuses_at_once_with_retry_after() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("max_instances = 1\nqueue_size = 1\n", starter);
+        let held = p.acquire().await.unwrap();
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire().await.is_ok() })
+        };
+        while p.stats().waiting < 1 {
+            tokio::task::yield_now().await;
+        }
+        match p.acquire().await {
+            Err(AcquireError::Refused(e)) => {
+                assert_eq!(e.code, ErrorCode::TooManyRequests);
+                assert_eq!(e.retry_after, Some(1));
+                assert!(e.message.contains("queue_size"), "{}", e.message);
+            }
+            _ => panic!("the third request was not refused"),
+        }
+        drop(held);
+        assert!(
+            waiter.await.unwrap(),
+            "the queued request got the freed slot"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_after_queue_timeout() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("max_instances = 1\nqueue_timeout = \"2s\"\n", starter);
+        let _held = p.acquire().await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(refused(p.acquire().await), ErrorCode::NoCapacity);
+        assert!(t0.elapsed() >= Duration::from_secs(2));
+        assert_eq!(p.stats().waiting, 0, "the waiter left the queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_start_is_told_to_everyone_waiting_for_it_and_leaves_no_slot() {
+        let starter = Arc::new(FakeStarter {
+            delay: Duration::from_millis(50),
+            fail: Some(InvokeError::InitFailed {
+                error_type: None,
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        });
+        // Two requests fit one instance: both wait for the same start.
+        let p = pool("concurrency = 2\n", starter.clone());
+        let (a, b) = tokio::join!(p.acquire(), p.acquire());
+        for r in [a, b] {
+            match r {
+                Err(AcquireError::Start(InvokeError::InitFailed { message, .. })) => {
+                    assert_eq!(message, "boom")
+                }
+                _ => panic!("the failed start was not reported"),
+            }
+        }
+        assert_eq!(starter.started.load(Ordering::SeqCst), 1);
+        assert_eq!(p.stats(), PoolStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_discarded_instance_leaves_the_pool_and_the_next_request_starts_another() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("", starter.clone());
+        let mut lease = p.acquire().await.unwrap();
+        lease.discard_instance();
+        assert!(starter.instances.lock().unwrap()[0]
+            .killed
+            .load(Ordering::SeqCst));
+        drop(lease);
+        assert_eq!(p.stats().ready, 0);
+        let lease = p.acquire().await.unwrap();
+        assert!(lease.cold());
+        assert_eq!(starter.started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_refuses_as_a_removed_function() {
+        let p = pool("", Arc::default());
+        p.close();
+        assert_eq!(refused(p.acquire().await), ErrorCode::FunctionNotFound);
+    }
+
+    #[tokio::test]
+    async fn min_instances_start_ahead_of_any_request() {
+        let starter = Arc::new(FakeStarter::default());
+        let p = pool("min_instances = 2\n", starter.clone());
+        while p.stats().ready < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(starter.started.load(Ordering::SeqCst), 2);
+        let lease = p.acquire().await.unwrap();
+        assert!(!lease.cold(), "the first request found a warm instance");
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_evicts_the_idle_instance_of_another_function_never_a_busy_one() {
+        let budget = Arc::new(MemoryBudget::default());
+        budget.set_limit_mb(128);
+        let (sa, sb) = (
+            Arc::new(FakeStarter::default()),
+            Arc::new(FakeStarter::default()),
+        );
+        let a = pool_with("a", "memory_mb = 128\n", sa.clone(), budget.clone());
+        let b = pool_with("b", "memory_mb = 128\n", sb.clone(), budget.clone());
+        drop(a.acquire().await.unwrap()); // a's instance stays warm, idle
+        assert_eq!(budget.used_mb(), 128);
+        let lease = b.acquire().await.unwrap();
+        // a's idle instance made room: its pool let go of it (dropping an instance stops it).
+        assert_eq!(a.stats().ready, 0);
+        assert_eq!(Arc::strong_count(&sa.instances.lock().unwrap()[0]), 1);
+        assert_eq!(budget.used_mb(), 128);
+        // b's instance is busy now: nothing can be evicted for a.
+        match a.acquire().await {
+            Err(AcquireError::Refused(e)) => {
+                assert_eq!(e.code, ErrorCode::NoCapacity);
+                assert!(e.message.contains("memory budget"), "{}", e.message);
+            }
+            _ => panic!("a got room held by a busy instance"),
+        }
+        drop(lease);
+        assert_eq!(b.stats().ready, 1, "b keeps its warm instance");
+    }
 }

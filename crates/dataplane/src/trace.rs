@@ -87,6 +87,14 @@ impl TraceContext {
         })
     }
 
+    /// The caller's context, from a `traceparent` header (none when absent or invalid).
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+    }
+
     /// The `traceparent` header naming this context as the parent.
     pub fn traceparent(&self) -> String {
         format!(
