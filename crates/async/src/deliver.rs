@@ -8,6 +8,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use petrel_core::api::DeliveryState;
 use petrel_core::now_ms;
 use petrel_store::Delivery;
 use std::sync::Arc;
@@ -139,14 +140,14 @@ async fn settle(queue: &AsyncQueue, d: &Delivery, result: Result<(), String>) {
     let config: &AsyncConfig = queue.config();
     let now = now_ms();
     let (status, next_at, error) = match result {
-        Ok(()) => ("delivered", now, None),
+        Ok(()) => (DeliveryState::Delivered, now, None),
         Err(e) if d.attempt >= config.delivery_attempts => {
             tracing::warn!(invocation = %d.invocation, url = %d.url, attempts = d.attempt, error = %e, "async: gave up delivering an outcome");
-            ("failed", now, Some(e))
+            (DeliveryState::Failed, now, Some(e))
         }
         Err(e) => {
             let delay = backoff(config, d.attempt).as_millis() as i64;
-            ("pending", now + delay, Some(e))
+            (DeliveryState::Pending, now + delay, Some(e))
         }
     };
     if let Err(e) = queue

@@ -2,8 +2,8 @@
 //! through the [`Invoker`], and records what comes next (success, a retry, the dead-letter list),
 //! with the outcome's deliveries in the same transaction.
 
-use crate::{backoff, deliver, AsyncQueue, Attempt, Invoker, Verdict};
-use petrel_core::api::async_status as st;
+use crate::{attempt, backoff, deliver, AsyncQueue, Attempt, Invoker, Verdict};
+use petrel_core::api::{AsyncKind, AsyncStatus};
 use petrel_core::manifest::{AsyncSpec, Destination};
 use petrel_core::now_ms;
 use petrel_store::{Ended, Finish, LeasedAsync, NewAsync, NewDelivery};
@@ -361,7 +361,7 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
             },
         )
     } else {
-        let (a, spec) = ctx.invoker.run(job.clone()).await;
+        let (a, spec) = attempt::run(ctx.invoker.as_ref(), job.clone()).await;
         (a, spec.unwrap_or(latest))
     };
     if attempt.verdict == Verdict::Retry && *ctx.stop.borrow() {
@@ -372,24 +372,26 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
     }
     let now = now_ms();
     let (status, run_at, condition) = match attempt.verdict {
-        Verdict::Succeeded => (st::SUCCEEDED, now, "Success"),
-        Verdict::Fail => (st::FAILED, now, "Failure"),
-        Verdict::Retry if job.attempt > spec.max_retries => (st::DEAD, now, "RetriesExhausted"),
+        Verdict::Succeeded => (AsyncStatus::Succeeded, now, Some(Condition::Success)),
+        Verdict::Fail => (AsyncStatus::Failed, now, Some(Condition::Failure)),
+        Verdict::Retry if job.attempt > spec.max_retries => {
+            (AsyncStatus::Dead, now, Some(Condition::RetriesExhausted))
+        }
         Verdict::Retry => {
             let delay = backoff(config, job.attempt).as_millis() as i64;
             if now + delay - job.created_at > spec.max_event_age_ms as i64 {
-                (st::DEAD, now, "EventAgeExceeded")
+                (AsyncStatus::Dead, now, Some(Condition::EventAgeExceeded))
             } else {
-                (st::QUEUED, now + delay, "")
+                (AsyncStatus::Queued, now + delay, None)
             }
         }
     };
-    let error = match (status, &attempt.error) {
-        (st::DEAD, Some(e)) if condition == "RetriesExhausted" => Some(format!(
+    let error = match (condition, &attempt.error) {
+        (Some(Condition::RetriesExhausted), Some(e)) => Some(format!(
             "failed {} times (max_retries = {}); the last error: {e}",
             job.attempt, spec.max_retries
         )),
-        (st::DEAD, Some(e)) => Some(format!(
+        (Some(Condition::EventAgeExceeded), Some(e)) => Some(format!(
             "too old for another retry (max_event_age = {}s); the last error: {e}",
             spec.max_event_age_ms / 1000
         )),
@@ -404,7 +406,7 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
         deliveries: Vec::new(),
         follow_ups: Vec::new(),
     };
-    if status != st::QUEUED {
+    if let Some(condition) = condition {
         outcome_deliveries(&mut finish, &job, &spec, &attempt, condition, now);
     }
     // The claim guards the write: if it lapsed (this server was thought dead) and another server
@@ -434,10 +436,10 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
         };
         match answer {
             Ok(true) => {
-                if status != st::QUEUED {
+                if status != AsyncStatus::Queued {
                     ctx.invoker.finished(&job.namespace, &job.function, status);
                 }
-                if status == st::QUEUED {
+                if status == AsyncStatus::Queued {
                     // Run the retry when it is due, not at the next poll.
                     let (queue, delay) = (ctx.queue.clone(), (run_at - now).max(0) as u64);
                     let (ns, f) = (job.namespace.clone(), job.function.clone());
@@ -467,13 +469,33 @@ async fn run_one(ctx: &Ctx, job: LeasedAsync, latest: AsyncSpec) {
     tracing::error!(id = %job.id, "async: the outcome could not be recorded; the invocation runs again when its claim lapses");
 }
 
+/// Why an invocation ended, in Lambda's destination records (`requestContext.condition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Success,
+    Failure,
+    RetriesExhausted,
+    EventAgeExceeded,
+}
+
+impl Condition {
+    fn as_str(self) -> &'static str {
+        match self {
+            Condition::Success => "Success",
+            Condition::Failure => "Failure",
+            Condition::RetriesExhausted => "RetriesExhausted",
+            Condition::EventAgeExceeded => "EventAgeExceeded",
+        }
+    }
+}
+
 /// The callback and the destination of a final outcome.
 fn outcome_deliveries(
     finish: &mut Finish,
     job: &LeasedAsync,
     spec: &AsyncSpec,
     attempt: &Attempt,
-    condition: &str,
+    condition: Condition,
     now: i64,
 ) {
     let status = finish.status;
@@ -494,7 +516,7 @@ fn outcome_deliveries(
         headers.extend([
             ("x-petrel-invocation-id".to_owned(), job.id.clone()),
             ("x-petrel-function".to_owned(), job.function.clone()),
-            ("x-petrel-status".to_owned(), status.to_owned()),
+            ("x-petrel-status".to_owned(), status.as_str().to_owned()),
             ("x-petrel-attempts".to_owned(), job.attempt.to_string()),
         ]);
         if code != 0 {
@@ -506,7 +528,7 @@ fn outcome_deliveries(
             body,
         });
     }
-    let destination = if status == st::SUCCEEDED {
+    let destination = if status == AsyncStatus::Succeeded {
         &spec.on_success
     } else {
         &spec.on_failure
@@ -530,7 +552,7 @@ fn outcome_deliveries(
             namespace: job.namespace.clone(),
             function: name.clone(),
             version: None,
-            kind: "event".into(),
+            kind: AsyncKind::Event,
             method: "POST".into(),
             path: String::new(),
             headers: vec![("content-type".into(), "application/json".into())],
@@ -556,7 +578,7 @@ fn destination_record(
     job: &LeasedAsync,
     attempt: &Attempt,
     finish: &Finish,
-    condition: &str,
+    condition: Condition,
     now: i64,
 ) -> serde_json::Value {
     let qualifier = attempt
@@ -570,7 +592,7 @@ fn destination_record(
     let function_error = attempt
         .result
         .as_ref()
-        .filter(|_| finish.status != st::SUCCEEDED)
+        .filter(|_| finish.status != AsyncStatus::Succeeded)
         .map(|_| "Unhandled");
     let ts = std::time::UNIX_EPOCH + Duration::from_millis(now as u64);
     serde_json::json!({
@@ -578,8 +600,8 @@ fn destination_record(
         "timestamp": humantime::format_rfc3339_millis(ts).to_string(),
         "requestContext": {
             "requestId": job.id,
-            "functionArn": format!("arn:aws:lambda:petrel:000000000000:function:{}:{qualifier}", job.function),
-            "condition": condition,
+            "functionArn": petrel_core::arn::function(&job.function, Some(&qualifier)),
+            "condition": condition.as_str(),
             "approximateInvokeCount": job.attempt,
         },
         "requestPayload": payload(&job.body),

@@ -4,27 +4,31 @@
 //! failures with exponential backoff and jitter, moves exhausted work to the dead-letter list, and
 //! delivers outcomes (callback URLs, destinations) at least once.
 //!
-//! It knows nothing of pools or instances: the data plane runs an attempt through [`Invoker`].
-//! Every state change is a row update guarded by the claim, so a server killed at any moment
-//! leaves nothing that a restart (or, on a shared PostgreSQL, another server) does not resume.
+//! It knows nothing of pools or instances: an attempt is an invocation of the data plane's core
+//! ([`petrel_dataplane::DataPlane::invoke`], behind [`Invoker`]), and its verdict comes from the
+//! core's outcome directly (`attempt.rs`). Every state change is a row update guarded by the
+//! claim, so a server killed at any moment leaves nothing that a restart (or, on a shared
+//! PostgreSQL, another server) does not resume.
 
 #![forbid(unsafe_code)]
 
+mod attempt;
 mod deliver;
 mod dispatch;
+mod submit;
 
 pub use deliver::tls_client_config;
 pub use dispatch::Dispatcher;
+pub use submit::submit;
 
+use petrel_core::api::AsyncStatus;
 use petrel_core::manifest::AsyncSpec;
-use petrel_store::{LeasedAsync, NewAsync, Store};
-use std::future::Future;
-use std::pin::Pin;
+use petrel_core::{ApiError, BoxFuture, FunctionRef};
+use petrel_dataplane::{Answer, DataPlane, DeployedVersion, Failure, Invocation};
+use petrel_store::{NewAsync, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the async mode behaves on this server.
 #[derive(Debug, Clone)]
@@ -220,6 +224,17 @@ pub enum Verdict {
     Fail,
 }
 
+impl Verdict {
+    /// Its name in `petrel_async_attempts`' `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Succeeded => "succeeded",
+            Verdict::Retry => "retry",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
 /// One attempt's outcome.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -230,18 +245,70 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// Runs async attempts; the data plane implements it.
+/// What the dispatcher needs of the data plane; [`DataPlane`] is the one in a server, a fake in
+/// the dispatcher's tests.
 pub trait Invoker: Send + Sync + 'static {
     /// The async settings of the function's latest version on this server, if it serves it.
     fn settings(&self, namespace: &str, function: &str) -> Option<AsyncSpec>;
-    /// Runs one attempt through the function's pool.
-    fn run(&self, job: LeasedAsync) -> BoxFuture<'_, (Attempt, Option<AsyncSpec>)>;
+    /// The version an attempt of `target` runs (its async settings govern the attempt).
+    fn resolve<'a>(
+        &'a self,
+        target: &'a FunctionRef,
+    ) -> BoxFuture<'a, Result<Arc<DeployedVersion>, ApiError>>;
+    /// Runs one attempt through the invocation core.
+    fn invoke<'a>(
+        &'a self,
+        target: &'a FunctionRef,
+        inv: Invocation,
+    ) -> BoxFuture<'a, Result<Answer, Failure>>;
+    /// The largest answer an attempt keeps, in bytes.
+    fn payload_limit(&self) -> usize;
+    /// An attempt of version `v` ended with `verdict`: for metrics.
+    fn attempted(&self, _v: &DeployedVersion, _verdict: Verdict) {}
     /// An invocation ended (`succeeded`, `failed` or `dead`): for metrics.
-    fn finished(&self, _namespace: &str, _function: &str, _status: &str) {}
+    fn finished(&self, _namespace: &str, _function: &str, _status: AsyncStatus) {}
     /// Stops the attempt of invocation `id` running on this server, if it can (it was
     /// cancelled): whether it did.
     fn stop(&self, _id: &str) -> bool {
         false
+    }
+}
+
+impl Invoker for DataPlane {
+    fn settings(&self, namespace: &str, function: &str) -> Option<AsyncSpec> {
+        self.async_settings(namespace, function)
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        target: &'a FunctionRef,
+    ) -> BoxFuture<'a, Result<Arc<DeployedVersion>, ApiError>> {
+        Box::pin(self.version_of(target))
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        target: &'a FunctionRef,
+        inv: Invocation,
+    ) -> BoxFuture<'a, Result<Answer, Failure>> {
+        Box::pin(DataPlane::invoke(self, target, inv))
+    }
+
+    fn payload_limit(&self) -> usize {
+        DataPlane::payload_limit(self)
+    }
+
+    fn attempted(&self, v: &DeployedVersion, verdict: Verdict) {
+        self.metrics()
+            .async_attempt(&v.namespace, &v.spec, verdict.as_str());
+    }
+
+    fn finished(&self, namespace: &str, function: &str, status: AsyncStatus) {
+        self.metrics().async_finished(namespace, function, status);
+    }
+
+    fn stop(&self, id: &str) -> bool {
+        self.stop_invocation(id, "its async invocation was cancelled")
     }
 }
 
