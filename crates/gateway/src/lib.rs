@@ -1,0 +1,340 @@
+//! Petrel's own HTTP ways in, each a translation to and from the invocation core
+//! ([`petrel_dataplane::DataPlane::invoke`]):
+//!
+//! - `ANY /fn/{name}/{*path}`: the request as sent (its path the function's own); HTTP
+//!   functions see it as is, Lambda handlers as an API Gateway v2 event;
+//! - `POST /v1/functions/{name}/invoke`: the body is the event, the answer the handler's value
+//!   (what `petrel invoke` uses); `?async=true` queues it;
+//! - `ANY /async-fn/{name}/{*path}`: the request committed to the async queue, answered `202`.
+//!
+//! It also holds the one mapping of Petrel's errors to HTTP ([`ErrorResponse`]). It knows
+//! nothing of pools or instances (the data plane) nor of AWS's API (`petrel-aws`).
+
+#![forbid(unsafe_code)]
+
+mod error;
+
+pub use error::ErrorResponse;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::{Json, Router};
+use error::answer;
+use petrel_async::AsyncQueue;
+use petrel_core::api::{
+    AsyncAccepted, AsyncKind, Trigger, DUPLICATE_HEADER, INVOCATION_ID_HEADER, VERSION_HEADER,
+};
+use petrel_core::{ApiError, ErrorCode, FunctionRef};
+use petrel_dataplane::trace::TraceContext;
+use petrel_dataplane::{new_invocation_id, read_body, Answer, DataPlane, Invocation, Payload};
+use std::net::SocketAddr;
+
+/// What the gateway's handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub dataplane: DataPlane,
+    pub queue: AsyncQueue,
+}
+
+/// The gateway's routes; merge them into the server's router.
+pub fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/v1/functions/{name}/invoke", post(raw_invoke))
+        .route("/fn/{name}", any(fn_root))
+        .route("/fn/{name}/", any(fn_root))
+        .route("/fn/{name}/{*path}", any(fn_path))
+        .route("/async-fn/{name}", any(async_root))
+        .route("/async-fn/{name}/", any(async_root))
+        .route("/async-fn/{name}/{*path}", any(async_path))
+}
+
+/// The gateway's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(raw_invoke, fn_path, async_path))]
+pub struct ApiDoc;
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvokeQuery {
+    /// The function's namespace (default: `default`).
+    namespace: Option<String>,
+    /// The raw invoke only: queue the event and answer `202` with its id (see docs/async.md).
+    #[serde(default, rename = "async")]
+    #[param(rename = "async")]
+    asynchronous: Option<String>,
+}
+
+impl InvokeQuery {
+    fn is_async(&self) -> Result<bool, ApiError> {
+        match self.asynchronous.as_deref() {
+            None | Some("false" | "0") => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("async={other:?} is not a flag: use async=true or leave it out"),
+            )),
+        }
+    }
+
+    /// The function `name` (`name[.namespace][:version]`) names in this query's namespace.
+    fn target(&self, name: &str) -> Result<FunctionRef, ApiError> {
+        let ns = self
+            .namespace
+            .as_deref()
+            .unwrap_or(petrel_core::DEFAULT_NAMESPACE);
+        Ok(FunctionRef::parse(name, ns)?)
+    }
+}
+
+/// An invocation of the request's kind, continuing its caller's trace, from its address.
+fn invocation(id: &str, trigger: Trigger, payload: Payload, req_parts: &RequestInfo) -> Invocation {
+    let mut inv = Invocation::new(trigger, payload);
+    inv.id = id.to_owned();
+    inv.parent = req_parts.parent;
+    inv.source_ip = req_parts.source_ip;
+    inv
+}
+
+/// What the gateway reads off a request besides its payload.
+struct RequestInfo {
+    parent: Option<TraceContext>,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+impl RequestInfo {
+    fn of(req: &Request) -> Self {
+        Self {
+            parent: TraceContext::from_headers(req.headers()),
+            source_ip: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        }
+    }
+}
+
+/// The core's answer as HTTP, stamped with the invocation's id and the version that ran.
+fn answered(id: &str, answer: Answer) -> Response {
+    let Answer { version, outcome } = answer;
+    let mut resp = outcome.into_response().map(axum::body::Body::new);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(INVOCATION_ID_HEADER, v);
+    }
+    h.insert(VERSION_HEADER, HeaderValue::from(version));
+    resp
+}
+
+/// Raw synchronous invocation.
+///
+/// The body is the event (JSON; empty means `{}`). For Lambda-style runtimes the answer is the
+/// handler's return value as JSON; for `http` and `wasm` functions the body is POSTed to `/`
+/// and the function's answer is returned as is. With `?async=true` the event is committed to
+/// the async queue and answered `202`.
+#[utoipa::path(
+    post,
+    path = "/v1/functions/{name}/invoke",
+    tag = "invoke",
+    params(
+        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        InvokeQuery,
+    ),
+    request_body(content = serde_json::Value, description = "The event", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The handler's return value (X-Petrel-Invocation-Id and X-Petrel-Version say which invocation and version)"),
+        (status = 202, description = "Committed to the async queue", body = AsyncAccepted),
+        (status = 500, description = "The handler raised: X-Petrel-Function-Error names the error type"),
+        (status = "4XX", description = "Refused by Petrel (X-Petrel-Error names the code)", body = petrel_core::error::ErrorBody),
+        (status = "5XX", description = "Petrel's own error (X-Petrel-Error names the code; 503 carries Retry-After)", body = petrel_core::error::ErrorBody),
+    )
+)]
+async fn raw_invoke(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    let result = async {
+        let target = q.target(&name)?;
+        if q.is_async()? {
+            return submit(&gw, &target, AsyncKind::Event, &id, req).await;
+        }
+        let info = RequestInfo::of(&req);
+        let (parts, body) = read_body(req, gw.dataplane.payload_limit()).await?;
+        let payload = Payload::Event {
+            body,
+            headers: parts.headers,
+        };
+        let inv = invocation(&id, Trigger::Invoke, payload, &info);
+        gw.dataplane
+            .invoke(&target, inv)
+            .await
+            .map(|a| answered(&id, a))
+            .map_err(|f| f.error)
+    }
+    .await;
+    answer(gw.dataplane.metrics(), &id, result)
+}
+
+/// Synchronous invocation over HTTP: the request as sent.
+///
+/// HTTP functions and wasm components see the request with the function's own path
+/// (`/fn/NAME/a/b?x=1` is `/a/b?x=1`); Lambda handlers get an API Gateway v2 event and may
+/// answer with `{statusCode, headers, body}`. Every method is accepted.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/fn/{name}/{path}",
+    tag = "invoke",
+    params(
+        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        ("path" = String, Path, description = "The rest of the path, as the function sees it"),
+        InvokeQuery,
+    ),
+    responses(
+        (status = 200, description = "The function's answer, as it gave it"),
+        (status = "4XX", description = "Refused by Petrel (X-Petrel-Error names the code)", body = petrel_core::error::ErrorBody),
+        (status = "5XX", description = "Petrel's own error, or the function's (X-Petrel-Function-Error)", body = petrel_core::error::ErrorBody),
+    )
+)]
+async fn fn_path(
+    State(gw): State<Gateway>,
+    Path((name, path)): Path<(String, String)>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    fn_any(gw, name, path, q, req).await
+}
+
+async fn fn_root(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    fn_any(gw, name, String::new(), q, req).await
+}
+
+async fn fn_any(gw: Gateway, name: String, rest: String, q: InvokeQuery, req: Request) -> Response {
+    let id = new_invocation_id();
+    let result = async {
+        let target = q.target(&name)?;
+        let info = RequestInfo::of(&req);
+        let req = with_function_path(req, &rest)?;
+        let inv = invocation(&id, Trigger::Http, Payload::Http(req), &info);
+        gw.dataplane
+            .invoke(&target, inv)
+            .await
+            .map(|a| answered(&id, a))
+            .map_err(|f| f.error)
+    }
+    .await;
+    answer(gw.dataplane.metrics(), &id, result)
+}
+
+/// The request with the path and query the function sees: `/fn/{name}/a/b?x=1` becomes
+/// `/a/b?x=1`.
+fn with_function_path(req: Request, rest: &str) -> Result<Request, ApiError> {
+    let mut uri = format!("/{rest}");
+    if let Some(q) = req.uri().query() {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the request path is not a valid URI",
+        )
+    })?;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Asynchronous invocation: the request committed to the queue.
+///
+/// Answered `202` with `{"id"}` and `Location: /v1/invocations/{id}` once the request is
+/// stored; `X-Callback-Url` and `Idempotency-Key` are honoured (see docs/async.md).
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/async-fn/{name}/{path}",
+    tag = "async",
+    params(
+        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        ("path" = String, Path, description = "The rest of the path, as the function will see it"),
+        InvokeQuery,
+    ),
+    responses(
+        (status = 202, description = "Committed to the async queue", body = AsyncAccepted),
+        (status = "4XX", description = "Refused by Petrel (X-Petrel-Error names the code)", body = petrel_core::error::ErrorBody),
+        (status = "5XX", description = "Not stored: send it again", body = petrel_core::error::ErrorBody),
+    )
+)]
+async fn async_path(
+    State(gw): State<Gateway>,
+    Path((name, path)): Path<(String, String)>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    async_any(gw, name, path, q, req).await
+}
+
+async fn async_root(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    req: Request,
+) -> Response {
+    async_any(gw, name, String::new(), q, req).await
+}
+
+async fn async_any(
+    gw: Gateway,
+    name: String,
+    rest: String,
+    q: InvokeQuery,
+    req: Request,
+) -> Response {
+    let id = new_invocation_id();
+    let result = async {
+        let target = q.target(&name)?;
+        let req = with_function_path(req, &rest)?;
+        submit(&gw, &target, AsyncKind::Http, &id, req).await
+    }
+    .await;
+    answer(gw.dataplane.metrics(), &id, result)
+}
+
+/// Commits a request to the async queue: `202 Accepted` with `{"id": ...}` and where to follow
+/// it.
+async fn submit(
+    gw: &Gateway,
+    target: &FunctionRef,
+    kind: AsyncKind,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (id, duplicate) =
+        petrel_async::submit(&gw.queue, &gw.dataplane, target, kind, id, req).await?;
+    let location = format!("/v1/invocations/{id}");
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(AsyncAccepted {
+            id: id.clone(),
+            duplicate,
+        }),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(INVOCATION_ID_HEADER, v);
+    }
+    if duplicate {
+        h.insert(DUPLICATE_HEADER, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
