@@ -32,7 +32,7 @@ pub struct ServeConfig {
     pub sandbox: bool,
     /// Access keys the Lambda API (`/2015-03-31/...`) checks AWS Signature V4 against; none:
     /// requests are not authenticated.
-    pub lambda_access_keys: Vec<petrel_dataplane::AccessKey>,
+    pub lambda_access_keys: Vec<petrel_aws::AccessKey>,
     /// Async mode: this server's name in claims (default: kept in the data directory), the first
     /// retry's delay, the idempotency window, and how long results and dead letters are kept.
     pub worker_id: Option<String>,
@@ -210,7 +210,7 @@ impl ConfigFile {
         if let Some(keys) = self.lambda_access_keys {
             base.lambda_access_keys = keys
                 .into_iter()
-                .map(|k| petrel_dataplane::AccessKey {
+                .map(|k| petrel_aws::AccessKey {
                     id: k.id,
                     secret: k.secret,
                 })

@@ -8,7 +8,7 @@
 
 mod api;
 pub mod config;
-mod lambda_api;
+mod control;
 mod logs;
 
 pub use config::{parse_memory_budget, ConfigFile, ServeConfig};
@@ -16,10 +16,10 @@ pub use petrel_dataplane::keepalive;
 pub use petrel_runtime::PrewarmConfig;
 
 use anyhow::Context;
-use axum::routing::{get, post, put};
 use axum::Router;
-use petrel_dataplane::{BoxFuture, DataPlane, DeployedVersion, VersionSource};
-use petrel_runtime::{LogSink, RuntimeEnv};
+use petrel_core::BoxFuture;
+use petrel_dataplane::{DataPlane, DeployedVersion, VersionSource};
+use petrel_runtime::{LogSink, RuntimeConfig, RuntimeEnv};
 use petrel_store::{ArtifactStore, PackageLimits, Store};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,31 +31,15 @@ pub(crate) struct App {
     store: Store,
     artifacts: ArtifactStore,
     dataplane: DataPlane,
+    runtime: RuntimeEnv,
     logs: logs::LogHub,
     config: Arc<ServeConfig>,
     addr: SocketAddr,
     queue: petrel_async::AsyncQueue,
+    /// The OpenAPI document, rendered once from the routes.
+    openapi: Arc<String>,
 }
 
-impl App {
-    /// Removes artifacts no version refers to, in the background. Artifacts younger than a few
-    /// minutes are kept: a deploy may be between storing its package and recording its version.
-    fn collect_garbage(&self) {
-        let (store, artifacts) = (self.store.clone(), self.artifacts.clone());
-        tokio::spawn(async move {
-            let referenced = match store.referenced_digests().await {
-                Ok(d) => d.into_iter().collect(),
-                Err(e) => return tracing::warn!(error = %e, "artifact collection skipped"),
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                artifacts.collect_garbage(&referenced, std::time::Duration::from_secs(300))
-            })
-            .await;
-        });
-    }
-}
-
-/// Saves what the hybrid keep-alive policy learned, so a restart keeps it.
 /// Idle times each function's saved histogram holds, so that unchanged ones are not rewritten.
 type Saved = std::collections::HashMap<(String, String), u32>;
 
@@ -217,10 +201,12 @@ impl Server {
         let env = RuntimeEnv::new(
             &config.data_dir,
             sink,
-            config.payload_limit,
-            config.prewarm,
-            config.instance_limits,
-            config.sandbox,
+            RuntimeConfig {
+                payload_limit: config.payload_limit,
+                prewarm: config.prewarm,
+                instance_limits: config.instance_limits,
+                sandbox: config.sandbox,
+            },
         )
         .context("could not prepare the runtime directory")?;
         env.set_outbound_tls(tls.clone());
@@ -229,11 +215,12 @@ impl Server {
         let sandbox_status = env.sandbox_status().to_owned();
         let prewarm = env.prewarm_config();
         let (dataplane, records) = DataPlane::new(
-            env,
+            Arc::new(env.clone()),
             Arc::new(StoreSource {
                 store: store.clone(),
                 artifacts: artifacts.clone(),
             }),
+            config.payload_limit,
         );
         dataplane
             .memory_budget()
@@ -246,7 +233,6 @@ impl Server {
                 keys = config.lambda_access_keys.len(),
                 "Lambda API: AWS Signature V4 required"
             );
-            dataplane.require_lambda_signatures(config.lambda_access_keys.clone());
         }
         if let Some(endpoint) = &config.otlp_endpoint {
             dataplane.export_spans_to(endpoint);
@@ -306,7 +292,6 @@ impl Server {
                 ..Default::default()
             },
         );
-        dataplane.set_async_queue(queue.clone());
         let dispatcher =
             petrel_async::Dispatcher::start(queue.clone(), Arc::new(dataplane.clone()))
                 .await
@@ -327,16 +312,21 @@ impl Server {
             .with_context(|| format!("could not listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, restored, store = ?store.backend(), data_dir = %config.data_dir.display(), "petrel started");
+        let (control, doc) = api::routes().split_for_parts();
+        let mut doc = doc;
+        doc.merge(<petrel_gateway::ApiDoc as utoipa::OpenApi>::openapi());
         let app = App {
             store,
             artifacts,
             dataplane: dataplane.clone(),
+            runtime: env,
             logs: hub,
             config: Arc::new(config),
             addr,
             queue,
+            openapi: Arc::new(doc.to_pretty_json().context("the OpenAPI document")?),
         };
-        let router = router(app.clone(), dataplane);
+        let router = router(app.clone(), control);
         Ok(Self {
             listener,
             router,
@@ -410,79 +400,47 @@ impl Server {
         }
         save_histograms(&app.store, &app.dataplane, &mut Saved::new()).await;
         app.dataplane.shutdown();
-        app.dataplane.env().stop_prewarmed();
+        app.runtime.stop_prewarmed();
         // Give the killed instances' processes a moment to leave their cgroups.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        app.dataplane.env().remove_cgroups();
-        drop(app.dataplane);
+        app.runtime.remove_cgroups();
+        let App {
+            dataplane,
+            runtime,
+            store,
+            ..
+        } = app;
+        drop((dataplane, runtime));
         // The last senders go with the data plane; let the writers drain what is queued.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             let _ = record_writer.await;
             let _ = log_writer.await;
         })
         .await;
-        app.store.close().await;
+        store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-fn router(app: App, dataplane: DataPlane) -> Router {
-    let control = Router::new()
-        .route("/v1/functions", get(api::list))
-        .route(
-            "/v1/functions/{name}",
-            get(api::get).put(api::deploy).delete(api::delete),
-        )
-        .route("/v1/functions/{name}/logs", get(api::logs))
-        .route("/v1/functions/{name}/invocations", get(api::invocations))
-        .route(
-            "/v1/invocations/{id}",
-            get(api::invocation).delete(api::cancel_invocation),
-        )
-        .route("/v1/functions/{name}/async", get(api::async_invocations))
-        .route("/v1/functions/{name}/dlq", get(api::dead_letters))
-        .route("/v1/functions/{name}/dlq/replay", post(api::replay))
-        .route("/v1/usage", get(api::usage))
-        // AWS Lambda's management calls (the Invoke call is the gateway's).
-        .route("/2015-03-31/functions", post(lambda_api::create))
-        .route(
-            "/2015-03-31/functions/",
-            get(lambda_api::list).post(lambda_api::create),
-        )
-        .route(
-            "/2015-03-31/functions/{name}",
-            get(lambda_api::get).delete(lambda_api::delete),
-        )
-        .route(
-            "/2015-03-31/functions/{name}/code",
-            put(lambda_api::update_code),
-        )
-        .route(
-            "/2015-03-31/functions/{name}/aliases",
-            get(lambda_api::list_aliases).post(lambda_api::create_alias),
-        )
-        .route(
-            "/2015-03-31/functions/{name}/aliases/{alias}",
-            get(lambda_api::get_alias)
-                .put(lambda_api::update_alias)
-                .delete(lambda_api::delete_alias),
-        )
-        .route(
-            "/2015-03-31/functions/{name}/configuration",
-            get(lambda_api::get_configuration).put(lambda_api::update_configuration),
-        )
-        .route(
-            "/2015-03-31/functions/{name}/versions",
-            post(lambda_api::publish_version),
-        )
-        .route("/v1/openapi.json", get(api::openapi))
-        .route("/healthz", get(api::healthz))
-        .route("/metrics", get(api::metrics))
-        .with_state(app);
+/// Every route: the control API (with its document), the gateway, and AWS Lambda's API, with
+/// Petrel's answers to unknown routes and methods.
+fn router(app: App, control: Router<App>) -> Router {
+    let gateway = petrel_gateway::Gateway {
+        dataplane: app.dataplane.clone(),
+        queue: app.queue.clone(),
+    };
+    let lambda = petrel_aws::LambdaApi {
+        dataplane: app.dataplane.clone(),
+        queue: app.queue.clone(),
+        logs: app.runtime.log_sink().clone(),
+        control: Arc::new(app.clone()),
+    };
+    let keys = app.config.lambda_access_keys.clone();
     Router::new()
-        .merge(control)
-        .merge(petrel_dataplane::routes().with_state(dataplane))
+        .merge(control.with_state(app))
+        .merge(petrel_gateway::routes().with_state(gateway))
+        .merge(petrel_aws::routes(lambda, keys))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -134,7 +134,7 @@ async fn chunked_answers_on_a_keep_alive_connection_do_not_stall() {
                 if line == "\r\n" {
                     break;
                 }
-                chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+                chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
             }
             assert!(
                 chunked,

@@ -151,13 +151,16 @@ async fn invocation_records_and_usage_match_what_ran() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(list.len(), 6, "{list:?}");
-    let count = |o: &str| list.iter().filter(|r| r.outcome == o).count();
+    let count = |o: &str| list.iter().filter(|r| r.outcome.as_str() == o).count();
     assert_eq!(
         (count("success"), count("function_error"), count("timeout")),
         (4, 1, 1)
     );
     assert_eq!(list.iter().filter(|r| r.cold_start).count(), 2, "{list:?}");
-    assert_eq!(list.iter().filter(|r| r.trigger == "http").count(), 1);
+    assert_eq!(
+        list.iter().filter(|r| r.trigger.as_str() == "http").count(),
+        1
+    );
     assert!(list
         .iter()
         .all(|r| r.memory_mb == 256 && r.version == 1 && r.billed_ms >= 1));
@@ -166,7 +169,10 @@ async fn invocation_records_and_usage_match_what_ran() {
             .all(|r| r.duration_ms >= r.billed_ms.saturating_sub(1)),
         "{list:?}"
     );
-    let timeout = list.iter().find(|r| r.outcome == "timeout").unwrap();
+    let timeout = list
+        .iter()
+        .find(|r| r.outcome.as_str() == "timeout")
+        .unwrap();
     assert!(
         timeout.billed_ms >= 2000 && timeout.billed_ms < 10_000,
         "{timeout:?}"

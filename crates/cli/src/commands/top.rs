@@ -2,7 +2,11 @@
 //! apart: request and error rates, p50/p99 from the duration histogram's buckets, instances,
 //! requests in flight and waiting, cold starts.
 
+use crate::client::Client;
+use http::Method;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::process::ExitCode;
 
 /// One sample line: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +164,53 @@ pub fn frame(before: &str, after: &str, secs: f64, namespace: Option<&str>) -> S
         ));
     }
     out
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Print one frame (two scrapes an interval apart) and exit.
+    #[arg(long)]
+    once: bool,
+    #[arg(long, short)]
+    namespace: Option<String>,
+}
+
+pub(crate) async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        interval,
+        once,
+        namespace,
+    } = args;
+    let interval = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
+    let scrape = || async {
+        let (_, body) = client.call(Method::GET, "/metrics", None).await?;
+        anyhow::Ok((
+            std::time::Instant::now(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    };
+    let mut before = scrape().await?;
+    loop {
+        tokio::time::sleep(interval).await;
+        let after = scrape().await?;
+        let secs = after.0.duration_since(before.0).as_secs_f64();
+        let text = frame(&before.1, &after.1, secs, namespace.as_deref());
+        if once {
+            print!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Clear the screen, then draw.
+        print!(
+            "\x1b[2J\x1b[H{} (every {:.1}s, Ctrl-C to quit)\n\n{text}",
+            client.base(),
+            interval.as_secs_f64()
+        );
+        std::io::stdout().flush()?;
+        before = after;
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,35 @@
+//! `petrel new NAME --runtime RUNTIME`: scaffold a function directory that deploys as it is.
+
+use crate::scaffold;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    name: String,
+    /// python3, nodejs, provided, http or wasm.
+    #[arg(long)]
+    runtime: String,
+    /// Where to create it (default: ./NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub(crate) fn run(Args { name, runtime, dir }: Args) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let files = scaffold::scaffold(&dir, &name, &runtime)?;
+    println!("Created function {name} ({runtime}) in {}:", dir.display());
+    for f in files {
+        println!("  {f}");
+    }
+    if runtime == "wasm" {
+        println!(
+            "Build the component:  cd {} && {}",
+            dir.display(),
+            scaffold::wasm_build_command(&name)
+        );
+        println!("  (needs the target once: rustup target add wasm32-wasip2)");
+    }
+    println!("Deploy it with:  petrel deploy {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,133 @@
+//! Petrel's control API under `/v1/`, and the server's own routes (`/healthz`, `/metrics`,
+//! `/v1/openapi.json`). Every route is declared with its OpenAPI description next to its
+//! handler (`#[utoipa::path]`) and registered through [`routes`], so the document the server
+//! serves is the router it runs.
+//!
+//! - `functions.rs`: deploy (upload a packaged directory), list, get, delete;
+//! - `invocations.rs`: invocation records, async invocations, dead letters, usage;
+//! - `logs.rs`: a function's logs, read or followed;
+//! - `meta.rs`: health, metrics, the document itself, and the answers to unknown routes.
+
+mod functions;
+mod invocations;
+mod logs;
+mod meta;
+
+pub(crate) use meta::{no_route, wrong_method};
+
+use crate::App;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::{header, HeaderMap};
+use petrel_core::name::validate_name;
+use petrel_core::{ApiError, ErrorCode};
+use petrel_gateway::ErrorResponse;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(crate) type ApiResult<T> = Result<T, ErrorResponse>;
+
+/// The control API's routes with their document; the gateway's part of the document is added
+/// by the caller.
+pub(crate) fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(<meta::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(functions::list))
+        .routes(routes!(
+            functions::get,
+            functions::deploy,
+            functions::delete
+        ))
+        .routes(routes!(logs::logs))
+        .routes(routes!(invocations::invocations))
+        .routes(routes!(
+            invocations::invocation,
+            invocations::cancel_invocation
+        ))
+        .routes(routes!(invocations::async_invocations))
+        .routes(routes!(invocations::dead_letters))
+        .routes(routes!(invocations::replay))
+        .routes(routes!(invocations::usage))
+        .routes(routes!(meta::openapi))
+        .routes(routes!(meta::healthz))
+        .routes(routes!(meta::metrics))
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NsQuery {
+    /// The function's namespace (default: `default`).
+    namespace: Option<String>,
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, e.body_text())
+}
+
+fn namespace(q: Result<Query<NsQuery>, QueryRejection>) -> Result<String, ApiError> {
+    let q = q.map_err(bad_query)?;
+    let ns =
+        q.0.namespace
+            .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
+    validate_name("namespace", &ns)?;
+    Ok(ns)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::FunctionNotFound,
+        format!("no function named {name}; deploy it with `petrel deploy`, or list functions with `petrel ls`"),
+    )
+}
+
+/// The base URL clients reached this server at, for the URLs we hand back.
+fn base_url(headers: &HeaderMap, app: &App) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", app.addr),
+    }
+}
+
+/// Where `/fn/{name}` answers for a function, from `base`.
+pub(crate) fn function_url(base: &str, ns: &str, name: &str) -> String {
+    if ns == petrel_core::DEFAULT_NAMESPACE {
+        format!("{base}/fn/{name}")
+    } else {
+        format!("{base}/fn/{name}?namespace={ns}")
+    }
+}
+
+/// The namespace of a request about a function that must exist, or the error saying why not.
+async fn existing_function(
+    app: &App,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<String, ApiError> {
+    let ns = namespace
+        .unwrap_or(petrel_core::DEFAULT_NAMESPACE)
+        .to_owned();
+    validate_name("namespace", &ns)?;
+    validate_name("function name", name)?;
+    match app.store.get_function(&ns, name).await? {
+        Some(_) => Ok(ns),
+        None => Err(not_found(name)),
+    }
+}
+
+/// `since=10m` as a time (ms since the epoch); `default_ago` without one (none: the beginning).
+fn since_ms(
+    since: Option<&str>,
+    default_ago: Option<std::time::Duration>,
+) -> Result<i64, ApiError> {
+    let ago = match since {
+        Some(s) => Some(humantime::parse_duration(s).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("since={s:?} is not a duration ({e}); write it like 10m, 2h or 7d"),
+            )
+        })?),
+        None => default_ago,
+    };
+    Ok(ago
+        .map(|d| petrel_store::now_ms() - d.as_millis() as i64)
+        .unwrap_or(0))
+}

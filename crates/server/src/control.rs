@@ -1,0 +1,227 @@
+//! The control plane's operations that change what runs: deploying a package (validate,
+//! store, version, tell the data plane), deleting a function, and collecting artifacts no
+//! version uses. Petrel's own API and the Lambda API both go through here.
+
+use crate::App;
+use bytes::Bytes;
+use petrel_core::api::DeployResponse;
+use petrel_core::{ApiError, BoxFuture, ErrorCode, Manifest, Runtime, DEFAULT_NAMESPACE};
+use petrel_dataplane::DeployedVersion;
+use petrel_store::ArtifactStore;
+use std::sync::Arc;
+
+impl App {
+    /// Removes artifacts no version refers to, in the background. Artifacts younger than a few
+    /// minutes are kept: a deploy may be between storing its package and recording its version.
+    pub(crate) fn collect_garbage(&self) {
+        let (store, artifacts) = (self.store.clone(), self.artifacts.clone());
+        tokio::spawn(async move {
+            let referenced = match store.referenced_digests().await {
+                Ok(d) => d.into_iter().collect(),
+                Err(e) => return tracing::warn!(error = %e, "artifact collection skipped"),
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                artifacts.collect_garbage(&referenced, std::time::Duration::from_secs(300))
+            })
+            .await;
+        });
+    }
+
+    /// Deletes a function (its versions, aliases, logs, records and async work); its pools
+    /// close. Whether it existed.
+    pub(crate) async fn delete_function(&self, ns: &str, name: &str) -> Result<bool, ApiError> {
+        if !self.store.delete_function(ns, name).await? {
+            return Ok(false);
+        }
+        self.dataplane.removed(ns, name);
+        self.collect_garbage();
+        Ok(true)
+    }
+
+    /// Deploys a package (a zip with its `petrel.toml`) as function `name` of `ns`: a new
+    /// version, or none if it equals the latest. `base` is the URL clients reach this server at.
+    pub(crate) async fn deploy(
+        &self,
+        base: &str,
+        ns: String,
+        name: String,
+        package: Bytes,
+    ) -> Result<DeployResponse, ApiError> {
+        let artifacts = self.artifacts.clone();
+        let runtime_env = self.runtime.clone();
+        let path_name = name.clone();
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let text = ArtifactStore::read_manifest(&package)?;
+            let spec = Manifest::from_toml(&text)?.validate()?;
+            if spec.name != path_name {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!(
+                        "the manifest names the function {:?} but the request deploys {path_name:?}; make them the same",
+                        spec.name
+                    ),
+                ));
+            }
+            let digest = artifacts.put_package(&package)?;
+            check_code(spec.runtime, &spec.handler, &artifacts.code_dir(&digest), &runtime_env)?;
+            Ok((spec, digest, package.len() as u64))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "deploy task failed");
+            ApiError::internal()
+        })??;
+        let (spec, digest, size) = prepared;
+        let url = crate::api::function_url(base, &ns, &name);
+        // The manifest is inside the package, so an equal digest means an equal version:
+        // deploying the same directory twice (a restart with --deploy, a CI rerun) adds nothing.
+        if let Some(f) = self.store.get_function(&ns, &name).await? {
+            let latest = self.store.get_version(&ns, &name, f.latest_version).await?;
+            if latest.is_some_and(|v| v.digest == digest && v.spec == spec) {
+                // Another server on the same database may have deployed it: serve it here too.
+                if self.dataplane.latest_version(&ns, &name) != Some(f.latest_version) {
+                    self.dataplane.deployed(DeployedVersion {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        version: f.latest_version,
+                        code_dir: self.artifacts.code_dir(&digest),
+                        digest: digest.clone(),
+                        spec: Arc::new(spec),
+                    });
+                }
+                return Ok(DeployResponse {
+                    url,
+                    namespace: ns,
+                    name,
+                    version: f.latest_version,
+                    digest,
+                    created: false,
+                    unchanged: true,
+                });
+            }
+        }
+        let (version, created) = self.store.create_version(&ns, &spec, &digest, size).await?;
+        self.dataplane.deployed(DeployedVersion {
+            namespace: ns.clone(),
+            name: name.clone(),
+            version,
+            code_dir: self.artifacts.code_dir(&digest),
+            digest: digest.clone(),
+            spec: Arc::new(spec),
+        });
+        // Deploy compiled the component already; loading it now takes a millisecond and spares
+        // the first request the wait.
+        self.dataplane.preload_latest(&ns, &name).await;
+        tracing::info!(namespace = %ns, function = %name, version, "deployed");
+        Ok(DeployResponse {
+            url,
+            namespace: ns,
+            name,
+            version,
+            digest,
+            created,
+            unchanged: false,
+        })
+    }
+}
+
+/// Checks that the package holds what its runtime will look for, so a deploy fails now rather
+/// than at the first request.
+fn check_code(
+    runtime: Runtime,
+    handler: &str,
+    code: &std::path::Path,
+    env: &petrel_runtime::RuntimeEnv,
+) -> Result<(), ApiError> {
+    let missing = |what: String| Err(ApiError::new(ErrorCode::InvalidPackage, what));
+    match runtime {
+        Runtime::Python3 => {
+            let (module, _) = handler.rsplit_once('.').unwrap_or((handler, ""));
+            let rel = module.replace('.', "/");
+            if !code.join(format!("{rel}.py")).is_file()
+                && !code.join(&rel).join("__init__.py").is_file()
+            {
+                return missing(format!(
+                    "handler {handler:?} needs {rel}.py in the package, and it is not there"
+                ));
+            }
+        }
+        Runtime::Nodejs => {
+            let (module, _) = handler.rsplit_once('.').unwrap_or((handler, ""));
+            if !["js", "mjs", "cjs"]
+                .iter()
+                .any(|e| code.join(format!("{module}.{e}")).is_file())
+            {
+                return missing(format!(
+                    "handler {handler:?} needs {module}.js (or .mjs, .cjs) in the package, and it is not there"
+                ));
+            }
+        }
+        Runtime::Provided => {
+            use std::os::unix::fs::PermissionsExt;
+            let ok = std::fs::metadata(code.join("bootstrap"))
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            if !ok {
+                return missing(
+                    "runtime provided needs an executable file named bootstrap at the root of the package (chmod +x bootstrap)".into(),
+                );
+            }
+        }
+        Runtime::Wasm => {
+            let path = code.join(handler);
+            if !path.is_file() {
+                return missing(format!("handler {handler:?} is not in the package"));
+            }
+            // Validate and compile ahead of time, so the first request only loads it.
+            let engine = env.wasm().map_err(|e| {
+                tracing::error!(error = %e, "wasm engine unavailable");
+                ApiError::internal()
+            })?;
+            engine
+                .prepare(&path)
+                .map_err(|m| ApiError::new(ErrorCode::InvalidPackage, format!("{handler}: {m}")))?;
+        }
+        Runtime::Http => {}
+    }
+    Ok(())
+}
+
+/// The Lambda API's management calls act on the default namespace through the same deploys
+/// and deletes as Petrel's own API.
+impl petrel_aws::Control for App {
+    fn store(&self) -> &petrel_store::Store {
+        &self.store
+    }
+
+    fn deploy(&self, name: &str, package: Bytes) -> BoxFuture<'_, Result<u32, ApiError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            App::deploy(self, "", DEFAULT_NAMESPACE.to_owned(), name, package)
+                .await
+                .map(|d| d.version)
+        })
+    }
+
+    fn delete(&self, name: &str) -> BoxFuture<'_, Result<bool, ApiError>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.delete_function(DEFAULT_NAMESPACE, &name).await })
+    }
+
+    fn package(&self, digest: &str) -> BoxFuture<'_, Result<Bytes, ApiError>> {
+        let path = self.artifacts.package_path(digest);
+        Box::pin(async move {
+            tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| {
+                tracing::error!(path = %path.display(), error = %e, "a version's package is unreadable");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the function's package could not be read; deploy its code again",
+                )
+            })
+        })
+    }
+
+    fn package_limit(&self) -> usize {
+        self.config.package_limit
+    }
+}
