@@ -30,6 +30,9 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
+# The tree's own rules: no import cycle between modules, no unsafe code outside crates/sandbox.
+python3 scripts/check-tree.py
+
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 

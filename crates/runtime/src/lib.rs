@@ -19,6 +19,7 @@ mod http_port;
 mod instance;
 mod lambda_api;
 pub mod logs;
+mod os_process;
 mod prewarm;
 mod process;
 mod shims;

@@ -12,7 +12,7 @@
 
 use crate::cgroup::InstanceCgroup;
 use crate::logs::{Attribution, LogSink, LogSource};
-use crate::process::os::{Process, SourceCell};
+use crate::os_process::{Process, SourceCell};
 use crate::zygote::Zygote;
 use petrel_sandbox::{NetNs, Sandbox};
 use std::path::{Path, PathBuf};

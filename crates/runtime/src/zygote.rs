@@ -212,7 +212,7 @@ fn read_loop(sock: OwnedFd, shared: Arc<Shared>) {
             continue;
         };
         if let Some(pid) = m.exit {
-            let how = crate::process::os::describe_end(m.code, m.signal);
+            let how = crate::os_process::describe_end(m.code, m.signal);
             if let Some(tx) = shared.exits.lock().unwrap().remove(&pid) {
                 let _ = tx.send(Some(how));
             }

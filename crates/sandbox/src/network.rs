@@ -9,6 +9,11 @@ use crate::{Sandbox, RUNTIME_API_ADDR};
 use nix::libc;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+/// What a plan takes of an instance's network: the namespace to enter (as root), or the socket
+/// to hand its sockets out on and whether to make the Runtime API listener (in a user
+/// namespace).
+pub(crate) type PlanNet = (Option<OwnedFd>, Option<(OwnedFd, bool)>);
+
 impl Sandbox {
     /// A new network namespace with loopback up, and the instance's Runtime API listener
     /// bound in it at [`RUNTIME_API_ADDR`] (when `listen` is set). As root Petrel makes it
@@ -123,7 +128,7 @@ const SOCKET_PLEASE: u8 = b'S';
 impl NetNs {
     /// What a plan takes of it: the namespace to enter, or (in a user namespace) the socket to
     /// hand out its sockets on and whether to make the Runtime API listener.
-    pub(crate) fn for_plan(&self) -> std::io::Result<crate::plan::PlanNet> {
+    pub(crate) fn for_plan(&self) -> std::io::Result<PlanNet> {
         Ok(match &self.kind {
             NetKind::Joined { fd, .. } => (Some(fd.try_clone()?), None),
             NetKind::Made { child, listen, .. } => (None, Some((child.try_clone()?, *listen))),

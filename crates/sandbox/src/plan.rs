@@ -14,11 +14,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// What a plan takes of an instance's network: the namespace to enter (as root), or the socket
-/// to hand its sockets out on and whether to make the Runtime API listener (in a user
-/// namespace).
-pub(crate) type PlanNet = (Option<OwnedFd>, Option<(OwnedFd, bool)>);
-
 /// Device nodes a function may open.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 

@@ -1,9 +1,8 @@
 //! Process instances: one OS process per instance, in its sandbox and cgroup, speaking one of
 //! two protocols, each a type: the Lambda Runtime API ([`LambdaApi`], for `python3`, `nodejs`
 //! and `provided`) or HTTP on `$PORT` ([`HttpPort`], for `http`). How one starts is
-//! `start.rs`; the process itself (spawn, output, exit) is `os.rs`.
+//! `start.rs`; the process itself (spawn, output, exit) is `crate::os_process`.
 
-pub(crate) mod os;
 mod start;
 
 pub(crate) use start::ProcessContext;
@@ -15,8 +14,8 @@ use crate::instance::{
 };
 use crate::lambda_api::{self, LambdaOutcome, Pending};
 use crate::logs::{Attribution, LogSink, LogSource};
+use crate::os_process::Process;
 use crate::{http_port, Body};
-use os::Process;
 use petrel_core::BoxFuture;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -10,12 +10,12 @@
 //! 5. [`ProcessInstance::ready`](super::ProcessProtocol::ready): waiting until it takes
 //!    requests, within its init timeout.
 
-use super::os::{Process, SourceCell};
 use super::{HttpPort, LambdaApi, ProcessInstance, ProcessProtocol};
 use crate::cgroup::{Cgroups, InstanceCgroup};
 use crate::error::{init_failed, InvokeError};
 use crate::instance::{new_instance_id, InstanceSpec, StartTimings};
 use crate::logs::{Attribution, LogSink, LogSource};
+use crate::os_process::{Process, SourceCell};
 use crate::prewarm::{Kind as StandbyKind, Prewarm};
 use crate::{http_port, lambda_api, shims};
 use petrel_core::{Network, Runtime};
