@@ -619,3 +619,233 @@ fn destination_record(
         },
     })
 }
+
+/// The dispatcher on a real SQLite store, behind a data plane whose answers each test scripts.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AsyncConfig;
+    use bytes::Bytes;
+    use petrel_core::{ApiError, BoxFuture, ErrorCode, FunctionRef, Manifest};
+    use petrel_dataplane::{Answer, DeployedVersion, Failure, Invocation, Outcome, Payload};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Answers each attempt by its event's `do`: `ok` (a value), `raise` (a function error),
+    /// `503` (an HTTP answer of 503), `gone` (the function is not there), `flaky` (raises
+    /// twice, then answers).
+    struct Scripted {
+        version: Arc<DeployedVersion>,
+        calls: AtomicU32,
+        flaky: AtomicU32,
+        finished: Mutex<Vec<AsyncStatus>>,
+    }
+
+    impl Scripted {
+        fn new(manifest: &str) -> Arc<Self> {
+            let spec = Manifest::from_toml(&format!(
+                "name = \"f\"\nruntime = \"python3\"\nhandler = \"app.handler\"\n{manifest}"
+            ))
+            .unwrap()
+            .validate()
+            .unwrap();
+            Arc::new(Self {
+                version: Arc::new(DeployedVersion {
+                    namespace: "default".into(),
+                    name: "f".into(),
+                    version: 3,
+                    digest: "d".into(),
+                    spec: Arc::new(spec),
+                    code_dir: "/nonexistent".into(),
+                }),
+                calls: AtomicU32::new(0),
+                flaky: AtomicU32::new(0),
+                finished: Mutex::default(),
+            })
+        }
+    }
+
+    impl Invoker for Scripted {
+        fn settings(&self, _: &str, _: &str) -> Option<AsyncSpec> {
+            Some(self.version.spec.asynchronous.clone())
+        }
+
+        fn resolve<'a>(
+            &'a self,
+            _: &'a FunctionRef,
+        ) -> BoxFuture<'a, Result<Arc<DeployedVersion>, ApiError>> {
+            Box::pin(async { Ok(self.version.clone()) })
+        }
+
+        fn invoke<'a>(
+            &'a self,
+            _: &'a FunctionRef,
+            inv: Invocation,
+        ) -> BoxFuture<'a, Result<Answer, Failure>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let Payload::Event { body, .. } = inv.payload else {
+                panic!("an event was queued")
+            };
+            assert!(inv.attempt.is_some(), "an attempt carries its record");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let outcome = match v["do"].as_str().unwrap() {
+                "ok" => Ok(Outcome::Returned(Bytes::from_static(b"\"done\""))),
+                "raise" => Ok(Outcome::FunctionError {
+                    error_type: "Boom".into(),
+                    body: Bytes::from_static(b"{\"errorType\": \"Boom\"}"),
+                }),
+                "503" => {
+                    let mut r = http::Response::new(petrel_runtime::Body::from("busy"));
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Ok(Outcome::Http(r))
+                }
+                "flaky" if self.flaky.fetch_add(1, Ordering::SeqCst) < 2 => {
+                    Ok(Outcome::FunctionError {
+                        error_type: "Flaky".into(),
+                        body: Bytes::new(),
+                    })
+                }
+                "flaky" => Ok(Outcome::Returned(Bytes::from_static(b"1"))),
+                "gone" => Err(Failure {
+                    error: ApiError::new(ErrorCode::FunctionNotFound, "no function named f"),
+                    version: None,
+                }),
+                other => panic!("{other}"),
+            };
+            Box::pin(async move {
+                outcome.map(|outcome| Answer {
+                    version: 3,
+                    outcome,
+                })
+            })
+        }
+
+        fn payload_limit(&self) -> usize {
+            1 << 20
+        }
+
+        fn finished(&self, _: &str, _: &str, status: AsyncStatus) {
+            self.finished.lock().unwrap().push(status);
+        }
+    }
+
+    async fn dispatcher(invoker: Arc<Scripted>) -> (AsyncQueue, Dispatcher, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = petrel_store::Store::open_sqlite(&dir.path().join("p.db"))
+            .await
+            .unwrap();
+        let queue = AsyncQueue::new(
+            store,
+            AsyncConfig {
+                retry_base: Duration::from_millis(10),
+                retry_cap: Duration::from_millis(20),
+                poll: Duration::from_millis(50),
+                ..AsyncConfig::default()
+            },
+        );
+        let d = Dispatcher::start(queue.clone(), invoker).await.unwrap();
+        (queue, d, dir)
+    }
+
+    async fn submit(queue: &AsyncQueue, id: &str, event: &str) {
+        let now = now_ms();
+        queue
+            .submit(NewAsync {
+                id: id.into(),
+                namespace: "default".into(),
+                function: "f".into(),
+                version: None,
+                kind: AsyncKind::Event,
+                method: "POST".into(),
+                path: String::new(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: event.as_bytes().to_vec(),
+                created_at: now,
+                run_at: now,
+                callback_url: None,
+                idem_key: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Waits until invocation `id` is in one of the statuses that end it.
+    async fn ended(queue: &AsyncQueue, id: &str) -> petrel_core::api::AsyncInvocation {
+        let t0 = Instant::now();
+        loop {
+            let a = queue.store().get_async(id).await.unwrap().unwrap();
+            if matches!(
+                a.status,
+                AsyncStatus::Succeeded | AsyncStatus::Failed | AsyncStatus::Dead
+            ) {
+                return a;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{id} is still {}",
+                a.status
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_succeeds_once_with_its_result_and_version_kept() {
+        let invoker = Scripted::new("");
+        let (queue, _d, _dir) = dispatcher(invoker.clone()).await;
+        submit(&queue, "a", r#"{"do": "ok"}"#).await;
+        let a = ended(&queue, "a").await;
+        assert_eq!(a.status, AsyncStatus::Succeeded);
+        assert_eq!((a.attempts, a.executed_version), (1, Some(3)));
+        let r = a.result.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "\"done\""));
+        assert_eq!(invoker.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(*invoker.finished.lock().unwrap(), [AsyncStatus::Succeeded]);
+    }
+
+    #[tokio::test]
+    async fn a_function_error_and_a_5xx_are_retried_until_max_retries_then_dead() {
+        let invoker = Scripted::new("max_retries = 2\n");
+        let (queue, _d, _dir) = dispatcher(invoker.clone()).await;
+        submit(&queue, "raise", r#"{"do": "raise"}"#).await;
+        submit(&queue, "busy", r#"{"do": "503"}"#).await;
+        let a = ended(&queue, "raise").await;
+        assert_eq!((a.status, a.attempts), (AsyncStatus::Dead, 3));
+        let e = a.error.unwrap();
+        assert!(
+            e.contains("failed 3 times") && e.contains("the function failed (Boom)"),
+            "{e}"
+        );
+        // The function's error document is its answer, kept with the header saying so.
+        let r = a.result.unwrap();
+        assert_eq!(r.status, 500);
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-petrel-function-error" && v == "Boom"));
+        let b = ended(&queue, "busy").await;
+        assert_eq!((b.status, b.attempts), (AsyncStatus::Dead, 3));
+        assert!(b.error.unwrap().contains("answered 503"));
+        assert_eq!(invoker.calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_succeeds_ends_succeeded() {
+        let invoker = Scripted::new("max_retries = 3\n");
+        let (queue, _d, _dir) = dispatcher(invoker.clone()).await;
+        submit(&queue, "f", r#"{"do": "flaky"}"#).await;
+        let a = ended(&queue, "f").await;
+        assert_eq!((a.status, a.attempts), (AsyncStatus::Succeeded, 3));
+        assert_eq!(a.error, None);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_running_again_cannot_mend_fails_at_once() {
+        let invoker = Scripted::new("max_retries = 5\n");
+        let (queue, _d, _dir) = dispatcher(invoker.clone()).await;
+        submit(&queue, "g", r#"{"do": "gone"}"#).await;
+        let a = ended(&queue, "g").await;
+        assert_eq!((a.status, a.attempts), (AsyncStatus::Failed, 1));
+        assert!(a.error.unwrap().starts_with("function_not_found: "));
+        assert_eq!(invoker.calls.load(Ordering::SeqCst), 1);
+    }
+}

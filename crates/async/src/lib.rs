@@ -327,6 +327,71 @@ pub fn backoff(config: &AsyncConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use petrel_core::api::AsyncKind;
+
+    fn submission(id: &str, key: Option<&str>) -> NewAsync {
+        NewAsync {
+            id: id.into(),
+            namespace: "default".into(),
+            function: "f".into(),
+            version: None,
+            kind: AsyncKind::Event,
+            method: "POST".into(),
+            path: String::new(),
+            headers: vec![],
+            body: b"{}".to_vec(),
+            created_at: 1,
+            run_at: 1,
+            callback_url: None,
+            idem_key: key.map(str::to_owned),
+        }
+    }
+
+    /// Concurrent submissions share transactions, and each answer comes after its own commit:
+    /// every accepted id is in the store when its submit returns.
+    #[tokio::test]
+    async fn submissions_commit_in_groups_each_answered_after_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        let queue = AsyncQueue::new(store.clone(), AsyncConfig::default());
+        let subs: Vec<_> = (0..300)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move {
+                    let (id, duplicate) =
+                        q.submit(submission(&format!("s{i}"), None)).await.unwrap();
+                    assert!(!duplicate);
+                    assert!(
+                        q.store().get_async(&id).await.unwrap().is_some(),
+                        "{id} answered before its commit"
+                    );
+                    id
+                })
+            })
+            .collect();
+        for s in subs {
+            s.await.unwrap();
+        }
+        assert_eq!(
+            store.ready_async(1).await.unwrap(),
+            vec![("default".into(), "f".into(), 300)]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_gives_the_first_submissions_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("p.db")).await.unwrap();
+        let queue = AsyncQueue::new(store.clone(), AsyncConfig::default());
+        let first = queue.submit(submission("one", Some("k"))).await.unwrap();
+        let again = queue.submit(submission("two", Some("k"))).await.unwrap();
+        assert_eq!(first, ("one".to_owned(), false));
+        assert_eq!(again, ("one".to_owned(), true));
+        assert!(
+            store.get_async("two").await.unwrap().is_none(),
+            "nothing queued twice"
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_stops_at_the_cap() {

@@ -19,6 +19,8 @@ mod invoke;
 pub mod keepalive;
 pub mod metrics;
 pub mod pool;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod trace;
 
 pub use invoke::{

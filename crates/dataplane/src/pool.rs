@@ -665,84 +665,8 @@ pub enum AcquireError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use petrel_core::{BoxFuture, Manifest};
-    use petrel_runtime::{Body, HttpInstance, Protocol, StartTimings};
-    use std::sync::atomic::AtomicBool;
-
-    /// Starts instances that answer every request with `200`, after `delay`; fails every start
-    /// with `fail` when set.
-    #[derive(Default)]
-    struct FakeStarter {
-        started: AtomicUsize,
-        delay: Duration,
-        fail: Option<InvokeError>,
-        instances: Mutex<Vec<Arc<FakeInstance>>>,
-    }
-
-    struct FakeInstance {
-        id: String,
-        spec: InstanceSpec,
-        killed: AtomicBool,
-    }
-
-    impl Starter for FakeStarter {
-        fn start(
-            &self,
-            spec: InstanceSpec,
-        ) -> BoxFuture<'static, Result<Arc<dyn Instance>, InvokeError>> {
-            let n = self.started.fetch_add(1, Ordering::SeqCst);
-            let (delay, fail) = (self.delay, self.fail.clone());
-            let i = Arc::new(FakeInstance {
-                id: format!("i-{n}"),
-                spec,
-                killed: AtomicBool::new(false),
-            });
-            self.instances.lock().unwrap().push(i.clone());
-            Box::pin(async move {
-                tokio::time::sleep(delay).await;
-                match fail {
-                    Some(e) => Err(e),
-                    None => Ok(i as Arc<dyn Instance>),
-                }
-            })
-        }
-    }
-
-    impl Instance for FakeInstance {
-        fn id(&self) -> &str {
-            &self.id
-        }
-        fn spec(&self) -> &InstanceSpec {
-            &self.spec
-        }
-        fn start_timings(&self) -> StartTimings {
-            StartTimings::default()
-        }
-        fn is_alive(&self) -> bool {
-            !self.killed.load(Ordering::SeqCst)
-        }
-        fn kill(&self) {
-            self.killed.store(true, Ordering::SeqCst);
-        }
-        fn stop_invocation(&self, _id: &str, _why: &str) -> bool {
-            false
-        }
-        fn log_platform(&self, _invocation: Option<&str>, _message: &str) {}
-        fn protocol(&self) -> Protocol<'_> {
-            Protocol::Http(self)
-        }
-    }
-
-    impl HttpInstance for FakeInstance {
-        fn handle<'a>(
-            &'a self,
-            _id: &'a str,
-            _req: http::Request<Body>,
-            _timeout: Duration,
-        ) -> BoxFuture<'a, Result<http::Response<Body>, InvokeError>> {
-            Box::pin(async { Ok(http::Response::new(Body::empty())) })
-        }
-    }
+    use crate::testing::FakeStarter;
+    use petrel_core::Manifest;
 
     fn pool_with(
         name: &str,

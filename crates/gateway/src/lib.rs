@@ -338,3 +338,171 @@ async fn submit(
     }
     Ok(resp)
 }
+
+/// The gateway's routes in-process, over a data plane of in-memory instances and a real async
+/// queue on SQLite.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use petrel_core::{BoxFuture, Manifest};
+    use petrel_dataplane::testing::FakeStarter;
+    use petrel_dataplane::{DeployedVersion, VersionSource};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    struct NoOlderVersions;
+
+    impl VersionSource for NoOlderVersions {
+        fn load(
+            &self,
+            _: &str,
+            _: &str,
+            _: u32,
+        ) -> BoxFuture<'_, anyhow::Result<Option<DeployedVersion>>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    /// A gateway serving `web`, an HTTP function whose instances echo what they get.
+    async fn gateway() -> (Router, Gateway, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = petrel_store::Store::open_sqlite(&dir.path().join("p.db"))
+            .await
+            .unwrap();
+        let (dp, _records) = DataPlane::new(
+            Arc::new(FakeStarter::default()),
+            Arc::new(NoOlderVersions),
+            1024,
+        );
+        let spec = Manifest::from_toml("name = \"web\"\nruntime = \"http\"\nhandler = \"serve\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        dp.deployed(DeployedVersion {
+            namespace: "default".into(),
+            name: "web".into(),
+            version: 1,
+            digest: "d".into(),
+            spec: Arc::new(spec),
+            code_dir: "/nonexistent".into(),
+        });
+        let gw = Gateway {
+            dataplane: dp,
+            queue: AsyncQueue::new(store, petrel_async::AsyncConfig::default()),
+        };
+        (routes().with_state(gw.clone()), gw, dir)
+    }
+
+    async fn call(
+        router: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (http::response::Parts, String) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let (parts, body) = router.clone().oneshot(req).await.unwrap().into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn fn_hands_the_function_its_own_path_and_stamps_the_answer() {
+        let (router, _gw, _dir) = gateway().await;
+        let (parts, body) = call(&router, "PUT", "/fn/web/a/b?x=1", "hi").await;
+        assert_eq!(parts.status, 200, "{body}");
+        assert_eq!(body, "PUT /a/b?x=1\nhi");
+        assert!(parts.headers.contains_key(INVOCATION_ID_HEADER));
+        assert_eq!(parts.headers[VERSION_HEADER], "1");
+        assert_eq!(call(&router, "GET", "/fn/web", "").await.1, "GET /\n");
+        assert_eq!(call(&router, "GET", "/fn/web:1/", "").await.1, "GET /\n");
+    }
+
+    #[tokio::test]
+    async fn the_raw_invoke_posts_the_event_to_an_http_functions_root() {
+        let (router, _gw, _dir) = gateway().await;
+        let (parts, body) = call(&router, "POST", "/v1/functions/web/invoke", r#"{"k": 1}"#).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "POST /\n{\"k\": 1}");
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_error_body_the_header_and_the_invocation_id_and_are_counted() {
+        let (router, gw, _dir) = gateway().await;
+        let (parts, body) = call(&router, "GET", "/fn/nope/x", "").await;
+        assert_eq!(parts.status, 404);
+        assert_eq!(parts.headers["x-petrel-error"], "function_not_found");
+        assert!(parts.headers.contains_key(INVOCATION_ID_HEADER));
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["error"]["code"], "function_not_found");
+        let (parts, _) = call(&router, "GET", "/fn/web:7/", "").await;
+        assert_eq!(parts.headers["x-petrel-error"], "version_not_found");
+        let (parts, _) = call(
+            &router,
+            "POST",
+            "/v1/functions/web/invoke?async=maybe",
+            "{}",
+        )
+        .await;
+        assert_eq!(parts.headers["x-petrel-error"], "invalid_request");
+        // Over the payload limit of 1 KiB.
+        let (parts, _) = call(
+            &router,
+            "POST",
+            "/v1/functions/web/invoke",
+            &"x".repeat(2048),
+        )
+        .await;
+        assert_eq!(parts.status, 413);
+        let metrics = gw.dataplane.metrics().render(&gw.dataplane, None, 0);
+        for code in [
+            "function_not_found",
+            "version_not_found",
+            "invalid_request",
+            "payload_too_large",
+        ] {
+            assert!(
+                metrics.contains(&format!(
+                    "petrel_requests_rejected_total{{code=\"{code}\"}} 1"
+                )),
+                "{code}: {metrics}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn async_submissions_are_committed_before_their_202() {
+        let (router, gw, _dir) = gateway().await;
+        let (parts, body) = call(&router, "POST", "/async-fn/web/p?q=1", "payload").await;
+        assert_eq!(parts.status, 202, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            parts.headers["location"],
+            format!("/v1/invocations/{id}").as_str()
+        );
+        let (parts, body) =
+            call(&router, "POST", "/v1/functions/web/invoke?async=true", "{}").await;
+        assert_eq!(parts.status, 202, "{body}");
+        let store = gw.queue.store();
+        let queued = store
+            .list_async(
+                "default",
+                "web",
+                Some(petrel_core::api::AsyncStatus::Queued),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 2);
+        assert!(queued.iter().any(|a| a.id == id));
+        let (parts, _) = call(&router, "POST", "/async-fn/nope/", "{}").await;
+        assert_eq!(parts.headers["x-petrel-error"], "function_not_found");
+    }
+}
