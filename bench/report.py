@@ -76,19 +76,22 @@ def main():
 
     gw = {k: v for k, v in data.items() if k[0] == "gateway-overhead"}
     if gw:
-        print(f"## gateway-overhead: the Node http example called directly and through Petrel, {reps} repetitions\n")
-        print("| connections | direct p50 | through Petrel p50 | added p50 [min–max] | direct p99 | through Petrel p99 | added p99 [min–max] |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for c in sorted({k[2] for k in gw}):
-            d, p = gw.get(("gateway-overhead", "direct", c), []), gw.get(("gateway-overhead", "petrel", c), [])
-            n = min(len(d), len(p))
-            if not n:
-                continue
-            a50 = [p[i][1] - d[i][1] for i in range(n)]
-            a99 = [p[i][2] - d[i][2] for i in range(n)]
-            print(f"| {c} | {fmt_us(med([x[1] for x in d]))} | {fmt_us(med([x[1] for x in p]))} | "
-                  f"{fmt_us(med(a50))} [{fmt_us(min(a50))}–{fmt_us(max(a50))}] | {fmt_us(med([x[2] for x in d]))} | "
-                  f"{fmt_us(med([x[2] for x in p]))} | {fmt_us(med(a99))} [{fmt_us(min(a99))}–{fmt_us(max(a99))}] |")
+        print(f"## gateway-overhead: the Node http servers called directly and through Petrel, {reps} repetitions, interleaved\n")
+        print("The hello answer with a content-length, and the same answer chunked (no content-length).\n")
+        print("| answer | connections | direct p50 | through Petrel p50 | added p50 [min–max] | direct p99 | through Petrel p99 | added p99 [min–max] | direct req/s | through Petrel req/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for kind, direct, petrel in (("content-length", "direct", "petrel"), ("chunked", "direct, chunked", "petrel, chunked")):
+            for c in sorted({k[2] for k in gw}):
+                d, p = gw.get(("gateway-overhead", direct, c), []), gw.get(("gateway-overhead", petrel, c), [])
+                n = min(len(d), len(p))
+                if not n:
+                    continue
+                a50 = [p[i][1] - d[i][1] for i in range(n)]
+                a99 = [p[i][2] - d[i][2] for i in range(n)]
+                print(f"| {kind} | {c} | {fmt_us(med([x[1] for x in d]))} | {fmt_us(med([x[1] for x in p]))} | "
+                      f"{fmt_us(med(a50))} [{fmt_us(min(a50))}–{fmt_us(max(a50))}] | {fmt_us(med([x[2] for x in d]))} | "
+                      f"{fmt_us(med([x[2] for x in p]))} | {fmt_us(med(a99))} [{fmt_us(min(a99))}–{fmt_us(max(a99))}] | "
+                      f"{med([x[0] for x in d]):,.0f} | {med([x[0] for x in p]):,.0f} |")
         print()
 
     # Targets of issue #4, each from the same run.

@@ -7,7 +7,9 @@
 # Installs what it needs when missing: wrk (Debian), wasmtime-cli 48.0.8 (crates.io), workerd
 # 1.20261117.1 (npm, under bench/.tools). Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
 # DURATION (seconds per measurement, default 5), REPS (repetitions of each load measurement,
-# default 3), N (functions, default 1000) and PROFILE=0 (skip the perf profile) tune it.
+# default 3), N (functions, default 1000) and PROFILE=0 (skip the perf profile) tune it;
+# PETREL=/path/to/petrel measures that binary instead of building this tree's (a before/after
+# comparison runs the script twice, back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,14 +43,14 @@ WASMTIME=${WASMTIME:-$HOME/.cargo/bin/wasmtime}
 WORKERD=$tools/node_modules/.bin/workerd
 [ -x "$WORKERD" ] || { say "installing workerd"; (cd "$tools" && npm install --silent workerd@1.20261117.1) || say "workerd could not be installed"; }
 say "building Petrel, the hyper baseline and the hello component (release)"
-cargo build -q --release
+if [ -z "${PETREL:-}" ]; then cargo build -q --release; fi
 cargo build -q --release --manifest-path bench/hello-hyper/Cargo.toml
 HYPER=$root/bench/hello-hyper/target/release/hello-hyper
 cargo build -q --release --manifest-path bench/hello-lambda-rs/Cargo.toml
 LAMBDA_RS=$root/bench/hello-lambda-rs/target/release/hello-lambda-rs
 CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
 cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
-PETREL=$root/target/release/petrel
+PETREL=${PETREL:-$root/target/release/petrel}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ok() { for _ in $(seq 1 300); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; say "no answer from $1"; return 1; }
@@ -112,10 +114,11 @@ warm_http() {
   run_target "hyper (bare, the limit)" "http://127.0.0.1:$port/"; stop_all
 
   start_petrel
-  for ex in hello-wasm hello-http hello-python hello-node; do PETREL_SERVER=$PETREL_URL "$PETREL" deploy "examples/$ex" > /dev/null; done
-  for ex in hello-wasm hello-http hello-python hello-node; do wait_ok "$PETREL_URL/fn/$ex/"; done
+  for ex in examples/hello-wasm examples/hello-http examples/hello-python examples/hello-node bench/chunked; do PETREL_SERVER=$PETREL_URL "$PETREL" deploy "$ex" > /dev/null; done
+  for ex in hello-wasm hello-http hello-python hello-node hello-chunked; do wait_ok "$PETREL_URL/fn/$ex/"; done
   run_target "Petrel wasm (fresh instance per request)" "$PETREL_URL/fn/hello-wasm/"
   run_target "Petrel http (Node server)" "$PETREL_URL/fn/hello-http/"
+  run_target "Petrel http, chunked answer (Node server)" "$PETREL_URL/fn/hello-chunked/"
   run_target "Petrel python3 handler" "$PETREL_URL/fn/hello-python/"
   run_target "Petrel nodejs handler" "$PETREL_URL/fn/hello-node/"
   if [ "$PROFILE" = 1 ] && command -v perf > /dev/null; then profile_wasm; fi
@@ -166,15 +169,21 @@ gateway_overhead() {
   say "gateway-overhead"
   start_petrel
   PETREL_SERVER=$PETREL_URL "$PETREL" deploy examples/hello-http > /dev/null
+  PETREL_SERVER=$PETREL_URL "$PETREL" deploy bench/chunked > /dev/null
   wait_ok "$PETREL_URL/fn/hello-http/"
-  local port; port=$(free_port)
+  wait_ok "$PETREL_URL/fn/hello-chunked/"
+  local port cport; port=$(free_port); cport=$(free_port)
   (cd examples/hello-http && PORT=$port pinned node server.js > /dev/null) & pids+=($!)
+  (cd bench/chunked && PORT=$cport pinned node server.js > /dev/null) & pids+=($!)
   wait_ok "http://127.0.0.1:$port/"
+  wait_ok "http://127.0.0.1:$cport/"
   local c rep
   for c in 1 64; do
     for rep in $(seq 1 "$REPS"); do # interleaved, so that drift in the machine hits both alike
       REPS=1 measure gateway-overhead direct "http://127.0.0.1:$port/" "$c"
       REPS=1 measure gateway-overhead petrel "$PETREL_URL/fn/hello-http/" "$c"
+      REPS=1 measure gateway-overhead "direct, chunked" "http://127.0.0.1:$cport/" "$c"
+      REPS=1 measure gateway-overhead "petrel, chunked" "$PETREL_URL/fn/hello-chunked/" "$c"
     done
   done
   stop_all
