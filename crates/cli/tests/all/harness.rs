@@ -481,7 +481,6 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Polls `f` until it holds or `limit` passes; returns whether it held.
 /// Starts `n` invocations of `name` with `event` at once; their answers come from the handles.
 pub fn spawn_invokes(
     p: &std::sync::Arc<Petrel>,
