@@ -87,11 +87,16 @@ for line in open(raw):
 print("# Petrel before/after, warm path\n")
 print(f"Before: `{before}`; after: `{after}`. wrk alternating between the two servers, {reps} runs of")
 print(f"{duration}s each per row; medians. Load average at the end: {load}.\n")
-print("| function | connections | before req/s | after req/s | after ÷ before | before p50 | after p50 | before p99 | after p99 |")
+print("Requests/s are medians with [min–max] over the runs; the ratio is of the medians, with the")
+print("median of the ratios of runs made back to back after it.\n")
+print("| function | connections | before req/s | after req/s | after ÷ before (paired) | before p50 | after p50 | before p99 | after p99 |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for (fn, c), d in rows.items():
     m = {s: {k: statistics.median(v) for k, v in d[s].items()} for s in d}
     b, a = m["before"], m["after"]
-    print(f"| {fn} | {c} | {b['r']:,.0f} | {a['r']:,.0f} | {a['r'] / b['r']:.2f} | {show(b['p50'])} | {show(a['p50'])} | {show(b['p99'])} | {show(a['p99'])} |")
+    spread = {s: f"{min(d[s]['r']):,.0f}–{max(d[s]['r']):,.0f}" for s in d}
+    paired = statistics.median(x / y for x, y in zip(d["after"]["r"], d["before"]["r"]))
+    print(f"| {fn} | {c} | {b['r']:,.0f} [{spread['before']}] | {a['r']:,.0f} [{spread['after']}] | {a['r'] / b['r']:.2f} ({paired:.2f}) "
+          f"| {show(b['p50'])} | {show(a['p50'])} | {show(b['p99'])} | {show(a['p99'])} |")
 EOF
 cat "$report"
