@@ -3,7 +3,7 @@
 //! carries the plan out (`enter`), with system calls on memory prepared here.
 //!
 //! A plan also travels to the Python fork server, whose children confine themselves through
-//! this crate's C ABI ([`crate::ffi`]): [`Plan::to_bytes`] and [`Plan::from_bytes`] are its
+//! this crate's C ABI ([`crate::ffi`]): [`Plan::to_bytes`] and `Plan::from_bytes` are its
 //! wire form.
 
 use crate::network::NetNs;
