@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts the services Petrel's tests need, idempotently.
-# Source it to get PETREL_TEST_POSTGRES_URL exported:  . scripts/services.sh
-# Needs root (or sudo) on a fresh machine to install packages; does nothing when the URL is set.
+# Source it to get the services' addresses exported:  . scripts/services.sh
+#   PETREL_TEST_POSTGRES_URL  PostgreSQL (Debian's package)
+#   PETREL_TEST_KAFKA         Apache Kafka 4.x in KRaft mode, one node (jars from Maven Central)
+#   PETREL_TEST_NATS          nats-server with JetStream (Debian's package)
+# Each is left alone when its variable is already set, and a running one is reused.
+# Needs root (or sudo) on a fresh machine to install packages.
 set -euo pipefail
 
 _petrel_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -44,4 +48,120 @@ SQL
   echo "services: PostgreSQL $ver on port $port (PETREL_TEST_POSTGRES_URL=$PETREL_TEST_POSTGRES_URL)"
 }
 
+# Where downloaded jars and the brokers' data live between runs.
+PETREL_SERVICES_DIR="${PETREL_SERVICES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/petrel-services}"
+PETREL_KAFKA_VERSION="${PETREL_KAFKA_VERSION:-4.4.0}"
+PETREL_KAFKA_PORT="${PETREL_KAFKA_PORT:-19092}"
+PETREL_NATS_PORT="${PETREL_NATS_PORT:-14222}"
+
+_petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+petrel_start_kafka() {
+  if [ -n "${PETREL_TEST_KAFKA:-}" ]; then
+    echo "services: using PETREL_TEST_KAFKA from the environment"
+    return 0
+  fi
+  local dir="$PETREL_SERVICES_DIR/kafka-$PETREL_KAFKA_VERSION"
+  local port="$PETREL_KAFKA_PORT" cport=$((PETREL_KAFKA_PORT + 1))
+  if ! _petrel_port_open "$port"; then
+    if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+      echo "services: installing Java and Maven from Debian's packages"
+      _petrel_sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+    fi
+    mkdir -p "$dir"
+    if [ ! -f "$dir/libs/.complete" ]; then
+      echo "services: fetching Apache Kafka $PETREL_KAFKA_VERSION and its dependencies from Maven Central"
+      cat >"$dir/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
+  <groupId>dev.petrel</groupId><artifactId>kafka-broker</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$PETREL_KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.25.5</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+  </dependencies>
+</project>
+POM
+      rm -rf "$dir/libs"
+      (cd "$dir" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$dir/libs" -DincludeScope=runtime)
+      touch "$dir/libs/.complete"
+    fi
+    cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+    cat >"$dir/log4j2.properties" <<LOG
+rootLogger.level=WARN
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName=$dir/kafka.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+LOG
+    local java=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+      "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$dir/libs/*")
+    if [ ! -f "$dir/data/meta.properties" ]; then
+      "${java[@]}" kafka.tools.StorageTool format -t "$("${java[@]}" kafka.tools.StorageTool random-uuid)" \
+        -c "$dir/server.properties" >/dev/null
+    fi
+    echo "services: starting Apache Kafka $PETREL_KAFKA_VERSION on port $port"
+    nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+    for _ in $(seq 1 150); do
+      _petrel_port_open "$port" && break
+      sleep 0.2
+    done
+    if ! _petrel_port_open "$port"; then
+      echo "services: Kafka did not start; see $dir/stdout.log and $dir/kafka.log" >&2
+      tail -n 20 "$dir/stdout.log" >&2 || true
+      return 1
+    fi
+  fi
+  export PETREL_TEST_KAFKA="127.0.0.1:$port"
+  echo "services: Apache Kafka at $PETREL_TEST_KAFKA"
+}
+
+petrel_start_nats() {
+  if [ -n "${PETREL_TEST_NATS:-}" ]; then
+    echo "services: using PETREL_TEST_NATS from the environment"
+    return 0
+  fi
+  local port="$PETREL_NATS_PORT" dir="$PETREL_SERVICES_DIR/nats"
+  if ! _petrel_port_open "$port"; then
+    if ! command -v nats-server >/dev/null; then
+      echo "services: installing nats-server from Debian's packages"
+      _petrel_sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq nats-server >/dev/null
+    fi
+    mkdir -p "$dir"
+    echo "services: starting nats-server (JetStream) on port $port"
+    nohup nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/jetstream" >"$dir/nats.log" 2>&1 &
+    for _ in $(seq 1 50); do
+      _petrel_port_open "$port" && break
+      sleep 0.1
+    done
+    _petrel_port_open "$port" || { echo "services: nats-server did not start; see $dir/nats.log" >&2; return 1; }
+  fi
+  export PETREL_TEST_NATS="nats://127.0.0.1:$port"
+  echo "services: NATS at $PETREL_TEST_NATS"
+}
+
 petrel_start_postgres
+petrel_start_kafka
+petrel_start_nats

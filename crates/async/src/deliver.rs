@@ -20,7 +20,8 @@ const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claimed delivery stays claimed (a try is much shorter).
 const CLAIM: Duration = Duration::from_secs(60);
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The outbound HTTP(S) client deliveries use.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// TLS for outbound HTTPS: the system's trust store (`SSL_CERT_FILE` or `SSL_CERT_DIR` name
 /// other certificates instead), plus the PEM certificates of `extra_ca` (an internal CA). Fails
@@ -68,7 +69,7 @@ pub fn tls_client_config(
 }
 
 /// The client outcomes are POSTed with, over `http://` or `https://`.
-fn client(tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>) -> HttpClient {
+pub fn client(tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>) -> HttpClient {
     let tls = match tls {
         Some(t) => (*t).clone(),
         None => tls_client_config(None).expect("no extra certificates to read"),
@@ -117,6 +118,24 @@ pub(crate) async fn delivery_loop(
                 drop(permit);
             });
         }
+    }
+}
+
+/// POSTs a JSON document to `url` once, for callers that retry themselves (the triggers'
+/// `on_failure` URLs): `Ok` on a 2xx answer within the try timeout.
+pub async fn post_json(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(|e| format!("the request to {url} is invalid: {e}"))?;
+    match tokio::time::timeout(TRY_TIMEOUT, client.request(req)).await {
+        Err(_) => Err(format!(
+            "{url}: no answer within {}s",
+            TRY_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("could not reach {url}: {}", causes(&e))),
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("{url} answered {}", resp.status())),
     }
 }
 

@@ -17,7 +17,7 @@ mod deliver;
 mod dispatch;
 mod submit;
 
-pub use deliver::tls_client_config;
+pub use deliver::{client as http_client, post_json, tls_client_config, HttpClient};
 pub use dispatch::Dispatcher;
 pub use submit::submit;
 

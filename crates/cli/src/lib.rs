@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: dlq::Command,
     },
+    /// Event triggers: `trigger ls [NAME]`, `trigger pause|resume NAME TRIGGER`, `trigger dlq NAME TRIGGER`.
+    Trigger {
+        #[command(subcommand)]
+        command: trigger::Command,
+    },
     /// Metered use per function: invocations, billed time and GB-seconds.
     Usage(usage::Args),
     /// Replay a synthetic workload shaped like the Azure Functions trace through the keep-alive
@@ -106,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => rm::run(&client()?, args).await,
         Command::Inv { command } => inv::run(&client()?, command).await,
         Command::Dlq { command } => dlq::run(&client()?, command).await,
+        Command::Trigger { command } => trigger::run(&client()?, command).await,
         Command::Usage(args) => usage::run(&client()?, args).await,
         Command::Top(args) => top::run(&client()?, args).await,
         Command::Logs(args) => logs::run(&client()?, args).await,

@@ -137,17 +137,85 @@ wire_enum! {
         LambdaInvoke = "lambda-invoke",
         /// An attempt of an async invocation.
         Async = "async",
+        /// A batch of a Kafka trigger.
+        Kafka = "kafka",
+        /// A batch of a NATS JetStream trigger.
+        Nats = "nats",
+        /// A fire of a cron trigger.
+        Cron = "cron",
     }
 }
 
 impl Trigger {
     /// OpenTelemetry's `faas.trigger`: `http` for requests the function sees as HTTP, else
-    /// `other` (`pubsub`, `datasource` and `timer` come with the event triggers).
+    /// `pubsub` for message queues, `timer` for schedules, else `other`.
     pub fn otel(self) -> &'static str {
         match self {
             Trigger::Http => "http",
+            Trigger::Kafka | Trigger::Nats => "pubsub",
+            Trigger::Cron => "timer",
             Trigger::Invoke | Trigger::LambdaInvoke | Trigger::Async => "other",
         }
+    }
+}
+
+/// The way an invocation came in, with the trigger's name when an event trigger made it:
+/// `http`, `async`, `kafka:orders`. Written and read as that text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TriggerLabel {
+    pub kind: Trigger,
+    /// The name of the function's `[[trigger]]` that made the invocation.
+    pub name: Option<std::sync::Arc<str>>,
+}
+
+impl TriggerLabel {
+    pub fn named(kind: Trigger, name: &str) -> Self {
+        Self {
+            kind,
+            name: Some(name.into()),
+        }
+    }
+}
+
+impl From<Trigger> for TriggerLabel {
+    fn from(kind: Trigger) -> Self {
+        Self { kind, name: None }
+    }
+}
+
+impl std::fmt::Display for TriggerLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{}:{n}", self.kind),
+            None => f.write_str(self.kind.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for TriggerLabel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, name) = match s.split_once(':') {
+            Some((k, n)) => (k, Some(n.into())),
+            None => (s, None),
+        };
+        Ok(Self {
+            kind: kind.parse()?,
+            name,
+        })
+    }
+}
+
+impl Serialize for TriggerLabel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TriggerLabel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -176,7 +244,10 @@ pub struct InvocationRecord {
     pub namespace: String,
     pub function: String,
     pub version: u32,
-    pub trigger: Trigger,
+    /// How it came in: `http`, `invoke`, `lambda-invoke`, `async`, or an event trigger with its
+    /// name (`kafka:orders`, `nats:events`, `cron:nightly`).
+    #[schema(value_type = String)]
+    pub trigger: TriggerLabel,
     /// Milliseconds since the Unix epoch, when the request arrived.
     pub started_at: i64,
     /// From arrival to the answer's head, in milliseconds.
@@ -392,4 +463,70 @@ pub struct ReplayRequest {
 pub struct ReplayResponse {
     /// The ids queued again.
     pub replayed: Vec<String>,
+}
+
+/// A function's event triggers and how each is doing (`GET /v1/functions/{name}/triggers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerList {
+    pub function: String,
+    pub triggers: Vec<TriggerStatus>,
+}
+
+/// One trigger's state on the server that answers, and its counts across servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerStatus {
+    pub name: String,
+    /// `kafka`, `nats` or `cron`.
+    pub kind: String,
+    /// What it reads: `kafka://127.0.0.1:9092/orders`, `nats://…/ORDERS (orders.>)`, the
+    /// schedule and its time zone.
+    pub source: String,
+    /// `running`, `starting`, `failing` (see `error`), `paused` or `disabled`.
+    pub state: String,
+    /// Why it is failing, while it is (it retries with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version or alias it invokes; none: the latest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Records of the source not yet processed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// Where it is in its source (Kafka: committed offset per partition; JetStream: the last
+    /// acknowledged stream sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// Batches being invoked now.
+    pub in_flight: u32,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<i64>,
+    /// A cron trigger's last fire and next due time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire: Option<i64>,
+}
+
+/// Records a trigger gave up on (`on_failure = "dlq"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerDeadLetters {
+    pub dead_letters: Vec<TriggerDeadLetterView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerDeadLetterView {
+    pub id: String,
+    /// `topic-partition@offset` or `stream@sequence`.
+    pub position: String,
+    /// The record as a CloudEvent.
+    #[schema(value_type = Object)]
+    pub record: serde_json::Value,
+    pub error: String,
+    pub attempts: u32,
+    pub dead_at: i64,
 }

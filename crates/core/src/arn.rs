@@ -16,6 +16,12 @@ pub fn function(name: &str, qualifier: Option<&str>) -> String {
     }
 }
 
+/// The EventBridge rule a cron trigger's scheduled event names as its resource:
+/// `arn:aws:events:REGION:ACCOUNT:rule/RULE`.
+pub fn schedule_rule(rule: &str) -> String {
+    format!("arn:aws:events:{REGION}:{ACCOUNT}:rule/{rule}")
+}
+
 /// The role a function's configuration names (Petrel has no IAM: one placeholder role).
 pub fn role() -> String {
     format!("arn:aws:iam::{ACCOUNT}:role/petrel")

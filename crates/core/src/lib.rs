@@ -13,6 +13,7 @@ pub mod error;
 pub mod manifest;
 pub mod name;
 pub mod outbound;
+pub mod trigger;
 
 pub use error::{ApiError, ErrorClass, ErrorCode, LambdaError};
 pub use manifest::{FunctionSpec, KeepAlivePolicy, Manifest, ManifestError, Network, Runtime};

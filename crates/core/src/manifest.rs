@@ -22,6 +22,12 @@ pub enum ManifestError {
         field: &'static str,
         message: String,
     },
+    #[error("invalid `trigger.{trigger}.{field}`: {message}")]
+    Trigger {
+        trigger: String,
+        field: &'static str,
+        message: String,
+    },
     #[error("unsupported runtime {runtime:?}: {hint}")]
     UnsupportedRuntime { runtime: String, hint: String },
 }
@@ -118,6 +124,9 @@ pub struct Manifest {
     pub on_failure: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The `[[trigger]]` tables.
+    #[serde(default, rename = "trigger", skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::trigger::TriggerManifest>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -306,6 +315,7 @@ impl Manifest {
             ));
         }
         let asynchronous = self.validate_async(timeout, concurrency * max_instances)?;
+        let triggers = crate::trigger::validate_all(&self.triggers)?;
         Ok(FunctionSpec {
             name,
             runtime,
@@ -324,6 +334,7 @@ impl Manifest {
             tmp_mb,
             asynchronous,
             env: self.env.clone(),
+            triggers,
         })
     }
 
@@ -604,6 +615,9 @@ pub struct FunctionSpec {
     pub asynchronous: AsyncSpec,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Versions stored before triggers existed read back with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::trigger::TriggerSpec>,
 }
 
 fn default_tmp_mb() -> u32 {
@@ -676,6 +690,7 @@ impl From<&FunctionSpec> for Manifest {
             on_success: a.on_success.as_ref().map(ToString::to_string),
             on_failure: a.on_failure.as_ref().map(ToString::to_string),
             env: s.env.clone(),
+            triggers: s.triggers.iter().map(Into::into).collect(),
         }
     }
 }

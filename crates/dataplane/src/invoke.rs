@@ -18,7 +18,7 @@ use crate::{apigw, DataPlane, DeployedVersion};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use petrel_core::api::{InvocationOutcome, InvocationRecord, Trigger, INVOCATION_ID_HEADER};
+use petrel_core::api::{InvocationOutcome, InvocationRecord, TriggerLabel, INVOCATION_ID_HEADER};
 use petrel_core::error::FUNCTION_ERROR_HEADER;
 use petrel_core::{now_ms, ApiError, ErrorCode, FunctionRef};
 use petrel_runtime::{Body, InvokeError, LambdaOutcome, LambdaRequest, Protocol, StreamHead};
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub struct Invocation {
     /// The invocation's id (a UUID v7), in records, logs and the caller's answer.
     pub id: String,
-    pub trigger: Trigger,
+    pub trigger: TriggerLabel,
     pub payload: Payload,
     /// The caller's trace context, continued by the invocation's span.
     pub parent: Option<TraceContext>,
@@ -72,10 +72,10 @@ pub fn new_invocation_id() -> String {
 
 impl Invocation {
     /// An invocation with a new id, no caller context, and the function's own time limit.
-    pub fn new(trigger: Trigger, payload: Payload) -> Self {
+    pub fn new(trigger: impl Into<TriggerLabel>, payload: Payload) -> Self {
         Self {
             id: new_invocation_id(),
-            trigger,
+            trigger: trigger.into(),
             payload,
             parent: None,
             source_ip: None,
@@ -372,7 +372,7 @@ pub async fn read_body(
 struct Call<'a> {
     dp: &'a DataPlane,
     id: String,
-    trigger: Trigger,
+    trigger: TriggerLabel,
     asked: Instant,
     asked_ms: i64,
     asked_at: SystemTime,
@@ -397,7 +397,7 @@ impl<'a> Call<'a> {
         Self {
             dp,
             id: inv.id.clone(),
-            trigger: inv.trigger,
+            trigger: inv.trigger.clone(),
             asked: Instant::now(),
             asked_ms: now_ms(),
             asked_at: SystemTime::now(),
@@ -455,7 +455,7 @@ impl<'a> Call<'a> {
             ("faas.name", v.name.clone()),
             ("faas.version", v.version.to_string()),
             ("faas.invocation_id", self.id.clone()),
-            ("faas.trigger", self.trigger.otel().to_owned()),
+            ("faas.trigger", self.trigger.kind.otel().to_owned()),
             ("faas.coldstart", cold.to_string()),
             ("petrel.namespace", v.namespace.clone()),
             ("petrel.outcome", outcome.as_str().to_owned()),
@@ -488,7 +488,7 @@ impl<'a> Call<'a> {
             namespace: v.namespace.clone(),
             function: v.name.clone(),
             version: v.version,
-            trigger: self.trigger,
+            trigger: self.trigger.clone(),
             started_at: self.asked_ms,
             duration_ms: self.asked.elapsed().as_millis() as u64,
             billed_ms,

@@ -74,6 +74,34 @@ pub struct Metrics {
     async_finished: Family<StatusLabels, Counter>,
     async_invocations: Family<StatusLabels, Gauge>,
     async_oldest_queued: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    trigger_records: Family<TriggerResultLabels, Counter>,
+    trigger_batches: Family<TriggerResultLabels, Counter>,
+    trigger_batch_size: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+    trigger_batch_duration: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+    trigger_lag: Family<TriggerLabels, Gauge>,
+}
+
+/// A function's event trigger, by its manifest name (bounded: the deployed manifests').
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub namespace: String,
+    pub function: String,
+    pub trigger: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerResultLabels {
+    namespace: String,
+    function: String,
+    trigger: String,
+    kind: &'static str,
+    result: &'static str,
+}
+
+fn records_histogram() -> Histogram {
+    // 1 to 16384 records.
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,6 +244,38 @@ impl Default for Metrics {
             "Age of the oldest queued async invocation (a retry waiting for its backoff included)",
             async_oldest_queued.clone(),
         );
+        let trigger_records = Family::<TriggerResultLabels, Counter>::default();
+        registry.register(
+            "petrel_trigger_records",
+            "Records of event triggers, by what became of them: in (read from the source), delivered (a successful invocation took them), failed (in a failed invocation), dead (given to on_failure)",
+            trigger_records.clone(),
+        );
+        let trigger_batches = Family::<TriggerResultLabels, Counter>::default();
+        registry.register(
+            "petrel_trigger_batches",
+            "Invocations of event triggers' batches, by result (success or failure)",
+            trigger_batches.clone(),
+        );
+        let trigger_batch_size =
+            Family::new_with_constructor(records_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_trigger_batch_size",
+            "Records per invocation of an event trigger",
+            trigger_batch_size.clone(),
+        );
+        let trigger_batch_duration =
+            Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "petrel_trigger_batch_duration_seconds",
+            "Time an event trigger's batch took, from its invocation to its answer",
+            trigger_batch_duration.clone(),
+        );
+        let trigger_lag = Family::<TriggerLabels, Gauge>::default();
+        registry.register(
+            "petrel_trigger_lag",
+            "Records of an event trigger's source not yet processed (Kafka: end offsets less committed positions; JetStream: pending)",
+            trigger_lag.clone(),
+        );
         let async_finished = Family::<StatusLabels, Counter>::default();
         registry.register(
             "petrel_async_finished",
@@ -228,6 +288,11 @@ impl Default for Metrics {
             async_invocations,
             async_oldest_queued,
             async_accepted,
+            trigger_records,
+            trigger_batches,
+            trigger_batch_size,
+            trigger_batch_duration,
+            trigger_lag,
             cold_start_phases,
             evictions,
             memory_budget,
@@ -345,6 +410,44 @@ impl Metrics {
                 direction: direction.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// `n` records of trigger `t` became `result` (`in`, `delivered`, `failed` or `dead`).
+    pub fn trigger_records(&self, t: &TriggerLabels, result: &'static str, n: u64) {
+        if n > 0 {
+            self.trigger_records
+                .get_or_create(&TriggerResultLabels {
+                    namespace: t.namespace.clone(),
+                    function: t.function.clone(),
+                    trigger: t.trigger.clone(),
+                    kind: t.kind,
+                    result,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// One invocation of a batch of `size` records ended after `took`.
+    pub fn trigger_batch(&self, t: &TriggerLabels, ok: bool, size: usize, took: Duration) {
+        self.trigger_batches
+            .get_or_create(&TriggerResultLabels {
+                namespace: t.namespace.clone(),
+                function: t.function.clone(),
+                trigger: t.trigger.clone(),
+                kind: t.kind,
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        self.trigger_batch_size
+            .get_or_create(t)
+            .observe(size as f64);
+        self.trigger_batch_duration
+            .get_or_create(t)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn trigger_lag(&self, t: &TriggerLabels, lag: u64) {
+        self.trigger_lag.get_or_create(t).set(lag as i64);
     }
 
     pub fn async_accepted(&self, namespace: &str, spec: &FunctionSpec) {

@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub idempotency_window: Duration,
     pub async_retention: Duration,
     pub dead_letter_retention: Duration,
+    /// Event triggers: the first pause before a failed batch is retried (and before a consumer
+    /// connects again), doubling up to 30 s.
+    pub trigger_retry_base: Duration,
     /// PEM certificates trusted for outbound HTTPS (callbacks and destinations) besides the
     /// system's: an internal CA.
     pub tls_ca_file: Option<PathBuf>,
@@ -67,6 +70,7 @@ impl Default for ServeConfig {
             idempotency_window: Duration::from_secs(24 * 3600),
             async_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
+            trigger_retry_base: Duration::from_secs(1),
             tls_ca_file: None,
         }
     }
@@ -98,6 +102,7 @@ pub struct ConfigFile {
     pub idempotency_window: Option<String>,
     pub async_retention: Option<String>,
     pub dead_letter_retention: Option<String>,
+    pub trigger_retry_base: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
 }
 
@@ -132,6 +137,7 @@ const KNOWN_KEYS: &[&str] = &[
     "idempotency_window",
     "async_retention",
     "dead_letter_retention",
+    "trigger_retry_base",
     "tls_ca_file",
 ];
 
@@ -230,6 +236,11 @@ impl ConfigFile {
                 self.async_retry_base,
                 "async_retry_base",
                 &mut base.async_retry_base,
+            ),
+            (
+                self.trigger_retry_base,
+                "trigger_retry_base",
+                &mut base.trigger_retry_base,
             ),
             (
                 self.idempotency_window,

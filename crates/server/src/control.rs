@@ -34,6 +34,8 @@ impl App {
             return Ok(false);
         }
         self.dataplane.removed(ns, name);
+        // Its triggers stop (and leave their groups) before the answer.
+        self.triggers.reconcile().await;
         self.collect_garbage();
         Ok(true)
     }
@@ -112,6 +114,8 @@ impl App {
         // Deploy compiled the component already; loading it now takes a millisecond and spares
         // the first request the wait.
         self.dataplane.preload_latest(&ns, &name).await;
+        // New triggers start, changed ones restart, removed ones stop; unchanged ones go on.
+        self.triggers.reconcile().await;
         tracing::info!(namespace = %ns, function = %name, version, "deployed");
         Ok(DeployResponse {
             url,

@@ -36,6 +36,7 @@ pub(crate) struct App {
     config: Arc<ServeConfig>,
     addr: SocketAddr,
     queue: petrel_async::AsyncQueue,
+    triggers: petrel_triggers::Triggers,
     /// The OpenAPI document, rendered once from the routes.
     openapi: Arc<String>,
 }
@@ -288,7 +289,7 @@ impl Server {
                 idempotency_window: config.idempotency_window,
                 retention: config.async_retention,
                 dead_retention: config.dead_letter_retention,
-                tls: Some(tls),
+                tls: Some(tls.clone()),
                 ..Default::default()
             },
         );
@@ -297,6 +298,18 @@ impl Server {
                 .await
                 .context("could not start the async dispatcher")?;
         tracing::info!(worker = %worker_id, "async dispatcher started");
+        let triggers = petrel_triggers::Triggers::start(
+            store.clone(),
+            dataplane.clone(),
+            queue.clone(),
+            petrel_async::http_client(Some(tls)),
+            petrel_triggers::TriggersConfig {
+                retry_base: config.trigger_retry_base,
+                reconnect_base: config.trigger_retry_base,
+                ..Default::default()
+            },
+        )
+        .await;
         tracing::info!(limits = env_status, "instance limits");
         tracing::info!(sandbox = sandbox_status, "process sandbox");
         tracing::info!(
@@ -324,6 +337,7 @@ impl Server {
             config: Arc::new(config),
             addr,
             queue,
+            triggers,
             openapi: Arc::new(doc.to_pretty_json().context("the OpenAPI document")?),
         };
         let router = router(app.clone(), control);
@@ -381,6 +395,11 @@ impl Server {
         // server takes it back when it starts again.
         dispatcher.stop();
         let _ = stop_tx.send(true);
+        // Triggers read no more; batches being invoked finish and commit within the grace.
+        let triggers = {
+            let t = app.triggers.clone();
+            tokio::spawn(async move { t.stop(grace).await })
+        };
         let deadline = std::time::Instant::now() + grace;
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r??,
@@ -392,6 +411,7 @@ impl Server {
         let left = dispatcher
             .drain(deadline.saturating_duration_since(std::time::Instant::now()))
             .await;
+        let _ = triggers.await;
         if left > 0 {
             tracing::warn!(
                 running = left,

@@ -15,6 +15,7 @@ mod histograms;
 mod queue;
 mod records;
 mod store;
+mod triggers;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
 pub use functions::{Alias, FunctionRecord};
@@ -24,6 +25,7 @@ pub use queue::{
 };
 pub use records::LogCursor;
 pub use store::{Backend, Store};
+pub use triggers::{TriggerCounts, TriggerDeadLetter, TriggerState};
 
 /// Errors of the storage layer. Package problems are the uploader's to fix; the rest are ours.
 #[derive(Debug, thiserror::Error)]

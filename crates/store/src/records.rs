@@ -162,7 +162,7 @@ impl Store {
                     .bind(&r.namespace)
                     .bind(&r.function)
                     .bind(r.version as i64)
-                    .bind(r.trigger.as_str())
+                    .bind(r.trigger.to_string())
                     .bind(r.started_at)
                     .bind(r.duration_ms as i64)
                     .bind(r.billed_ms as i64)

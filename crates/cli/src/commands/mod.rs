@@ -13,6 +13,7 @@ pub(crate) mod rm;
 pub(crate) mod serve;
 pub(crate) mod sim;
 pub mod top;
+pub(crate) mod trigger;
 pub(crate) mod usage;
 
 /// `?namespace=NS`, or nothing.

@@ -14,4 +14,5 @@ mod limits;
 mod metrics;
 mod pool;
 mod tracing;
+mod triggers;
 mod wasm;

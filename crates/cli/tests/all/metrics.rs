@@ -158,7 +158,9 @@ async fn invocation_records_and_usage_match_what_ran() {
     );
     assert_eq!(list.iter().filter(|r| r.cold_start).count(), 2, "{list:?}");
     assert_eq!(
-        list.iter().filter(|r| r.trigger.as_str() == "http").count(),
+        list.iter()
+            .filter(|r| r.trigger.to_string() == "http")
+            .count(),
         1
     );
     assert!(list

@@ -22,6 +22,7 @@ use petrel_gateway::ErrorResponse;
         (name = "invoke", description = "Synchronous invocation"),
         (name = "async", description = "Async invocation, the queue and dead letters"),
         (name = "invocations", description = "Invocation records and usage"),
+        (name = "triggers", description = "Event triggers: state, pause and resume, dead letters"),
         (name = "server", description = "Health, metrics, this document"),
     )
 )]

@@ -6,12 +6,14 @@
 //! - `functions.rs`: deploy (upload a packaged directory), list, get, delete;
 //! - `invocations.rs`: invocation records, async invocations, dead letters, usage;
 //! - `logs.rs`: a function's logs, read or followed;
+//! - `triggers.rs`: a function's event triggers, pausing and resuming them, their dead letters;
 //! - `meta.rs`: health, metrics, the document itself, and the answers to unknown routes.
 
 mod functions;
 mod invocations;
 mod logs;
 mod meta;
+mod triggers;
 
 pub(crate) use meta::{no_route, wrong_method};
 
@@ -47,6 +49,10 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(invocations::dead_letters))
         .routes(routes!(invocations::replay))
         .routes(routes!(invocations::usage))
+        .routes(routes!(triggers::list))
+        .routes(routes!(triggers::pause))
+        .routes(routes!(triggers::resume))
+        .routes(routes!(triggers::dead_letters))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::metrics))

@@ -713,7 +713,7 @@ fn record(
         namespace: "default".into(),
         function: function.into(),
         version: 1,
-        trigger: Trigger::Invoke,
+        trigger: Trigger::Invoke.into(),
         started_at,
         duration_ms: billed_ms,
         billed_ms,

@@ -1,0 +1,511 @@
+//! Event triggers against the real brokers `scripts/services.sh` starts (Apache Kafka in KRaft
+//! mode, nats-server with JetStream): the consumer runs in Petrel, records reach the function in
+//! its runtime's shape, positions are committed only once settled, a poison record ends in the
+//! dead-letter list without blocking its partition, and cron fires once per due time across
+//! servers.
+
+use crate::harness::*;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn kafka() -> String {
+    std::env::var("PETREL_TEST_KAFKA").expect(
+        "trigger tests need PETREL_TEST_KAFKA: run them through scripts/test.sh, or `. scripts/services.sh` first",
+    )
+}
+
+fn nats() -> String {
+    std::env::var("PETREL_TEST_NATS").expect(
+        "trigger tests need PETREL_TEST_NATS: run them through scripts/test.sh, or `. scripts/services.sh` first",
+    )
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    for x in r {
+        x.unwrap();
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("message.timeout.ms", "20000")
+        .create()
+        .unwrap()
+}
+
+async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, value: &str) {
+    p.send(
+        FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(value),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+}
+
+/// The group's committed offsets, by partition.
+fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// A Python handler that POSTs each event it gets to `SINK`, and fails a batch holding a
+/// record whose value is `poison`.
+const SINK_PY: &str = r#"
+import base64, json, os, urllib.request
+
+def values(event):
+    recs = event.get("records", [])
+    if isinstance(recs, dict):
+        recs = [r for part in recs.values() for r in part]
+    return [base64.b64decode(r.get("value") or r.get("data") or "") for r in recs]
+
+def handler(event, context):
+    if b"poison" in values(event):
+        raise ValueError("a poison record")
+    req = urllib.request.Request(os.environ["SINK"], data=json.dumps(event).encode(), method="POST")
+    urllib.request.urlopen(req).read()
+    return {}
+"#;
+
+fn sink_function(name: &str, sink: &str, triggers: &str) -> tempfile::TempDir {
+    function_dir(&[
+        ("app.py", SINK_PY),
+        (
+            "petrel.toml",
+            &format!(
+                "{}network = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\n\n{triggers}",
+                manifest(name, "python3", "app.handler", "")
+            ),
+        ),
+    ])
+}
+
+fn events(seen: &Seen) -> Vec<serde_json::Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _, _)| p == "/got")
+        .map(|(_, _, b)| serde_json::from_slice(b).unwrap())
+        .collect()
+}
+
+/// (partition, offset, value) of every Kafka record the sink got.
+fn kafka_records(seen: &Seen) -> Vec<(i64, i64, String)> {
+    use base64::Engine as _;
+    let mut out = vec![];
+    for e in events(seen) {
+        for (_, recs) in e["records"].as_object().unwrap() {
+            for r in recs.as_array().unwrap() {
+                let v = base64::engine::general_purpose::STANDARD
+                    .decode(r["value"].as_str().unwrap())
+                    .unwrap();
+                out.push((
+                    r["partition"].as_i64().unwrap(),
+                    r["offset"].as_i64().unwrap(),
+                    String::from_utf8(v).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn triggers_json(p: &Petrel, function: &str) -> serde_json::Value {
+    let r = p
+        .http("GET", &format!("/v1/functions/{function}/triggers"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn kafka_records_reach_a_handler_in_lambdas_shape_and_a_poison_record_ends_in_the_dlq() {
+    let topic = unique("orders");
+    create_topic(&topic, 2).await;
+    let (sink, seen) = receiver().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "trigger_retry_base = \"50ms\"\n").unwrap();
+    let p = Petrel::start_with(
+        StoreKind::Sqlite,
+        &["--config", config.path().to_str().unwrap()],
+    )
+    .await;
+    let dir = sink_function(
+        "kconsumer",
+        &sink,
+        &format!(
+            "[[trigger]]\nname = \"orders\"\nkind = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\nstarting_position = \"earliest\"\nbatch_size = 10\nbatch_window = \"200ms\"\nmax_retries = 1\nbisect_on_error = true\n",
+            kafka()
+        ),
+    );
+    p.deploy(dir.path());
+    let prod = producer();
+    for i in 0..30 {
+        let value = if i == 13 {
+            "poison".to_owned()
+        } else {
+            format!("v{i}")
+        };
+        produce(&prod, &topic, i % 2, &format!("k{i}"), &value).await;
+    }
+    // Every good record arrives, in order within its partition; the poison one never does.
+    let ok = eventually(Duration::from_secs(60), || kafka_records(&seen).len() >= 29).await;
+    let got = kafka_records(&seen);
+    assert!(ok, "got {} records: {got:?}\n{}", got.len(), p.server_log());
+    let values: BTreeSet<String> = got.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(values.len(), 29, "{got:?}");
+    assert!(!values.contains("poison"));
+    for part in 0..2 {
+        let offsets: Vec<i64> = got.iter().filter(|r| r.0 == part).map(|r| r.1).collect();
+        let mut sorted = offsets.clone();
+        sorted.sort();
+        assert_eq!(offsets, sorted, "partition {part} out of order");
+    }
+    let e = &events(&seen)[0];
+    assert_eq!(e["eventSource"], "SelfManagedKafka");
+    assert_eq!(e["bootstrapServers"], kafka());
+    let key = e["records"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    assert!(key.starts_with(&format!("{topic}-")), "{key}");
+    // The poison record is a dead letter, and the partition went on past it.
+    let ok = eventually(Duration::from_secs(30), || {
+        let out = p.cli_ok(&["trigger", "dlq", "kconsumer", "orders"]);
+        out.contains(&format!("{topic}-1@6"))
+    })
+    .await;
+    assert!(
+        ok,
+        "{}",
+        p.cli_ok(&["trigger", "dlq", "kconsumer", "orders"])
+    );
+    // Positions are committed once settled: both partitions at their end (15 records each).
+    let group = "petrel-default-kconsumer-orders";
+    let ok = eventually(Duration::from_secs(30), || {
+        committed(group, &topic, 2) == vec![15, 15]
+    })
+    .await;
+    assert!(ok, "committed {:?}", committed(group, &topic, 2));
+    let t = triggers_json(&p, "kconsumer").await;
+    let t = &t["triggers"][0];
+    assert_eq!(t["state"], "running", "{t}");
+    assert_eq!(t["delivered"], 29, "{t}");
+    assert_eq!(t["dead"], 1, "{t}");
+    assert!(t["last_error"].as_str().unwrap().contains("poison"), "{t}");
+    // Each batch is an invocation record of the trigger.
+    let r = p
+        .http("GET", "/v1/functions/kconsumer/invocations", None)
+        .await;
+    let recs = r.json();
+    assert!(
+        recs["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["trigger"] == "kafka:orders"),
+        "{recs}"
+    );
+    let ls = p.cli_ok(&["trigger", "ls", "kconsumer"]);
+    assert!(ls.contains("orders") && ls.contains("running"), "{ls}");
+
+    // Paused: nothing is delivered; resumed: it goes on from its position.
+    p.cli_ok(&["trigger", "pause", "kconsumer", "orders"]);
+    assert_eq!(
+        triggers_json(&p, "kconsumer").await["triggers"][0]["state"],
+        "paused"
+    );
+    produce(&prod, &topic, 0, "k", "after-pause").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!kafka_records(&seen).iter().any(|r| r.2 == "after-pause"));
+    p.cli_ok(&["trigger", "resume", "kconsumer", "orders"]);
+    let ok = eventually(Duration::from_secs(30), || {
+        kafka_records(&seen).iter().any(|r| r.2 == "after-pause")
+    })
+    .await;
+    assert!(ok, "{}", p.server_log());
+    // Nothing delivered twice on the way (at least once, but no reason to repeat here).
+    let got = kafka_records(&seen);
+    let distinct: BTreeSet<(i64, i64)> = got.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(distinct.len(), got.len(), "{got:?}");
+}
+
+/// An HTTP function that POSTs the body and content type it got to `SINK`.
+const SINK_HTTP: &str = r#"
+const http = require('http');
+http.createServer((req, res) => {
+  let body = '';
+  req.on('data', (c) => body += c);
+  req.on('end', () => {
+    const r = http.request(process.env.SINK, { method: 'POST', headers: { 'x-content-type': req.headers['content-type'] || '' } }, (rr) => {
+      rr.resume();
+      rr.on('end', () => { res.setHeader('content-type', 'application/json'); res.end('{}'); });
+    });
+    r.end(body);
+  });
+}).listen(Number(process.env.PORT), '127.0.0.1');
+"#;
+
+#[tokio::test]
+async fn nats_messages_reach_an_http_function_as_cloudevents_and_are_acknowledged() {
+    let stream = unique("EVENTS").to_uppercase().replace('-', "_");
+    let subject = format!("{}.>", stream.to_lowercase());
+    let client = async_nats::connect(nats()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (sink, seen) = receiver().await;
+    let p = Petrel::start().await;
+    let dir = function_dir(&[
+        ("server.js", SINK_HTTP),
+        (
+            "petrel.toml",
+            &format!(
+                "name = \"nconsumer\"\nruntime = \"http\"\nhandler = \"node server.js\"\nnetwork = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\n\n[[trigger]]\nname = \"events\"\nkind = \"nats\"\nservers = [\"{}\"]\nstream = \"{stream}\"\nsubject = \"{subject}\"\nstarting_position = \"earliest\"\nbatch_size = 5\nbatch_window = \"100ms\"\nparallelization = 2\n",
+                nats()
+            ),
+        ),
+    ]);
+    p.deploy(dir.path());
+    let base = stream.to_lowercase();
+    for i in 0..20 {
+        js.publish(
+            format!("{base}.k{}", i % 3),
+            Bytes::from(format!("{{\"n\": {i}}}")),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let count = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, b)| {
+                serde_json::from_slice::<serde_json::Value>(b)
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum::<usize>()
+    };
+    let ok = eventually(Duration::from_secs(60), || count() >= 20).await;
+    assert!(ok, "got {}\n{}", count(), p.server_log());
+    let all = seen.lock().unwrap().clone();
+    assert!(all
+        .iter()
+        .all(|(_, h, _)| h["x-content-type"] == "application/cloudevents-batch+json"));
+    let mut per_subject: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (_, _, b) in &all {
+        let batch: serde_json::Value = serde_json::from_slice(b).unwrap();
+        for e in batch.as_array().unwrap() {
+            assert_eq!(e["specversion"], "1.0");
+            assert_eq!(e["type"], "dev.petrel.nats.message");
+            per_subject
+                .entry(e["subject"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["data"]["n"].as_i64().unwrap());
+        }
+    }
+    // Order is kept per subject, with two lanes.
+    for (s, ns) in &per_subject {
+        let mut sorted = ns.clone();
+        sorted.sort();
+        assert_eq!(ns, &sorted, "{s}");
+    }
+    assert_eq!(per_subject.values().map(Vec::len).sum::<usize>(), 20);
+    // Every message is acknowledged once delivered.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer("petrel-default-nconsumer-events")
+        .await
+        .unwrap();
+    let ok = eventually(Duration::from_secs(20), || {
+        let info = futures_util::FutureExt::now_or_never(consumer.get_info());
+        matches!(info, Some(Ok(i)) if i.num_ack_pending == 0 && i.num_pending == 0)
+    })
+    .await;
+    let info = consumer.get_info().await.unwrap();
+    assert!(
+        ok || (info.num_ack_pending == 0 && info.num_pending == 0),
+        "{info:?}"
+    );
+    let t = triggers_json(&p, "nconsumer").await;
+    assert_eq!(t["triggers"][0]["delivered"], 20, "{t}");
+}
+
+#[tokio::test]
+async fn malformed_triggers_are_refused_and_an_unreachable_broker_fails_without_blocking() {
+    let p = Petrel::start().await;
+    for (trigger, field) in [
+        ("kind = \"sqs\"", "trigger.t.kind"),
+        ("kind = \"kafka\"\ntopic = \"x\"", "trigger.t.brokers"),
+        (
+            "kind = \"cron\"\nschedule = \"99 * * * *\"",
+            "trigger.t.schedule",
+        ),
+        (
+            "kind = \"cron\"\nschedule = \"0 3 * * *\"\ntimezone = \"Moon/Base\"",
+            "trigger.t.timezone",
+        ),
+        (
+            "kind = \"cron\"\nschedule = \"0 3 * * *\"\ntopic = \"x\"",
+            "trigger.t.topic",
+        ),
+    ] {
+        let dir = function_dir(&[
+            ("app.py", "def handler(e, c):\n    return {}\n"),
+            (
+                "petrel.toml",
+                &format!(
+                    "{}\n[[trigger]]\nname = \"t\"\n{trigger}\n",
+                    manifest("bad", "python3", "app.handler", "")
+                ),
+            ),
+        ]);
+        let out = p.cli(&["deploy", dir.path().to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{trigger}: {err}");
+    }
+    // A broker nobody listens on: the deploy succeeds, the trigger shows failing, the function
+    // still answers.
+    let dir = function_dir(&[
+        ("app.py", "def handler(e, c):\n    return {\"ok\": True}\n"),
+        (
+            "petrel.toml",
+            &format!(
+                "{}\n[[trigger]]\nname = \"lost\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:1\"]\ntopic = \"nowhere\"\n\n[[trigger]]\nname = \"gone\"\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:1\"]\nstream = \"NOPE\"\n",
+                manifest("lonely", "python3", "app.handler", "")
+            ),
+        ),
+    ]);
+    p.deploy(dir.path());
+    let mut states = serde_json::Value::Null;
+    let ok = {
+        let mut ok = false;
+        for _ in 0..60 {
+            states = triggers_json(&p, "lonely").await;
+            if states["triggers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["state"] == "failing")
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        ok
+    };
+    assert!(ok, "{states}");
+    for t in states["triggers"].as_array().unwrap() {
+        assert!(!t["error"].as_str().unwrap().is_empty(), "{t}");
+    }
+    assert_eq!(p.invoke("lonely", "{}").await.json()["ok"], true);
+    let ls = p.cli_ok(&["trigger", "ls"]);
+    assert!(ls.contains("lost") && ls.contains("failing"), "{ls}");
+}
+
+#[tokio::test]
+async fn cron_fires_once_per_due_time_with_two_servers_on_one_postgres() {
+    let store = StoreKind::fresh_postgres().await;
+    let (sink, seen) = receiver().await;
+    let a = Petrel::start_with(store.clone(), &[]).await;
+    let b = Petrel::start_with(store.clone(), &[]).await;
+    let dir = function_dir(&[
+        (
+            "app.py",
+            "import json, os, urllib.request\n\ndef handler(event, context):\n    urllib.request.urlopen(urllib.request.Request(os.environ['SINK'], data=json.dumps(event).encode(), method='POST')).read()\n    return {}\n",
+        ),
+        (
+            "petrel.toml",
+            &format!(
+                "{}network = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\n\n[[trigger]]\nname = \"tick\"\nkind = \"cron\"\nschedule = \"*/2 * * * * *\"\ntimezone = \"Europe/Paris\"\npayload = '{{\"job\": \"tick\"}}'\n",
+                manifest("ticker", "python3", "app.handler", "")
+            ),
+        ),
+    ]);
+    a.deploy(dir.path());
+    let ok = eventually(Duration::from_secs(30), || events(&seen).len() >= 4).await;
+    assert!(ok, "{}\n{}", a.server_log(), b.server_log());
+    let fired = events(&seen);
+    let e = &fired[0];
+    assert_eq!(e["detail-type"], "Scheduled Event");
+    assert_eq!(e["detail"]["job"], "tick");
+    assert!(
+        e["resources"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(":rule/ticker-tick"),
+        "{e}"
+    );
+    // Each due time fired once, though both servers run the trigger.
+    let times: Vec<String> = fired
+        .iter()
+        .map(|e| e["time"].as_str().unwrap().to_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = times.iter().collect();
+    assert_eq!(distinct.len(), times.len(), "{times:?}");
+    let t = triggers_json(&b, "ticker").await;
+    assert_eq!(t["triggers"][0]["kind"], "cron");
+    assert!(t["triggers"][0]["next_fire"].as_i64().is_some(), "{t}");
+    drop((a, b));
+    store.drop_postgres().await;
+}

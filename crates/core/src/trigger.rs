@@ -1,0 +1,892 @@
+//! Event triggers as the manifest declares them (`[[trigger]]` tables) and their validated form,
+//! [`TriggerSpec`], stored with the version like the rest of its configuration.
+//!
+//! One table vocabulary serves every kind; a key that belongs to another kind is refused by
+//! name, as an unknown key is, so a typo never silently falls back to a default.
+
+use crate::manifest::ManifestError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A `[[trigger]]` table as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerManifest {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub target: Option<String>,
+    pub on_failure: Option<String>,
+    // kafka
+    pub brokers: Option<Vec<String>>,
+    pub topic: Option<String>,
+    // nats
+    pub servers: Option<Vec<String>>,
+    pub stream: Option<String>,
+    pub subject: Option<String>,
+    // kafka and nats
+    pub group: Option<String>,
+    pub starting_position: Option<String>,
+    pub batch_size: Option<u32>,
+    pub batch_window: Option<String>,
+    pub max_retries: Option<i32>,
+    pub max_record_age: Option<String>,
+    pub bisect_on_error: Option<bool>,
+    pub report_batch_item_failures: Option<bool>,
+    pub parallelization: Option<u32>,
+    // cron
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub payload: Option<String>,
+}
+
+/// The kinds of trigger Petrel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    Kafka,
+    Nats,
+    Cron,
+}
+
+impl TriggerKind {
+    pub const ALL: &'static [TriggerKind] =
+        &[TriggerKind::Kafka, TriggerKind::Nats, TriggerKind::Cron];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Kafka => "kafka",
+            TriggerKind::Nats => "nats",
+            TriggerKind::Cron => "cron",
+        }
+    }
+}
+
+impl fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TriggerSpec {
+    pub name: String,
+    pub enabled: bool,
+    /// The version (`"3"`) or alias (`"live"`) invoked; `None`: the latest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[schema(value_type = Object)]
+    pub source: TriggerSource,
+}
+
+/// Where a trigger's events come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TriggerSource {
+    Kafka(KafkaSource),
+    Nats(NatsSource),
+    Cron(CronSource),
+}
+
+impl TriggerSource {
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            TriggerSource::Kafka(_) => TriggerKind::Kafka,
+            TriggerSource::Nats(_) => TriggerKind::Nats,
+            TriggerSource::Cron(_) => TriggerKind::Cron,
+        }
+    }
+
+    /// The batching and failure settings of a stream source; `None` for cron.
+    pub fn stream(&self) -> Option<&StreamSettings> {
+        match self {
+            TriggerSource::Kafka(k) => Some(&k.settings),
+            TriggerSource::Nats(n) => Some(&n.settings),
+            TriggerSource::Cron(_) => None,
+        }
+    }
+}
+
+/// A Kafka topic, read by a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaSource {
+    pub brokers: Vec<String>,
+    pub topic: String,
+    /// `None`: derived from the namespace, function and trigger (see [`default_group`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub settings: StreamSettings,
+}
+
+/// A JetStream stream, read by a durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsSource {
+    pub servers: Vec<String>,
+    pub stream: String,
+    /// The subjects of the stream the consumer takes (`None`: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The durable consumer's name; `None`: derived (see [`default_group`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub settings: StreamSettings,
+}
+
+/// A schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronSource {
+    /// As written: 5 fields, 6 with seconds, or `rate(N unit)`.
+    pub schedule: String,
+    /// An IANA time zone name.
+    pub timezone: String,
+    /// The JSON document each fire passes as `detail`; `None`: `{}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+}
+
+/// Where a stream trigger starts the first time it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingPosition {
+    Latest,
+    Earliest,
+}
+
+/// Where records go that a stream trigger gives up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureDestination {
+    /// Petrel's dead-letter list of the trigger (`petrel trigger dlq`).
+    Dlq,
+    Function(String),
+    Url(String),
+    Kafka(String),
+    Nats(String),
+}
+
+impl fmt::Display for FailureDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureDestination::Dlq => f.write_str("dlq"),
+            FailureDestination::Function(n) => write!(f, "function:{n}"),
+            FailureDestination::Url(u) => f.write_str(u),
+            FailureDestination::Kafka(t) => write!(f, "kafka:{t}"),
+            FailureDestination::Nats(s) => write!(f, "nats:{s}"),
+        }
+    }
+}
+
+/// How a stream trigger batches its records and what it does when a batch fails, as Lambda's
+/// event source mappings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSettings {
+    pub starting_position: StartingPosition,
+    pub batch_size: u32,
+    pub batch_window_ms: u64,
+    /// Retries of a failing batch; `-1`: until its records are older than `max_record_age`.
+    pub max_retries: i32,
+    /// Records older than this are not retried; `0`: no limit.
+    pub max_record_age_ms: u64,
+    pub bisect_on_error: bool,
+    pub report_batch_item_failures: bool,
+    pub parallelization: u32,
+    pub on_failure: FailureDestination,
+}
+
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+pub const DEFAULT_BATCH_SIZE: u32 = 100;
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(500);
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_TRIGGER_MAX_RETRIES: i32 = 3;
+pub const MAX_TRIGGER_MAX_RETRIES: i32 = 10_000;
+pub const DEFAULT_MAX_RECORD_AGE: Duration = Duration::from_secs(3600);
+pub const MAX_MAX_RECORD_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_PARALLELIZATION: u32 = 10;
+
+/// The consumer group (Kafka) or durable consumer (JetStream) name a trigger uses when its
+/// manifest names none: `petrel-{namespace}-{function}-{trigger}`.
+pub fn default_group(namespace: &str, function: &str, trigger: &str) -> String {
+    format!("petrel-{namespace}-{function}-{trigger}")
+}
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron(Box<croner::Cron>),
+    /// `rate(N unit)`: every `N` units, counted from the Unix epoch (so every server agrees
+    /// on the due times).
+    Rate(Duration),
+}
+
+impl Schedule {
+    /// Parses a 5-field or 6-field (with seconds) cron expression, or `rate(5 minutes)`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(inner) = s.strip_prefix("rate(").and_then(|r| r.strip_suffix(')')) {
+            let mut parts = inner.split_whitespace();
+            let (Some(n), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(format!(
+                    "{s:?} is not a rate: write it like \"rate(5 minutes)\""
+                ));
+            };
+            let n: u64 = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{n:?} in {s:?} is not a positive whole number"))?;
+            let unit = match unit {
+                "second" | "seconds" => 1,
+                "minute" | "minutes" => 60,
+                "hour" | "hours" => 3600,
+                "day" | "days" => 86_400,
+                other => {
+                    return Err(format!(
+                        "{other:?} in {s:?} is not a unit: use seconds, minutes, hours or days"
+                    ))
+                }
+            };
+            return Ok(Schedule::Rate(Duration::from_secs(n * unit)));
+        }
+        let fields = s.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!(
+                "{s:?} has {fields} fields: write 5 (minute hour day month weekday), 6 with seconds first, or rate(N unit)"
+            ));
+        }
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(s)
+            .map(|c| Schedule::Cron(Box::new(c)))
+            .map_err(|e| format!("{s:?} is not a cron expression: {e}"))
+    }
+
+    /// The first due time strictly after `after`, in `tz`.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Schedule::Rate(every) => {
+                let every = every.as_millis() as i64;
+                let t = after.timestamp_millis();
+                let next = (t.div_euclid(every) + 1) * every;
+                chrono::DateTime::from_timestamp_millis(next)
+            }
+            Schedule::Cron(c) => c
+                .find_next_occurrence(&after.with_timezone(&tz), false)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
+    }
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str(s).map_err(|_| {
+        format!("{s:?} is not an IANA time zone name: write it like \"Europe/Paris\" or \"UTC\"")
+    })
+}
+
+/// What is wrong with one trigger, naming it and the field.
+fn invalid(trigger: &str, field: &'static str, message: impl Into<String>) -> ManifestError {
+    ManifestError::Trigger {
+        trigger: trigger.to_owned(),
+        field,
+        message: message.into(),
+    }
+}
+
+fn duration(
+    trigger: &str,
+    field: &'static str,
+    value: Option<&str>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ManifestError> {
+    let d = match value {
+        None => default,
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            invalid(
+                trigger,
+                field,
+                format!("{s:?} is not a duration ({e}); write it like \"500ms\" or \"1h\""),
+            )
+        })?,
+    };
+    if d > max {
+        return Err(invalid(
+            trigger,
+            field,
+            format!(
+                "{} is more than the limit of {}",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+impl TriggerManifest {
+    /// The keys set in this table, by name.
+    fn set_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        macro_rules! check {
+            ($($f:ident),*) => { $( if self.$f.is_some() { keys.push(stringify!($f)); } )* };
+        }
+        check!(
+            brokers,
+            topic,
+            servers,
+            stream,
+            subject,
+            group,
+            starting_position,
+            batch_size,
+            batch_window,
+            max_retries,
+            max_record_age,
+            bisect_on_error,
+            report_batch_item_failures,
+            parallelization,
+            on_failure,
+            schedule,
+            timezone,
+            payload
+        );
+        keys
+    }
+
+    /// Validates the table and fills defaults.
+    pub fn validate(&self, index: usize) -> Result<TriggerSpec, ManifestError> {
+        let label = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("#{}", index + 1));
+        let name = self.name.clone().ok_or_else(|| {
+            invalid(
+                &label,
+                "name",
+                "missing: add name = \"orders\" (unique within the function)",
+            )
+        })?;
+        crate::name::validate_name("trigger name", &name)
+            .map_err(|e| invalid(&label, "name", e.to_string()))?;
+        let kind = match self.kind.as_deref() {
+            None => {
+                return Err(invalid(
+                    &name,
+                    "kind",
+                    "missing: add kind = \"kafka\" (or nats, cron)",
+                ))
+            }
+            Some(k) => TriggerKind::ALL
+                .iter()
+                .copied()
+                .find(|v| v.as_str() == k)
+                .ok_or_else(|| {
+                    invalid(
+                        &name,
+                        "kind",
+                        format!("{k:?} is not a trigger kind: use kafka, nats or cron"),
+                    )
+                })?,
+        };
+        let allowed: &[&str] = match kind {
+            TriggerKind::Kafka => &["brokers", "topic", "group"],
+            TriggerKind::Nats => &["servers", "stream", "subject", "group"],
+            TriggerKind::Cron => &["schedule", "timezone", "payload"],
+        };
+        const STREAM_KEYS: &[&str] = &[
+            "starting_position",
+            "batch_size",
+            "batch_window",
+            "max_retries",
+            "max_record_age",
+            "bisect_on_error",
+            "report_batch_item_failures",
+            "parallelization",
+            "on_failure",
+        ];
+        for key in self.set_keys() {
+            let ok =
+                allowed.contains(&key) || (kind != TriggerKind::Cron && STREAM_KEYS.contains(&key));
+            if !ok {
+                return Err(invalid(
+                    &name,
+                    field_name(key),
+                    format!("`{key}` is not a key of a {kind} trigger"),
+                ));
+            }
+        }
+        let target = match self.target.as_deref().map(str::trim) {
+            None | Some("") | Some("latest") => None,
+            Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => {
+                if t.parse::<u32>().ok().filter(|n| *n > 0).is_none() {
+                    return Err(invalid(
+                        &name,
+                        "target",
+                        format!("{t:?} is not a version: versions start at 1"),
+                    ));
+                }
+                Some(t.to_owned())
+            }
+            Some(t) => {
+                crate::name::validate_name("alias", t)
+                    .map_err(|e| invalid(&name, "target", e.to_string()))?;
+                Some(t.to_owned())
+            }
+        };
+        let source = match kind {
+            TriggerKind::Kafka => TriggerSource::Kafka(KafkaSource {
+                brokers: addresses(&name, "brokers", self.brokers.as_ref(), "brokers = [\"127.0.0.1:9092\"]", |b| {
+                    !b.contains("://") && b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                }, "host:port")?,
+                topic: required_name(&name, "topic", self.topic.as_deref(), kafka_topic_ok, "topic = \"orders\"")?,
+                group: self.group_name(&name)?,
+                settings: self.stream_settings(&name)?,
+            }),
+            TriggerKind::Nats => TriggerSource::Nats(NatsSource {
+                servers: addresses(&name, "servers", self.servers.as_ref(), "servers = [\"nats://127.0.0.1:4222\"]", |s| {
+                    s.starts_with("nats://") || s.starts_with("tls://") || !s.contains("://")
+                }, "nats://host:port")?,
+                stream: required_name(&name, "stream", self.stream.as_deref(), |s| {
+                    !s.is_empty() && s.len() <= 255 && !s.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c))
+                }, "stream = \"ORDERS\"")?,
+                subject: match self.subject.as_deref() {
+                    None => None,
+                    Some(s) if nats_subject_ok(s) => Some(s.to_owned()),
+                    Some(s) => {
+                        return Err(invalid(&name, "subject", format!("{s:?} is not a subject: write tokens separated by dots, with * or a final > as wildcards (\"orders.>\")")))
+                    }
+                },
+                group: self.group_name(&name)?,
+                settings: self.stream_settings(&name)?,
+            }),
+            TriggerKind::Cron => {
+                let schedule = self.schedule.as_deref().ok_or_else(|| {
+                    invalid(&name, "schedule", "missing: add schedule = \"0 3 * * *\" (or rate(5 minutes))")
+                })?;
+                Schedule::parse(schedule).map_err(|e| invalid(&name, "schedule", e))?;
+                let timezone = self.timezone.clone().unwrap_or_else(|| "UTC".to_owned());
+                parse_timezone(&timezone).map_err(|e| invalid(&name, "timezone", e))?;
+                if let Some(p) = &self.payload {
+                    serde_json::from_str::<serde::de::IgnoredAny>(p).map_err(|e| {
+                        invalid(&name, "payload", format!("must be a JSON document ({e})"))
+                    })?;
+                }
+                TriggerSource::Cron(CronSource {
+                    schedule: schedule.trim().to_owned(),
+                    timezone,
+                    payload: self.payload.clone(),
+                })
+            }
+        };
+        Ok(TriggerSpec {
+            name,
+            enabled: self.enabled.unwrap_or(true),
+            target,
+            source,
+        })
+    }
+
+    fn group_name(&self, name: &str) -> Result<Option<String>, ManifestError> {
+        match self.group.as_deref() {
+            None => Ok(None),
+            Some(g)
+                if !g.is_empty()
+                    && g.len() <= 200
+                    && g.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) =>
+            {
+                Ok(Some(g.to_owned()))
+            }
+            Some(g) => Err(invalid(
+                name,
+                "group",
+                format!(
+                    "{g:?} is not a group name: use letters, digits, '-' and '_' (at most 200)"
+                ),
+            )),
+        }
+    }
+
+    fn stream_settings(&self, name: &str) -> Result<StreamSettings, ManifestError> {
+        let starting_position = match self.starting_position.as_deref() {
+            None | Some("latest") => StartingPosition::Latest,
+            Some("earliest") => StartingPosition::Earliest,
+            Some(s) => {
+                return Err(invalid(
+                    name,
+                    "starting_position",
+                    format!("{s:?}: use latest or earliest"),
+                ))
+            }
+        };
+        let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+            return Err(invalid(
+                name,
+                "batch_size",
+                format!("{batch_size} is out of range: use 1 to {MAX_BATCH_SIZE}"),
+            ));
+        }
+        let batch_window = duration(
+            name,
+            "batch_window",
+            self.batch_window.as_deref(),
+            DEFAULT_BATCH_WINDOW,
+            MAX_BATCH_WINDOW,
+        )?;
+        let max_retries = self.max_retries.unwrap_or(DEFAULT_TRIGGER_MAX_RETRIES);
+        if !(-1..=MAX_TRIGGER_MAX_RETRIES).contains(&max_retries) {
+            return Err(invalid(name, "max_retries", format!("{max_retries} is out of range: use -1 (until max_record_age) to {MAX_TRIGGER_MAX_RETRIES}")));
+        }
+        let max_record_age = duration(
+            name,
+            "max_record_age",
+            self.max_record_age.as_deref(),
+            DEFAULT_MAX_RECORD_AGE,
+            MAX_MAX_RECORD_AGE,
+        )?;
+        if max_retries == -1 && max_record_age.is_zero() {
+            return Err(invalid(name, "max_retries", "-1 retries until max_record_age, which is 0 (no limit): a failing record would block its partition for ever; set one of them"));
+        }
+        let parallelization = self.parallelization.unwrap_or(1);
+        if !(1..=MAX_PARALLELIZATION).contains(&parallelization) {
+            return Err(invalid(
+                name,
+                "parallelization",
+                format!("{parallelization} is out of range: use 1 to {MAX_PARALLELIZATION}"),
+            ));
+        }
+        let on_failure = match self.on_failure.as_deref() {
+            None | Some("dlq") => FailureDestination::Dlq,
+            Some(s) => {
+                if let Some(f) = s.strip_prefix("function:") {
+                    crate::name::validate_name("function name", f)
+                        .map_err(|e| invalid(name, "on_failure", e.to_string()))?;
+                    FailureDestination::Function(f.to_owned())
+                } else if let Some(t) = s.strip_prefix("kafka:") {
+                    if !kafka_topic_ok(t) {
+                        return Err(invalid(
+                            name,
+                            "on_failure",
+                            format!("{t:?} is not a Kafka topic"),
+                        ));
+                    }
+                    FailureDestination::Kafka(t.to_owned())
+                } else if let Some(subj) = s.strip_prefix("nats:") {
+                    if !nats_subject_ok(subj) || subj.contains(['*', '>']) {
+                        return Err(invalid(
+                            name,
+                            "on_failure",
+                            format!("{subj:?} is not a subject to publish to"),
+                        ));
+                    }
+                    FailureDestination::Nats(subj.to_owned())
+                } else if crate::manifest::is_http_url(s) {
+                    FailureDestination::Url(s.to_owned())
+                } else {
+                    return Err(invalid(name, "on_failure", format!("{s:?} is not a destination: write dlq, function:NAME, an http(s):// URL, kafka:TOPIC or nats:SUBJECT")));
+                }
+            }
+        };
+        Ok(StreamSettings {
+            starting_position,
+            batch_size,
+            batch_window_ms: batch_window.as_millis() as u64,
+            max_retries,
+            max_record_age_ms: max_record_age.as_millis() as u64,
+            bisect_on_error: self.bisect_on_error.unwrap_or(false),
+            report_batch_item_failures: self.report_batch_item_failures.unwrap_or(false),
+            parallelization,
+            on_failure,
+        })
+    }
+}
+
+/// The `&'static` name of a manifest key, for errors.
+fn field_name(key: &str) -> &'static str {
+    const KEYS: &[&str] = &[
+        "brokers",
+        "topic",
+        "servers",
+        "stream",
+        "subject",
+        "group",
+        "starting_position",
+        "batch_size",
+        "batch_window",
+        "max_retries",
+        "max_record_age",
+        "bisect_on_error",
+        "report_batch_item_failures",
+        "parallelization",
+        "on_failure",
+        "schedule",
+        "timezone",
+        "payload",
+    ];
+    KEYS.iter()
+        .copied()
+        .find(|k| *k == key)
+        .unwrap_or("trigger")
+}
+
+fn addresses(
+    name: &str,
+    field: &'static str,
+    value: Option<&Vec<String>>,
+    example: &str,
+    ok: impl Fn(&str) -> bool,
+    form: &str,
+) -> Result<Vec<String>, ManifestError> {
+    let list = value
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| invalid(name, field, format!("missing: add {example}")))?;
+    for a in list {
+        if !ok(a) {
+            return Err(invalid(
+                name,
+                field,
+                format!("{a:?} is not an address: write {form}"),
+            ));
+        }
+    }
+    Ok(list.clone())
+}
+
+fn required_name(
+    name: &str,
+    field: &'static str,
+    value: Option<&str>,
+    ok: impl Fn(&str) -> bool,
+    example: &str,
+) -> Result<String, ManifestError> {
+    let v = value.ok_or_else(|| invalid(name, field, format!("missing: add {example}")))?;
+    if !ok(v) {
+        return Err(invalid(
+            name,
+            field,
+            format!("{v:?} is not a valid {field} name"),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// Kafka's own rule: 1 to 249 of letters, digits, '.', '_' and '-'.
+fn kafka_topic_ok(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn nats_subject_ok(s: &str) -> bool {
+    let tokens: Vec<&str> = s.split('.').collect();
+    !s.is_empty()
+        && tokens.iter().enumerate().all(|(i, t)| {
+            !t.is_empty()
+                && !t.contains(char::is_whitespace)
+                && (*t == "*" || *t == ">" || !t.contains(['*', '>']))
+                && (*t != ">" || i == tokens.len() - 1)
+        })
+}
+
+/// Checks a function's triggers together: each valid, names unique.
+pub fn validate_all(tables: &[TriggerManifest]) -> Result<Vec<TriggerSpec>, ManifestError> {
+    let mut specs: Vec<TriggerSpec> = Vec::with_capacity(tables.len());
+    for (i, t) in tables.iter().enumerate() {
+        let spec = t.validate(i)?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(invalid(
+                &spec.name,
+                "name",
+                "two triggers have this name: names are unique within a function",
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+impl From<&TriggerSpec> for TriggerManifest {
+    fn from(s: &TriggerSpec) -> Self {
+        let mut m = TriggerManifest {
+            name: Some(s.name.clone()),
+            kind: Some(s.source.kind().as_str().to_owned()),
+            enabled: Some(s.enabled),
+            target: s.target.clone(),
+            ..Default::default()
+        };
+        if let Some(st) = s.source.stream() {
+            m.starting_position = Some(match st.starting_position {
+                StartingPosition::Latest => "latest".to_owned(),
+                StartingPosition::Earliest => "earliest".to_owned(),
+            });
+            m.batch_size = Some(st.batch_size);
+            m.batch_window = Some(format!("{}ms", st.batch_window_ms));
+            m.max_retries = Some(st.max_retries);
+            m.max_record_age = Some(format!("{}ms", st.max_record_age_ms));
+            m.bisect_on_error = Some(st.bisect_on_error);
+            m.report_batch_item_failures = Some(st.report_batch_item_failures);
+            m.parallelization = Some(st.parallelization);
+            m.on_failure = Some(st.on_failure.to_string());
+        }
+        match &s.source {
+            TriggerSource::Kafka(k) => {
+                m.brokers = Some(k.brokers.clone());
+                m.topic = Some(k.topic.clone());
+                m.group = k.group.clone();
+            }
+            TriggerSource::Nats(n) => {
+                m.servers = Some(n.servers.clone());
+                m.stream = Some(n.stream.clone());
+                m.subject = n.subject.clone();
+                m.group = n.group.clone();
+            }
+            TriggerSource::Cron(c) => {
+                m.schedule = Some(c.schedule.clone());
+                m.timezone = Some(c.timezone.clone());
+                m.payload = c.payload.clone();
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn one(toml_text: &str) -> Result<TriggerSpec, ManifestError> {
+        let m: TriggerManifest =
+            toml::from_str(toml_text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        m.validate(0)
+    }
+
+    #[test]
+    fn a_kafka_trigger_gets_lambdas_defaults() {
+        let t = one("name = \"orders\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"orders\"").unwrap();
+        let TriggerSource::Kafka(k) = &t.source else {
+            panic!("{t:?}")
+        };
+        assert_eq!(k.settings.batch_size, 100);
+        assert_eq!(k.settings.batch_window_ms, 500);
+        assert_eq!(k.settings.max_retries, 3);
+        assert_eq!(k.settings.starting_position, StartingPosition::Latest);
+        assert_eq!(k.settings.on_failure, FailureDestination::Dlq);
+        assert!(t.enabled);
+        assert_eq!(t.target, None);
+    }
+
+    #[test]
+    fn errors_name_the_trigger_and_the_field() {
+        let cases = [
+            ("name = \"a\"\nkind = \"sqs\"", "trigger.a.kind"),
+            ("name = \"a\"\nkind = \"kafka\"\ntopic = \"t\"", "trigger.a.brokers"),
+            ("name = \"a\"\nkind = \"kafka\"\nbrokers = [\"h:1\"]", "trigger.a.topic"),
+            ("name = \"a\"\nkind = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\nschedule = \"* * * * *\"", "trigger.a.schedule"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"61 * * * *\"", "trigger.a.schedule"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"* * *\"", "trigger.a.schedule"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"rate(0 minutes)\"", "trigger.a.schedule"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"", "trigger.a.timezone"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"\nbatch_size = 3", "trigger.a.batch_size"),
+            ("name = \"a\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"\npayload = \"{nope\"", "trigger.a.payload"),
+            ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nsubject = \"a.>.b\"", "trigger.a.subject"),
+            ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nbatch_size = 0", "trigger.a.batch_size"),
+            ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\non_failure = \"sqs:q\"", "trigger.a.on_failure"),
+            ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nmax_retries = -1\nmax_record_age = \"0s\"", "trigger.a.max_retries"),
+            ("kind = \"cron\"\nschedule = \"0 3 * * *\"", "trigger.#1.name"),
+        ];
+        for (text, field) in cases {
+            let e = one(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{text}: {e}");
+        }
+        let unknown: Result<TriggerManifest, _> =
+            toml::from_str("name = \"a\"\nkind = \"cron\"\nshedule = \"x\"");
+        assert!(unknown.unwrap_err().to_string().contains("shedule"));
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let t: TriggerManifest =
+            toml::from_str("name = \"a\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"").unwrap();
+        let e = validate_all(&[t.clone(), t]).unwrap_err().to_string();
+        assert!(e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_writes_back_as_a_table_that_validates_to_it() {
+        let t = one("name = \"o\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nsubject = \"o.>\"\nbatch_size = 7\non_failure = \"nats:dead.o\"\ntarget = \"live\"\nparallelization = 4\nmax_retries = -1").unwrap();
+        assert_eq!(TriggerManifest::from(&t).validate(0).unwrap(), t);
+        let c = one("name = \"n\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"\ntimezone = \"Europe/Paris\"\npayload = '{\"job\": 1}'\nenabled = false").unwrap();
+        assert_eq!(TriggerManifest::from(&c).validate(0).unwrap(), c);
+    }
+
+    #[test]
+    fn cron_fires_once_per_day_in_its_zone_across_daylight_saving() {
+        let paris = parse_timezone("Europe/Paris").unwrap();
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        // 2026-03-29: 02:00 → 03:00 in Paris; 02:30 does not exist, it runs right after the gap.
+        let mut t = chrono::Utc.with_ymd_and_hms(2026, 3, 27, 12, 0, 0).unwrap();
+        let mut fires = Vec::new();
+        for _ in 0..4 {
+            t = s.next_after(t, paris).unwrap();
+            fires.push(t.with_timezone(&paris).format("%m-%d %H:%M %z").to_string());
+        }
+        assert_eq!(
+            fires,
+            [
+                "03-28 02:30 +0100",
+                "03-29 03:00 +0200",
+                "03-30 02:30 +0200",
+                "03-31 02:30 +0200"
+            ]
+        );
+        // 2026-10-25: 03:00 → 02:00; 02:30 happens twice, it fires once.
+        let mut t = chrono::Utc
+            .with_ymd_and_hms(2026, 10, 24, 12, 0, 0)
+            .unwrap();
+        let mut fires = Vec::new();
+        for _ in 0..3 {
+            t = s.next_after(t, paris).unwrap();
+            fires.push(t.with_timezone(&paris).format("%m-%d %H:%M %z").to_string());
+        }
+        assert_eq!(
+            fires,
+            [
+                "10-25 02:30 +0200",
+                "10-26 02:30 +0100",
+                "10-27 02:30 +0100"
+            ]
+        );
+    }
+
+    #[test]
+    fn six_fields_take_seconds_and_rates_count_from_the_epoch() {
+        let utc = parse_timezone("UTC").unwrap();
+        let s = Schedule::parse("*/10 * * * * *").unwrap();
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).unwrap();
+        assert_eq!(
+            s.next_after(t, utc).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap()
+        );
+        let r = Schedule::parse("rate(5 minutes)").unwrap();
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 7, 0).unwrap();
+        assert_eq!(
+            r.next_after(t, utc).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 10, 0).unwrap()
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! Event triggers: each trigger of a function's latest version with its state, pausing and
+//! resuming one (on every server sharing the store), and the records one gave up on.
+
+use super::{bad_query, not_found, ApiResult};
+use crate::App;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use petrel_core::api::{TriggerDeadLetterView, TriggerDeadLetters, TriggerList, TriggerStatus};
+use petrel_core::error::ErrorBody;
+use petrel_core::name::validate_name;
+use petrel_core::trigger::TriggerSpec;
+use petrel_core::{ApiError, ErrorCode};
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TriggerQuery {
+    namespace: Option<String>,
+    /// At most this many dead letters, newest first (default 100).
+    limit: Option<u32>,
+}
+
+/// The namespace, and the triggers of the function's latest version.
+async fn triggers_of(
+    app: &App,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<(String, Vec<TriggerSpec>), ApiError> {
+    let ns = namespace
+        .unwrap_or(petrel_core::DEFAULT_NAMESPACE)
+        .to_owned();
+    validate_name("namespace", &ns)?;
+    validate_name("function name", name)?;
+    let f = app
+        .store
+        .get_function(&ns, name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    let v = app
+        .store
+        .get_version(&ns, name, f.latest_version)
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    Ok((ns, v.spec.triggers))
+}
+
+fn no_trigger(function: &str, trigger: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::FunctionNotFound,
+        format!("function {function} has no trigger named {trigger}; list them with `petrel trigger ls {function}`"),
+    )
+}
+
+/// A function's event triggers: state, position or lag, and counts.
+#[utoipa::path(get, path = "/v1/functions/{name}/triggers", tag = "triggers",
+    params(("name" = String, Path, description = "The function's name"), TriggerQuery),
+    responses(
+        (status = 200, description = "The triggers of the latest version", body = TriggerList),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    q: Result<Query<TriggerQuery>, QueryRejection>,
+) -> ApiResult<Json<TriggerList>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let (ns, specs) = triggers_of(&app, &name, q.namespace.as_deref()).await?;
+    let list = app.triggers.list(&ns, &name, &specs).await.map_err(|e| {
+        tracing::error!(error = %e, "could not read trigger states");
+        ApiError::internal()
+    })?;
+    Ok(Json(list))
+}
+
+async fn set_paused(
+    app: &App,
+    name: &str,
+    trigger: &str,
+    namespace: Option<&str>,
+    paused: bool,
+) -> Result<TriggerStatus, ApiError> {
+    let (ns, specs) = triggers_of(app, name, namespace).await?;
+    if !specs.iter().any(|s| s.name == trigger) {
+        return Err(no_trigger(name, trigger));
+    }
+    app.store
+        .set_trigger_paused(&ns, name, trigger, paused)
+        .await?;
+    app.triggers.reconcile().await;
+    let list = app.triggers.list(&ns, name, &specs).await.map_err(|e| {
+        tracing::error!(error = %e, "could not read trigger states");
+        ApiError::internal()
+    })?;
+    list.triggers
+        .into_iter()
+        .find(|t| t.name == trigger)
+        .ok_or_else(|| no_trigger(name, trigger))
+}
+
+/// Pause a trigger: its consumer stops (on every server, within a few seconds) and keeps its
+/// position; the source keeps what arrives meanwhile.
+#[utoipa::path(post, path = "/v1/functions/{name}/triggers/{trigger}/pause", tag = "triggers",
+    params(("name" = String, Path, description = "The function's name"), ("trigger" = String, Path, description = "The trigger's name"), TriggerQuery),
+    responses(
+        (status = 200, description = "The trigger, paused", body = TriggerStatus),
+        (status = 404, description = "No such function or trigger", body = ErrorBody),
+    ))]
+pub async fn pause(
+    State(app): State<App>,
+    Path((name, trigger)): Path<(String, String)>,
+    q: Result<Query<TriggerQuery>, QueryRejection>,
+) -> ApiResult<Json<TriggerStatus>> {
+    let Query(q) = q.map_err(bad_query)?;
+    Ok(Json(
+        set_paused(&app, &name, &trigger, q.namespace.as_deref(), true).await?,
+    ))
+}
+
+/// Resume a paused trigger from its committed position.
+#[utoipa::path(post, path = "/v1/functions/{name}/triggers/{trigger}/resume", tag = "triggers",
+    params(("name" = String, Path, description = "The function's name"), ("trigger" = String, Path, description = "The trigger's name"), TriggerQuery),
+    responses(
+        (status = 200, description = "The trigger, running again", body = TriggerStatus),
+        (status = 404, description = "No such function or trigger", body = ErrorBody),
+    ))]
+pub async fn resume(
+    State(app): State<App>,
+    Path((name, trigger)): Path<(String, String)>,
+    q: Result<Query<TriggerQuery>, QueryRejection>,
+) -> ApiResult<Json<TriggerStatus>> {
+    let Query(q) = q.map_err(bad_query)?;
+    Ok(Json(
+        set_paused(&app, &name, &trigger, q.namespace.as_deref(), false).await?,
+    ))
+}
+
+/// The records a trigger gave up on (`on_failure = "dlq"`), newest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/triggers/{trigger}/dlq", tag = "triggers",
+    params(("name" = String, Path, description = "The function's name"), ("trigger" = String, Path, description = "The trigger's name"), TriggerQuery),
+    responses(
+        (status = 200, description = "Dead letters, newest first", body = TriggerDeadLetters),
+        (status = 404, description = "No such function or trigger", body = ErrorBody),
+    ))]
+pub async fn dead_letters(
+    State(app): State<App>,
+    Path((name, trigger)): Path<(String, String)>,
+    q: Result<Query<TriggerQuery>, QueryRejection>,
+) -> ApiResult<Json<TriggerDeadLetters>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let (ns, specs) = triggers_of(&app, &name, q.namespace.as_deref()).await?;
+    if !specs.iter().any(|s| s.name == trigger) {
+        return Err(no_trigger(&name, &trigger).into());
+    }
+    let letters = app
+        .store
+        .trigger_dead_letters(&ns, &name, &trigger, q.limit.unwrap_or(100).min(10_000))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Json(TriggerDeadLetters {
+        dead_letters: letters
+            .into_iter()
+            .map(|l| TriggerDeadLetterView {
+                record: serde_json::from_str(&l.record)
+                    .unwrap_or(serde_json::Value::String(l.record)),
+                id: l.id,
+                position: l.position,
+                error: l.error,
+                attempts: l.attempts,
+                dead_at: l.dead_at,
+            })
+            .collect(),
+    }))
+}

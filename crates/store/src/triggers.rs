@@ -1,0 +1,285 @@
+//! What the event triggers keep: each trigger's state that outlives its consumer (paused, counts,
+//! the last error, a cron trigger's last fire) and the records a trigger gave up on.
+
+use crate::store::Store;
+use crate::{now_ms, Result};
+use sqlx::Row;
+
+/// A trigger's stored state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerState {
+    pub name: String,
+    pub paused: bool,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    pub last_fire: Option<i64>,
+}
+
+/// A record a trigger gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerDeadLetter {
+    pub id: String,
+    pub position: String,
+    /// The record as the function got it (JSON).
+    pub record: String,
+    pub error: String,
+    pub attempts: u32,
+    pub dead_at: i64,
+}
+
+/// What one batch changed in a trigger's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriggerCounts {
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+const ENSURE: &str =
+    "INSERT INTO trigger_states (namespace, function, name, updated_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (namespace, function, name) DO NOTHING";
+
+impl Store {
+    async fn ensure_trigger(&self, ns: &str, function: &str, name: &str) -> Result<()> {
+        sqlx::query(ENSURE)
+            .bind(ns)
+            .bind(function)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored state of a function's triggers, by name.
+    pub async fn trigger_states(&self, ns: &str, function: &str) -> Result<Vec<TriggerState>> {
+        let rows = sqlx::query(
+            "SELECT name, paused, delivered, failed, dead, last_error, last_error_at, last_fire
+             FROM trigger_states WHERE namespace = $1 AND function = $2 ORDER BY name",
+        )
+        .bind(ns)
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TriggerState {
+                    name: r.try_get("name")?,
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                    delivered: r.try_get::<i64, _>("delivered")? as u64,
+                    failed: r.try_get::<i64, _>("failed")? as u64,
+                    dead: r.try_get::<i64, _>("dead")? as u64,
+                    last_error: r.try_get("last_error")?,
+                    last_error_at: r.try_get("last_error_at")?,
+                    last_fire: r.try_get("last_fire")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One trigger's stored state (the defaults when none is stored yet).
+    pub async fn trigger_state(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+    ) -> Result<TriggerState> {
+        Ok(self
+            .trigger_states(ns, function)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| TriggerState {
+                name: name.to_owned(),
+                ..Default::default()
+            }))
+    }
+
+    /// Pauses or resumes a trigger, on every server (they read it at their next look).
+    pub async fn set_trigger_paused(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        paused: bool,
+    ) -> Result<()> {
+        self.ensure_trigger(ns, function, name).await?;
+        sqlx::query(
+            "UPDATE trigger_states SET paused = $4, updated_at = $5
+             WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(paused as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a batch's counts; `error` becomes the last error (`None` keeps it).
+    pub async fn add_trigger_counts(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        counts: TriggerCounts,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.ensure_trigger(ns, function, name).await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE trigger_states SET delivered = delivered + $4, failed = failed + $5, dead = dead + $6,
+                 last_error = COALESCE($7, last_error),
+                 last_error_at = CASE WHEN $7 IS NULL THEN last_error_at ELSE $8 END,
+                 updated_at = $8
+             WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(counts.delivered as i64)
+        .bind(counts.failed as i64)
+        .bind(counts.dead as i64)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last due time a cron trigger fired, first setting it to `baseline` when the trigger
+    /// has none (a new trigger does not run the slots before it existed).
+    pub async fn cron_last_fire(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        baseline: i64,
+    ) -> Result<i64> {
+        self.ensure_trigger(ns, function, name).await?;
+        sqlx::query(
+            "UPDATE trigger_states SET last_fire = $4 WHERE namespace = $1 AND function = $2 AND name = $3 AND last_fire IS NULL",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(baseline)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT last_fire FROM trigger_states WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(baseline))
+    }
+
+    /// Claims the fire of a cron trigger due at `due`: exactly one caller, across servers sharing
+    /// the store, gets `true` for a due time later than the last one claimed.
+    pub async fn claim_cron_fire(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        due: i64,
+    ) -> Result<bool> {
+        self.ensure_trigger(ns, function, name).await?;
+        let done = sqlx::query(
+            "UPDATE trigger_states SET last_fire = $4, updated_at = $5
+             WHERE namespace = $1 AND function = $2 AND name = $3 AND (last_fire IS NULL OR last_fire < $4)",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(due)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Keeps records a trigger gave up on.
+    pub async fn add_trigger_dead_letters(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        letters: &[TriggerDeadLetter],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for l in letters {
+            sqlx::query(
+                "INSERT INTO trigger_dead_letters (id, namespace, function, name, position, record, error, attempts, dead_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&l.id)
+            .bind(ns)
+            .bind(function)
+            .bind(name)
+            .bind(&l.position)
+            .bind(&l.record)
+            .bind(&l.error)
+            .bind(l.attempts as i64)
+            .bind(l.dead_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A trigger's dead letters, newest first.
+    pub async fn trigger_dead_letters(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<TriggerDeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, position, record, error, attempts, dead_at FROM trigger_dead_letters
+             WHERE namespace = $1 AND function = $2 AND name = $3 ORDER BY dead_at DESC, id DESC LIMIT $4",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TriggerDeadLetter {
+                    id: r.try_get("id")?,
+                    position: r.try_get("position")?,
+                    record: r.try_get("record")?,
+                    error: r.try_get("error")?,
+                    attempts: r.try_get::<i64, _>("attempts")? as u32,
+                    dead_at: r.try_get("dead_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a removed trigger's state and dead letters.
+    pub async fn remove_trigger(&self, ns: &str, function: &str, name: &str) -> Result<()> {
+        for table in ["trigger_states", "trigger_dead_letters"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE namespace = $1 AND function = $2 AND name = $3"
+            ))
+            .bind(ns)
+            .bind(function)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
