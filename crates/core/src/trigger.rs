@@ -488,6 +488,16 @@ impl TriggerManifest {
                 })
             }
         };
+        // A topic or subject destination is published to with the trigger's own connection.
+        match (&source, source.stream().map(|s| &s.on_failure)) {
+            (TriggerSource::Nats(_), Some(FailureDestination::Kafka(_))) => {
+                return Err(invalid(&name, "on_failure", "kafka:TOPIC is for kafka triggers (their brokers take it); use nats:SUBJECT, dlq, function:NAME or a URL"))
+            }
+            (TriggerSource::Kafka(_), Some(FailureDestination::Nats(_))) => {
+                return Err(invalid(&name, "on_failure", "nats:SUBJECT is for nats triggers (their servers take it); use kafka:TOPIC, dlq, function:NAME or a URL"))
+            }
+            _ => {}
+        }
         Ok(TriggerSpec {
             name,
             enabled: self.enabled.unwrap_or(true),
@@ -808,6 +818,7 @@ mod tests {
             ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\non_failure = \"sqs:q\"", "trigger.a.on_failure"),
             ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nmax_retries = -1\nmax_record_age = \"0s\"", "trigger.a.max_retries"),
             ("kind = \"cron\"\nschedule = \"0 3 * * *\"", "trigger.#1.name"),
+            ("name = \"a\"\nkind = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\non_failure = \"nats:x\"", "trigger.a.on_failure"),
         ];
         for (text, field) in cases {
             let e = one(text).unwrap_err().to_string();
