@@ -1,0 +1,142 @@
+//! `trigger-bare produce-kafka BROKERS TOPIC PARTITIONS N` and `drain-kafka BROKERS TOPIC GROUP
+//! N BATCH`; `produce-nats URL STREAM SUBJECT N` and `drain-nats URL STREAM DURABLE N BATCH`.
+//! A drain prints `records/s` for N records, committing (acknowledging) per batch.
+
+use futures_util::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    match a[0].as_str() {
+        "produce-kafka" => {
+            let (brokers, topic, parts, n) = (&a[1], &a[2], a[3].parse::<i32>().unwrap(), a[4].parse::<usize>().unwrap());
+            let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+                ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+            let _ = admin
+                .create_topics(
+                    &[rdkafka::admin::NewTopic::new(topic, parts, rdkafka::admin::TopicReplication::Fixed(1))],
+                    &rdkafka::admin::AdminOptions::new(),
+                )
+                .await;
+            let p: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "5")
+                .create()
+                .unwrap();
+            let mut pending = futures_util::stream::FuturesUnordered::new();
+            for i in 0..n {
+                let v = format!("{{\"n\": {i}}}");
+                let k = format!("k{}", i % 64);
+                let p = p.clone();
+                let topic = topic.clone();
+                pending.push(async move {
+                    p.send(FutureRecord::to(&topic).key(&k).payload(&v), Duration::from_secs(60)).await.map(|_| ())
+                });
+                if pending.len() >= 10_000 {
+                    pending.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = pending.next().await {
+                r.unwrap();
+            }
+        }
+        "drain-kafka" => {
+            let (brokers, topic, group, n, batch) = (&a[1], &a[2], &a[3], a[4].parse::<usize>().unwrap(), a[5].parse::<usize>().unwrap());
+            let c: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "100")
+                .create()
+                .unwrap();
+            c.subscribe(&[topic.as_str()]).unwrap();
+            let mut got = 0;
+            let mut start = None;
+            let mut since_commit = 0;
+            while got < n {
+                let m = c.recv().await.unwrap();
+                start.get_or_insert_with(Instant::now);
+                got += 1;
+                since_commit += 1;
+                if since_commit >= batch {
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    tpl.add_partition_offset(m.topic(), m.partition(), rdkafka::Offset::Offset(m.offset() + 1)).unwrap();
+                    c.commit(&tpl, CommitMode::Async).unwrap();
+                    since_commit = 0;
+                }
+            }
+            let s = start.unwrap().elapsed().as_secs_f64();
+            println!("{:.0}", n as f64 / s);
+        }
+        "produce-nats" => {
+            let (url, stream, subject, n) = (&a[1], &a[2], &a[3], a[4].parse::<usize>().unwrap());
+            let c = async_nats::connect(url.as_str()).await.unwrap();
+            let js = async_nats::jetstream::new(c);
+            let _ = js.delete_stream(stream).await;
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("{subject}.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut acks = futures_util::stream::FuturesUnordered::new();
+            for i in 0..n {
+                let ack = js
+                    .publish(format!("{subject}.k{}", i % 64), bytes::Bytes::from(format!("{{\"n\": {i}}}")))
+                    .await
+                    .unwrap();
+                acks.push(ack.into_future());
+                if acks.len() >= 5_000 {
+                    acks.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = acks.next().await {
+                r.unwrap();
+            }
+        }
+        "drain-nats" => {
+            let (url, stream, durable, n, batch) = (&a[1], &a[2], &a[3], a[4].parse::<usize>().unwrap(), a[5].parse::<usize>().unwrap());
+            let c = async_nats::connect(url.as_str()).await.unwrap();
+            let js = async_nats::jetstream::new(c.clone());
+            let s = js.get_stream(stream).await.unwrap();
+            let consumer = s
+                .get_or_create_consumer(
+                    durable,
+                    async_nats::jetstream::consumer::pull::Config {
+                        durable_name: Some(durable.clone()),
+                        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                        max_ack_pending: 10_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut msgs = consumer.stream().max_messages_per_batch(batch.max(64)).messages().await.unwrap();
+            let mut got = 0;
+            let mut start = None;
+            let mut held = Vec::with_capacity(batch);
+            while got < n {
+                let m = msgs.next().await.unwrap().unwrap();
+                start.get_or_insert_with(Instant::now);
+                got += 1;
+                held.push(m);
+                if held.len() >= batch || got == n {
+                    for m in held.drain(..) {
+                        m.ack().await.unwrap();
+                    }
+                }
+            }
+            c.flush().await.unwrap();
+            let s = start.unwrap().elapsed().as_secs_f64();
+            println!("{:.0}", n as f64 / s);
+        }
+        other => panic!("unknown command {other}"),
+    }
+}
