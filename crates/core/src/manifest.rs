@@ -22,12 +22,8 @@ pub enum ManifestError {
         field: &'static str,
         message: String,
     },
-    #[error("invalid `trigger.{trigger}.{field}`: {message}")]
-    Trigger {
-        trigger: String,
-        field: &'static str,
-        message: String,
-    },
+    #[error(transparent)]
+    Trigger(#[from] crate::trigger::TriggerError),
     #[error("unsupported runtime {runtime:?}: {hint}")]
     UnsupportedRuntime { runtime: String, hint: String },
 }
@@ -413,13 +409,7 @@ pub enum Destination {
     Function(String),
 }
 
-/// Whether `s` is an `http://` or `https://` URL with a host, that outcomes can be POSTed to.
-pub fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"));
-    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace))
-}
+pub use crate::outbound::is_http_url;
 
 impl Destination {
     fn parse(field: &'static str, s: &str) -> Result<Self, ManifestError> {

@@ -4,7 +4,6 @@
 //! One table vocabulary serves every kind; a key that belongs to another kind is refused by
 //! name, as an unknown key is, so a typo never silently falls back to a default.
 
-use crate::manifest::ManifestError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -294,8 +293,16 @@ pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
 }
 
 /// What is wrong with one trigger, naming it and the field.
-fn invalid(trigger: &str, field: &'static str, message: impl Into<String>) -> ManifestError {
-    ManifestError::Trigger {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `trigger.{trigger}.{field}`: {message}")]
+pub struct TriggerError {
+    pub trigger: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(trigger: &str, field: &'static str, message: impl Into<String>) -> TriggerError {
+    TriggerError {
         trigger: trigger.to_owned(),
         field,
         message: message.into(),
@@ -308,7 +315,7 @@ fn duration(
     value: Option<&str>,
     default: Duration,
     max: Duration,
-) -> Result<Duration, ManifestError> {
+) -> Result<Duration, TriggerError> {
     let d = match value {
         None => default,
         Some(s) => humantime::parse_duration(s).map_err(|e| {
@@ -364,7 +371,7 @@ impl TriggerManifest {
     }
 
     /// Validates the table and fills defaults.
-    pub fn validate(&self, index: usize) -> Result<TriggerSpec, ManifestError> {
+    pub fn validate(&self, index: usize) -> Result<TriggerSpec, TriggerError> {
         let label = self
             .name
             .clone()
@@ -506,7 +513,7 @@ impl TriggerManifest {
         })
     }
 
-    fn group_name(&self, name: &str) -> Result<Option<String>, ManifestError> {
+    fn group_name(&self, name: &str) -> Result<Option<String>, TriggerError> {
         match self.group.as_deref() {
             None => Ok(None),
             Some(g)
@@ -527,7 +534,7 @@ impl TriggerManifest {
         }
     }
 
-    fn stream_settings(&self, name: &str) -> Result<StreamSettings, ManifestError> {
+    fn stream_settings(&self, name: &str) -> Result<StreamSettings, TriggerError> {
         let starting_position = match self.starting_position.as_deref() {
             None | Some("latest") => StartingPosition::Latest,
             Some("earliest") => StartingPosition::Earliest,
@@ -601,7 +608,7 @@ impl TriggerManifest {
                         ));
                     }
                     FailureDestination::Nats(subj.to_owned())
-                } else if crate::manifest::is_http_url(s) {
+                } else if crate::outbound::is_http_url(s) {
                     FailureDestination::Url(s.to_owned())
                 } else {
                     return Err(invalid(name, "on_failure", format!("{s:?} is not a destination: write dlq, function:NAME, an http(s):// URL, kafka:TOPIC or nats:SUBJECT")));
@@ -657,7 +664,7 @@ fn addresses(
     example: &str,
     ok: impl Fn(&str) -> bool,
     form: &str,
-) -> Result<Vec<String>, ManifestError> {
+) -> Result<Vec<String>, TriggerError> {
     let list = value
         .filter(|l| !l.is_empty())
         .ok_or_else(|| invalid(name, field, format!("missing: add {example}")))?;
@@ -679,7 +686,7 @@ fn required_name(
     value: Option<&str>,
     ok: impl Fn(&str) -> bool,
     example: &str,
-) -> Result<String, ManifestError> {
+) -> Result<String, TriggerError> {
     let v = value.ok_or_else(|| invalid(name, field, format!("missing: add {example}")))?;
     if !ok(v) {
         return Err(invalid(
@@ -713,7 +720,7 @@ fn nats_subject_ok(s: &str) -> bool {
 }
 
 /// Checks a function's triggers together: each valid, names unique.
-pub fn validate_all(tables: &[TriggerManifest]) -> Result<Vec<TriggerSpec>, ManifestError> {
+pub fn validate_all(tables: &[TriggerManifest]) -> Result<Vec<TriggerSpec>, TriggerError> {
     let mut specs: Vec<TriggerSpec> = Vec::with_capacity(tables.len());
     for (i, t) in tables.iter().enumerate() {
         let spec = t.validate(i)?;
@@ -779,9 +786,9 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn one(toml_text: &str) -> Result<TriggerSpec, ManifestError> {
+    fn one(toml_text: &str) -> Result<TriggerSpec, TriggerError> {
         let m: TriggerManifest =
-            toml::from_str(toml_text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+            toml::from_str(toml_text).map_err(|e| invalid("?", "trigger", e.to_string()))?;
         m.validate(0)
     }
 

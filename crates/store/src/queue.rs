@@ -820,7 +820,7 @@ fn view(r: &AnyRow) -> Result<AsyncInvocation> {
         namespace: r.try_get("namespace")?,
         function: r.try_get("function")?,
         version: opt_u32(r, "version")?,
-        trigger: Trigger::Async.into(),
+        trigger: Trigger::Async,
         next_attempt_at: (status == AsyncStatus::Queued).then_some(run_at),
         status,
         attempts: r.try_get::<i64, _>("attempts")? as u32,

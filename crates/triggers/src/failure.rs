@@ -19,7 +19,7 @@ use serde_json::json;
 /// What a Kafka or NATS destination publishes with.
 pub(crate) enum Publisher {
     Kafka(rdkafka::producer::FutureProducer),
-    Nats(async_nats::jetstream::Context),
+    Nats(Box<async_nats::jetstream::Context>),
 }
 
 /// The failure document: Lambda's on-failure record, with the records as CloudEvents.

@@ -88,7 +88,7 @@ async fn consume(
         .await
         .map_err(|e| format!("could not pull from {durable:?}: {e}"))?;
     let publisher = match &settings.on_failure {
-        FailureDestination::Nats(_) => Some(Arc::new(Publisher::Nats(js.clone()))),
+        FailureDestination::Nats(_) => Some(Arc::new(Publisher::Nats(Box::new(js.clone())))),
         _ => None,
     };
     let origin = Arc::new(Origin::Nats {

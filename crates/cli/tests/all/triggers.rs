@@ -531,7 +531,10 @@ async fn a_kill_9_in_a_stream_of_10000_records_loses_none_and_repeats_only_uncom
         async move {
             let v = format!("r{i}");
             prod.send(
-                FutureRecord::to(&topic).partition(i % 2).key("k").payload(&v),
+                FutureRecord::to(&topic)
+                    .partition(i % 2)
+                    .key("k")
+                    .payload(&v),
                 Duration::from_secs(30),
             )
             .await
@@ -541,7 +544,10 @@ async fn a_kill_9_in_a_stream_of_10000_records_loses_none_and_repeats_only_uncom
     for r in futures_util::future::join_all(sends).await {
         r.unwrap();
     }
-    let ok = eventually(Duration::from_secs(120), || kafka_records(&seen).len() >= 3_000).await;
+    let ok = eventually(Duration::from_secs(120), || {
+        kafka_records(&seen).len() >= 3_000
+    })
+    .await;
     assert!(ok, "{}", p.server_log());
     p.kill9_and_restart().await;
     let distinct = || {
@@ -552,9 +558,18 @@ async fn a_kill_9_in_a_stream_of_10000_records_loses_none_and_repeats_only_uncom
             .len()
     };
     let ok = eventually(Duration::from_secs(180), || distinct() >= 10_000).await;
-    assert!(ok, "{} of 10000 distinct records\n{}", distinct(), p.server_log());
+    assert!(
+        ok,
+        "{} of 10000 distinct records\n{}",
+        distinct(),
+        p.server_log()
+    );
     let total = kafka_records(&seen).len();
     // Redelivered: only what was not yet committed when the server died, at most what two
     // partitions' lanes hold (a running batch and a full queue each).
-    assert!(total - 10_000 <= 2 * 300, "{} records delivered twice", total - 10_000);
+    assert!(
+        total - 10_000 <= 2 * 300,
+        "{} records delivered twice",
+        total - 10_000
+    );
 }
