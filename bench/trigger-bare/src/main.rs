@@ -1,6 +1,8 @@
 //! `trigger-bare produce-kafka BROKERS TOPIC PARTITIONS N` and `drain-kafka BROKERS TOPIC GROUP
 //! N BATCH`; `produce-nats URL STREAM SUBJECT N` and `drain-nats URL STREAM DURABLE N BATCH`.
 //! A drain prints `records/s` for N records, committing (acknowledging) per batch.
+//! `paced-kafka BROKERS TOPIC N RATE` produces N records at RATE per second, printing each
+//! one's send time.
 
 use futures_util::StreamExt;
 use rdkafka::config::ClientConfig;
@@ -43,6 +45,28 @@ async fn main() {
             }
             while let Some(r) = pending.next().await {
                 r.unwrap();
+            }
+        }
+        "paced-kafka" => {
+            // One record every 1/RATE s to partition 0; prints each one's send time (ms).
+            let (brokers, topic, n, rate) = (&a[1], &a[2], a[3].parse::<usize>().unwrap(), a[4].parse::<f64>().unwrap());
+            let p: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "0")
+                .create()
+                .unwrap();
+            let every = Duration::from_secs_f64(1.0 / rate);
+            for i in 0..n {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                let v = format!("{{\"n\": {i}}}");
+                p.send(FutureRecord::<(), _>::to(topic).partition(0).payload(&v), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                println!("{t}");
+                tokio::time::sleep(every).await;
             }
         }
         "drain-kafka" => {
@@ -92,7 +116,7 @@ async fn main() {
                     .publish(format!("{subject}.k{}", i % 64), bytes::Bytes::from(format!("{{\"n\": {i}}}")))
                     .await
                     .unwrap();
-                acks.push(ack.into_future());
+                acks.push(std::future::IntoFuture::into_future(ack));
                 if acks.len() >= 5_000 {
                     acks.next().await.unwrap().unwrap();
                 }

@@ -163,6 +163,9 @@ where
             }
             attempts += 1;
             let result = invoke(batch.clone()).await;
+            // The records the function reported as failed, when it answered with a partial
+            // batch response: only they are given up on when the retries run out.
+            let mut reported: Option<Vec<String>> = None;
             let (error, counts) = match result {
                 BatchResult::Ok => {
                     settled.delivered += batch.len();
@@ -179,6 +182,7 @@ where
                         Some(i) => {
                             settled.delivered += i;
                             batch.drain(..i);
+                            reported = Some(failed.clone());
                             (
                                 format!(
                                     "the function reported record {} (and {} more) as failed",
@@ -206,8 +210,15 @@ where
             }
             let exhausted = settings.max_retries >= 0 && failures > settings.max_retries as u32;
             if exhausted {
+                let mut records = std::mem::take(&mut batch);
+                if let Some(failed) = reported {
+                    let (dead, done): (Vec<Record>, Vec<Record>) =
+                        records.into_iter().partition(|r| failed.contains(&r.id));
+                    settled.delivered += done.len();
+                    records = dead;
+                }
                 settled.dead.push(Dead {
-                    records: std::mem::take(&mut batch),
+                    records,
                     condition: Condition::RetriesExhausted,
                     error,
                     attempts,
@@ -348,6 +359,15 @@ mod tests {
         assert!(s.dead.is_empty());
         assert_eq!(calls.lock().unwrap()[1], ["3", "4", "5"]);
         assert_eq!(s.failed_invocations, 1);
+    }
+
+    #[tokio::test]
+    async fn when_retries_run_out_only_the_reported_records_are_dead() {
+        let f = |_b: Vec<Record>| std::future::ready(BatchResult::Partial(vec!["2".into()]));
+        let s = run(&settings(1, false), 4, &f).await;
+        assert_eq!(s.delivered, 3);
+        let dead: Vec<&str> = s.dead[0].records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(dead, ["2"]);
     }
 
     #[tokio::test]

@@ -241,6 +241,8 @@ async fn consume(
                     publisher.clone(),
                     slots.clone(),
                     commit,
+                    // Kafka keeps what is not committed; nothing to tell it meanwhile.
+                    |_: &[i64]| std::future::ready(()),
                     lanes_stop.clone(),
                 ));
                 lane

@@ -83,19 +83,28 @@ pub(crate) fn lane_of(key: Option<&[u8]>, n: u32) -> usize {
     }
 }
 
+/// How often a batch that is still being settled tells its source it is in progress
+/// (JetStream would deliver its messages again after the consumer's `ack_wait`).
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs one lane's batches until `stop`: fill, invoke (through [`batch::process`]), send the
-/// dead to `on_failure`, count, then `commit` the batch's acknowledgements.
-pub(crate) async fn work<A, C, Fut>(
+/// dead to `on_failure`, count, then `commit` the batch's acknowledgements. While a batch is
+/// being settled, `progress` is called on its acknowledgements every [`PROGRESS_EVERY`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn work<A, C, Fut, P, PFut>(
     run: Arc<TriggerRun>,
     origin: Arc<Origin>,
     lane: Arc<Lane<A>>,
     publisher: Option<Arc<Publisher>>,
     slots: Arc<Semaphore>,
     commit: C,
+    progress: P,
     mut stop: watch::Receiver<bool>,
 ) where
     C: Fn(Vec<A>) -> Fut,
     Fut: Future<Output = ()>,
+    P: Fn(&[A]) -> PFut,
+    PFut: Future<Output = ()>,
 {
     let Some(settings) = run.spec.source.stream().cloned() else {
         return;
@@ -160,16 +169,24 @@ pub(crate) async fn work<A, C, Fut>(
             let (run, origin) = (run.clone(), origin.clone());
             async move { crate::invoke::batch(&run, &origin, recs).await }
         };
-        let Some(settled) = batch::process(
+        let mut stop_batch = stop.clone();
+        let process = batch::process(
             &settings,
             run.deps.config.retry_base,
             records,
             &invoke,
-            &mut stop,
+            &mut stop_batch,
             now_ms,
-        )
-        .await
-        else {
+        );
+        tokio::pin!(process);
+        let mut tick = tokio::time::interval_at(Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        let settled = loop {
+            tokio::select! {
+                s = &mut process => break s,
+                _ = tick.tick() => progress(&acks).await,
+            }
+        };
+        let Some(settled) = settled else {
             return;
         };
         let dead: usize = settled.dead.iter().map(|d| d.records.len()).sum();

@@ -58,9 +58,9 @@ async fn consume(
         )
     })?;
     let durable = run.group(src.group.as_ref());
-    // The function's own time limit, with room for retries, before JetStream sends a message
-    // again; a batch that retries longer keeps its messages with progress acks.
-    let ack_wait = Duration::from_secs(60);
+    // Before JetStream sends a message again: a batch still being settled keeps its messages
+    // with progress acknowledgements (every 10 s), however long its retries take.
+    let ack_wait = Duration::from_secs(30);
     let config = pull::Config {
         durable_name: Some(durable.clone()),
         filter_subject: src.subject.clone().unwrap_or_default(),
@@ -180,6 +180,14 @@ async fn consume(
                     publisher.clone(),
                     slots.clone(),
                     commit,
+                    |acks: &[jetstream::Message]| {
+                        let acks = acks.to_vec();
+                        async move {
+                            for m in acks {
+                                let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                            }
+                        }
+                    },
                     lanes_stop.clone(),
                 ));
                 lane

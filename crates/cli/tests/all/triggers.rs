@@ -252,6 +252,17 @@ async fn kafka_records_reach_a_handler_in_lambdas_shape_and_a_poison_record_ends
             .any(|r| r["trigger"] == "kafka:orders"),
         "{recs}"
     );
+    let m = p.http("GET", "/metrics", None).await.text();
+    let delivered = m
+        .lines()
+        .find(|l| {
+            l.starts_with("petrel_trigger_records_total")
+                && l.contains("trigger=\"orders\"")
+                && l.contains("result=\"delivered\"")
+        })
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(delivered.ends_with(" 29"), "{delivered}");
+    assert!(m.contains("petrel_trigger_lag{"), "{m}");
     let ls = p.cli_ok(&["trigger", "ls", "kconsumer"]);
     assert!(ls.contains("orders") && ls.contains("running"), "{ls}");
 
@@ -572,4 +583,235 @@ async fn a_kill_9_in_a_stream_of_10000_records_loses_none_and_repeats_only_uncom
         "{} records delivered twice",
         total - 10_000
     );
+}
+
+#[tokio::test]
+async fn a_redeploy_keeps_an_unchanged_trigger_and_restarts_a_changed_one() {
+    let p = Petrel::start().await;
+    let write = |dir: &std::path::Path, mark: &str, schedule: &str| {
+        std::fs::write(dir.join("app.py"), "def handler(e, c):\n    return {}\n").unwrap();
+        std::fs::write(
+            dir.join("petrel.toml"),
+            format!(
+                "{}\n[env]\nMARK = \"{mark}\"\n\n[[trigger]]\nname = \"slow\"\nkind = \"cron\"\nschedule = \"{schedule}\"\n",
+                manifest("keeper", "python3", "app.handler", "")
+            ),
+        )
+        .unwrap();
+    };
+    let starts = |p: &Petrel| {
+        p.server_log()
+            .matches("starting a trigger's consumer")
+            .count()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "1", "rate(1 hour)");
+    p.deploy(dir.path());
+    assert_eq!(starts(&p), 1, "{}", p.server_log());
+    // New code, same trigger: a new version, the consumer goes on.
+    write(dir.path(), "2", "rate(1 hour)");
+    assert!(p.deploy(dir.path()).contains('2'));
+    assert_eq!(starts(&p), 1, "{}", p.server_log());
+    // A changed trigger starts again.
+    write(dir.path(), "2", "rate(2 hours)");
+    p.deploy(dir.path());
+    assert_eq!(starts(&p), 2, "{}", p.server_log());
+    // Taken out of the manifest: it stops.
+    std::fs::write(
+        dir.path().join("petrel.toml"),
+        manifest("keeper", "python3", "app.handler", ""),
+    )
+    .unwrap();
+    p.deploy(dir.path());
+    assert!(
+        p.server_log().contains("trigger removed"),
+        "{}",
+        p.server_log()
+    );
+    let t = triggers_json(&p, "keeper").await;
+    assert_eq!(t["triggers"].as_array().unwrap().len(), 0, "{t}");
+}
+
+/// A cron trigger that starts again (after a restart, or here a resume, which runs the same
+/// start) fires the latest due time it missed, once, not once per missed slot.
+#[tokio::test]
+async fn cron_due_times_missed_while_not_running_fire_once_when_it_runs_again() {
+    let (sink, seen) = receiver().await;
+    let p = Petrel::start().await;
+    let dir = function_dir(&[
+        (
+            "app.py",
+            "import json, os, urllib.request\n\ndef handler(event, context):\n    urllib.request.urlopen(urllib.request.Request(os.environ['SINK'], data=json.dumps(event).encode(), method='POST')).read()\n    return {}\n",
+        ),
+        (
+            "petrel.toml",
+            &format!(
+                "{}network = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\n\n[[trigger]]\nname = \"tick\"\nkind = \"cron\"\nschedule = \"*/2 * * * * *\"\n",
+                manifest("catchup", "python3", "app.handler", "")
+            ),
+        ),
+    ]);
+    p.deploy(dir.path());
+    let ok = eventually(Duration::from_secs(20), || !events(&seen).is_empty()).await;
+    assert!(ok, "{}", p.server_log());
+    p.cli_ok(&["trigger", "pause", "catchup", "tick"]);
+    let paused_at = now_ms();
+    // At least three due times pass while it does not run.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    p.cli_ok(&["trigger", "resume", "catchup", "tick"]);
+    let resumed_at = now_ms();
+    let due = || -> Vec<i64> {
+        events(&seen)
+            .iter()
+            .map(|e| parse_rfc3339_ms(e["time"].as_str().unwrap()))
+            .collect()
+    };
+    let ok = eventually(Duration::from_secs(20), || {
+        due().iter().any(|t| *t > resumed_at)
+    })
+    .await;
+    assert!(ok, "{}", p.server_log());
+    let missed: Vec<i64> = due()
+        .into_iter()
+        .filter(|t| *t > paused_at && *t <= resumed_at)
+        .collect();
+    assert_eq!(
+        missed.len(),
+        1,
+        "{missed:?} between {paused_at} and {resumed_at}"
+    );
+    let all = due();
+    let distinct: BTreeSet<&i64> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "a due time fired twice: {all:?}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `2026-12-03T14:00:02Z` as ms since the epoch (UTC, whole seconds, as the event writes it).
+fn parse_rfc3339_ms(s: &str) -> i64 {
+    let (date, time) = s.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let t: Vec<i64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000
+}
+
+/// A handler that reports every record whose value is `bad` as failed, in Lambda's partial
+/// batch response.
+const PARTIAL_PY: &str = r#"
+import base64
+
+def handler(event, context):
+    failed = []
+    for part in event["records"].values():
+        for r in part:
+            if base64.b64decode(r["value"]) == b"bad":
+                failed.append({"itemIdentifier": str(r["offset"])})
+    return {"batchItemFailures": failed}
+"#;
+
+#[tokio::test]
+async fn partial_batch_failures_go_to_a_kafka_topic_and_a_url_on_failure() {
+    let (topic_a, topic_b, dead) = (unique("pa"), unique("pb"), unique("dead"));
+    for t in [&topic_a, &topic_b, &dead] {
+        create_topic(t, 1).await;
+    }
+    let (sink, seen) = receiver().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "trigger_retry_base = \"20ms\"\n").unwrap();
+    let p = Petrel::start_with(
+        StoreKind::Sqlite,
+        &["--config", config.path().to_str().unwrap()],
+    )
+    .await;
+    let k = kafka();
+    let common = "starting_position = \"earliest\"\nbatch_size = 10\nbatch_window = \"300ms\"\nmax_retries = 1\nreport_batch_item_failures = true\n";
+    let dir = function_dir(&[
+        ("app.py", PARTIAL_PY),
+        (
+            "petrel.toml",
+            &format!(
+                "{}\n[[trigger]]\nname = \"a\"\nkind = \"kafka\"\nbrokers = [\"{k}\"]\ntopic = \"{topic_a}\"\n{common}on_failure = \"kafka:{dead}\"\n\n[[trigger]]\nname = \"b\"\nkind = \"kafka\"\nbrokers = [\"{k}\"]\ntopic = \"{topic_b}\"\n{common}on_failure = \"{sink}/failed\"\n",
+                manifest("partial", "python3", "app.handler", "")
+            ),
+        ),
+    ]);
+    p.deploy(dir.path());
+    let prod = producer();
+    for (i, v) in ["ok0", "ok1", "bad", "ok3"].iter().enumerate() {
+        produce(&prod, &topic_a, 0, &format!("k{i}"), v).await;
+        produce(&prod, &topic_b, 0, &format!("k{i}"), v).await;
+    }
+    // Trigger a: the bad record (offset 2) is produced to the dead topic, with why.
+    let c: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[dead.as_str()]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(60), c.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing on the dead topic\n{}", p.server_log()))
+        .unwrap();
+    use rdkafka::message::{Headers, Message};
+    assert_eq!(m.payload(), Some(&b"bad"[..]));
+    assert_eq!(m.key(), Some(&b"k2"[..]));
+    let header = |name: &str| {
+        m.headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == name)
+            .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
+    };
+    assert_eq!(
+        header("petrel-condition").as_deref(),
+        Some("RetriesExhausted")
+    );
+    assert_eq!(header("petrel-position"), Some(format!("{topic_a}-0@2")));
+    // Trigger b: the failure document is POSTed to the URL.
+    let ok = eventually(Duration::from_secs(60), || {
+        seen.lock().unwrap().iter().any(|(p, _, _)| p == "/failed")
+    })
+    .await;
+    assert!(ok, "{}", p.server_log());
+    let doc: serde_json::Value = {
+        let s = seen.lock().unwrap();
+        let (_, _, b) = s.iter().find(|(p, _, _)| p == "/failed").unwrap();
+        serde_json::from_slice(b).unwrap()
+    };
+    assert_eq!(doc["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(doc["requestContext"]["trigger"], "kafka:b");
+    let recs = doc["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 1, "{doc}");
+    assert_eq!(recs[0]["kafkaoffset"], 2);
+    // Past the bad record, each partition is committed to its end.
+    for (t, trig) in [(&topic_a, "a"), (&topic_b, "b")] {
+        let group = format!("petrel-default-partial-{trig}");
+        let ok = eventually(Duration::from_secs(30), || {
+            committed(&group, t, 1) == vec![4]
+        })
+        .await;
+        assert!(ok, "{trig}: committed {:?}", committed(&group, t, 1));
+    }
+    let t = triggers_json(&p, "partial").await;
+    for tr in t["triggers"].as_array().unwrap() {
+        assert_eq!(tr["delivered"], 3, "{tr}");
+        assert_eq!(tr["dead"], 1, "{tr}");
+    }
 }

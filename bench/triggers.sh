@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The event triggers' benchmark: records per second from Kafka and from JetStream through a
+# no-op wasm function (examples/hello-wasm answers every POST), against the same client
+# libraries draining the same backlog bare (bench/trigger-bare: read and commit per batch,
+# invoke nothing), in the same run; how long the backlog takes to drain; and, at low load, the
+# time from produce to the function's invocation (p50, p99).
+#
+#   bench/triggers.sh            N (backlog records, default 100000), BATCH (default 100),
+#                                REPS (default 3), PETREL=/path/to/petrel (default: build)
+#
+# Brokers come from scripts/services.sh. Writes bench/results/<UTC>-triggers.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+N=${N:-100000}
+BATCH=${BATCH:-100}
+REPS=${REPS:-3}
+LOW=${LOW:-200}
+say() { echo "bench: $*" >&2; }
+. scripts/services.sh >&2
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+say "building Petrel, the bare clients and the hello component (release)"
+if [ -z "${PETREL:-}" ]; then cargo build -q --release; fi
+PETREL=${PETREL:-$root/target/release/petrel}
+CARGO_TARGET_DIR=$root/target cargo build -q --release --manifest-path bench/trigger-bare/Cargo.toml
+BARE=$root/target/release/trigger-bare
+CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
+cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$port
+"$PETREL" serve --listen "127.0.0.1:$port" --data-dir "$work/data" > "$work/petrel.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do curl -fs -o /dev/null "$URL/healthz" && break; sleep 0.05; done
+
+# A no-op wasm function with one trigger ($1: the trigger's TOML body).
+deploy() {
+  local name=$1 trigger=$2 dir=$work/$1
+  mkdir -p "$dir"
+  cp examples/hello-wasm/hello.wasm "$dir/"
+  printf 'name = "%s"\nruntime = "wasm"\nhandler = "hello.wasm"\nmemory_mb = 64\n\n[[trigger]]\nname = "t"\n%s\n' "$name" "$trigger" > "$dir/petrel.toml"
+  PETREL_SERVER=$URL "$PETREL" deploy "$dir" > /dev/null
+}
+
+# Waits until function $1's trigger has delivered $2 records; prints "records/s drain_s":
+# the rate from its first delivered batch to the last, and the time from deploy to the end.
+drain() {
+  python3 - "$URL" "$1" "$2" "$3" <<'PY'
+import json, sys, time, urllib.request
+url, fn, n, t0 = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+first = None
+while True:
+    t = json.load(urllib.request.urlopen(f"{url}/v1/functions/{fn}/triggers"))["triggers"][0]
+    now = time.time()
+    d = t["delivered"]
+    if d > 0 and first is None:
+        first = (now, d)
+    if d >= n:
+        rate = (n - first[1]) / max(now - first[0], 1e-3) if now > first[0] else float("nan")
+        print(f"{rate:.0f} {now - t0:.2f}")
+        break
+    if now - t0 > 600:
+        print("nan nan"); break
+    time.sleep(0.05)
+PY
+}
+
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print(f"{statistics.median(v):.0f}" if v else "n/a")' "$@"; }
+
+declare -a kb kp kd nb np nd
+for rep in $(seq 1 "$REPS"); do
+  tag=$(date +%s)$rep
+  say "rep $rep: Kafka backlog of $N records (2 partitions)"
+  "$BARE" produce-kafka "$PETREL_TEST_KAFKA" "bench-bare-$tag" 2 "$N"
+  "$BARE" produce-kafka "$PETREL_TEST_KAFKA" "bench-petrel-$tag" 2 "$N"
+  kb+=("$("$BARE" drain-kafka "$PETREL_TEST_KAFKA" "bench-bare-$tag" "g-$tag" "$N" "$BATCH")")
+  t0=$(python3 -c 'import time; print(time.time())')
+  deploy "kafka-$tag" "kind = \"kafka\"
+brokers = [\"$PETREL_TEST_KAFKA\"]
+topic = \"bench-petrel-$tag\"
+starting_position = \"earliest\"
+batch_size = $BATCH"
+  read -r rate secs < <(drain "kafka-$tag" "$N" "$t0")
+  kp+=("$rate"); kd+=("$secs")
+  PETREL_SERVER=$URL "$PETREL" rm "kafka-$tag" > /dev/null
+
+  say "rep $rep: JetStream backlog of $N messages"
+  "$BARE" produce-nats "$PETREL_TEST_NATS" "BAREB$tag" "bare$tag" "$N"
+  "$BARE" produce-nats "$PETREL_TEST_NATS" "PETRELB$tag" "petrel$tag" "$N"
+  nb+=("$("$BARE" drain-nats "$PETREL_TEST_NATS" "BAREB$tag" "d$tag" "$N" "$BATCH")")
+  t0=$(python3 -c 'import time; print(time.time())')
+  deploy "nats-$tag" "kind = \"nats\"
+servers = [\"$PETREL_TEST_NATS\"]
+stream = \"PETRELB$tag\"
+starting_position = \"earliest\"
+batch_size = $BATCH"
+  read -r rate secs < <(drain "nats-$tag" "$N" "$t0")
+  np+=("$rate"); nd+=("$secs")
+  PETREL_SERVER=$URL "$PETREL" rm "nats-$tag" > /dev/null
+done
+
+say "low load: $LOW records at 20/s, batch_window = 0"
+tag=lat$(date +%s)
+"$BARE" produce-kafka "$PETREL_TEST_KAFKA" "bench-lat-$tag" 1 0
+deploy "lat-$tag" "kind = \"kafka\"
+brokers = [\"$PETREL_TEST_KAFKA\"]
+topic = \"bench-lat-$tag\"
+starting_position = \"earliest\"
+batch_size = $BATCH
+batch_window = \"0s\""
+sleep 3
+"$BARE" paced-kafka "$PETREL_TEST_KAFKA" "bench-lat-$tag" "$LOW" 20 > "$work/sent"
+sleep 2
+latency=$(python3 - "$URL" "lat-$tag" "$work/sent" <<'PY'
+import json, statistics, sys, urllib.request
+url, fn, sent = sys.argv[1], sys.argv[2], [int(l) for l in open(sys.argv[3])]
+recs = json.load(urllib.request.urlopen(f"{url}/v1/functions/{fn}/invocations?limit=10000"))["invocations"]
+starts = sorted(r["started_at"] for r in recs if r["trigger"].startswith("kafka:"))
+if len(starts) != len(sent):
+    print(f"n/a (batched: {len(starts)} invocations for {len(sent)} records)"); sys.exit()
+d = sorted(s - p for s, p in zip(starts, sent))
+q = lambda p: d[min(len(d) - 1, int(p * len(d)))]
+print(f"{q(0.5)} ms p50, {q(0.99)} ms p99 (n={len(d)})")
+PY
+)
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=bench/results/$stamp-triggers.md
+{
+  echo "# Triggers benchmark, $stamp"
+  echo
+  echo "$(nproc) cores; N=$N records per backlog, batch_size=$BATCH, $REPS runs (median, all runs in brackets)."
+  echo "Petrel: a no-op wasm function (examples/hello-wasm). Bare: the same client library reading and committing per $BATCH, invoking nothing."
+  echo
+  echo "| source | bare records/s | Petrel records/s | ratio | Petrel: deploy to drained (s) |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  ratio() { python3 -c "import sys; b,p=float(sys.argv[1]),float(sys.argv[2]); print(f'{p/b:.2f}')" "$1" "$2"; }
+  mkb=$(median "${kb[@]}"); mkp=$(median "${kp[@]}"); mnb=$(median "${nb[@]}"); mnp=$(median "${np[@]}")
+  echo "| Kafka (librdkafka, 2 partitions) | $mkb [${kb[*]}] | $mkp [${kp[*]}] | $(ratio "$mkb" "$mkp") | $(median "${kd[@]}") [${kd[*]}] |"
+  echo "| NATS JetStream (async-nats) | $mnb [${nb[*]}] | $mnp [${np[*]}] | $(ratio "$mnb" "$mnp") | $(median "${nd[@]}") [${nd[*]}] |"
+  echo
+  echo "Produce to invocation at low load (Kafka, 20 records/s, batch_window 0): $latency"
+} > "$out"
+cat "$out"
