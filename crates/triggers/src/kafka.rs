@@ -292,7 +292,7 @@ fn settle(tracks: &Mutex<HashMap<i32, Track>>, partition: i32, offsets: &[i64]) 
 }
 
 /// Every 5 s: lag (end offsets less positions) and committed positions, for the status and
-/// `/metrics`.
+/// `/metrics`; whether the brokers answer decides between running and failing.
 async fn report_lag(
     run: Arc<TriggerRun>,
     c: Arc<Consumer_>,
@@ -322,6 +322,14 @@ async fn report_lag(
                 Ok(out)
             })
             .await;
+        match &got {
+            // The brokers answer: whatever error librdkafka reported before has passed.
+            Ok(Ok(_)) => run.status.running(),
+            Ok(Err(e)) => run
+                .status
+                .failing(format!("could not read the topic's offsets: {e}")),
+            Err(_) => {}
+        }
         if let Ok(Ok(parts)) = got {
             let mut lag = 0u64;
             let mut positions = Vec::new();

@@ -209,10 +209,16 @@ async fn consume(
 /// those delivered and not acknowledged).
 async fn report_lag(run: Arc<TriggerRun>, consumer: jetstream::consumer::Consumer<pull::Config>) {
     loop {
-        if let Ok(info) = consumer.get_info().await {
-            let lag = info.num_pending + info.num_ack_pending as u64;
-            run.status.set_lag(lag);
-            run.deps.dp.metrics().trigger_lag(&run.labels, lag);
+        match consumer.get_info().await {
+            Ok(info) => {
+                let lag = info.num_pending + info.num_ack_pending as u64;
+                run.status.set_lag(lag);
+                run.deps.dp.metrics().trigger_lag(&run.labels, lag);
+                run.status.running();
+            }
+            Err(e) => run
+                .status
+                .failing(format!("could not read the consumer's state: {e}")),
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }

@@ -815,3 +815,42 @@ async fn partial_batch_failures_go_to_a_kafka_topic_and_a_url_on_failure() {
         assert_eq!(tr["dead"], 1, "{tr}");
     }
 }
+
+/// A wasm component gets a trigger's events too (a CloudEvents batch POSTed to `/`, which
+/// names no authority: the component sees `localhost`).
+#[tokio::test]
+async fn a_wasm_function_takes_a_triggers_events() {
+    let p = Petrel::start().await;
+    let dir = wasm_function(
+        "wasm-ticker",
+        &wasm_guests().hello,
+        "\n[[trigger]]\nname = \"tick\"\nkind = \"cron\"\nschedule = \"* * * * * *\"\n",
+    );
+    p.deploy(dir.path());
+    let mut t = serde_json::Value::Null;
+    for _ in 0..80 {
+        t = triggers_json(&p, "wasm-ticker").await;
+        if t["triggers"][0]["delivered"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        t["triggers"][0]["delivered"].as_u64().unwrap() >= 2,
+        "{t}\n{}",
+        p.server_log()
+    );
+    assert_eq!(t["triggers"][0]["failed"], 0, "{t}");
+    let recs = p
+        .http("GET", "/v1/functions/wasm-ticker/invocations", None)
+        .await
+        .json();
+    let fires: Vec<&serde_json::Value> = recs["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "cron:tick")
+        .collect();
+    assert!(!fires.is_empty(), "{recs}");
+    assert!(fires.iter().all(|r| r["outcome"] == "success"), "{recs}");
+}

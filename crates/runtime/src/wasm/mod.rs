@@ -465,6 +465,15 @@ impl WasmInstance {
             Ok(UpdateDeadline::Yield(YIELD_EVERY_TICKS))
         });
 
+        let mut req = req;
+        // wasi:http hands a component its request's authority. An event Petrel POSTs itself (a
+        // trigger's batch, an async event) names none: the component sees `localhost`.
+        if req.uri().authority().is_none() && !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
         let req = req.map(|b| b.map_err(|_| wasmtime_wasi_http::Error::HttpRequestBodySize(None)));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let incoming = store
