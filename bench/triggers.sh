@@ -20,7 +20,7 @@ say() { echo "bench: $*" >&2; }
 . scripts/services.sh >&2
 work=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; cp "$work/petrel.out" bench/results/last-triggers-server.log 2>/dev/null; rm -rf "$work"' EXIT
 
 say "building Petrel, the bare clients and the hello component (release)"
 if [ -z "${PETREL:-}" ]; then cargo build -q --release; fi

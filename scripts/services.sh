@@ -4,6 +4,7 @@
 #   PETREL_TEST_POSTGRES_URL  PostgreSQL (Debian's package)
 #   PETREL_TEST_KAFKA         Apache Kafka 4.x in KRaft mode, one node (jars from Maven Central)
 #   PETREL_TEST_NATS          nats-server with JetStream (Debian's package)
+#   PETREL_TEST_REDIS         redis-server (Debian's package)
 # Each is left alone when its variable is already set, and a running one is reused.
 # Needs root (or sudo) on a fresh machine to install packages.
 set -euo pipefail
@@ -53,6 +54,7 @@ PETREL_SERVICES_DIR="${PETREL_SERVICES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/petr
 PETREL_KAFKA_VERSION="${PETREL_KAFKA_VERSION:-4.4.0}"
 PETREL_KAFKA_PORT="${PETREL_KAFKA_PORT:-19092}"
 PETREL_NATS_PORT="${PETREL_NATS_PORT:-14222}"
+PETREL_REDIS_PORT="${PETREL_REDIS_PORT:-16379}"
 
 _petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -162,6 +164,33 @@ petrel_start_nats() {
   echo "services: NATS at $PETREL_TEST_NATS"
 }
 
+petrel_start_redis() {
+  if [ -n "${PETREL_TEST_REDIS:-}" ]; then
+    echo "services: using PETREL_TEST_REDIS from the environment"
+    return 0
+  fi
+  local port="$PETREL_REDIS_PORT" dir="$PETREL_SERVICES_DIR/redis"
+  if ! _petrel_port_open "$port"; then
+    if ! command -v redis-server >/dev/null; then
+      echo "services: installing redis-server from Debian's packages"
+      _petrel_sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq redis-server >/dev/null
+    fi
+    mkdir -p "$dir"
+    echo "services: starting redis-server on port $port"
+    redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --dir "$dir" \
+      --logfile "$dir/redis.log" --save "" --appendonly no >/dev/null
+    for _ in $(seq 1 50); do
+      _petrel_port_open "$port" && break
+      sleep 0.1
+    done
+    _petrel_port_open "$port" || { echo "services: redis-server did not start; see $dir/redis.log" >&2; return 1; }
+  fi
+  export PETREL_TEST_REDIS="redis://127.0.0.1:$port/0"
+  echo "services: Redis at $PETREL_TEST_REDIS"
+}
+
 petrel_start_postgres
 petrel_start_kafka
 petrel_start_nats
+petrel_start_redis

@@ -141,6 +141,8 @@ wire_enum! {
         Kafka = "kafka",
         /// A batch of a NATS JetStream trigger.
         Nats = "nats",
+        /// A batch of a Redis Streams trigger.
+        Redis = "redis",
         /// A fire of a cron trigger.
         Cron = "cron",
     }
@@ -152,7 +154,7 @@ impl Trigger {
     pub fn otel(self) -> &'static str {
         match self {
             Trigger::Http => "http",
-            Trigger::Kafka | Trigger::Nats => "pubsub",
+            Trigger::Kafka | Trigger::Nats | Trigger::Redis => "pubsub",
             Trigger::Cron => "timer",
             Trigger::Invoke | Trigger::LambdaInvoke | Trigger::Async => "other",
         }

@@ -21,6 +21,8 @@ pub struct TriggerManifest {
     // kafka
     pub brokers: Option<Vec<String>>,
     pub topic: Option<String>,
+    // redis (and the next queue kinds)
+    pub url: Option<String>,
     // nats
     pub servers: Option<Vec<String>>,
     pub stream: Option<String>,
@@ -47,17 +49,23 @@ pub struct TriggerManifest {
 pub enum TriggerKind {
     Kafka,
     Nats,
+    Redis,
     Cron,
 }
 
 impl TriggerKind {
-    pub const ALL: &'static [TriggerKind] =
-        &[TriggerKind::Kafka, TriggerKind::Nats, TriggerKind::Cron];
+    pub const ALL: &'static [TriggerKind] = &[
+        TriggerKind::Kafka,
+        TriggerKind::Nats,
+        TriggerKind::Redis,
+        TriggerKind::Cron,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Kafka => "kafka",
             TriggerKind::Nats => "nats",
+            TriggerKind::Redis => "redis",
             TriggerKind::Cron => "cron",
         }
     }
@@ -87,6 +95,7 @@ pub struct TriggerSpec {
 pub enum TriggerSource {
     Kafka(KafkaSource),
     Nats(NatsSource),
+    Redis(RedisSource),
     Cron(CronSource),
 }
 
@@ -95,6 +104,7 @@ impl TriggerSource {
         match self {
             TriggerSource::Kafka(_) => TriggerKind::Kafka,
             TriggerSource::Nats(_) => TriggerKind::Nats,
+            TriggerSource::Redis(_) => TriggerKind::Redis,
             TriggerSource::Cron(_) => TriggerKind::Cron,
         }
     }
@@ -104,6 +114,7 @@ impl TriggerSource {
         match self {
             TriggerSource::Kafka(k) => Some(&k.settings),
             TriggerSource::Nats(n) => Some(&n.settings),
+            TriggerSource::Redis(r) => Some(&r.settings),
             TriggerSource::Cron(_) => None,
         }
     }
@@ -129,6 +140,18 @@ pub struct NatsSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     /// The durable consumer's name; `None`: derived (see [`default_group`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub settings: StreamSettings,
+}
+
+/// A Redis stream, read by a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisSource {
+    /// `redis://host:6379/0` (or `rediss://` with TLS).
+    pub url: String,
+    pub stream: String,
+    /// The consumer group; `None`: derived (see [`default_group`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub settings: StreamSettings,
@@ -348,6 +371,7 @@ impl TriggerManifest {
             ($($f:ident),*) => { $( if self.$f.is_some() { keys.push(stringify!($f)); } )* };
         }
         check!(
+            url,
             brokers,
             topic,
             servers,
@@ -390,7 +414,7 @@ impl TriggerManifest {
                 return Err(invalid(
                     &name,
                     "kind",
-                    "missing: add kind = \"kafka\" (or nats, cron)",
+                    "missing: add kind = \"kafka\" (or nats, redis, cron)",
                 ))
             }
             Some(k) => TriggerKind::ALL
@@ -401,13 +425,14 @@ impl TriggerManifest {
                     invalid(
                         &name,
                         "kind",
-                        format!("{k:?} is not a trigger kind: use kafka, nats or cron"),
+                        format!("{k:?} is not a trigger kind: use kafka, nats, redis or cron"),
                     )
                 })?,
         };
         let allowed: &[&str] = match kind {
             TriggerKind::Kafka => &["brokers", "topic", "group"],
             TriggerKind::Nats => &["servers", "stream", "subject", "group"],
+            TriggerKind::Redis => &["url", "stream", "group"],
             TriggerKind::Cron => &["schedule", "timezone", "payload"],
         };
         const STREAM_KEYS: &[&str] = &[
@@ -476,6 +501,16 @@ impl TriggerManifest {
                 group: self.group_name(&name)?,
                 settings: self.stream_settings(&name)?,
             }),
+            TriggerKind::Redis => TriggerSource::Redis(RedisSource {
+                url: match self.url.as_deref() {
+                    None => return Err(invalid(&name, "url", "missing: add url = \"redis://127.0.0.1:6379/0\"")),
+                    Some(u) if (u.starts_with("redis://") || u.starts_with("rediss://")) && u.len() > "redis://".len() => u.to_owned(),
+                    Some(u) => return Err(invalid(&name, "url", format!("{u:?} is not a Redis URL: write redis://host:port/db"))),
+                },
+                stream: required_name(&name, "stream", self.stream.as_deref(), |s| !s.is_empty() && s.len() <= 512 && !s.contains(char::is_whitespace), "stream = \"orders\"")?,
+                group: self.group_name(&name)?,
+                settings: self.stream_settings(&name)?,
+            }),
             TriggerKind::Cron => {
                 let schedule = self.schedule.as_deref().ok_or_else(|| {
                     invalid(&name, "schedule", "missing: add schedule = \"0 3 * * *\" (or rate(5 minutes))")
@@ -499,6 +534,9 @@ impl TriggerManifest {
         match (&source, source.stream().map(|s| &s.on_failure)) {
             (TriggerSource::Nats(_), Some(FailureDestination::Kafka(_))) => {
                 return Err(invalid(&name, "on_failure", "kafka:TOPIC is for kafka triggers (their brokers take it); use nats:SUBJECT, dlq, function:NAME or a URL"))
+            }
+            (TriggerSource::Redis(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
+                return Err(invalid(&name, "on_failure", "a redis trigger sends what it gives up on to dlq, function:NAME or a URL"))
             }
             (TriggerSource::Kafka(_), Some(FailureDestination::Nats(_))) => {
                 return Err(invalid(&name, "on_failure", "nats:SUBJECT is for nats triggers (their servers take it); use kafka:TOPIC, dlq, function:NAME or a URL"))
@@ -632,6 +670,7 @@ impl TriggerManifest {
 /// The `&'static` name of a manifest key, for errors.
 fn field_name(key: &str) -> &'static str {
     const KEYS: &[&str] = &[
+        "url",
         "brokers",
         "topic",
         "servers",
@@ -771,6 +810,11 @@ impl From<&TriggerSpec> for TriggerManifest {
                 m.subject = n.subject.clone();
                 m.group = n.group.clone();
             }
+            TriggerSource::Redis(r) => {
+                m.url = Some(r.url.clone());
+                m.stream = Some(r.stream.clone());
+                m.group = r.group.clone();
+            }
             TriggerSource::Cron(c) => {
                 m.schedule = Some(c.schedule.clone());
                 m.timezone = Some(c.timezone.clone());
@@ -825,6 +869,10 @@ mod tests {
             ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\non_failure = \"sqs:q\"", "trigger.a.on_failure"),
             ("name = \"a\"\nkind = \"nats\"\nservers = [\"nats://h:1\"]\nstream = \"S\"\nmax_retries = -1\nmax_record_age = \"0s\"", "trigger.a.max_retries"),
             ("kind = \"cron\"\nschedule = \"0 3 * * *\"", "trigger.#1.name"),
+            ("name = \"a\"\nkind = \"redis\"\nstream = \"s\"", "trigger.a.url"),
+            ("name = \"a\"\nkind = \"redis\"\nurl = \"http://x\"\nstream = \"s\"", "trigger.a.url"),
+            ("name = \"a\"\nkind = \"redis\"\nurl = \"redis://x\"\nstream = \"s\"\ntopic = \"t\"", "trigger.a.topic"),
+            ("name = \"a\"\nkind = \"redis\"\nurl = \"redis://x\"\nstream = \"s\"\non_failure = \"kafka:t\"", "trigger.a.on_failure"),
             ("name = \"a\"\nkind = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\non_failure = \"nats:x\"", "trigger.a.on_failure"),
         ];
         for (text, field) in cases {

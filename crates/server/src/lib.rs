@@ -306,6 +306,7 @@ impl Server {
             petrel_triggers::TriggersConfig {
                 retry_base: config.trigger_retry_base,
                 reconnect_base: config.trigger_retry_base,
+                worker_id: worker_id.clone(),
                 ..Default::default()
             },
         )

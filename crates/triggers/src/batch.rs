@@ -44,6 +44,13 @@ pub enum RecordMeta {
         /// How many times JetStream has delivered it (1 the first time).
         delivered: i64,
     },
+    Redis {
+        stream: String,
+        /// The entry id, `ms-seq`.
+        id: String,
+        /// How many times the group has delivered it (1 the first time).
+        delivered: i64,
+    },
 }
 
 impl Record {
@@ -60,6 +67,7 @@ impl Record {
             RecordMeta::Nats {
                 stream, sequence, ..
             } => format!("{stream}@{sequence}"),
+            RecordMeta::Redis { stream, id, .. } => format!("{stream}@{id}"),
         }
     }
 }

@@ -23,6 +23,10 @@ pub enum Origin {
         servers: Vec<String>,
         consumer: String,
     },
+    Redis {
+        url: String,
+        group: String,
+    },
 }
 
 fn millis_rfc3339(ms: i64) -> String {
@@ -117,6 +121,42 @@ pub fn lambda_event(origin: &Origin, records: &[Record]) -> Value {
                 "records": recs,
             })
         }
+        Origin::Redis { url, group } => {
+            let recs: Vec<Value> = records
+                .iter()
+                .filter_map(|r| {
+                    let RecordMeta::Redis {
+                        stream,
+                        id,
+                        delivered,
+                    } = &r.meta
+                    else {
+                        return None;
+                    };
+                    Some(json!({
+                        "stream": stream,
+                        "id": id,
+                        "timestamp": r.timestamp_ms,
+                        "deliveryCount": delivered,
+                        "fields": serde_json::from_slice::<Value>(&r.value).unwrap_or(Value::Null),
+                    }))
+                })
+                .collect();
+            json!({
+                "eventSource": "petrel:redis",
+                "url": redact(url),
+                "group": group,
+                "records": recs,
+            })
+        }
+    }
+}
+
+/// A URL without its password, for events and status.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -148,6 +188,11 @@ fn cloud_event(origin: &Origin, r: &Record) -> Value {
             ),
             "dev.petrel.nats.message",
             subject.clone(),
+        ),
+        (RecordMeta::Redis { stream, .. }, Origin::Redis { url, .. }) => (
+            format!("{}/{stream}", redact(url).trim_end_matches('/')),
+            "dev.petrel.redis.entry",
+            stream.clone(),
         ),
         _ => (String::new(), "dev.petrel.record", String::new()),
     };
@@ -182,6 +227,7 @@ fn cloud_event(origin: &Origin, r: &Record) -> Value {
             e["natssequence"] = json!(sequence);
             e["natsdelivered"] = json!(delivered);
         }
+        RecordMeta::Redis { delivered, .. } => e["redisdelivered"] = json!(delivered),
     }
     e
 }

@@ -21,6 +21,7 @@ mod invoke;
 mod kafka;
 mod lanes;
 mod nats;
+mod redis;
 
 use petrel_async::{AsyncQueue, HttpClient};
 use petrel_core::api::{TriggerList, TriggerStatus};
@@ -43,6 +44,9 @@ pub struct TriggersConfig {
     pub retry_base: Duration,
     /// The first pause before a consumer that lost its broker connects again.
     pub reconnect_base: Duration,
+    /// This server's name, which names its member of Redis consumer groups (so a restart reads
+    /// again what it had not acknowledged).
+    pub worker_id: String,
 }
 
 impl Default for TriggersConfig {
@@ -51,6 +55,7 @@ impl Default for TriggersConfig {
             reconcile_every: Duration::from_secs(5),
             retry_base: Duration::from_secs(1),
             reconnect_base: Duration::from_secs(1),
+            worker_id: "petrel".to_owned(),
         }
     }
 }
@@ -75,6 +80,12 @@ pub(crate) struct TriggerRun {
     pub labels: TriggerLabels,
     pub status: Status,
     pub deps: Arc<Deps>,
+    /// Counts not yet written to the store, the last error, and when they last were.
+    counts: Mutex<(
+        petrel_store::TriggerCounts,
+        Option<String>,
+        Option<std::time::Instant>,
+    )>,
 }
 
 impl TriggerRun {
@@ -83,6 +94,7 @@ impl TriggerRun {
         let kind = match self.spec.source.kind() {
             petrel_core::trigger::TriggerKind::Kafka => petrel_core::api::Trigger::Kafka,
             petrel_core::trigger::TriggerKind::Nats => petrel_core::api::Trigger::Nats,
+            petrel_core::trigger::TriggerKind::Redis => petrel_core::api::Trigger::Redis,
             petrel_core::trigger::TriggerKind::Cron => petrel_core::api::Trigger::Cron,
         };
         petrel_core::api::TriggerLabel::named(kind, &self.spec.name)
@@ -95,8 +107,34 @@ impl TriggerRun {
         })
     }
 
-    /// Adds a settled batch's counts to the store (and the last error, if any).
+    /// Adds a settled batch's counts (and the last error, if any); they reach the store at
+    /// most once a second (at once with an error), so a busy trigger does not write per batch.
     pub async fn count(&self, counts: petrel_store::TriggerCounts, error: Option<&str>) {
+        let due = {
+            let mut c = self.counts.lock().unwrap();
+            c.0.delivered += counts.delivered;
+            c.0.failed += counts.failed;
+            c.0.dead += counts.dead;
+            if let Some(e) = error {
+                c.1 = Some(e.to_owned());
+            }
+            c.2.is_none_or(|t| t.elapsed() >= COUNTS_EVERY) || error.is_some()
+        };
+        if due {
+            self.flush_counts().await;
+        }
+    }
+
+    /// Writes the counts not yet in the store.
+    pub async fn flush_counts(&self) {
+        let (counts, error) = {
+            let mut c = self.counts.lock().unwrap();
+            c.2 = Some(std::time::Instant::now());
+            (std::mem::take(&mut c.0), c.1.take())
+        };
+        if counts == petrel_store::TriggerCounts::default() && error.is_none() {
+            return;
+        }
         if let Err(e) = self
             .deps
             .store
@@ -105,7 +143,7 @@ impl TriggerRun {
                 &self.function,
                 &self.spec.name,
                 counts,
-                error,
+                error.as_deref(),
             )
             .await
         {
@@ -113,6 +151,9 @@ impl TriggerRun {
         }
     }
 }
+
+/// How often a trigger's counts are written to the store, at most.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 /// How a trigger is doing on this server.
 #[derive(Debug, Default)]
@@ -317,6 +358,7 @@ impl Triggers {
                     labels,
                     status: Status::new(),
                     deps: deps.clone(),
+                    counts: Mutex::new(Default::default()),
                 });
                 let entry = if want_running {
                     let (tx, rx) = watch::channel(false);
@@ -471,17 +513,30 @@ fn describe(s: &TriggerSource) -> String {
             Some(subj) => format!("{}/{} ({subj})", n.servers.join(","), n.stream),
             None => format!("{}/{}", n.servers.join(","), n.stream),
         },
+        TriggerSource::Redis(r) => format!("{}/{}", events::redact(&r.url), r.stream),
         TriggerSource::Cron(c) => format!("{} ({})", c.schedule, c.timezone),
     }
 }
 
-/// Runs one trigger's consumer until `stop`.
+/// Runs one trigger's consumer until `stop`, writing what it counts every second.
 async fn run_trigger(run: Arc<TriggerRun>, stop: watch::Receiver<bool>) {
+    let flusher = {
+        let run = run.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(COUNTS_EVERY).await;
+                run.flush_counts().await;
+            }
+        })
+    };
     match run.spec.source.clone() {
-        TriggerSource::Kafka(k) => kafka::run(run, k, stop).await,
-        TriggerSource::Nats(n) => nats::run(run, n, stop).await,
-        TriggerSource::Cron(c) => cron::run(run, c, stop).await,
+        TriggerSource::Kafka(k) => kafka::run(run.clone(), k, stop).await,
+        TriggerSource::Nats(n) => nats::run(run.clone(), n, stop).await,
+        TriggerSource::Redis(r) => redis::run(run.clone(), r, stop).await,
+        TriggerSource::Cron(c) => cron::run(run.clone(), c, stop).await,
     }
+    flusher.abort();
+    run.flush_counts().await;
 }
 
 /// The pause before reconnect attempt `n` (from 1): doubling from `base`, at most 30 s.

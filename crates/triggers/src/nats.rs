@@ -156,9 +156,9 @@ async fn consume(
             .or_insert_with(|| {
                 let lane = Lane::new(settings.batch_size);
                 let commit = {
-                    let run = run.clone();
+                    let (run, client) = (run.clone(), client.clone());
                     move |acks: Vec<jetstream::Message>| {
-                        let run = run.clone();
+                        let (run, client) = (run.clone(), client.clone());
                         async move {
                             let mut last = None;
                             for m in acks {
@@ -166,6 +166,11 @@ async fn consume(
                                     tracing::warn!(trigger = %run.spec.name, error = %e, "nats trigger: could not acknowledge; the message will be delivered again");
                                 }
                                 last = m.info().ok().map(|i| i.stream_sequence);
+                            }
+                            // Acknowledgements are buffered publishes: send them now, or the
+                            // server holds back delivery at max_ack_pending until a flush.
+                            if let Err(e) = client.flush().await {
+                                tracing::warn!(trigger = %run.spec.name, error = %e, "nats trigger: could not flush acknowledgements");
                             }
                             if let Some(seq) = last {
                                 run.status.set_position(format!("{seq}"));

@@ -854,3 +854,134 @@ async fn a_wasm_function_takes_a_triggers_events() {
     assert!(!fires.is_empty(), "{recs}");
     assert!(fires.iter().all(|r| r["outcome"] == "success"), "{recs}");
 }
+
+fn redis_url() -> String {
+    std::env::var("PETREL_TEST_REDIS").expect(
+        "trigger tests need PETREL_TEST_REDIS: run them through scripts/test.sh, or `. scripts/services.sh` first",
+    )
+}
+
+/// The `n` fields of every Redis entry the sink got, in the order it got them.
+fn redis_values(seen: &Seen) -> Vec<String> {
+    events(seen)
+        .iter()
+        .flat_map(|e| {
+            e["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["fields"]["n"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A Python handler that POSTs each Redis event to `SINK` and fails on an entry whose `n` is
+/// `poison`.
+const REDIS_SINK_PY: &str = r#"
+import json, os, urllib.request
+
+def handler(event, context):
+    if any(r["fields"].get("n") == "poison" for r in event["records"]):
+        raise ValueError("a poison entry")
+    req = urllib.request.Request(os.environ["SINK"], data=json.dumps(event).encode(), method="POST")
+    urllib.request.urlopen(req).read()
+    return {}
+"#;
+
+#[tokio::test]
+async fn redis_stream_entries_reach_a_handler_are_acknowledged_and_survive_a_kill_9() {
+    use redis::AsyncCommands;
+    let stream = unique("events");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (sink, seen) = receiver().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "trigger_retry_base = \"20ms\"\n").unwrap();
+    let mut p = Petrel::start_with(
+        StoreKind::Sqlite,
+        &["--config", config.path().to_str().unwrap()],
+    )
+    .await;
+    let dir = function_dir(&[
+        ("app.py", REDIS_SINK_PY),
+        (
+            "petrel.toml",
+            &format!(
+                "{}network = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\n\n[[trigger]]\nname = \"events\"\nkind = \"redis\"\nurl = \"{}\"\nstream = \"{stream}\"\nstarting_position = \"earliest\"\nbatch_size = 5\nbatch_window = \"100ms\"\nmax_retries = 1\nbisect_on_error = true\n",
+                manifest("rconsumer", "python3", "app.handler", ""),
+                redis_url()
+            ),
+        ),
+    ]);
+    p.deploy(dir.path());
+    for i in 0..20 {
+        let n = if i == 7 {
+            "poison".to_owned()
+        } else {
+            format!("{i}")
+        };
+        let _: String = conn.xadd(&stream, "*", &[("n", n.as_str())]).await.unwrap();
+    }
+    let ok = eventually(Duration::from_secs(60), || redis_values(&seen).len() >= 19).await;
+    assert!(ok, "{:?}\n{}", redis_values(&seen), p.server_log());
+    let expected: Vec<String> = (0..20).filter(|i| *i != 7).map(|i| i.to_string()).collect();
+    assert_eq!(
+        redis_values(&seen),
+        expected,
+        "in order, the poison entry left out\n{}",
+        p.server_log()
+    );
+    let e = &events(&seen)[0];
+    assert_eq!(e["eventSource"], "petrel:redis");
+    assert_eq!(e["group"], "petrel-default-rconsumer-events");
+    // Everything settled is acknowledged: nothing pending in the group.
+    let pending = || async {
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("petrel-default-rconsumer-events")
+            .query_async(&mut client.get_multiplexed_async_connection().await.unwrap())
+            .await
+            .unwrap();
+        match v {
+            redis::Value::Array(a) => redis::from_redis_value_ref::<u64>(&a[0]).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut left = u64::MAX;
+    for _ in 0..40 {
+        left = pending().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(left, 0);
+    let ok = eventually(Duration::from_secs(30), || {
+        p.cli_ok(&["trigger", "dlq", "rconsumer", "events"])
+            .contains(&stream)
+    })
+    .await;
+    assert!(
+        ok,
+        "{}",
+        p.cli_ok(&["trigger", "dlq", "rconsumer", "events"])
+    );
+
+    // kill -9 with entries arriving: after the restart every one arrives, at least once.
+    for i in 20..220 {
+        let _: String = conn
+            .xadd(&stream, "*", &[("n", i.to_string().as_str())])
+            .await
+            .unwrap();
+        if i == 60 {
+            p.kill9_and_restart().await;
+        }
+    }
+    let ok = eventually(Duration::from_secs(90), || {
+        let got: BTreeSet<String> = redis_values(&seen).into_iter().collect();
+        (20..220).all(|i| got.contains(&i.to_string()))
+    })
+    .await;
+    assert!(ok, "{}", p.server_log());
+}
