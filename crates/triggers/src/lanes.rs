@@ -27,6 +27,7 @@ pub(crate) struct Lane<A> {
     more: Notify,
     space: Notify,
     capacity: usize,
+    batch: usize,
 }
 
 impl<A> Lane<A> {
@@ -36,6 +37,7 @@ impl<A> Lane<A> {
             more: Notify::new(),
             space: Notify::new(),
             capacity: (batch_size as usize * 2).max(64),
+            batch: batch_size as usize,
         })
     }
 
@@ -47,8 +49,13 @@ impl<A> Lane<A> {
                 let mut q = self.queue.lock().unwrap();
                 if q.len() < self.capacity {
                     q.push_back((record, ack, Instant::now()));
+                    // The worker waits for a first record, then for a full batch (or its
+                    // window): only those wake it, not every record.
+                    let wake = q.len() == 1 || q.len() == self.batch;
                     drop(q);
-                    self.more.notify_one();
+                    if wake {
+                        self.more.notify_one();
+                    }
                     return true;
                 }
             }
