@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The event triggers' benchmark: records per second from Kafka and from JetStream through a
+# The event triggers' benchmark: records per second from Kafka, JetStream and Redis Streams through a
 # no-op wasm function (examples/hello-wasm answers every POST), against the same client
 # libraries draining the same backlog bare (bench/trigger-bare: read and commit per batch,
 # invoke nothing), in the same run; how long the backlog takes to drain; and, at low load, the
@@ -8,7 +8,7 @@
 #   bench/triggers.sh            N (backlog records, default 100000), BATCH (default 100),
 #                                REPS (default 3), PETREL=/path/to/petrel (default: build)
 #
-# Brokers come from scripts/services.sh. Writes bench/results/<UTC>-triggers.md.
+# Brokers (Kafka, NATS, Redis) come from scripts/services.sh. Writes bench/results/<UTC>-triggers.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -72,7 +72,7 @@ PY
 
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print(f"{statistics.median(v):.0f}" if v else "n/a")' "$@"; }
 
-declare -a kb kp kd nb np nd
+declare -a kb kp kd nb np nd rb rp rd
 for rep in $(seq 1 "$REPS"); do
   tag=$(date +%s)$rep
   say "rep $rep: Kafka backlog of $N records (2 partitions)"
@@ -102,6 +102,20 @@ batch_size = $BATCH"
   read -r rate secs < <(drain "nats-$tag" "$N" "$t0")
   np+=("$rate"); nd+=("$secs")
   PETREL_SERVER=$URL "$PETREL" rm "nats-$tag" > /dev/null
+
+  say "rep $rep: Redis stream backlog of $N entries"
+  "$BARE" produce-redis "$PETREL_TEST_REDIS" "bare-$tag" "$N"
+  "$BARE" produce-redis "$PETREL_TEST_REDIS" "petrel-$tag" "$N"
+  rb+=("$("$BARE" drain-redis "$PETREL_TEST_REDIS" "bare-$tag" "g-$tag" "$N" "$BATCH")")
+  t0=$(python3 -c 'import time; print(time.time())')
+  deploy "redis-$tag" "kind = \"redis\"
+url = \"$PETREL_TEST_REDIS\"
+stream = \"petrel-$tag\"
+starting_position = \"earliest\"
+batch_size = $BATCH"
+  read -r rate secs < <(drain "redis-$tag" "$N" "$t0")
+  rp+=("$rate"); rd+=("$secs")
+  PETREL_SERVER=$URL "$PETREL" rm "redis-$tag" > /dev/null
 done
 
 say "low load: $LOW records at 20/s, batch_window = 0"
@@ -143,6 +157,8 @@ out=bench/results/$stamp-triggers.md
   mkb=$(median "${kb[@]}"); mkp=$(median "${kp[@]}"); mnb=$(median "${nb[@]}"); mnp=$(median "${np[@]}")
   echo "| Kafka (librdkafka, 2 partitions) | $mkb [${kb[*]}] | $mkp [${kp[*]}] | $(ratio "$mkb" "$mkp") | $(median "${kd[@]}") [${kd[*]}] |"
   echo "| NATS JetStream (async-nats) | $mnb [${nb[*]}] | $mnp [${np[*]}] | $(ratio "$mnb" "$mnp") | $(median "${nd[@]}") [${nd[*]}] |"
+  mrb=$(median "${rb[@]}"); mrp=$(median "${rp[@]}")
+  echo "| Redis Streams (redis-rs) | $mrb [${rb[*]}] | $mrp [${rp[*]}] | $(ratio "$mrb" "$mrp") | $(median "${rd[@]}") [${rd[*]}] |"
   echo
   echo "Produce to invocation at low load (Kafka, 20 records/s, batch_window 0): $latency"
 } > "$out"

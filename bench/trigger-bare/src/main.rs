@@ -1,6 +1,7 @@
 //! `trigger-bare produce-kafka BROKERS TOPIC PARTITIONS N` and `drain-kafka BROKERS TOPIC GROUP
 //! N BATCH`; `produce-nats URL STREAM SUBJECT N` and `drain-nats URL STREAM DURABLE N BATCH`.
 //! A drain prints `records/s` for N records, committing (acknowledging) per batch.
+//! `produce-redis URL STREAM N` and `drain-redis URL STREAM GROUP N BATCH`.
 //! `paced-kafka BROKERS TOPIC N RATE` produces N records at RATE per second, printing each
 //! one's send time.
 
@@ -158,6 +159,44 @@ async fn main() {
                 }
             }
             c.flush().await.unwrap();
+            let s = start.unwrap().elapsed().as_secs_f64();
+            println!("{:.0}", n as f64 / s);
+        }
+        "produce-redis" => {
+            let (url, stream, n) = (&a[1], &a[2], a[3].parse::<usize>().unwrap());
+            let c = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+            let mut i = 0;
+            while i < n {
+                let mut pipe = redis::pipe();
+                for j in i..(i + 1000).min(n) {
+                    pipe.cmd("XADD").arg(stream).arg("*").arg("n").arg(j).arg("key").arg(format!("k{}", j % 64)).ignore();
+                }
+                let _: () = pipe.query_async(&mut conn).await.unwrap();
+                i += 1000;
+            }
+        }
+        "drain-redis" => {
+            let (url, stream, group, n, batch) = (&a[1], &a[2], &a[3], a[4].parse::<usize>().unwrap(), a[5].parse::<usize>().unwrap());
+            let c = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+            let _: Result<(), _> = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").query_async(&mut conn).await;
+            let mut got = 0;
+            let mut start = None;
+            while got < n {
+                let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                    .arg("GROUP").arg(group).arg("bare").arg("COUNT").arg(batch)
+                    .arg("STREAMS").arg(stream).arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                start.get_or_insert_with(Instant::now);
+                let ids: Vec<String> = r.keys.into_iter().flat_map(|k| k.ids).map(|e| e.id).collect();
+                got += ids.len();
+                if !ids.is_empty() {
+                    let _: u64 = redis::cmd("XACK").arg(stream).arg(group).arg(&ids).query_async(&mut conn).await.unwrap();
+                }
+            }
             let s = start.unwrap().elapsed().as_secs_f64();
             println!("{:.0}", n as f64 / s);
         }
