@@ -3,7 +3,7 @@
 //! with the outcome's deliveries in the same transaction.
 
 use crate::{attempt, backoff, deliver, AsyncQueue, Attempt, Invoker, Verdict};
-use petrel_core::api::{AsyncKind, AsyncStatus};
+use petrel_core::api::AsyncStatus;
 use petrel_core::manifest::{AsyncSpec, Destination};
 use petrel_core::now_ms;
 use petrel_store::{Ended, Finish, LeasedAsync, NewAsync, NewDelivery};
@@ -547,21 +547,13 @@ fn outcome_deliveries(
             ],
             body,
         }),
-        Destination::Function(name) => finish.follow_ups.push(NewAsync {
-            id: uuid::Uuid::now_v7().to_string(),
-            namespace: job.namespace.clone(),
-            function: name.clone(),
-            version: None,
-            kind: AsyncKind::Event,
-            method: "POST".into(),
-            path: String::new(),
-            headers: vec![("content-type".into(), "application/json".into())],
+        Destination::Function(name) => finish.follow_ups.push(NewAsync::event(
+            uuid::Uuid::now_v7().to_string(),
+            &job.namespace,
+            name,
             body,
-            created_at: now,
-            run_at: now,
-            callback_url: None,
-            idem_key: None,
-        }),
+            now,
+        )),
     }
 }
 
@@ -754,7 +746,7 @@ mod tests {
                 namespace: "default".into(),
                 function: "f".into(),
                 version: None,
-                kind: AsyncKind::Event,
+                kind: petrel_core::api::AsyncKind::Event,
                 method: "POST".into(),
                 path: String::new(),
                 headers: vec![("content-type".into(), "application/json".into())],

@@ -30,6 +30,28 @@ pub struct NewAsync {
     pub idem_key: Option<String>,
 }
 
+impl NewAsync {
+    /// A JSON event for `function`, to run now at its latest version, with no callback: what a
+    /// destination (an async outcome's, a trigger's `on_failure`) queues.
+    pub fn event(id: String, namespace: &str, function: &str, body: Vec<u8>, now: i64) -> Self {
+        Self {
+            id,
+            namespace: namespace.to_owned(),
+            function: function.to_owned(),
+            version: None,
+            kind: AsyncKind::Event,
+            method: "POST".into(),
+            path: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            created_at: now,
+            run_at: now,
+            callback_url: None,
+            idem_key: None,
+        }
+    }
+}
+
 /// Work a dispatcher claimed: everything needed to run one attempt.
 #[derive(Debug, Clone)]
 pub struct LeasedAsync {

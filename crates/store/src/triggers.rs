@@ -38,22 +38,7 @@ pub struct TriggerCounts {
     pub dead: u64,
 }
 
-const ENSURE: &str =
-    "INSERT INTO trigger_states (namespace, function, name, updated_at) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (namespace, function, name) DO NOTHING";
-
 impl Store {
-    async fn ensure_trigger(&self, ns: &str, function: &str, name: &str) -> Result<()> {
-        sqlx::query(ENSURE)
-            .bind(ns)
-            .bind(function)
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// The stored state of a function's triggers, by name.
     pub async fn trigger_states(&self, ns: &str, function: &str) -> Result<Vec<TriggerState>> {
         let rows = sqlx::query(
@@ -80,24 +65,6 @@ impl Store {
             .collect()
     }
 
-    /// One trigger's stored state (the defaults when none is stored yet).
-    pub async fn trigger_state(
-        &self,
-        ns: &str,
-        function: &str,
-        name: &str,
-    ) -> Result<TriggerState> {
-        Ok(self
-            .trigger_states(ns, function)
-            .await?
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| TriggerState {
-                name: name.to_owned(),
-                ..Default::default()
-            }))
-    }
-
     /// Pauses or resumes a trigger, on every server (they read it at their next look).
     pub async fn set_trigger_paused(
         &self,
@@ -106,10 +73,10 @@ impl Store {
         name: &str,
         paused: bool,
     ) -> Result<()> {
-        self.ensure_trigger(ns, function, name).await?;
         sqlx::query(
-            "UPDATE trigger_states SET paused = $4, updated_at = $5
-             WHERE namespace = $1 AND function = $2 AND name = $3",
+            "INSERT INTO trigger_states (namespace, function, name, paused, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (namespace, function, name)
+             DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
         )
         .bind(ns)
         .bind(function)
@@ -121,7 +88,8 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a batch's counts; `error` becomes the last error (`None` keeps it).
+    /// Adds a batch's counts; `error` becomes the last error (`None` keeps it). One statement:
+    /// the row is made on the first write.
     pub async fn add_trigger_counts(
         &self,
         ns: &str,
@@ -130,14 +98,17 @@ impl Store {
         counts: TriggerCounts,
         error: Option<&str>,
     ) -> Result<()> {
-        self.ensure_trigger(ns, function, name).await?;
         let now = now_ms();
         sqlx::query(
-            "UPDATE trigger_states SET delivered = delivered + $4, failed = failed + $5, dead = dead + $6,
-                 last_error = COALESCE($7, last_error),
-                 last_error_at = CASE WHEN $7 IS NULL THEN last_error_at ELSE $8 END,
-                 updated_at = $8
-             WHERE namespace = $1 AND function = $2 AND name = $3",
+            "INSERT INTO trigger_states (namespace, function, name, delivered, failed, dead, last_error, last_error_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (namespace, function, name) DO UPDATE SET
+                 delivered = trigger_states.delivered + excluded.delivered,
+                 failed = trigger_states.failed + excluded.failed,
+                 dead = trigger_states.dead + excluded.dead,
+                 last_error = COALESCE(excluded.last_error, trigger_states.last_error),
+                 last_error_at = COALESCE(excluded.last_error_at, trigger_states.last_error_at),
+                 updated_at = excluded.updated_at",
         )
         .bind(ns)
         .bind(function)
@@ -146,6 +117,7 @@ impl Store {
         .bind(counts.failed as i64)
         .bind(counts.dead as i64)
         .bind(error)
+        .bind(error.map(|_| now))
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -161,22 +133,16 @@ impl Store {
         name: &str,
         baseline: i64,
     ) -> Result<i64> {
-        self.ensure_trigger(ns, function, name).await?;
-        sqlx::query(
-            "UPDATE trigger_states SET last_fire = $4 WHERE namespace = $1 AND function = $2 AND name = $3 AND last_fire IS NULL",
+        let row = sqlx::query(
+            "INSERT INTO trigger_states (namespace, function, name, last_fire, updated_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (namespace, function, name)
+             DO UPDATE SET last_fire = COALESCE(trigger_states.last_fire, excluded.last_fire)
+             RETURNING last_fire",
         )
         .bind(ns)
         .bind(function)
         .bind(name)
         .bind(baseline)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query(
-            "SELECT last_fire FROM trigger_states WHERE namespace = $1 AND function = $2 AND name = $3",
-        )
-        .bind(ns)
-        .bind(function)
-        .bind(name)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(baseline))
@@ -191,10 +157,10 @@ impl Store {
         name: &str,
         due: i64,
     ) -> Result<bool> {
-        self.ensure_trigger(ns, function, name).await?;
         let done = sqlx::query(
-            "UPDATE trigger_states SET last_fire = $4, updated_at = $5
-             WHERE namespace = $1 AND function = $2 AND name = $3 AND (last_fire IS NULL OR last_fire < $4)",
+            "INSERT INTO trigger_states (namespace, function, name, last_fire, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (namespace, function, name) DO UPDATE SET last_fire = excluded.last_fire, updated_at = excluded.updated_at
+             WHERE trigger_states.last_fire IS NULL OR trigger_states.last_fire < excluded.last_fire",
         )
         .bind(ns)
         .bind(function)

@@ -43,7 +43,7 @@ pub(crate) async fn run(run: Arc<TriggerRun>, src: CronSource, mut stop: watch::
                 run.status
                     .failing(format!("could not read the last fire: {e}"));
                 tokio::select! {
-                    _ = tokio::time::sleep(crate::reconnect_backoff(Duration::from_secs(1), failures)) => {}
+                    _ = tokio::time::sleep(crate::batch::backoff(run.deps.config.reconnect_base, failures)) => {}
                     _ = stop.changed() => return,
                 }
             }

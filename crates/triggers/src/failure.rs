@@ -10,7 +10,6 @@ use crate::batch::{Dead, Record, RecordMeta};
 use crate::events::{self, Origin};
 use crate::TriggerRun;
 use bytes::Bytes;
-use petrel_core::api::AsyncKind;
 use petrel_core::now_ms;
 use petrel_core::trigger::FailureDestination;
 use petrel_store::{NewAsync, TriggerDeadLetter};
@@ -72,33 +71,25 @@ pub(crate) async fn send(
         FailureDestination::Function(name) => {
             let body =
                 serde_json::to_vec(&document(run, origin, dead)).expect("a document serialises");
-            let now = now_ms();
             let first = dead
                 .records
                 .first()
                 .map(Record::position)
                 .unwrap_or_default();
-            let n = NewAsync {
-                id: petrel_dataplane::new_invocation_id(),
-                namespace: run.namespace.clone(),
-                function: name.clone(),
-                version: None,
-                kind: AsyncKind::Event,
-                method: "POST".into(),
-                path: String::new(),
-                headers: vec![("content-type".into(), "application/json".into())],
+            let mut n = NewAsync::event(
+                petrel_dataplane::new_invocation_id(),
+                &run.namespace,
+                name,
                 body,
-                created_at: now,
-                run_at: now,
-                callback_url: None,
-                // Sent again after a crash, it is still one invocation.
-                idem_key: Some(format!(
-                    "trigger:{}/{}/{}/{first}",
-                    run.function,
-                    run.spec.name,
-                    dead.records.len()
-                )),
-            };
+                now_ms(),
+            );
+            // Sent again after a crash, it is still one invocation.
+            n.idem_key = Some(format!(
+                "trigger:{}/{}/{}/{first}",
+                run.function,
+                run.spec.name,
+                dead.records.len()
+            ));
             deps.queue
                 .submit(n)
                 .await
@@ -201,7 +192,7 @@ pub(crate) async fn send_all(
                     run.status
                         .failing(format!("on_failure {}: {e}", settings.on_failure));
                     tokio::select! {
-                        _ = tokio::time::sleep(crate::reconnect_backoff(run.deps.config.retry_base, n)) => {}
+                        _ = tokio::time::sleep(crate::batch::backoff(run.deps.config.retry_base, n)) => {}
                         _ = stop.changed() => {}
                     }
                     if *stop.borrow() {

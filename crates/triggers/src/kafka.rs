@@ -6,7 +6,7 @@ use crate::batch::{Record, RecordMeta};
 use crate::events::Origin;
 use crate::failure::Publisher;
 use crate::lanes::{self, Lane};
-use crate::{reconnect_backoff, RunState, TriggerRun};
+use crate::{RunState, TriggerRun};
 use bytes::Bytes;
 use petrel_core::trigger::{FailureDestination, KafkaSource, StartingPosition};
 use rdkafka::config::ClientConfig;
@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// librdkafka's callbacks: errors make the trigger show as failing; a revoked partition's
 /// waiting records are dropped (its new owner reads them from the committed offset).
@@ -103,48 +103,29 @@ fn producer(brokers: &[String]) -> Result<rdkafka::producer::FutureProducer, Kaf
         .create()
 }
 
-pub(crate) async fn run(run: Arc<TriggerRun>, src: KafkaSource, mut stop: watch::Receiver<bool>) {
-    let mut failures = 0;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        match consume(&run, &src, &mut stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(function = %run.function, trigger = %run.spec.name, error = %e, "kafka trigger: consumer failed; starting it again");
-                run.status.failing(e.to_string());
-                tokio::select! {
-                    _ = tokio::time::sleep(reconnect_backoff(run.deps.config.reconnect_base, failures)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        }
-    }
+pub(crate) async fn run(run: Arc<TriggerRun>, src: KafkaSource, stop: watch::Receiver<bool>) {
+    crate::supervise(&run, stop, |stop| consume(&run, &src, stop)).await
 }
 
 /// One consumer's life: until `stop` (Ok) or an error it cannot go on from.
 async fn consume(
     run: &Arc<TriggerRun>,
     src: &KafkaSource,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), KafkaError> {
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
     let settings = &src.settings;
-    let c = consumer(run, src)?;
+    let c = consumer(run, src).map_err(|e| format!("could not start the consumer: {e}"))?;
     let publisher = match &settings.on_failure {
-        FailureDestination::Kafka(_) => Some(Arc::new(Publisher::Kafka(producer(&src.brokers)?))),
+        FailureDestination::Kafka(_) => Some(Arc::new(Publisher::Kafka(
+            producer(&src.brokers)
+                .map_err(|e| format!("could not start the on_failure producer: {e}"))?,
+        ))),
         _ => None,
     };
     let origin = Arc::new(Origin::Kafka {
         brokers: src.brokers.clone(),
     });
-    let concurrency = run
-        .deps
-        .dp
-        .async_settings(&run.namespace, &run.function)
-        .map_or(1, |a| a.concurrency.max(1));
-    let slots = Arc::new(Semaphore::new(concurrency as usize));
+    let slots = run.slots();
     let tracks: Arc<Mutex<HashMap<i32, Track>>> = Arc::default();
     let mut lanes: HashMap<(i32, usize), Arc<Lane<i64>>> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -255,7 +236,7 @@ async fn consume(
             .or_default()
             .pending
             .insert(offset, false);
-        if !lane.push(record, offset, stop).await {
+        if !lane.push(record, offset, &mut stop).await {
             break Ok(());
         }
     };

@@ -100,6 +100,17 @@ impl TriggerRun {
         petrel_core::api::TriggerLabel::named(kind, &self.spec.name)
     }
 
+    /// Batches this trigger may invoke at once: the function's `async_concurrency`, its share
+    /// of the pool beside synchronous calls.
+    pub fn slots(&self) -> Arc<tokio::sync::Semaphore> {
+        let n = self
+            .deps
+            .dp
+            .async_settings(&self.namespace, &self.function)
+            .map_or(1, |a| a.concurrency.max(1));
+        Arc::new(tokio::sync::Semaphore::new(n as usize))
+    }
+
     /// The consumer group or durable name.
     pub fn group(&self, given: Option<&String>) -> String {
         given.cloned().unwrap_or_else(|| {
@@ -539,7 +550,29 @@ async fn run_trigger(run: Arc<TriggerRun>, stop: watch::Receiver<bool>) {
     run.flush_counts().await;
 }
 
-/// The pause before reconnect attempt `n` (from 1): doubling from `base`, at most 30 s.
-pub(crate) fn reconnect_backoff(base: Duration, n: u32) -> Duration {
-    batch::backoff(base, n)
+/// Runs a stream trigger's consumer until `stop`: `consume` again, after a pause doubling
+/// from `reconnect_base`, each time it ends with an error it cannot go on from.
+pub(crate) async fn supervise<F, Fut>(
+    run: &TriggerRun,
+    mut stop: watch::Receiver<bool>,
+    mut consume: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut failures = 0;
+    while !*stop.borrow() {
+        match consume(stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(function = %run.function, trigger = %run.spec.name, kind = %run.spec.source.kind(), error = %e, "trigger: consumer failed; starting it again");
+                run.status.failing(e);
+                tokio::select! {
+                    _ = tokio::time::sleep(batch::backoff(run.deps.config.reconnect_base, failures)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@ use crate::batch::{Record, RecordMeta};
 use crate::events::Origin;
 use crate::failure::Publisher;
 use crate::lanes::{self, Lane};
-use crate::{reconnect_backoff, RunState, TriggerRun};
+use crate::{RunState, TriggerRun};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -14,33 +14,16 @@ use petrel_core::trigger::{FailureDestination, NatsSource, StartingPosition};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-pub(crate) async fn run(run: Arc<TriggerRun>, src: NatsSource, mut stop: watch::Receiver<bool>) {
-    let mut failures = 0;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        match consume(&run, &src, &mut stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(function = %run.function, trigger = %run.spec.name, error = %e, "nats trigger: consumer failed; starting it again");
-                run.status.failing(e);
-                tokio::select! {
-                    _ = tokio::time::sleep(reconnect_backoff(run.deps.config.reconnect_base, failures)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        }
-    }
+pub(crate) async fn run(run: Arc<TriggerRun>, src: NatsSource, stop: watch::Receiver<bool>) {
+    crate::supervise(&run, stop, |stop| consume(&run, &src, stop)).await
 }
 
 async fn consume(
     run: &Arc<TriggerRun>,
     src: &NatsSource,
-    stop: &mut watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let settings = &src.settings;
     let servers = src.servers.join(",");
@@ -100,12 +83,7 @@ async fn consume(
         servers: src.servers.clone(),
         consumer: durable.clone(),
     });
-    let concurrency = run
-        .deps
-        .dp
-        .async_settings(&run.namespace, &run.function)
-        .map_or(1, |a| a.concurrency.max(1));
-    let slots = Arc::new(Semaphore::new(concurrency as usize));
+    let slots = run.slots();
     let mut lanes: HashMap<usize, Arc<Lane<jetstream::Message>>> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
     let (lanes_stop_tx, lanes_stop) = watch::channel(false);
@@ -210,7 +188,7 @@ async fn consume(
                 lane
             })
             .clone();
-        if !lane.push(record, msg, stop).await {
+        if !lane.push(record, msg, &mut stop).await {
             break Ok(());
         }
     };

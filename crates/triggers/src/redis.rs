@@ -6,37 +6,20 @@
 use crate::batch::{Record, RecordMeta};
 use crate::events::Origin;
 use crate::lanes::{self, Lane};
-use crate::{reconnect_backoff, RunState, TriggerRun};
+use crate::{RunState, TriggerRun};
 use bytes::Bytes;
 use petrel_core::trigger::{RedisSource, StartingPosition};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// Entries another member left pending this long are taken over.
 const CLAIM_IDLE: Duration = Duration::from_secs(60);
 
-pub(crate) async fn run(run: Arc<TriggerRun>, src: RedisSource, mut stop: watch::Receiver<bool>) {
-    let mut failures = 0;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        match consume(&run, &src, &mut stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(function = %run.function, trigger = %run.spec.name, error = %e, "redis trigger: consumer failed; starting it again");
-                run.status.failing(e);
-                tokio::select! {
-                    _ = tokio::time::sleep(reconnect_backoff(run.deps.config.reconnect_base, failures)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        }
-    }
+pub(crate) async fn run(run: Arc<TriggerRun>, src: RedisSource, stop: watch::Receiver<bool>) {
+    crate::supervise(&run, stop, |stop| consume(&run, &src, stop)).await
 }
 
 fn record(stream: &str, e: StreamId) -> Record {
@@ -76,7 +59,7 @@ fn record(stream: &str, e: StreamId) -> Record {
 async fn consume(
     run: &Arc<TriggerRun>,
     src: &RedisSource,
-    stop: &mut watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let settings = &src.settings;
     let client = redis::Client::open(src.url.as_str()).map_err(|e| format!("{}: {e}", src.url))?;
@@ -121,12 +104,7 @@ async fn consume(
         url: src.url.clone(),
         group: group.clone(),
     });
-    let concurrency = run
-        .deps
-        .dp
-        .async_settings(&run.namespace, &run.function)
-        .map_or(1, |a| a.concurrency.max(1));
-    let slots = Arc::new(Semaphore::new(concurrency as usize));
+    let slots = run.slots();
     let mut lanes: HashMap<usize, Arc<Lane<String>>> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
     let (lanes_stop_tx, lanes_stop) = watch::channel(false);
@@ -245,7 +223,7 @@ async fn consume(
                     lane
                 })
                 .clone();
-            if !lane.push(rec, id, stop).await {
+            if !lane.push(rec, id, &mut stop).await {
                 break;
             }
         }

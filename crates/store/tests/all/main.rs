@@ -108,7 +108,64 @@ both_backends!(
     idle_histograms_are_saved_and_replaced,
     async_claims_are_exclusive_guarded_and_resumable,
     aliases_name_versions_and_go_with_their_function,
+    trigger_states_count_pause_and_claim_cron_fires_once,
 );
+
+async fn trigger_states_count_pause_and_claim_cron_fires_once(store: Store) {
+    use petrel_store::TriggerCounts;
+    let c = |d, f, x| TriggerCounts {
+        delivered: d,
+        failed: f,
+        dead: x,
+    };
+    // The first write makes the row; later ones add; an error sticks until another replaces it.
+    store
+        .add_trigger_counts("ns", "f", "t", c(3, 1, 0), Some("boom"))
+        .await
+        .unwrap();
+    store
+        .add_trigger_counts("ns", "f", "t", c(2, 0, 1), None)
+        .await
+        .unwrap();
+    store
+        .set_trigger_paused("ns", "f", "t", true)
+        .await
+        .unwrap();
+    let s = &store.trigger_states("ns", "f").await.unwrap()[0];
+    assert_eq!((s.delivered, s.failed, s.dead, s.paused), (5, 1, 1, true));
+    assert_eq!(s.last_error.as_deref(), Some("boom"));
+    assert!(s.last_error_at.is_some());
+    store
+        .set_trigger_paused("ns", "f", "t", false)
+        .await
+        .unwrap();
+    assert!(!store.trigger_states("ns", "f").await.unwrap()[0].paused);
+    // A new cron trigger starts from its baseline; each due time is claimed once, and never one
+    // earlier than the last.
+    assert_eq!(
+        store.cron_last_fire("ns", "f", "c", 1_000).await.unwrap(),
+        1_000
+    );
+    assert_eq!(
+        store.cron_last_fire("ns", "f", "c", 5_000).await.unwrap(),
+        1_000
+    );
+    assert!(store.claim_cron_fire("ns", "f", "c", 2_000).await.unwrap());
+    assert!(!store.claim_cron_fire("ns", "f", "c", 2_000).await.unwrap());
+    assert!(!store.claim_cron_fire("ns", "f", "c", 1_500).await.unwrap());
+    assert!(store.claim_cron_fire("ns", "f", "c", 3_000).await.unwrap());
+    // A first claim makes the row too.
+    assert!(store.claim_cron_fire("ns", "f", "fresh", 10).await.unwrap());
+    store.remove_trigger("ns", "f", "c").await.unwrap();
+    let names: Vec<String> = store
+        .trigger_states("ns", "f")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["fresh", "t"]);
+}
 
 async fn aliases_name_versions_and_go_with_their_function(store: Store) {
     store
