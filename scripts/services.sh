@@ -57,6 +57,24 @@ PETREL_NATS_PORT="${PETREL_NATS_PORT:-14222}"
 PETREL_REDIS_PORT="${PETREL_REDIS_PORT:-16379}"
 
 _petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# _petrel_wait_port PORT SECONDS NAME LOG: waits for a service to listen, else says where to look.
+_petrel_wait_port() {
+  local i
+  for i in $(seq 1 $(($2 * 10))); do
+    _petrel_port_open "$1" && return 0
+    sleep 0.1
+  done
+  echo "services: $3 did not start within $2 s; see $4" >&2
+  [ -f "$4" ] && tail -n 20 "$4" >&2
+  return 1
+}
+# _petrel_need CMD PACKAGE: installs the Debian package when the command is missing.
+_petrel_need() {
+  command -v "$1" >/dev/null && return 0
+  echo "services: installing $2 from Debian's packages"
+  _petrel_sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq "$2" >/dev/null
+}
 
 petrel_start_kafka() {
   if [ -n "${PETREL_TEST_KAFKA:-}" ]; then
@@ -66,11 +84,8 @@ petrel_start_kafka() {
   local dir="$PETREL_SERVICES_DIR/kafka-$PETREL_KAFKA_VERSION"
   local port="$PETREL_KAFKA_PORT" cport=$((PETREL_KAFKA_PORT + 1))
   if ! _petrel_port_open "$port"; then
-    if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
-      echo "services: installing Java and Maven from Debian's packages"
-      _petrel_sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
-    fi
+    _petrel_need java openjdk-17-jre-headless
+    _petrel_need mvn maven
     mkdir -p "$dir"
     if [ ! -f "$dir/libs/.complete" ]; then
       echo "services: fetching Apache Kafka $PETREL_KAFKA_VERSION and its dependencies from Maven Central"
@@ -125,15 +140,7 @@ LOG
     fi
     echo "services: starting Apache Kafka $PETREL_KAFKA_VERSION on port $port"
     nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
-    for _ in $(seq 1 150); do
-      _petrel_port_open "$port" && break
-      sleep 0.2
-    done
-    if ! _petrel_port_open "$port"; then
-      echo "services: Kafka did not start; see $dir/stdout.log and $dir/kafka.log" >&2
-      tail -n 20 "$dir/stdout.log" >&2 || true
-      return 1
-    fi
+    _petrel_wait_port "$port" 30 Kafka "$dir/stdout.log" || return 1
   fi
   export PETREL_TEST_KAFKA="127.0.0.1:$port"
   echo "services: Apache Kafka at $PETREL_TEST_KAFKA"
@@ -146,19 +153,11 @@ petrel_start_nats() {
   fi
   local port="$PETREL_NATS_PORT" dir="$PETREL_SERVICES_DIR/nats"
   if ! _petrel_port_open "$port"; then
-    if ! command -v nats-server >/dev/null; then
-      echo "services: installing nats-server from Debian's packages"
-      _petrel_sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq nats-server >/dev/null
-    fi
+    _petrel_need nats-server nats-server
     mkdir -p "$dir"
     echo "services: starting nats-server (JetStream) on port $port"
     nohup nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/jetstream" >"$dir/nats.log" 2>&1 &
-    for _ in $(seq 1 50); do
-      _petrel_port_open "$port" && break
-      sleep 0.1
-    done
-    _petrel_port_open "$port" || { echo "services: nats-server did not start; see $dir/nats.log" >&2; return 1; }
+    _petrel_wait_port "$port" 5 nats-server "$dir/nats.log" || return 1
   fi
   export PETREL_TEST_NATS="nats://127.0.0.1:$port"
   echo "services: NATS at $PETREL_TEST_NATS"
@@ -171,20 +170,12 @@ petrel_start_redis() {
   fi
   local port="$PETREL_REDIS_PORT" dir="$PETREL_SERVICES_DIR/redis"
   if ! _petrel_port_open "$port"; then
-    if ! command -v redis-server >/dev/null; then
-      echo "services: installing redis-server from Debian's packages"
-      _petrel_sudo apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq redis-server >/dev/null
-    fi
+    _petrel_need redis-server redis-server
     mkdir -p "$dir"
     echo "services: starting redis-server on port $port"
     redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --dir "$dir" \
       --logfile "$dir/redis.log" --save "" --appendonly no >/dev/null
-    for _ in $(seq 1 50); do
-      _petrel_port_open "$port" && break
-      sleep 0.1
-    done
-    _petrel_port_open "$port" || { echo "services: redis-server did not start; see $dir/redis.log" >&2; return 1; }
+    _petrel_wait_port "$port" 5 redis-server "$dir/redis.log" || return 1
   fi
   export PETREL_TEST_REDIS="redis://127.0.0.1:$port/0"
   echo "services: Redis at $PETREL_TEST_REDIS"
