@@ -1004,3 +1004,149 @@ async fn redis_stream_entries_reach_a_handler_are_acknowledged_and_survive_a_kil
     .await;
     assert!(ok, "{}", p.server_log());
 }
+
+/// A handler that POSTs its version's MARK with each event to `SINK`, failing on `poison`.
+const MARKED_PY: &str = r#"
+import base64, json, os, urllib.request
+
+def handler(event, context):
+    if any(base64.b64decode(r["data"]) == b"poison" for r in event["records"]):
+        raise ValueError("a poison message")
+    body = json.dumps({"mark": os.environ["MARK"], "event": event}).encode()
+    urllib.request.urlopen(urllib.request.Request(os.environ["SINK"], data=body, method="POST")).read()
+    return {}
+"#;
+
+/// `target` pins a version across redeploys; `on_failure` names a function (queued as an async
+/// invocation with the failure document) or a NATS subject (each message republished).
+#[tokio::test]
+async fn a_pinned_target_and_function_and_nats_destinations() {
+    let base = unique("PIN").to_uppercase().replace('-', "_");
+    let (stream, dead) = (format!("{base}_IN"), format!("{base}_DEAD"));
+    let (subject, dead_subject) = (
+        format!("{}.in", base.to_lowercase()),
+        format!("{}.dead", base.to_lowercase()),
+    );
+    let client = async_nats::connect(nats()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for (name, subj) in [(&stream, &subject), (&dead, &dead_subject)] {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subj}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (sink, seen) = receiver().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "trigger_retry_base = \"20ms\"\nasync_retry_base = \"50ms\"\n",
+    )
+    .unwrap();
+    let p = Petrel::start_with(
+        StoreKind::Sqlite,
+        &["--config", config.path().to_str().unwrap()],
+    )
+    .await;
+    let catcher = function_dir(&[
+        (
+            "app.py",
+            "import json, os, urllib.request\n\ndef handler(event, context):\n    urllib.request.urlopen(urllib.request.Request(os.environ['SINK'], data=json.dumps(event).encode(), method='POST')).read()\n    return {}\n",
+        ),
+        (
+            "petrel.toml",
+            &format!("{}network = \"host\"\n\n[env]\nSINK = \"{sink}/caught\"\n", manifest("catcher", "python3", "app.handler", "")),
+        ),
+    ]);
+    p.deploy(catcher.path());
+    let n = nats();
+    let common = "starting_position = \"earliest\"\nbatch_size = 1\nbatch_window = \"0s\"\nmax_retries = 0\ntarget = \"1\"\n";
+    let consumer = |mark: &str| {
+        function_dir(&[
+            ("app.py", MARKED_PY),
+            (
+                "petrel.toml",
+                &format!(
+                    "{}network = \"host\"\n\n[env]\nSINK = \"{sink}/got\"\nMARK = \"{mark}\"\n\n[[trigger]]\nname = \"tofn\"\nkind = \"nats\"\nservers = [\"{n}\"]\nstream = \"{stream}\"\nsubject = \"{subject}.fn\"\n{common}on_failure = \"function:catcher\"\n\n[[trigger]]\nname = \"tonats\"\nkind = \"nats\"\nservers = [\"{n}\"]\nstream = \"{stream}\"\nsubject = \"{subject}.nats\"\n{common}on_failure = \"nats:{dead_subject}.x\"\n",
+                    manifest("pinned", "python3", "app.handler", "")
+                ),
+            ),
+        ])
+    };
+    let v1 = consumer("v1");
+    p.deploy(v1.path());
+    // A second version; the triggers, pinned to 1, keep invoking version 1.
+    let v2 = consumer("v2");
+    assert!(p.deploy(v2.path()).contains('2'));
+    for s in ["fn", "nats"] {
+        for v in ["ok", "poison"] {
+            js.publish(format!("{subject}.{s}"), Bytes::from(v))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    let got = |path: &str| -> Vec<serde_json::Value> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, _, b)| serde_json::from_slice(b).unwrap())
+            .collect()
+    };
+    let ok = eventually(Duration::from_secs(60), || {
+        got("/got").len() >= 2 && !got("/caught").is_empty()
+    })
+    .await;
+    assert!(
+        ok,
+        "{:?} {:?}\n{}",
+        got("/got"),
+        got("/caught"),
+        p.server_log()
+    );
+    assert!(
+        got("/got").iter().all(|e| e["mark"] == "v1"),
+        "{:?}",
+        got("/got")
+    );
+    // The function destination got the failure document.
+    let doc = &got("/caught")[0];
+    assert_eq!(doc["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(doc["requestContext"]["trigger"], "nats:tofn");
+    assert_eq!(doc["records"][0]["data_base64"], "cG9pc29u");
+    // The NATS destination got the message as it was, with why.
+    let reader = js
+        .get_stream(&dead)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let mut batch = reader
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), batch.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing on {dead}\n{}", p.server_log()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"poison");
+    let h = m.headers.as_ref().unwrap();
+    assert_eq!(
+        h.get("Petrel-Condition").map(|v| v.as_str()),
+        Some("RetriesExhausted")
+    );
+    assert_eq!(
+        h.get("Petrel-Subject").map(|v| v.as_str()),
+        Some(format!("{subject}.nats").as_str())
+    );
+}
