@@ -35,7 +35,7 @@ impl App {
         }
         self.dataplane.removed(ns, name);
         // Its triggers stop (and leave their groups) before the answer.
-        self.triggers.reconcile().await;
+        self.triggers.reconcile_function(ns, name).await;
         self.collect_garbage();
         Ok(true)
     }
@@ -115,7 +115,7 @@ impl App {
         // the first request the wait.
         self.dataplane.preload_latest(&ns, &name).await;
         // New triggers start, changed ones restart, removed ones stop; unchanged ones go on.
-        self.triggers.reconcile().await;
+        self.triggers.reconcile_function(&ns, &name).await;
         tracing::info!(namespace = %ns, function = %name, version, "deployed");
         Ok(DeployResponse {
             url,

@@ -297,45 +297,73 @@ impl Triggers {
     /// Brings what runs in step with the store, and waits for it (for the control API, which
     /// answers a deploy or a pause after its triggers took it in).
     pub async fn reconcile(&self) {
+        self.reconcile_scope(None).await
+    }
+
+    /// The same for one function only (after its deploy, delete or a pause of one of its
+    /// triggers), reading just its latest version.
+    pub async fn reconcile_function(&self, namespace: &str, function: &str) {
+        self.reconcile_scope(Some((namespace, function))).await
+    }
+
+    async fn reconcile_scope(&self, scope: Option<(&str, &str)>) {
         let _one = self.inner.reconciling.lock().await;
         let deps = &self.inner.deps;
-        let versions = match deps.store.latest_versions().await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "triggers: could not read the deployed functions; trying again");
-                return;
+        let specs: Vec<(String, petrel_core::FunctionSpec)> = match scope {
+            None => match deps.store.latest_versions().await {
+                Ok(v) => v.into_iter().map(|(ns, v)| (ns, v.spec)).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "triggers: could not read the deployed functions; trying again");
+                    return;
+                }
+            },
+            Some((ns, name)) => {
+                let latest = match deps.store.get_function(ns, name).await {
+                    Ok(Some(f)) => deps.store.get_version(ns, name, f.latest_version).await,
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                match latest {
+                    Ok(v) => v.into_iter().map(|v| (ns.to_owned(), v.spec)).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, function = %name, "triggers: could not read the function; trying again");
+                        return;
+                    }
+                }
             }
         };
         let mut desired: HashMap<Key, (TriggerSpec, bool)> = HashMap::new();
-        for (ns, v) in versions {
-            if v.spec.triggers.is_empty() {
+        for (ns, spec) in specs {
+            if spec.triggers.is_empty() {
                 continue;
             }
+            // A read that fails changes nothing: its triggers must not look removed.
             let paused: HashMap<String, bool> = match deps
                 .store
-                .trigger_states(&ns, &v.spec.name)
+                .trigger_states(&ns, &spec.name)
                 .await
             {
                 Ok(states) => states.into_iter().map(|s| (s.name, s.paused)).collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, function = %v.spec.name, "triggers: could not read trigger states");
-                    continue;
+                    tracing::warn!(error = %e, function = %spec.name, "triggers: could not read trigger states; trying again");
+                    return;
                 }
             };
-            for t in &v.spec.triggers {
+            for t in &spec.triggers {
                 let p = paused.get(&t.name).copied().unwrap_or(false);
                 desired.insert(
-                    (ns.clone(), v.spec.name.clone(), t.name.clone()),
+                    (ns.clone(), spec.name.clone(), t.name.clone()),
                     (t.clone(), p),
                 );
             }
         }
+        let in_scope = |k: &Key| scope.is_none_or(|(ns, name)| k.0 == ns && k.1 == name);
         let mut stopping = Vec::new();
         {
             let mut running = self.inner.running.lock().unwrap();
             let gone: Vec<Key> = running
                 .keys()
-                .filter(|k| !desired.contains_key(*k))
+                .filter(|k| in_scope(k) && !desired.contains_key(*k))
                 .cloned()
                 .collect();
             for k in gone {

@@ -86,7 +86,7 @@ async fn set_paused(
     app.store
         .set_trigger_paused(&ns, name, trigger, paused)
         .await?;
-    app.triggers.reconcile().await;
+    app.triggers.reconcile_function(&ns, name).await;
     let list = app.triggers.list(&ns, name, &specs).await.map_err(|e| {
         tracing::error!(error = %e, "could not read trigger states");
         ApiError::internal()
