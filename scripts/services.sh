@@ -5,6 +5,10 @@
 #   PETREL_TEST_KAFKA         Apache Kafka 4.x in KRaft mode, one node (jars from Maven Central)
 #   PETREL_TEST_NATS          nats-server with JetStream (Debian's package)
 #   PETREL_TEST_REDIS         redis-server (Debian's package)
+#   PETREL_TEST_AMQP          RabbitMQ (Debian's package), its own node, ports and data
+#   PETREL_TEST_MQTT          Mosquitto (Debian's package)
+#   PETREL_TEST_MYSQL         MariaDB (Debian's package) with a row-based binlog
+# PostgreSQL's cluster gets wal_level = logical (a restart, once) for the change-stream tests.
 # Each is left alone when its variable is already set, and a running one is reused.
 # Needs root (or sudo) on a fresh machine to install packages.
 set -euo pipefail
@@ -38,12 +42,25 @@ petrel_start_postgres() {
   done
   pg_isready -h 127.0.0.1 -p "$port" >/dev/null
   # A role for the tests that may create (and drop) one database per test.
+  # The change-stream tests read logical replication (pgoutput): the cluster needs
+  # wal_level = logical, which takes a restart the first time.
+  if [ "$(_petrel_as_postgres psql -tAq -p "$port" -c 'SHOW wal_level')" != logical ]; then
+    echo "services: setting PostgreSQL's wal_level to logical (restarts the cluster once)"
+    _petrel_as_postgres psql -q -p "$port" -c "ALTER SYSTEM SET wal_level = logical" >/dev/null
+    _petrel_sudo pg_ctlcluster "$ver" main restart
+    for _ in $(seq 1 50); do
+      pg_isready -q -h 127.0.0.1 -p "$port" && break
+      sleep 0.2
+    done
+  fi
   _petrel_as_postgres psql -q -p "$port" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'petrel_test') THEN
     CREATE ROLE petrel_test LOGIN PASSWORD 'petrel_test' CREATEDB;
   END IF;
 END $$;
+-- A postgres trigger creates its replication slot.
+ALTER ROLE petrel_test REPLICATION;
 SQL
   export PETREL_TEST_POSTGRES_URL="postgres://petrel_test:petrel_test@127.0.0.1:${port}/postgres"
   echo "services: PostgreSQL $ver on port $port (PETREL_TEST_POSTGRES_URL=$PETREL_TEST_POSTGRES_URL)"
@@ -55,6 +72,9 @@ PETREL_KAFKA_VERSION="${PETREL_KAFKA_VERSION:-4.4.0}"
 PETREL_KAFKA_PORT="${PETREL_KAFKA_PORT:-19092}"
 PETREL_NATS_PORT="${PETREL_NATS_PORT:-14222}"
 PETREL_REDIS_PORT="${PETREL_REDIS_PORT:-16379}"
+PETREL_AMQP_PORT="${PETREL_AMQP_PORT:-15682}"
+PETREL_MQTT_PORT="${PETREL_MQTT_PORT:-11883}"
+PETREL_MYSQL_PORT="${PETREL_MYSQL_PORT:-13306}"
 
 _petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # _petrel_wait_port PORT SECONDS NAME LOG: waits for a service to listen, else says where to look.
@@ -181,7 +201,93 @@ petrel_start_redis() {
   echo "services: Redis at $PETREL_TEST_REDIS"
 }
 
+petrel_start_amqp() {
+  if [ -n "${PETREL_TEST_AMQP:-}" ]; then
+    echo "services: using PETREL_TEST_AMQP from the environment"
+    return 0
+  fi
+  local port="$PETREL_AMQP_PORT" dir="$PETREL_SERVICES_DIR/rabbitmq"
+  if ! _petrel_port_open "$port"; then
+    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+      _petrel_sudo apt-get update -qq
+      echo "services: installing rabbitmq-server from Debian's packages"
+      DEBIAN_FRONTEND=noninteractive _petrel_sudo apt-get install -y -qq rabbitmq-server >/dev/null
+    fi
+    mkdir -p "$dir"
+    echo "[]." >"$dir/enabled_plugins"
+    echo "listeners.tcp.default = 127.0.0.1:$port" >"$dir/rabbitmq.conf"
+    echo "services: starting RabbitMQ on port $port"
+    # A node of its own (name, Erlang ports, cookie, data), apart from any system RabbitMQ.
+    (
+      export HOME="$dir" RABBITMQ_NODENAME=petrel@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT=$((port + 20000)) ERL_EPMD_PORT=$((port - 1313)) \
+        RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+        RABBITMQ_PID_FILE="$dir/pid"
+      nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/stdout.log" 2>&1 &
+    )
+    _petrel_wait_port "$port" 60 RabbitMQ "$dir/stdout.log" || return 1
+  fi
+  export PETREL_TEST_AMQP="amqp://guest:guest@127.0.0.1:$port/%2f"
+  echo "services: RabbitMQ at amqp://127.0.0.1:$port"
+}
+
+petrel_start_mqtt() {
+  if [ -n "${PETREL_TEST_MQTT:-}" ]; then
+    echo "services: using PETREL_TEST_MQTT from the environment"
+    return 0
+  fi
+  local port="$PETREL_MQTT_PORT" dir="$PETREL_SERVICES_DIR/mosquitto"
+  if ! _petrel_port_open "$port"; then
+    _petrel_need mosquitto mosquitto
+    mkdir -p "$dir"
+    # QoS 1 messages in flight to one client: the default, 20, would cap a batch at 20.
+    cat >"$dir/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $dir/
+max_inflight_messages 1000
+max_queued_messages 100000
+log_dest file $dir/mosquitto.log
+CONF
+    echo "services: starting Mosquitto on port $port"
+    mosquitto -c "$dir/mosquitto.conf" -d
+    _petrel_wait_port "$port" 5 Mosquitto "$dir/mosquitto.log" || return 1
+  fi
+  export PETREL_TEST_MQTT="mqtt://127.0.0.1:$port"
+  echo "services: MQTT at $PETREL_TEST_MQTT"
+}
+
+petrel_start_mysql() {
+  if [ -n "${PETREL_TEST_MYSQL:-}" ]; then
+    echo "services: using PETREL_TEST_MYSQL from the environment"
+    return 0
+  fi
+  local port="$PETREL_MYSQL_PORT" dir="$PETREL_SERVICES_DIR/mariadb"
+  if ! _petrel_port_open "$port"; then
+    _petrel_need mariadbd mariadb-server
+    mkdir -p "$dir"
+    if [ ! -d "$dir/data/mysql" ]; then
+      mariadb-install-db --user="$(id -un)" --datadir="$dir/data" --auth-root-authentication-method=normal \
+        >"$dir/install.log" 2>&1
+    fi
+    echo "services: starting MariaDB on port $port"
+    nohup mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/data" --port="$port" \
+      --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" \
+      --log-bin="$dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL --server-id=1 \
+      --log-error="$dir/error.log" >/dev/null 2>&1 &
+    _petrel_wait_port "$port" 30 MariaDB "$dir/error.log" || return 1
+    mariadb --socket="$dir/mysqld.sock" -uroot -e "CREATE USER IF NOT EXISTS 'petrel_test'@'%' IDENTIFIED BY 'petrel_test'; GRANT ALL ON *.* TO 'petrel_test'@'%';"
+  fi
+  export PETREL_TEST_MYSQL="mysql://petrel_test:petrel_test@127.0.0.1:$port"
+  echo "services: MariaDB at $PETREL_TEST_MYSQL"
+}
+
 petrel_start_postgres
 petrel_start_kafka
 petrel_start_nats
 petrel_start_redis
+petrel_start_amqp
+petrel_start_mqtt
+petrel_start_mysql

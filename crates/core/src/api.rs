@@ -143,6 +143,14 @@ wire_enum! {
         Nats = "nats",
         /// A batch of a Redis Streams trigger.
         Redis = "redis",
+        /// A batch of a RabbitMQ (AMQP) trigger.
+        Amqp = "amqp",
+        /// A batch of an MQTT trigger.
+        Mqtt = "mqtt",
+        /// A batch of a PostgreSQL change-stream trigger.
+        Postgres = "postgres",
+        /// A batch of a MySQL/MariaDB binlog trigger.
+        Mysql = "mysql",
         /// A fire of a cron trigger.
         Cron = "cron",
     }
@@ -154,7 +162,10 @@ impl Trigger {
     pub fn otel(self) -> &'static str {
         match self {
             Trigger::Http => "http",
-            Trigger::Kafka | Trigger::Nats | Trigger::Redis => "pubsub",
+            Trigger::Kafka | Trigger::Nats | Trigger::Redis | Trigger::Amqp | Trigger::Mqtt => {
+                "pubsub"
+            }
+            Trigger::Postgres | Trigger::Mysql => "datasource",
             Trigger::Cron => "timer",
             Trigger::Invoke | Trigger::LambdaInvoke | Trigger::Async => "other",
         }

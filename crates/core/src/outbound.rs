@@ -78,6 +78,14 @@ impl HostPattern {
     }
 }
 
+/// Whether `s` is an `http://` or `https://` URL with a host, that outcomes can be POSTed to.
+pub fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace))
+}
+
 #[cfg(test)]
 mod tests {
     use super::HostPattern;
@@ -116,12 +124,4 @@ mod tests {
             assert!(e.contains("allowed_outbound_hosts"), "{bad}: {e}");
         }
     }
-}
-
-/// Whether `s` is an `http://` or `https://` URL with a host, that outcomes can be POSTed to.
-pub fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"));
-    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace))
 }

@@ -21,8 +21,17 @@ pub struct TriggerManifest {
     // kafka
     pub brokers: Option<Vec<String>>,
     pub topic: Option<String>,
-    // redis (and the next queue kinds)
+    // redis, amqp, mqtt, postgres, mysql
     pub url: Option<String>,
+    // amqp
+    pub queue: Option<String>,
+    // postgres
+    pub publication: Option<String>,
+    pub slot: Option<String>,
+    // postgres and mysql
+    pub tables: Option<Vec<String>>,
+    // mysql
+    pub server_id: Option<u32>,
     // nats
     pub servers: Option<Vec<String>>,
     pub stream: Option<String>,
@@ -50,6 +59,10 @@ pub enum TriggerKind {
     Kafka,
     Nats,
     Redis,
+    Amqp,
+    Mqtt,
+    Postgres,
+    Mysql,
     Cron,
 }
 
@@ -58,6 +71,10 @@ impl TriggerKind {
         TriggerKind::Kafka,
         TriggerKind::Nats,
         TriggerKind::Redis,
+        TriggerKind::Amqp,
+        TriggerKind::Mqtt,
+        TriggerKind::Postgres,
+        TriggerKind::Mysql,
         TriggerKind::Cron,
     ];
 
@@ -66,6 +83,10 @@ impl TriggerKind {
             TriggerKind::Kafka => "kafka",
             TriggerKind::Nats => "nats",
             TriggerKind::Redis => "redis",
+            TriggerKind::Amqp => "amqp",
+            TriggerKind::Mqtt => "mqtt",
+            TriggerKind::Postgres => "postgres",
+            TriggerKind::Mysql => "mysql",
             TriggerKind::Cron => "cron",
         }
     }
@@ -96,6 +117,10 @@ pub enum TriggerSource {
     Kafka(KafkaSource),
     Nats(NatsSource),
     Redis(RedisSource),
+    Amqp(AmqpSource),
+    Mqtt(MqttSource),
+    Postgres(PostgresSource),
+    Mysql(MysqlSource),
     Cron(CronSource),
 }
 
@@ -105,6 +130,10 @@ impl TriggerSource {
             TriggerSource::Kafka(_) => TriggerKind::Kafka,
             TriggerSource::Nats(_) => TriggerKind::Nats,
             TriggerSource::Redis(_) => TriggerKind::Redis,
+            TriggerSource::Amqp(_) => TriggerKind::Amqp,
+            TriggerSource::Mqtt(_) => TriggerKind::Mqtt,
+            TriggerSource::Postgres(_) => TriggerKind::Postgres,
+            TriggerSource::Mysql(_) => TriggerKind::Mysql,
             TriggerSource::Cron(_) => TriggerKind::Cron,
         }
     }
@@ -115,6 +144,10 @@ impl TriggerSource {
             TriggerSource::Kafka(k) => Some(&k.settings),
             TriggerSource::Nats(n) => Some(&n.settings),
             TriggerSource::Redis(r) => Some(&r.settings),
+            TriggerSource::Amqp(a) => Some(&a.settings),
+            TriggerSource::Mqtt(m) => Some(&m.settings),
+            TriggerSource::Postgres(p) => Some(&p.settings),
+            TriggerSource::Mysql(m) => Some(&m.settings),
             TriggerSource::Cron(_) => None,
         }
     }
@@ -157,6 +190,57 @@ pub struct RedisSource {
     pub settings: StreamSettings,
 }
 
+/// A RabbitMQ (AMQP 0-9-1) queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmqpSource {
+    /// `amqp://user:password@host:5672/vhost` (TLS, `amqps://`, is not supported yet).
+    pub url: String,
+    pub queue: String,
+    pub settings: StreamSettings,
+}
+
+/// An MQTT topic filter, read at QoS 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttSource {
+    /// `mqtt://user:password@host:1883`.
+    pub url: String,
+    /// A topic filter (`+` and `#` wildcards).
+    pub topic: String,
+    /// The shared subscription's name; `None`: derived (see [`default_group`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub settings: StreamSettings,
+}
+
+/// A PostgreSQL publication, read by logical replication (`pgoutput`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresSource {
+    /// `postgres://user:password@host:5432/db`.
+    pub url: String,
+    pub publication: String,
+    /// The replication slot; `None`: derived (see [`default_slot`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// Only these tables' changes (`schema.table` or `table`); `None`: the publication's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    pub settings: StreamSettings,
+}
+
+/// A MySQL or MariaDB row-based binlog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MysqlSource {
+    /// `mysql://user:password@host:3306`.
+    pub url: String,
+    /// Only these tables' changes (`db.table`); `None`: every table's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// The replica id Petrel reads the binlog as; `None`: derived from the trigger's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u32>,
+    pub settings: StreamSettings,
+}
+
 /// A schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CronSource {
@@ -187,6 +271,8 @@ pub enum FailureDestination {
     Url(String),
     Kafka(String),
     Nats(String),
+    /// An AMQP exchange, published to with the record's routing key (a dead-letter exchange).
+    Amqp(String),
 }
 
 impl fmt::Display for FailureDestination {
@@ -197,6 +283,7 @@ impl fmt::Display for FailureDestination {
             FailureDestination::Url(u) => f.write_str(u),
             FailureDestination::Kafka(t) => write!(f, "kafka:{t}"),
             FailureDestination::Nats(s) => write!(f, "nats:{s}"),
+            FailureDestination::Amqp(x) => write!(f, "amqp:{x}"),
         }
     }
 }
@@ -232,6 +319,47 @@ pub const MAX_PARALLELIZATION: u32 = 10;
 /// manifest names none: `petrel-{namespace}-{function}-{trigger}`.
 pub fn default_group(namespace: &str, function: &str, trigger: &str) -> String {
     format!("petrel-{namespace}-{function}-{trigger}")
+}
+
+/// The replication slot a postgres trigger creates when its manifest names none: PostgreSQL's
+/// slot names are lower-case letters, digits and `_`, at most 63 bytes, so the namespace,
+/// function and trigger are folded into that with a hash of the three to keep them apart.
+pub fn default_slot(namespace: &str, function: &str, trigger: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{namespace}\0{function}\0{trigger}").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let fold = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = format!(
+        "petrel_{}_{}_{}",
+        fold(namespace),
+        fold(function),
+        fold(trigger)
+    );
+    name.truncate(46);
+    format!("{name}_{h:016x}")
+}
+
+/// The replica id a mysql trigger reads the binlog as when its manifest names none: stable
+/// for the trigger, and clear of the small ids people give their real replicas.
+pub fn default_server_id(namespace: &str, function: &str, trigger: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{namespace}\0{function}\0{trigger}").bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    1_000_000 + h % 1_000_000_000
 }
 
 /// A parsed schedule.
@@ -372,6 +500,11 @@ impl TriggerManifest {
         }
         check!(
             url,
+            queue,
+            publication,
+            slot,
+            tables,
+            server_id,
             brokers,
             topic,
             servers,
@@ -414,7 +547,7 @@ impl TriggerManifest {
                 return Err(invalid(
                     &name,
                     "kind",
-                    "missing: add kind = \"kafka\" (or nats, redis, cron)",
+                    "missing: add kind = \"kafka\" (or nats, redis, amqp, mqtt, postgres, mysql, cron)",
                 ))
             }
             Some(k) => TriggerKind::ALL
@@ -425,7 +558,7 @@ impl TriggerManifest {
                     invalid(
                         &name,
                         "kind",
-                        format!("{k:?} is not a trigger kind: use kafka, nats, redis or cron"),
+                        format!("{k:?} is not a trigger kind: use kafka, nats, redis, amqp, mqtt, postgres, mysql or cron"),
                     )
                 })?,
         };
@@ -433,6 +566,10 @@ impl TriggerManifest {
             TriggerKind::Kafka => &["brokers", "topic", "group"],
             TriggerKind::Nats => &["servers", "stream", "subject", "group"],
             TriggerKind::Redis => &["url", "stream", "group"],
+            TriggerKind::Amqp => &["url", "queue"],
+            TriggerKind::Mqtt => &["url", "topic", "group"],
+            TriggerKind::Postgres => &["url", "publication", "slot", "tables"],
+            TriggerKind::Mysql => &["url", "tables", "server_id"],
             TriggerKind::Cron => &["schedule", "timezone", "payload"],
         };
         const STREAM_KEYS: &[&str] = &[
@@ -511,6 +648,47 @@ impl TriggerManifest {
                 group: self.group_name(&name)?,
                 settings: self.stream_settings(&name)?,
             }),
+            TriggerKind::Amqp => TriggerSource::Amqp(AmqpSource {
+                url: url_of(&name, self.url.as_deref(), &["amqp"], "amqp://guest:guest@127.0.0.1:5672/%2f")?,
+                queue: required_name(&name, "queue", self.queue.as_deref(), |q| !q.is_empty() && q.len() <= 255 && !q.starts_with("amq."), "queue = \"orders\"")?,
+                settings: self.stream_settings(&name)?,
+            }),
+            TriggerKind::Mqtt => TriggerSource::Mqtt(MqttSource {
+                url: url_of(&name, self.url.as_deref(), &["mqtt"], "mqtt://127.0.0.1:1883")?,
+                topic: match self.topic.as_deref() {
+                    None => return Err(invalid(&name, "topic", "missing: add topic = \"sensors/+/temperature\"")),
+                    Some(t) if mqtt_filter_ok(t) => t.to_owned(),
+                    Some(t) => return Err(invalid(&name, "topic", format!("{t:?} is not a topic filter: levels separated by '/', '+' for one whole level, '#' only as the last one (and no leading $share/: name the group in `group`)"))),
+                },
+                group: self.group_name(&name)?,
+                settings: self.stream_settings(&name)?,
+            }),
+            TriggerKind::Postgres => {
+                let settings = self.change_stream_settings(&name)?;
+                TriggerSource::Postgres(PostgresSource {
+                    url: url_of(&name, self.url.as_deref(), &["postgres", "postgresql"], "postgres://user:password@127.0.0.1:5432/db")?,
+                    publication: required_name(&name, "publication", self.publication.as_deref(), pg_identifier_ok, "publication = \"orders_changes\"")?,
+                    slot: match self.slot.as_deref() {
+                        None => None,
+                        Some(s) if !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') => Some(s.to_owned()),
+                        Some(s) => return Err(invalid(&name, "slot", format!("{s:?} is not a slot name: use lower-case letters, digits and '_' (at most 63)"))),
+                    },
+                    tables: self.table_list(&name, 2)?,
+                    settings,
+                })
+            }
+            TriggerKind::Mysql => {
+                let settings = self.change_stream_settings(&name)?;
+                TriggerSource::Mysql(MysqlSource {
+                    url: url_of(&name, self.url.as_deref(), &["mysql", "mariadb"], "mysql://user:password@127.0.0.1:3306")?,
+                    tables: self.table_list(&name, 2)?,
+                    server_id: match self.server_id {
+                        Some(0) => return Err(invalid(&name, "server_id", "0 is not a replica id: use 1 to 4294967295, apart from every other server's")),
+                        id => id,
+                    },
+                    settings,
+                })
+            }
             TriggerKind::Cron => {
                 let schedule = self.schedule.as_deref().ok_or_else(|| {
                     invalid(&name, "schedule", "missing: add schedule = \"0 3 * * *\" (or rate(5 minutes))")
@@ -535,11 +713,18 @@ impl TriggerManifest {
             (TriggerSource::Nats(_), Some(FailureDestination::Kafka(_))) => {
                 return Err(invalid(&name, "on_failure", "kafka:TOPIC is for kafka triggers (their brokers take it); use nats:SUBJECT, dlq, function:NAME or a URL"))
             }
-            (TriggerSource::Redis(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
-                return Err(invalid(&name, "on_failure", "a redis trigger sends what it gives up on to dlq, function:NAME or a URL"))
-            }
             (TriggerSource::Kafka(_), Some(FailureDestination::Nats(_))) => {
                 return Err(invalid(&name, "on_failure", "nats:SUBJECT is for nats triggers (their servers take it); use kafka:TOPIC, dlq, function:NAME or a URL"))
+            }
+            (TriggerSource::Amqp(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
+                return Err(invalid(&name, "on_failure", "an amqp trigger sends what it gives up on to amqp:EXCHANGE, dlq, function:NAME or a URL"))
+            }
+            (TriggerSource::Amqp(_), _) => {}
+            (_, Some(FailureDestination::Amqp(_))) => {
+                return Err(invalid(&name, "on_failure", "amqp:EXCHANGE is for amqp triggers (their broker takes it)"))
+            }
+            (TriggerSource::Redis(_) | TriggerSource::Mqtt(_) | TriggerSource::Postgres(_) | TriggerSource::Mysql(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
+                return Err(invalid(&name, "on_failure", format!("a {} trigger sends what it gives up on to dlq, function:NAME or a URL", source.kind())))
             }
             _ => {}
         }
@@ -570,6 +755,51 @@ impl TriggerManifest {
                 ),
             )),
         }
+    }
+
+    /// A change stream's settings: its slot or binlog position starts where it is created,
+    /// and its changes keep their order (one lane).
+    fn change_stream_settings(&self, name: &str) -> Result<StreamSettings, TriggerError> {
+        if self.starting_position.as_deref() == Some("earliest") {
+            return Err(invalid(name, "starting_position", "a change stream starts where the trigger first runs (its slot or binlog position): only latest"));
+        }
+        if self.parallelization.is_some_and(|p| p != 1) {
+            return Err(invalid(name, "parallelization", "a change stream is delivered in commit order, one batch at a time: leave parallelization at 1"));
+        }
+        let mut settings = self.stream_settings(name)?;
+        // Like Lambda's stream sources: a change goes out at once unless a window is asked for.
+        if self.batch_window.is_none() {
+            settings.batch_window_ms = 0;
+        }
+        Ok(settings)
+    }
+
+    fn table_list(
+        &self,
+        name: &str,
+        max_parts: usize,
+    ) -> Result<Option<Vec<String>>, TriggerError> {
+        let Some(tables) = &self.tables else {
+            return Ok(None);
+        };
+        if tables.is_empty() {
+            return Err(invalid(
+                name,
+                "tables",
+                "empty: leave `tables` out to take every table",
+            ));
+        }
+        for t in tables {
+            let parts: Vec<&str> = t.split('.').collect();
+            if parts.len() > max_parts || !parts.iter().all(|p| pg_identifier_ok(p)) {
+                return Err(invalid(
+                    name,
+                    "tables",
+                    format!("{t:?} is not a table name: write table or schema.table"),
+                ));
+            }
+        }
+        Ok(Some(tables.clone()))
     }
 
     fn stream_settings(&self, name: &str) -> Result<StreamSettings, TriggerError> {
@@ -646,10 +876,19 @@ impl TriggerManifest {
                         ));
                     }
                     FailureDestination::Nats(subj.to_owned())
+                } else if let Some(x) = s.strip_prefix("amqp:") {
+                    if x.is_empty() || x.len() > 255 || x.contains(char::is_whitespace) {
+                        return Err(invalid(
+                            name,
+                            "on_failure",
+                            format!("{x:?} is not an exchange name"),
+                        ));
+                    }
+                    FailureDestination::Amqp(x.to_owned())
                 } else if crate::outbound::is_http_url(s) {
                     FailureDestination::Url(s.to_owned())
                 } else {
-                    return Err(invalid(name, "on_failure", format!("{s:?} is not a destination: write dlq, function:NAME, an http(s):// URL, kafka:TOPIC or nats:SUBJECT")));
+                    return Err(invalid(name, "on_failure", format!("{s:?} is not a destination: write dlq, function:NAME, an http(s):// URL, kafka:TOPIC, nats:SUBJECT or amqp:EXCHANGE")));
                 }
             }
         };
@@ -671,6 +910,11 @@ impl TriggerManifest {
 fn field_name(key: &str) -> &'static str {
     const KEYS: &[&str] = &[
         "url",
+        "queue",
+        "publication",
+        "slot",
+        "tables",
+        "server_id",
         "brokers",
         "topic",
         "servers",
@@ -747,6 +991,55 @@ fn kafka_topic_ok(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// A URL of one of these schemes with a host.
+fn url_of(
+    name: &str,
+    value: Option<&str>,
+    schemes: &[&str],
+    example: &str,
+) -> Result<String, TriggerError> {
+    let u =
+        value.ok_or_else(|| invalid(name, "url", format!("missing: add url = \"{example}\"")))?;
+    let ok = schemes.iter().any(|s| {
+        u.strip_prefix(s)
+            .and_then(|r| r.strip_prefix("://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+    });
+    if !ok {
+        return Err(invalid(
+            name,
+            "url",
+            format!(
+                "{u:?} is not a {}:// URL: write it like {example}",
+                schemes[0]
+            ),
+        ));
+    }
+    Ok(u.to_owned())
+}
+
+/// An MQTT topic filter: `+` stands for one whole level, `#` for the rest (last level only).
+fn mqtt_filter_ok(t: &str) -> bool {
+    let levels: Vec<&str> = t.split('/').collect();
+    !t.is_empty()
+        && t.len() <= 65_535
+        && !t.starts_with("$share/")
+        && !t.contains('\0')
+        && levels.iter().enumerate().all(|(i, l)| {
+            (*l == "+" || *l == "#" || !l.contains(['+', '#']))
+                && (*l != "#" || i == levels.len() - 1)
+        })
+}
+
+/// A PostgreSQL identifier as written unquoted (letters, digits, `_`, `$`), at most 63 bytes.
+fn pg_identifier_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+}
+
 fn nats_subject_ok(s: &str) -> bool {
     let tokens: Vec<&str> = s.split('.').collect();
     !s.is_empty()
@@ -815,6 +1108,26 @@ impl From<&TriggerSpec> for TriggerManifest {
                 m.stream = Some(r.stream.clone());
                 m.group = r.group.clone();
             }
+            TriggerSource::Amqp(a) => {
+                m.url = Some(a.url.clone());
+                m.queue = Some(a.queue.clone());
+            }
+            TriggerSource::Mqtt(q) => {
+                m.url = Some(q.url.clone());
+                m.topic = Some(q.topic.clone());
+                m.group = q.group.clone();
+            }
+            TriggerSource::Postgres(p) => {
+                m.url = Some(p.url.clone());
+                m.publication = Some(p.publication.clone());
+                m.slot = p.slot.clone();
+                m.tables = p.tables.clone();
+            }
+            TriggerSource::Mysql(q) => {
+                m.url = Some(q.url.clone());
+                m.tables = q.tables.clone();
+                m.server_id = q.server_id;
+            }
             TriggerSource::Cron(c) => {
                 m.schedule = Some(c.schedule.clone());
                 m.timezone = Some(c.timezone.clone());
@@ -874,6 +1187,22 @@ mod tests {
             ("name = \"a\"\nkind = \"redis\"\nurl = \"redis://x\"\nstream = \"s\"\ntopic = \"t\"", "trigger.a.topic"),
             ("name = \"a\"\nkind = \"redis\"\nurl = \"redis://x\"\nstream = \"s\"\non_failure = \"kafka:t\"", "trigger.a.on_failure"),
             ("name = \"a\"\nkind = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\non_failure = \"nats:x\"", "trigger.a.on_failure"),
+            ("name = \"a\"\nkind = \"amqp\"\nurl = \"amqp://h\"", "trigger.a.queue"),
+            ("name = \"a\"\nkind = \"amqp\"\nurl = \"redis://h\"\nqueue = \"q\"", "trigger.a.url"),
+            ("name = \"a\"\nkind = \"amqp\"\nurl = \"amqp://h\"\nqueue = \"q\"\non_failure = \"nats:x\"", "trigger.a.on_failure"),
+            ("name = \"a\"\nkind = \"redis\"\nurl = \"redis://x\"\nstream = \"s\"\non_failure = \"amqp:x\"", "trigger.a.on_failure"),
+            ("name = \"a\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"a/#/b\"", "trigger.a.topic"),
+            ("name = \"a\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"a/b+\"", "trigger.a.topic"),
+            ("name = \"a\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"$share/g/a\"", "trigger.a.topic"),
+            ("name = \"a\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"a\"\nqueue = \"q\"", "trigger.a.queue"),
+            ("name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"", "trigger.a.publication"),
+            ("name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npublication = \"p\"\nslot = \"Bad-Slot\"", "trigger.a.slot"),
+            ("name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npublication = \"p\"\nstarting_position = \"earliest\"", "trigger.a.starting_position"),
+            ("name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npublication = \"p\"\nparallelization = 2", "trigger.a.parallelization"),
+            ("name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npublication = \"p\"\ntables = [\"a.b.c\"]", "trigger.a.tables"),
+            ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://h:3306\"\nserver_id = 0", "trigger.a.server_id"),
+            ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://h:3306\"\npublication = \"p\"", "trigger.a.publication"),
+            ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://\"", "trigger.a.url"),
         ];
         for (text, field) in cases {
             let e = one(text).unwrap_err().to_string();
@@ -898,6 +1227,35 @@ mod tests {
         assert_eq!(TriggerManifest::from(&t).validate(0).unwrap(), t);
         let c = one("name = \"n\"\nkind = \"cron\"\nschedule = \"0 3 * * *\"\ntimezone = \"Europe/Paris\"\npayload = '{\"job\": 1}'\nenabled = false").unwrap();
         assert_eq!(TriggerManifest::from(&c).validate(0).unwrap(), c);
+        for text in [
+            "name = \"q\"\nkind = \"amqp\"\nurl = \"amqp://u:p@h:5672/%2f\"\nqueue = \"orders\"\non_failure = \"amqp:dead\"",
+            "name = \"m\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"sensors/+/t/#\"\ngroup = \"g\"",
+            "name = \"p\"\nkind = \"postgres\"\nurl = \"postgres://u:p@h/db\"\npublication = \"pub\"\nslot = \"s_1\"\ntables = [\"public.orders\", \"items\"]",
+            "name = \"b\"\nkind = \"mysql\"\nurl = \"mysql://u:p@h:3306\"\ntables = [\"shop.orders\"]\nserver_id = 77",
+        ] {
+            let t = one(text).unwrap();
+            assert_eq!(TriggerManifest::from(&t).validate(0).unwrap(), t, "{text}");
+        }
+    }
+
+    #[test]
+    fn derived_slots_and_replica_ids_are_valid_and_apart() {
+        let a = default_slot("default", "Orders-Fn", "changes");
+        let b = default_slot("default", "orders_fn", "changes");
+        assert_ne!(a, b);
+        assert!(
+            a.len() <= 63
+                && a.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'),
+            "{a}"
+        );
+        let long = default_slot(&"n".repeat(60), &"f".repeat(60), "t");
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(
+            default_server_id("d", "f", "a"),
+            default_server_id("d", "f", "b")
+        );
+        assert!(default_server_id("d", "f", "a") >= 1_000_000);
     }
 
     #[test]

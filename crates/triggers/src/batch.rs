@@ -51,6 +51,31 @@ pub enum RecordMeta {
         /// How many times the group has delivered it (1 the first time).
         delivered: i64,
     },
+    Amqp {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        delivery_tag: u64,
+        redelivered: bool,
+        /// Lambda's `basicProperties` of the message.
+        properties: std::sync::Arc<serde_json::Value>,
+    },
+    Mqtt {
+        topic: String,
+        qos: u8,
+        retain: bool,
+        /// The broker sent it again (an earlier delivery was not acknowledged).
+        dup: bool,
+        /// The packet id within this connection.
+        pkid: u16,
+    },
+    /// A change of a database row (postgres, mysql): the record's value is its envelope.
+    Change {
+        /// `schema.table` (postgres) or `db.table` (mysql).
+        table: String,
+        /// `lsn` (postgres) or `file:offset` (mysql) of the change.
+        position: String,
+    },
 }
 
 impl Record {
@@ -68,6 +93,13 @@ impl Record {
                 stream, sequence, ..
             } => format!("{stream}@{sequence}"),
             RecordMeta::Redis { stream, id, .. } => format!("{stream}@{id}"),
+            RecordMeta::Amqp {
+                queue,
+                delivery_tag,
+                ..
+            } => format!("{queue}@{delivery_tag}"),
+            RecordMeta::Mqtt { topic, .. } => format!("{topic}@{}", self.id),
+            RecordMeta::Change { table, position } => format!("{table}@{position}"),
         }
     }
 }

@@ -27,6 +27,25 @@ pub enum Origin {
         url: String,
         group: String,
     },
+    Amqp {
+        url: String,
+        vhost: String,
+    },
+    Mqtt {
+        url: String,
+    },
+    /// A database's change stream: `kind` is `postgres` or `mysql`.
+    Change {
+        kind: &'static str,
+        url: String,
+    },
+}
+
+/// The host (and port) of a URL, without credentials.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
 }
 
 fn millis_rfc3339(ms: i64) -> String {
@@ -149,6 +168,77 @@ pub fn lambda_event(origin: &Origin, records: &[Record]) -> Value {
                 "records": recs,
             })
         }
+        Origin::Amqp { url, vhost } => {
+            // Lambda's Amazon MQ (RabbitMQ) shape: messages by "queue::vhost".
+            let mut by_queue: Map<String, Value> = Map::new();
+            for r in records {
+                let RecordMeta::Amqp {
+                    queue,
+                    redelivered,
+                    properties,
+                    ..
+                } = &r.meta
+                else {
+                    continue;
+                };
+                by_queue
+                    .entry(format!("{queue}::{vhost}"))
+                    .or_insert_with(|| Value::Array(vec![]))
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(json!({
+                        "basicProperties": properties.as_ref(),
+                        "redelivered": redelivered,
+                        "data": B64.encode(&r.value),
+                    }));
+            }
+            json!({
+                "eventSource": "aws:rmq",
+                "eventSourceArn": format!("arn:aws:mq:{}:{}:broker:{}", petrel_core::arn::REGION, petrel_core::arn::ACCOUNT, host_of(url)),
+                "rmqMessagesByQueue": by_queue,
+            })
+        }
+        Origin::Mqtt { url } => {
+            let recs: Vec<Value> = records
+                .iter()
+                .filter_map(|r| {
+                    let RecordMeta::Mqtt {
+                        topic,
+                        qos,
+                        retain,
+                        dup,
+                        ..
+                    } = &r.meta
+                    else {
+                        return None;
+                    };
+                    Some(json!({
+                        "topic": topic,
+                        "qos": qos,
+                        "retain": retain,
+                        "dup": dup,
+                        "timestamp": r.timestamp_ms,
+                        "data": B64.encode(&r.value),
+                    }))
+                })
+                .collect();
+            json!({
+                "eventSource": "petrel:mqtt",
+                "broker": redact(url),
+                "records": recs,
+            })
+        }
+        Origin::Change { kind, .. } => {
+            // Each record's value is its change envelope (op, before, after, source).
+            let recs: Vec<Value> = records
+                .iter()
+                .map(|r| serde_json::from_slice::<Value>(&r.value).unwrap_or(Value::Null))
+                .collect();
+            json!({
+                "eventSource": format!("petrel:{kind}"),
+                "records": recs,
+            })
+        }
     }
 }
 
@@ -194,6 +284,34 @@ fn cloud_event(origin: &Origin, r: &Record) -> Value {
             "dev.petrel.redis.entry",
             stream.clone(),
         ),
+        (
+            RecordMeta::Amqp {
+                queue, routing_key, ..
+            },
+            Origin::Amqp { url, vhost },
+        ) => (
+            format!(
+                "amqp://{}/{}/{queue}",
+                host_of(url),
+                vhost.trim_matches('/')
+            ),
+            "dev.petrel.amqp.message",
+            routing_key.clone(),
+        ),
+        (RecordMeta::Mqtt { topic, .. }, Origin::Mqtt { url }) => (
+            format!("mqtt://{}", host_of(url)),
+            "dev.petrel.mqtt.message",
+            topic.clone(),
+        ),
+        (RecordMeta::Change { table, .. }, Origin::Change { kind, url }) => (
+            format!("{kind}://{}/{table}", host_of(url)),
+            if *kind == "postgres" {
+                "dev.petrel.postgres.change"
+            } else {
+                "dev.petrel.mysql.change"
+            },
+            table.clone(),
+        ),
         _ => (String::new(), "dev.petrel.record", String::new()),
     };
     let mut e = json!({
@@ -228,6 +346,9 @@ fn cloud_event(origin: &Origin, r: &Record) -> Value {
             e["natsdelivered"] = json!(delivered);
         }
         RecordMeta::Redis { delivered, .. } => e["redisdelivered"] = json!(delivered),
+        RecordMeta::Amqp { redelivered, .. } => e["amqpredelivered"] = json!(redelivered),
+        RecordMeta::Mqtt { dup, .. } => e["mqttdup"] = json!(dup),
+        RecordMeta::Change { position, .. } => e["changeposition"] = json!(position),
     }
     e
 }

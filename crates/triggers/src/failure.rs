@@ -19,6 +19,7 @@ use serde_json::json;
 pub(crate) enum Publisher {
     Kafka(rdkafka::producer::FutureProducer),
     Nats(Box<async_nats::jetstream::Context>),
+    Amqp(amqprs::channel::Channel),
 }
 
 /// The failure document: Lambda's on-failure record, with the records as CloudEvents.
@@ -165,6 +166,43 @@ pub(crate) async fn send(
                     })?;
             }
             Ok(())
+        }
+        FailureDestination::Amqp(exchange) => {
+            let Some(Publisher::Amqp(ch)) = publisher else {
+                return Err("no AMQP channel for the failure exchange".into());
+            };
+            for r in &dead.records {
+                let RecordMeta::Amqp { routing_key, .. } = &r.meta else {
+                    continue;
+                };
+                let mut headers = amqprs::FieldTable::new();
+                for (k, v) in [
+                    ("x-petrel-condition", dead.condition.as_str().to_owned()),
+                    ("x-petrel-error", dead.error.clone()),
+                    ("x-petrel-position", r.position()),
+                ] {
+                    let (Ok(name), Ok(value)) = (k.try_into(), v.as_str().try_into()) else {
+                        continue;
+                    };
+                    headers.insert(name, amqprs::FieldValue::S(value));
+                }
+                let mut props = amqprs::BasicProperties::default();
+                props.with_headers(headers).with_persistence(true);
+                ch.basic_publish(
+                    props,
+                    r.value.to_vec(),
+                    amqprs::channel::BasicPublishArguments::new(exchange, routing_key),
+                )
+                .await
+                .map_err(|e| format!("could not publish to exchange {exchange:?}: {e}"))?;
+            }
+            // The channel is ordered: once a passive declare of the exchange is answered, the
+            // broker has taken the messages published before it (and the exchange exists).
+            let mut check = amqprs::channel::ExchangeDeclareArguments::new(exchange, "direct");
+            check.passive(true);
+            ch.exchange_declare(check)
+                .await
+                .map_err(|e| format!("exchange {exchange:?} did not take the records: {e}"))
         }
     }
 }

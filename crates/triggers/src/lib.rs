@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod amqp;
 pub mod batch;
 mod cron;
 pub mod events;
@@ -20,7 +21,9 @@ mod failure;
 mod invoke;
 mod kafka;
 mod lanes;
+mod mqtt;
 mod nats;
+mod postgres;
 mod redis;
 
 use petrel_async::{AsyncQueue, HttpClient};
@@ -95,6 +98,10 @@ impl TriggerRun {
             petrel_core::trigger::TriggerKind::Kafka => petrel_core::api::Trigger::Kafka,
             petrel_core::trigger::TriggerKind::Nats => petrel_core::api::Trigger::Nats,
             petrel_core::trigger::TriggerKind::Redis => petrel_core::api::Trigger::Redis,
+            petrel_core::trigger::TriggerKind::Amqp => petrel_core::api::Trigger::Amqp,
+            petrel_core::trigger::TriggerKind::Mqtt => petrel_core::api::Trigger::Mqtt,
+            petrel_core::trigger::TriggerKind::Postgres => petrel_core::api::Trigger::Postgres,
+            petrel_core::trigger::TriggerKind::Mysql => petrel_core::api::Trigger::Mysql,
             petrel_core::trigger::TriggerKind::Cron => petrel_core::api::Trigger::Cron,
         };
         petrel_core::api::TriggerLabel::named(kind, &self.spec.name)
@@ -224,6 +231,8 @@ struct Running {
     run: Arc<TriggerRun>,
     stop: Option<watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// What watches a trigger that does not run (a paused change stream's slot).
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -407,6 +416,7 @@ impl Triggers {
                         run,
                         stop: Some(tx),
                         task: Some(task),
+                        watcher: None,
                     }
                 } else {
                     run.status.set(if run.spec.enabled {
@@ -414,17 +424,29 @@ impl Triggers {
                     } else {
                         RunState::Disabled
                     });
+                    let watcher = match &run.spec.source {
+                        TriggerSource::Postgres(p) => {
+                            Some(tokio::spawn(postgres::watch_paused(run.clone(), p.clone())))
+                        }
+                        _ => None,
+                    };
                     Running {
                         run,
                         stop: None,
                         task: None,
+                        watcher,
                     }
                 };
                 running.insert(k, entry);
             }
         }
         for (k, r, removed) in stopping {
+            let run = r.run.clone();
             stop_one(r).await;
+            // A removed change stream's slot goes with it (it would hold WAL back for ever).
+            if let (true, TriggerSource::Postgres(p)) = (removed, &run.spec.source) {
+                postgres::drop_slot(&run, p).await;
+            }
             // A trigger whose function still exists was taken out of its manifest: forget its
             // state. A deleted function's went with it.
             if removed {
@@ -531,6 +553,9 @@ impl Triggers {
 }
 
 async fn stop_one(r: Running) {
+    if let Some(w) = r.watcher {
+        w.abort();
+    }
     if let Some(tx) = r.stop {
         let _ = tx.send(true);
     }
@@ -553,6 +578,12 @@ fn describe(s: &TriggerSource) -> String {
             None => format!("{}/{}", n.servers.join(","), n.stream),
         },
         TriggerSource::Redis(r) => format!("{}/{}", events::redact(&r.url), r.stream),
+        TriggerSource::Amqp(a) => format!("{} queue {}", events::redact(&a.url), a.queue),
+        TriggerSource::Mqtt(m) => format!("{}/{}", events::redact(&m.url), m.topic),
+        TriggerSource::Postgres(p) => {
+            format!("{} publication {}", events::redact(&p.url), p.publication)
+        }
+        TriggerSource::Mysql(m) => format!("{} binlog", events::redact(&m.url)),
         TriggerSource::Cron(c) => format!("{} ({})", c.schedule, c.timezone),
     }
 }
@@ -572,6 +603,15 @@ async fn run_trigger(run: Arc<TriggerRun>, stop: watch::Receiver<bool>) {
         TriggerSource::Kafka(k) => kafka::run(run.clone(), k, stop).await,
         TriggerSource::Nats(n) => nats::run(run.clone(), n, stop).await,
         TriggerSource::Redis(r) => redis::run(run.clone(), r, stop).await,
+        TriggerSource::Amqp(a) => amqp::run(run.clone(), a, stop).await,
+        TriggerSource::Mqtt(m) => mqtt::run(run.clone(), m, stop).await,
+        TriggerSource::Postgres(p) => postgres::run(run.clone(), p, stop).await,
+        TriggerSource::Mysql(_) => {
+            run.status
+                .failing("mysql triggers are not supported by this build yet".to_owned());
+            let mut stop = stop;
+            let _ = stop.wait_for(|s| *s).await;
+        }
         TriggerSource::Cron(c) => cron::run(run.clone(), c, stop).await,
     }
     flusher.abort();

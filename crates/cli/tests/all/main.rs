@@ -15,4 +15,6 @@ mod metrics;
 mod pool;
 mod tracing;
 mod triggers;
+mod triggers_changes;
+mod triggers_queues;
 mod wasm;

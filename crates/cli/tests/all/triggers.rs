@@ -27,7 +27,7 @@ fn nats() -> String {
     )
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -123,7 +123,7 @@ fn sink_function(name: &str, sink: &str, triggers: &str) -> tempfile::TempDir {
     ])
 }
 
-fn events(seen: &Seen) -> Vec<serde_json::Value> {
+pub(crate) fn events(seen: &Seen) -> Vec<serde_json::Value> {
     seen.lock()
         .unwrap()
         .iter()
@@ -153,7 +153,7 @@ fn kafka_records(seen: &Seen) -> Vec<(i64, i64, String)> {
     out
 }
 
-async fn triggers_json(p: &Petrel, function: &str) -> serde_json::Value {
+pub(crate) async fn triggers_json(p: &Petrel, function: &str) -> serde_json::Value {
     let r = p
         .http("GET", &format!("/v1/functions/{function}/triggers"), None)
         .await;
