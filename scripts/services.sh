@@ -278,7 +278,10 @@ petrel_start_mysql() {
       --log-bin="$dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL --server-id=1 \
       --log-error="$dir/error.log" >/dev/null 2>&1 &
     _petrel_wait_port "$port" 30 MariaDB "$dir/error.log" || return 1
-    mariadb --socket="$dir/mysqld.sock" -uroot -e "CREATE USER IF NOT EXISTS 'petrel_test'@'%' IDENTIFIED BY 'petrel_test'; GRANT ALL ON *.* TO 'petrel_test'@'%';"
+    # Both hosts: MariaDB takes a connection to 127.0.0.1 as from localhost.
+    mariadb --socket="$dir/mysqld.sock" -uroot -e "
+      CREATE USER IF NOT EXISTS 'petrel_test'@'%' IDENTIFIED BY 'petrel_test'; GRANT ALL ON *.* TO 'petrel_test'@'%';
+      CREATE USER IF NOT EXISTS 'petrel_test'@'localhost' IDENTIFIED BY 'petrel_test'; GRANT ALL ON *.* TO 'petrel_test'@'localhost';"
   fi
   export PETREL_TEST_MYSQL="mysql://petrel_test:petrel_test@127.0.0.1:$port"
   echo "services: MariaDB at $PETREL_TEST_MYSQL"

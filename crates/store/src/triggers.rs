@@ -234,6 +234,49 @@ impl Store {
             .collect()
     }
 
+    /// The position a trigger settled up to, as it wrote it (`None`: it has none yet).
+    pub async fn trigger_position(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT position FROM trigger_states WHERE namespace = $1 AND function = $2 AND name = $3",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<String>, _>(0)?,
+            None => None,
+        })
+    }
+
+    /// Keeps the position a trigger has settled everything before.
+    pub async fn set_trigger_position(
+        &self,
+        ns: &str,
+        function: &str,
+        name: &str,
+        position: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO trigger_states (namespace, function, name, position, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (namespace, function, name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(position)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets a removed trigger's state and dead letters.
     pub async fn remove_trigger(&self, ns: &str, function: &str, name: &str) -> Result<()> {
         for table in ["trigger_states", "trigger_dead_letters"] {

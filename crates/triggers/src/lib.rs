@@ -22,6 +22,7 @@ mod invoke;
 mod kafka;
 mod lanes;
 mod mqtt;
+mod mysql;
 mod nats;
 mod postgres;
 mod redis;
@@ -606,12 +607,7 @@ async fn run_trigger(run: Arc<TriggerRun>, stop: watch::Receiver<bool>) {
         TriggerSource::Amqp(a) => amqp::run(run.clone(), a, stop).await,
         TriggerSource::Mqtt(m) => mqtt::run(run.clone(), m, stop).await,
         TriggerSource::Postgres(p) => postgres::run(run.clone(), p, stop).await,
-        TriggerSource::Mysql(_) => {
-            run.status
-                .failing("mysql triggers are not supported by this build yet".to_owned());
-            let mut stop = stop;
-            let _ = stop.wait_for(|s| *s).await;
-        }
+        TriggerSource::Mysql(m) => mysql::run(run.clone(), m, stop).await,
         TriggerSource::Cron(c) => cron::run(run.clone(), c, stop).await,
     }
     flusher.abort();

@@ -165,6 +165,30 @@ async fn trigger_states_count_pause_and_claim_cron_fires_once(store: Store) {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["fresh", "t"]);
+    // A position is kept across writes of counts, and goes with the trigger.
+    assert_eq!(store.trigger_position("ns", "f", "t").await.unwrap(), None);
+    store
+        .set_trigger_position("ns", "f", "t", "binlog.000001:400")
+        .await
+        .unwrap();
+    store
+        .add_trigger_counts("ns", "f", "t", c(1, 0, 0), None)
+        .await
+        .unwrap();
+    store
+        .set_trigger_position("ns", "f", "t", "binlog.000002:4")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .trigger_position("ns", "f", "t")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("binlog.000002:4")
+    );
+    store.remove_trigger("ns", "f", "t").await.unwrap();
+    assert_eq!(store.trigger_position("ns", "f", "t").await.unwrap(), None);
 }
 
 async fn aliases_name_versions_and_go_with_their_function(store: Store) {
