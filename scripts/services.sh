@@ -8,6 +8,9 @@
 #   PETREL_TEST_AMQP          RabbitMQ (Debian's package), its own node, ports and data
 #   PETREL_TEST_MQTT          Mosquitto (Debian's package)
 #   PETREL_TEST_MYSQL         MariaDB (Debian's package) with a row-based binlog
+#   PETREL_TEST_S3            an S3-compatible store: Versity's versitygw (Apache-2.0, Go, from the
+#                             Go module proxy) over a local directory; PETREL_TEST_VERSITYGW is its
+#                             binary, for tests that start one of their own
 # PostgreSQL's cluster gets wal_level = logical (a restart, once) for the change-stream tests.
 # Each is left alone when its variable is already set, and a running one is reused.
 # Needs root (or sudo) on a fresh machine to install packages.
@@ -75,6 +78,8 @@ PETREL_REDIS_PORT="${PETREL_REDIS_PORT:-16379}"
 PETREL_AMQP_PORT="${PETREL_AMQP_PORT:-15682}"
 PETREL_MQTT_PORT="${PETREL_MQTT_PORT:-11883}"
 PETREL_MYSQL_PORT="${PETREL_MYSQL_PORT:-13306}"
+PETREL_S3_PORT="${PETREL_S3_PORT:-19000}"
+PETREL_VERSITYGW_VERSION="${PETREL_VERSITYGW_VERSION:-v1.8.0}"
 
 _petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # _petrel_wait_port PORT SECONDS NAME LOG: waits for a service to listen, else says where to look.
@@ -287,6 +292,33 @@ petrel_start_mysql() {
   echo "services: MariaDB at $PETREL_TEST_MYSQL"
 }
 
+petrel_start_s3() {
+  local bin="$PETREL_SERVICES_DIR/bin/versitygw-$PETREL_VERSITYGW_VERSION"
+  if [ ! -x "$bin" ]; then
+    _petrel_need go golang-go
+    echo "services: building versitygw $PETREL_VERSITYGW_VERSION from the Go module proxy (a few minutes, once)"
+    mkdir -p "$PETREL_SERVICES_DIR/bin"
+    GOBIN="$PETREL_SERVICES_DIR/bin/tmp" go install "github.com/versity/versitygw/cmd/versitygw@$PETREL_VERSITYGW_VERSION"
+    mv "$PETREL_SERVICES_DIR/bin/tmp/versitygw" "$bin"
+    rmdir "$PETREL_SERVICES_DIR/bin/tmp"
+  fi
+  export PETREL_TEST_VERSITYGW="$bin"
+  if [ -n "${PETREL_TEST_S3:-}" ]; then
+    echo "services: using PETREL_TEST_S3 from the environment"
+    return 0
+  fi
+  local port="$PETREL_S3_PORT" dir="$PETREL_SERVICES_DIR/versitygw"
+  if ! _petrel_port_open "$port"; then
+    mkdir -p "$dir/data"
+    echo "services: starting versitygw on port $port"
+    nohup "$bin" --access petrel-test --secret petrel-test-secret --port "127.0.0.1:$port" \
+      posix "$dir/data" >"$dir/versitygw.log" 2>&1 &
+    _petrel_wait_port "$port" 10 versitygw "$dir/versitygw.log" || return 1
+  fi
+  export PETREL_TEST_S3="http://petrel-test:petrel-test-secret@127.0.0.1:$port"
+  echo "services: S3 (versitygw) at http://127.0.0.1:$port"
+}
+
 petrel_start_postgres
 petrel_start_kafka
 petrel_start_nats
@@ -294,3 +326,4 @@ petrel_start_redis
 petrel_start_amqp
 petrel_start_mqtt
 petrel_start_mysql
+petrel_start_s3

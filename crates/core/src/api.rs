@@ -151,6 +151,8 @@ wire_enum! {
         Postgres = "postgres",
         /// A batch of a MySQL/MariaDB binlog trigger.
         Mysql = "mysql",
+        /// A batch of an object storage (S3) trigger.
+        S3 = "s3",
         /// A fire of a cron trigger.
         Cron = "cron",
     }
@@ -165,7 +167,7 @@ impl Trigger {
             Trigger::Kafka | Trigger::Nats | Trigger::Redis | Trigger::Amqp | Trigger::Mqtt => {
                 "pubsub"
             }
-            Trigger::Postgres | Trigger::Mysql => "datasource",
+            Trigger::Postgres | Trigger::Mysql | Trigger::S3 => "datasource",
             Trigger::Cron => "timer",
             Trigger::Invoke | Trigger::LambdaInvoke | Trigger::Async => "other",
         }
@@ -523,6 +525,10 @@ pub struct TriggerStatus {
     pub last_fire: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_fire: Option<i64>,
+    /// An s3 trigger in notify mode: the path (with its secret) the store's event
+    /// notifications are POSTed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// Records a trigger gave up on (`on_failure = "dlq"`).

@@ -32,6 +32,14 @@ pub struct TriggerManifest {
     pub tables: Option<Vec<String>>,
     // mysql
     pub server_id: Option<u32>,
+    // s3
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub poll_interval: Option<String>,
     // nats
     pub servers: Option<Vec<String>>,
     pub stream: Option<String>,
@@ -63,6 +71,7 @@ pub enum TriggerKind {
     Mqtt,
     Postgres,
     Mysql,
+    S3,
     Cron,
 }
 
@@ -75,6 +84,7 @@ impl TriggerKind {
         TriggerKind::Mqtt,
         TriggerKind::Postgres,
         TriggerKind::Mysql,
+        TriggerKind::S3,
         TriggerKind::Cron,
     ];
 
@@ -87,6 +97,7 @@ impl TriggerKind {
             TriggerKind::Mqtt => "mqtt",
             TriggerKind::Postgres => "postgres",
             TriggerKind::Mysql => "mysql",
+            TriggerKind::S3 => "s3",
             TriggerKind::Cron => "cron",
         }
     }
@@ -121,6 +132,7 @@ pub enum TriggerSource {
     Mqtt(MqttSource),
     Postgres(PostgresSource),
     Mysql(MysqlSource),
+    S3(S3Source),
     Cron(CronSource),
 }
 
@@ -134,6 +146,7 @@ impl TriggerSource {
             TriggerSource::Mqtt(_) => TriggerKind::Mqtt,
             TriggerSource::Postgres(_) => TriggerKind::Postgres,
             TriggerSource::Mysql(_) => TriggerKind::Mysql,
+            TriggerSource::S3(_) => TriggerKind::S3,
             TriggerSource::Cron(_) => TriggerKind::Cron,
         }
     }
@@ -148,6 +161,7 @@ impl TriggerSource {
             TriggerSource::Mqtt(m) => Some(&m.settings),
             TriggerSource::Postgres(p) => Some(&p.settings),
             TriggerSource::Mysql(m) => Some(&m.settings),
+            TriggerSource::S3(b) => Some(&b.settings),
             TriggerSource::Cron(_) => None,
         }
     }
@@ -240,6 +254,35 @@ pub struct MysqlSource {
     pub server_id: Option<u32>,
     pub settings: StreamSettings,
 }
+
+/// Object-created and object-removed events of a bucket on an S3-compatible store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Source {
+    /// `http(s)://ACCESS_KEY:SECRET_KEY@host:port` (path-style requests).
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    pub created: bool,
+    pub removed: bool,
+    pub mode: S3Mode,
+    pub poll_interval_ms: u64,
+    pub settings: StreamSettings,
+}
+
+/// How an s3 trigger learns of changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3Mode {
+    /// The store POSTs its event notifications (S3's format) to Petrel's webhook route.
+    Notify,
+    /// Petrel lists the bucket every `poll_interval` (`ListObjectsV2`) against a watermark.
+    Poll,
+}
+
+pub const DEFAULT_S3_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,6 +548,13 @@ impl TriggerManifest {
             slot,
             tables,
             server_id,
+            endpoint,
+            bucket,
+            prefix,
+            suffix,
+            events,
+            mode,
+            poll_interval,
             brokers,
             topic,
             servers,
@@ -547,7 +597,7 @@ impl TriggerManifest {
                 return Err(invalid(
                     &name,
                     "kind",
-                    "missing: add kind = \"kafka\" (or nats, redis, amqp, mqtt, postgres, mysql, cron)",
+                    "missing: add kind = \"kafka\" (or nats, redis, amqp, mqtt, postgres, mysql, s3, cron)",
                 ))
             }
             Some(k) => TriggerKind::ALL
@@ -558,7 +608,7 @@ impl TriggerManifest {
                     invalid(
                         &name,
                         "kind",
-                        format!("{k:?} is not a trigger kind: use kafka, nats, redis, amqp, mqtt, postgres, mysql or cron"),
+                        format!("{k:?} is not a trigger kind: use kafka, nats, redis, amqp, mqtt, postgres, mysql, s3 or cron"),
                     )
                 })?,
         };
@@ -570,6 +620,15 @@ impl TriggerManifest {
             TriggerKind::Mqtt => &["url", "topic", "group"],
             TriggerKind::Postgres => &["url", "publication", "slot", "tables"],
             TriggerKind::Mysql => &["url", "tables", "server_id"],
+            TriggerKind::S3 => &[
+                "endpoint",
+                "bucket",
+                "prefix",
+                "suffix",
+                "events",
+                "mode",
+                "poll_interval",
+            ],
             TriggerKind::Cron => &["schedule", "timezone", "payload"],
         };
         const STREAM_KEYS: &[&str] = &[
@@ -689,6 +748,57 @@ impl TriggerManifest {
                     settings,
                 })
             }
+            TriggerKind::S3 => {
+                let endpoint = match self.endpoint.as_deref() {
+                    None => return Err(invalid(&name, "endpoint", "missing: add endpoint = \"http://ACCESS_KEY:SECRET_KEY@127.0.0.1:9000\"")),
+                    Some(e) if crate::outbound::is_http_url(e) => e.trim_end_matches('/').to_owned(),
+                    Some(e) => return Err(invalid(&name, "endpoint", format!("{e:?} is not an http(s):// URL"))),
+                };
+                let bucket = required_name(&name, "bucket", self.bucket.as_deref(), |b| {
+                    (3..=63).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+                }, "bucket = \"uploads\"")?;
+                let (mut created, mut removed) = (false, false);
+                match &self.events {
+                    None => created = true,
+                    Some(list) if list.is_empty() => return Err(invalid(&name, "events", "empty: name created, removed or both")),
+                    Some(list) => {
+                        for e in list {
+                            match e.as_str() {
+                                "created" => created = true,
+                                "removed" => removed = true,
+                                other => return Err(invalid(&name, "events", format!("{other:?} is not an event: use created or removed"))),
+                            }
+                        }
+                    }
+                }
+                let mode = match self.mode.as_deref() {
+                    None | Some("poll") => S3Mode::Poll,
+                    Some("notify") => S3Mode::Notify,
+                    Some(m) => return Err(invalid(&name, "mode", format!("{m:?}: use notify or poll"))),
+                };
+                if mode == S3Mode::Notify && self.poll_interval.is_some() {
+                    return Err(invalid(&name, "poll_interval", "a notify trigger does not poll: leave poll_interval out or use mode = \"poll\""));
+                }
+                let poll = duration(&name, "poll_interval", self.poll_interval.as_deref(), DEFAULT_S3_POLL_INTERVAL, Duration::from_secs(86_400))?;
+                if poll < Duration::from_millis(100) {
+                    return Err(invalid(&name, "poll_interval", "less than 100ms: a listing costs a request per 1000 objects"));
+                }
+                let mut settings = self.stream_settings(&name)?;
+                if self.batch_window.is_none() {
+                    settings.batch_window_ms = 0;
+                }
+                TriggerSource::S3(S3Source {
+                    endpoint,
+                    bucket,
+                    prefix: self.prefix.clone().filter(|p| !p.is_empty()),
+                    suffix: self.suffix.clone().filter(|p| !p.is_empty()),
+                    created,
+                    removed,
+                    mode,
+                    poll_interval_ms: poll.as_millis() as u64,
+                    settings,
+                })
+            }
             TriggerKind::Cron => {
                 let schedule = self.schedule.as_deref().ok_or_else(|| {
                     invalid(&name, "schedule", "missing: add schedule = \"0 3 * * *\" (or rate(5 minutes))")
@@ -723,7 +833,7 @@ impl TriggerManifest {
             (_, Some(FailureDestination::Amqp(_))) => {
                 return Err(invalid(&name, "on_failure", "amqp:EXCHANGE is for amqp triggers (their broker takes it)"))
             }
-            (TriggerSource::Redis(_) | TriggerSource::Mqtt(_) | TriggerSource::Postgres(_) | TriggerSource::Mysql(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
+            (TriggerSource::Redis(_) | TriggerSource::Mqtt(_) | TriggerSource::Postgres(_) | TriggerSource::Mysql(_) | TriggerSource::S3(_), Some(FailureDestination::Kafka(_) | FailureDestination::Nats(_))) => {
                 return Err(invalid(&name, "on_failure", format!("a {} trigger sends what it gives up on to dlq, function:NAME or a URL", source.kind())))
             }
             _ => {}
@@ -915,6 +1025,13 @@ fn field_name(key: &str) -> &'static str {
         "slot",
         "tables",
         "server_id",
+        "endpoint",
+        "bucket",
+        "prefix",
+        "suffix",
+        "events",
+        "mode",
+        "poll_interval",
         "brokers",
         "topic",
         "servers",
@@ -1128,6 +1245,27 @@ impl From<&TriggerSpec> for TriggerManifest {
                 m.tables = q.tables.clone();
                 m.server_id = q.server_id;
             }
+            TriggerSource::S3(b) => {
+                m.endpoint = Some(b.endpoint.clone());
+                m.bucket = Some(b.bucket.clone());
+                m.prefix = b.prefix.clone();
+                m.suffix = b.suffix.clone();
+                let mut events = Vec::new();
+                if b.created {
+                    events.push("created".to_owned());
+                }
+                if b.removed {
+                    events.push("removed".to_owned());
+                }
+                m.events = Some(events);
+                m.mode = Some(match b.mode {
+                    S3Mode::Notify => "notify".to_owned(),
+                    S3Mode::Poll => "poll".to_owned(),
+                });
+                if b.mode == S3Mode::Poll {
+                    m.poll_interval = Some(format!("{}ms", b.poll_interval_ms));
+                }
+            }
             TriggerSource::Cron(c) => {
                 m.schedule = Some(c.schedule.clone());
                 m.timezone = Some(c.timezone.clone());
@@ -1203,6 +1341,11 @@ mod tests {
             ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://h:3306\"\nserver_id = 0", "trigger.a.server_id"),
             ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://h:3306\"\npublication = \"p\"", "trigger.a.publication"),
             ("name = \"a\"\nkind = \"mysql\"\nurl = \"mysql://\"", "trigger.a.url"),
+            ("name = \"a\"\nkind = \"s3\"\nbucket = \"b\"", "trigger.a.endpoint"),
+            ("name = \"a\"\nkind = \"s3\"\nendpoint = \"http://h\"\nbucket = \"Bad_Bucket\"", "trigger.a.bucket"),
+            ("name = \"a\"\nkind = \"s3\"\nendpoint = \"http://h\"\nbucket = \"bkt\"\nevents = [\"changed\"]", "trigger.a.events"),
+            ("name = \"a\"\nkind = \"s3\"\nendpoint = \"http://h\"\nbucket = \"bkt\"\nmode = \"push\"", "trigger.a.mode"),
+            ("name = \"a\"\nkind = \"s3\"\nendpoint = \"http://h\"\nbucket = \"bkt\"\nmode = \"notify\"\npoll_interval = \"1s\"", "trigger.a.poll_interval"),
         ];
         for (text, field) in cases {
             let e = one(text).unwrap_err().to_string();
@@ -1232,6 +1375,8 @@ mod tests {
             "name = \"m\"\nkind = \"mqtt\"\nurl = \"mqtt://h:1883\"\ntopic = \"sensors/+/t/#\"\ngroup = \"g\"",
             "name = \"p\"\nkind = \"postgres\"\nurl = \"postgres://u:p@h/db\"\npublication = \"pub\"\nslot = \"s_1\"\ntables = [\"public.orders\", \"items\"]",
             "name = \"b\"\nkind = \"mysql\"\nurl = \"mysql://u:p@h:3306\"\ntables = [\"shop.orders\"]\nserver_id = 77",
+            "name = \"u\"\nkind = \"s3\"\nendpoint = \"http://k:s@h:9000\"\nbucket = \"uploads\"\nprefix = \"in/\"\nsuffix = \".jpg\"\nevents = [\"created\", \"removed\"]\npoll_interval = \"2s\"",
+            "name = \"n\"\nkind = \"s3\"\nendpoint = \"https://h\"\nbucket = \"uploads\"\nmode = \"notify\"",
         ] {
             let t = one(text).unwrap();
             assert_eq!(TriggerManifest::from(&t).validate(0).unwrap(), t, "{text}");

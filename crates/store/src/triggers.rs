@@ -255,6 +255,30 @@ impl Store {
         })
     }
 
+    /// The trigger's secret, made (random) the first time it is asked for; the same on every
+    /// server sharing the store.
+    pub async fn trigger_secret(&self, ns: &str, function: &str, name: &str) -> Result<String> {
+        let fresh = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let row = sqlx::query(
+            "INSERT INTO trigger_states (namespace, function, name, secret, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (namespace, function, name)
+             DO UPDATE SET secret = COALESCE(trigger_states.secret, excluded.secret)
+             RETURNING secret",
+        )
+        .bind(ns)
+        .bind(function)
+        .bind(name)
+        .bind(&fresh)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<String>, _>(0)?.unwrap_or(fresh))
+    }
+
     /// Keeps the position a trigger has settled everything before.
     pub async fn set_trigger_position(
         &self,

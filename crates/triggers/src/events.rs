@@ -39,6 +39,10 @@ pub enum Origin {
         kind: &'static str,
         url: String,
     },
+    /// A bucket's object events: each record's value is its S3 event record.
+    S3 {
+        bucket: String,
+    },
 }
 
 /// The host (and port) of a URL, without credentials.
@@ -228,6 +232,14 @@ pub fn lambda_event(origin: &Origin, records: &[Record]) -> Value {
                 "records": recs,
             })
         }
+        Origin::S3 { .. } => {
+            // Lambda's S3 event.
+            let recs: Vec<Value> = records
+                .iter()
+                .map(|r| serde_json::from_slice::<Value>(&r.value).unwrap_or(Value::Null))
+                .collect();
+            json!({ "Records": recs })
+        }
         Origin::Change { kind, .. } => {
             // Each record's value is its change envelope (op, before, after, source).
             let recs: Vec<Value> = records
@@ -302,6 +314,11 @@ fn cloud_event(origin: &Origin, r: &Record) -> Value {
             format!("mqtt://{}", host_of(url)),
             "dev.petrel.mqtt.message",
             topic.clone(),
+        ),
+        (RecordMeta::Change { table, .. }, Origin::S3 { bucket }) => (
+            format!("s3://{bucket}"),
+            "dev.petrel.s3.object",
+            table.clone(),
         ),
         (RecordMeta::Change { table, .. }, Origin::Change { kind, url }) => (
             format!("{kind}://{}/{table}", host_of(url)),

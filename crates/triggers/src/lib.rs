@@ -25,6 +25,8 @@ mod mqtt;
 mod mysql;
 mod nats;
 mod postgres;
+mod s3;
+pub use s3::NotifyError;
 mod redis;
 
 use petrel_async::{AsyncQueue, HttpClient};
@@ -71,6 +73,8 @@ pub(crate) struct Deps {
     pub queue: AsyncQueue,
     pub http: HttpClient,
     pub config: TriggersConfig,
+    /// Where the webhook route hands s3 notifications to the trigger running here.
+    pub webhooks: Mutex<HashMap<Key, tokio::sync::mpsc::Sender<s3::Intake>>>,
 }
 
 /// A trigger's key: namespace, function, trigger name.
@@ -103,6 +107,7 @@ impl TriggerRun {
             petrel_core::trigger::TriggerKind::Mqtt => petrel_core::api::Trigger::Mqtt,
             petrel_core::trigger::TriggerKind::Postgres => petrel_core::api::Trigger::Postgres,
             petrel_core::trigger::TriggerKind::Mysql => petrel_core::api::Trigger::Mysql,
+            petrel_core::trigger::TriggerKind::S3 => petrel_core::api::Trigger::S3,
             petrel_core::trigger::TriggerKind::Cron => petrel_core::api::Trigger::Cron,
         };
         petrel_core::api::TriggerLabel::named(kind, &self.spec.name)
@@ -276,6 +281,7 @@ impl Triggers {
                     queue,
                     http,
                     config,
+                    webhooks: Mutex::new(HashMap::new()),
                 }),
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
@@ -302,6 +308,16 @@ impl Triggers {
     /// Looks at the store again now (after a deploy, a removal, a pause).
     pub fn nudge(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// The trigger as it runs (or waits, paused) on this server.
+    pub(crate) fn run_of(&self, key: &Key) -> Option<Arc<TriggerRun>> {
+        self.inner
+            .running
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|r| r.run.clone())
     }
 
     /// Brings what runs in step with the store, and waits for it (for the control API, which
@@ -471,61 +487,71 @@ impl Triggers {
             .store
             .trigger_states(namespace, function)
             .await?;
-        let running = self.inner.running.lock().unwrap();
-        let triggers = specs
-            .iter()
-            .map(|spec| {
-                let key = (namespace.to_owned(), function.to_owned(), spec.name.clone());
-                let stored = states.iter().find(|s| s.name == spec.name);
-                let run = running.get(&key).map(|r| r.run.clone());
-                let paused = stored.is_some_and(|s| s.paused);
-                let (state, lag, position, in_flight, next_fire) = match &run {
-                    Some(r) => {
-                        let lag = r.status.lag.load(Ordering::Relaxed);
-                        let next = r.status.next_fire.load(Ordering::Relaxed);
-                        (
-                            r.status.state.lock().unwrap().clone(),
-                            (lag != u64::MAX).then_some(lag),
-                            r.status.position.lock().unwrap().clone(),
-                            r.status.in_flight.load(Ordering::Relaxed),
-                            (next != 0).then_some(next as i64),
-                        )
+        let mut triggers = {
+            let running = self.inner.running.lock().unwrap();
+            specs
+                .iter()
+                .map(|spec| {
+                    let key = (namespace.to_owned(), function.to_owned(), spec.name.clone());
+                    let stored = states.iter().find(|s| s.name == spec.name);
+                    let run = running.get(&key).map(|r| r.run.clone());
+                    let paused = stored.is_some_and(|s| s.paused);
+                    let (state, lag, position, in_flight, next_fire) = match &run {
+                        Some(r) => {
+                            let lag = r.status.lag.load(Ordering::Relaxed);
+                            let next = r.status.next_fire.load(Ordering::Relaxed);
+                            (
+                                r.status.state.lock().unwrap().clone(),
+                                (lag != u64::MAX).then_some(lag),
+                                r.status.position.lock().unwrap().clone(),
+                                r.status.in_flight.load(Ordering::Relaxed),
+                                (next != 0).then_some(next as i64),
+                            )
+                        }
+                        None if !spec.enabled => (RunState::Disabled, None, None, 0, None),
+                        None if paused => (RunState::Paused, None, None, 0, None),
+                        None => (RunState::Starting, None, None, 0, None),
+                    };
+                    let error = match &state {
+                        RunState::Failing(e) => Some(e.clone()),
+                        _ => None,
+                    };
+                    TriggerStatus {
+                        name: spec.name.clone(),
+                        kind: spec.source.kind().to_string(),
+                        source: describe(&spec.source),
+                        state: match state {
+                            RunState::Starting => "starting",
+                            RunState::Running => "running",
+                            RunState::Failing(_) => "failing",
+                            RunState::Paused => "paused",
+                            RunState::Disabled => "disabled",
+                        }
+                        .to_owned(),
+                        error,
+                        target: spec.target.clone(),
+                        lag,
+                        position,
+                        in_flight,
+                        delivered: stored.map_or(0, |s| s.delivered),
+                        failed: stored.map_or(0, |s| s.failed),
+                        dead: stored.map_or(0, |s| s.dead),
+                        last_error: stored.and_then(|s| s.last_error.clone()),
+                        last_error_at: stored.and_then(|s| s.last_error_at),
+                        last_fire: stored.and_then(|s| s.last_fire),
+                        next_fire,
+                        webhook: None,
                     }
-                    None if !spec.enabled => (RunState::Disabled, None, None, 0, None),
-                    None if paused => (RunState::Paused, None, None, 0, None),
-                    None => (RunState::Starting, None, None, 0, None),
-                };
-                let error = match &state {
-                    RunState::Failing(e) => Some(e.clone()),
-                    _ => None,
-                };
-                TriggerStatus {
-                    name: spec.name.clone(),
-                    kind: spec.source.kind().to_string(),
-                    source: describe(&spec.source),
-                    state: match state {
-                        RunState::Starting => "starting",
-                        RunState::Running => "running",
-                        RunState::Failing(_) => "failing",
-                        RunState::Paused => "paused",
-                        RunState::Disabled => "disabled",
-                    }
-                    .to_owned(),
-                    error,
-                    target: spec.target.clone(),
-                    lag,
-                    position,
-                    in_flight,
-                    delivered: stored.map_or(0, |s| s.delivered),
-                    failed: stored.map_or(0, |s| s.failed),
-                    dead: stored.map_or(0, |s| s.dead),
-                    last_error: stored.and_then(|s| s.last_error.clone()),
-                    last_error_at: stored.and_then(|s| s.last_error_at),
-                    last_fire: stored.and_then(|s| s.last_fire),
-                    next_fire,
+                })
+                .collect::<Vec<_>>()
+        };
+        for (t, spec) in triggers.iter_mut().zip(specs) {
+            if let TriggerSource::S3(b) = &spec.source {
+                if b.mode == petrel_core::trigger::S3Mode::Notify {
+                    t.webhook = self.s3_webhook_path(namespace, function, &spec.name).await;
                 }
-            })
-            .collect();
+            }
+        }
         Ok(TriggerList {
             function: function.to_owned(),
             triggers,
@@ -585,6 +611,16 @@ fn describe(s: &TriggerSource) -> String {
             format!("{} publication {}", events::redact(&p.url), p.publication)
         }
         TriggerSource::Mysql(m) => format!("{} binlog", events::redact(&m.url)),
+        TriggerSource::S3(b) => format!(
+            "{}/{}/{}* ({})",
+            events::redact(&b.endpoint),
+            b.bucket,
+            b.prefix.as_deref().unwrap_or(""),
+            match b.mode {
+                petrel_core::trigger::S3Mode::Notify => "notify",
+                petrel_core::trigger::S3Mode::Poll => "poll",
+            }
+        ),
         TriggerSource::Cron(c) => format!("{} ({})", c.schedule, c.timezone),
     }
 }
@@ -608,6 +644,7 @@ async fn run_trigger(run: Arc<TriggerRun>, stop: watch::Receiver<bool>) {
         TriggerSource::Mqtt(m) => mqtt::run(run.clone(), m, stop).await,
         TriggerSource::Postgres(p) => postgres::run(run.clone(), p, stop).await,
         TriggerSource::Mysql(m) => mysql::run(run.clone(), m, stop).await,
+        TriggerSource::S3(b) => s3::run(run.clone(), b, stop).await,
         TriggerSource::Cron(c) => cron::run(run.clone(), c, stop).await,
     }
     flusher.abort();

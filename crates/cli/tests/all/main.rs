@@ -17,4 +17,5 @@ mod tracing;
 mod triggers;
 mod triggers_changes;
 mod triggers_queues;
+mod triggers_s3;
 mod wasm;

@@ -53,6 +53,7 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(triggers::pause))
         .routes(routes!(triggers::resume))
         .routes(routes!(triggers::dead_letters))
+        .routes(routes!(triggers::s3_notification))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::metrics))

@@ -14,6 +14,20 @@ use petrel_core::{ApiError, ErrorCode};
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+pub struct WebhookQuery {
+    namespace: Option<String>,
+    /// The trigger's secret, as `GET /v1/functions/{name}/triggers` shows it in `webhook`.
+    token: Option<String>,
+}
+
+/// How many records a webhook delivery handed to the trigger (settled when this answers).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookAccepted {
+    pub accepted: usize,
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TriggerQuery {
     namespace: Option<String>,
     /// At most this many dead letters, newest first (default 100).
@@ -170,4 +184,47 @@ pub async fn dead_letters(
             })
             .collect(),
     }))
+}
+
+/// An object store's event notifications (S3's format) for an s3 trigger in notify mode,
+/// authenticated by the trigger's secret. Answers once the records are settled (delivered, or
+/// sent to `on_failure`): a store that retries until it gets a 2xx loses nothing.
+#[utoipa::path(post, path = "/v1/functions/{name}/triggers/{trigger}/s3", tag = "triggers",
+    params(("name" = String, Path, description = "The function's name"), ("trigger" = String, Path, description = "The trigger's name"), WebhookQuery),
+    request_body(content = Object, description = "An S3 event notification: {\"Records\": [...]}"),
+    responses(
+        (status = 200, description = "The records were settled", body = WebhookAccepted),
+        (status = 400, description = "Not an S3 event notification", body = ErrorBody),
+        (status = 404, description = "No such trigger in notify mode, or the wrong token", body = ErrorBody),
+        (status = 503, description = "The trigger is not running on this server (paused): send it again later", body = ErrorBody),
+    ))]
+pub async fn s3_notification(
+    State(app): State<App>,
+    Path((name, trigger)): Path<(String, String)>,
+    q: Result<Query<WebhookQuery>, QueryRejection>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<WebhookAccepted>> {
+    use petrel_triggers::NotifyError;
+    let Query(q) = q.map_err(bad_query)?;
+    let ns = q
+        .namespace
+        .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
+    validate_name("namespace", &ns).map_err(ApiError::from)?;
+    validate_name("function name", &name).map_err(ApiError::from)?;
+    let token = q.token.unwrap_or_default();
+    match app
+        .triggers
+        .s3_notification(&ns, &name, &trigger, &token, &body)
+        .await
+    {
+        Ok(accepted) => Ok(Json(WebhookAccepted { accepted })),
+        // An unknown trigger and a wrong token answer alike.
+        Err(NotifyError::NotFound) => Err(ApiError::new(
+            ErrorCode::FunctionNotFound,
+            format!("no s3 trigger {trigger} of function {name} in notify mode takes this token; `petrel trigger ls {name}` shows its webhook"),
+        )
+        .into()),
+        Err(NotifyError::Unavailable(m)) => Err(ApiError::new(ErrorCode::NoCapacity, m).into()),
+        Err(NotifyError::BadBody(m)) => Err(ApiError::new(ErrorCode::InvalidRequest, m).into()),
+    }
 }

@@ -187,6 +187,14 @@ async fn trigger_states_count_pause_and_claim_cron_fires_once(store: Store) {
             .as_deref(),
         Some("binlog.000002:4")
     );
+    // A secret is made once and kept.
+    let secret = store.trigger_secret("ns", "f", "t").await.unwrap();
+    assert!(secret.len() >= 32);
+    assert_eq!(store.trigger_secret("ns", "f", "t").await.unwrap(), secret);
+    assert_ne!(
+        store.trigger_secret("ns", "f", "other").await.unwrap(),
+        secret
+    );
     store.remove_trigger("ns", "f", "t").await.unwrap();
     assert_eq!(store.trigger_position("ns", "f", "t").await.unwrap(), None);
 }
