@@ -454,11 +454,6 @@ async fn poll(
             .filter(|o| wanted(src, &o.key))
             .filter(|o| o.modified_ms >= mark.t - LOOK_BACK_MS)
             .filter(|o| mark.seen.get(&o.key) != Some(&o.etag))
-            .filter(|o| {
-                o.modified_ms > mark.t
-                    || !mark.seen.contains_key(&o.key)
-                    || mark.seen.get(&o.key) != Some(&o.etag)
-            })
             .collect();
         fresh.sort_by(|a, b| (a.modified_ms, &a.key).cmp(&(b.modified_ms, &b.key)));
         for o in &fresh {
