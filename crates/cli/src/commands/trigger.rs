@@ -41,14 +41,14 @@ pub(crate) enum Command {
 
 fn print_header() {
     println!(
-        "{:<20} {:<16} {:<6} {:<9} {:>8} {:>10} {:>8} {:>6}  SOURCE",
+        "{:<20} {:<16} {:<8} {:<9} {:>8} {:>10} {:>8} {:>6}  SOURCE",
         "FUNCTION", "TRIGGER", "KIND", "STATE", "LAG", "DELIVERED", "FAILED", "DEAD"
     );
 }
 
 fn print_row(function: &str, t: &TriggerStatus) {
     println!(
-        "{:<20} {:<16} {:<6} {:<9} {:>8} {:>10} {:>8} {:>6}  {}",
+        "{:<20} {:<16} {:<8} {:<9} {:>8} {:>10} {:>8} {:>6}  {}",
         function,
         t.name,
         t.kind,
@@ -64,6 +64,9 @@ fn print_row(function: &str, t: &TriggerStatus) {
     }
     if let Some(n) = t.next_fire {
         println!("  next fire: {} UTC", format_ts(n));
+    }
+    if let Some(w) = &t.webhook {
+        println!("  webhook: {w}  (the store's event notifications go to this path of the server)");
     }
 }
 

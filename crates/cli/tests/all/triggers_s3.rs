@@ -236,6 +236,7 @@ async fn a_stores_event_notifications_reach_a_notify_trigger_through_its_webhook
     let t = triggers_json(&p, "s3hook").await;
     let hook = t["triggers"][0]["webhook"].as_str().unwrap().to_owned();
     assert!(hook.contains("token="), "{t}");
+    assert!(p.cli_ok(&["trigger", "ls", "s3hook"]).contains(&hook));
     // A wrong token is refused like an unknown trigger.
     let bad = p
         .http(
