@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The event triggers' benchmark: records per second from Kafka, JetStream and Redis Streams through a
+# The event triggers' benchmark: records per second from Kafka, JetStream, Redis Streams, RabbitMQ
+# and MQTT through a
 # no-op wasm function (examples/hello-wasm answers every POST), against the same client
 # libraries draining the same backlog bare (bench/trigger-bare: read and commit per batch,
 # invoke nothing), in the same run; how long the backlog takes to drain; and, at low load, the
-# time from produce to the function's invocation (p50, p99).
+# time from produce to the function's invocation (p50, p99), and from a COMMIT in PostgreSQL or
+# MariaDB to the change's invocation.
 #
-#   bench/triggers.sh            N (backlog records, default 100000), BATCH (default 100),
+#   bench/triggers.sh            N (backlog records, default 100000), MQTT_N (default 20000: MQTT
+#                                is measured live, publishing while consuming), BATCH (default 100),
 #                                REPS (default 3), PETREL=/path/to/petrel (default: build)
 #
-# Brokers (Kafka, NATS, Redis) come from scripts/services.sh. Writes bench/results/<UTC>-triggers.md.
+# Brokers and databases come from scripts/services.sh. Writes bench/results/<UTC>-triggers.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -16,6 +19,7 @@ N=${N:-100000}
 BATCH=${BATCH:-100}
 REPS=${REPS:-3}
 LOW=${LOW:-200}
+MQTT_N=${MQTT_N:-20000}
 say() { echo "bench: $*" >&2; }
 . scripts/services.sh >&2
 work=$(mktemp -d)
@@ -72,7 +76,7 @@ PY
 
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print(f"{statistics.median(v):.0f}" if v else "n/a")' "$@"; }
 
-declare -a kb kp kd nb np nd rb rp rd
+declare -a kb kp kd nb np nd rb rp rd ab ap ad mb mp md
 for rep in $(seq 1 "$REPS"); do
   tag=$(date +%s)$rep
   say "rep $rep: Kafka backlog of $N records (2 partitions)"
@@ -116,7 +120,82 @@ batch_size = $BATCH"
   read -r rate secs < <(drain "redis-$tag" "$N" "$t0")
   rp+=("$rate"); rd+=("$secs")
   PETREL_SERVER=$URL "$PETREL" rm "redis-$tag" > /dev/null
+
+  say "rep $rep: RabbitMQ backlog of $N messages"
+  "$BARE" produce-amqp "$PETREL_TEST_AMQP" "bare-$tag" "$N"
+  "$BARE" produce-amqp "$PETREL_TEST_AMQP" "petrel-$tag" "$N"
+  ab+=("$("$BARE" drain-amqp "$PETREL_TEST_AMQP" "bare-$tag" "$N" "$BATCH")")
+  t0=$(python3 -c 'import time; print(time.time())')
+  deploy "amqp-$tag" "kind = \"amqp\"
+url = \"$PETREL_TEST_AMQP\"
+queue = \"petrel-$tag\"
+batch_size = $BATCH"
+  read -r rate secs < <(drain "amqp-$tag" "$N" "$t0")
+  ap+=("$rate"); ad+=("$secs")
+  PETREL_SERVER=$URL "$PETREL" rm "amqp-$tag" > /dev/null
+
+  say "rep $rep: MQTT, $MQTT_N messages published while consumed"
+  mb+=("$("$BARE" mqtt-live "$PETREL_TEST_MQTT" "bench/bare/$tag" "$MQTT_N" "$BATCH" bare)")
+  deploy "mqtt-$tag" "kind = \"mqtt\"
+url = \"$PETREL_TEST_MQTT\"
+topic = \"bench/petrel/$tag\"
+batch_size = $BATCH"
+  for _ in $(seq 1 100); do
+    curl -fs "$URL/v1/functions/mqtt-$tag/triggers" | grep -q '"state":"running"' && break
+    sleep 0.1
+  done
+  t0=$(python3 -c 'import time; print(time.time())')
+  "$BARE" mqtt-live "$PETREL_TEST_MQTT" "bench/petrel/$tag" "$MQTT_N" "$BATCH"
+  read -r rate secs < <(drain "mqtt-$tag" "$MQTT_N" "$t0")
+  mp+=("$rate"); md+=("$secs")
+  PETREL_SERVER=$URL "$PETREL" rm "mqtt-$tag" > /dev/null
 done
+
+# Change streams: $LOW single-row transactions at 10/s; prints "p50 ms p50, p99 ms p99" of the
+# time from each COMMIT's return to the start of the invocation that got it.
+change_latency() {
+  local kind=$1 fn=$2 exec_sql=$3
+  sleep 2
+  python3 - "$URL" "$fn" "$LOW" "$kind" "$exec_sql" <<'PY'
+import json, subprocess, sys, time, urllib.request
+url, fn, n, kind, cmd = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+sent = []
+for i in range(n):
+    subprocess.run(cmd.replace("ID", str(i)), shell=True, check=True, stdout=subprocess.DEVNULL)
+    sent.append(time.time() * 1000)
+    time.sleep(0.1)
+time.sleep(3)
+recs = json.load(urllib.request.urlopen(f"{url}/v1/functions/{fn}/invocations?limit=10000"))["invocations"]
+starts = sorted(r["started_at"] for r in recs if r["trigger"].startswith(kind + ":"))
+if len(starts) != len(sent):
+    print(f"n/a ({len(starts)} invocations for {len(sent)} changes)"); sys.exit()
+d = sorted(s - p for s, p in zip(starts, sent))
+q = lambda p: d[min(len(d) - 1, int(p * len(d)))]
+print(f"{q(0.5):.0f} ms p50, {q(0.99):.0f} ms p99 (n={len(d)})")
+PY
+}
+
+say "change streams: $LOW commits at 10/s into PostgreSQL and MariaDB"
+tag=cs$(date +%s)
+psql -q "$PETREL_TEST_POSTGRES_URL" -c "CREATE DATABASE bench_$tag" >/dev/null
+pg_url="${PETREL_TEST_POSTGRES_URL%/*}/bench_$tag"
+psql -q "$pg_url" -c "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t" >/dev/null
+deploy "pg-$tag" "kind = \"postgres\"
+url = \"$pg_url\"
+publication = \"p\""
+pg_latency=$(change_latency postgres "pg-$tag" "psql -q '$pg_url' -c 'INSERT INTO t VALUES (ID)'")
+PETREL_SERVER=$URL "$PETREL" rm "pg-$tag" > /dev/null
+sleep 1
+psql -q "$PETREL_TEST_POSTGRES_URL" -c "DROP DATABASE bench_$tag WITH (FORCE)" >/dev/null || true
+my=${PETREL_TEST_MYSQL#mysql://}; my_user=${my%%:*}; my_rest=${my#*:}; my_pass=${my_rest%%@*}; my_hp=${my_rest#*@}
+mysql_cmd="mariadb -h ${my_hp%:*} -P ${my_hp#*:} -u $my_user -p$my_pass"
+$mysql_cmd -e "CREATE DATABASE bench_$tag; CREATE TABLE bench_$tag.t (id INT PRIMARY KEY)"
+deploy "my-$tag" "kind = \"mysql\"
+url = \"$PETREL_TEST_MYSQL\"
+tables = [\"bench_$tag.t\"]"
+my_latency=$(change_latency mysql "my-$tag" "$mysql_cmd -e 'INSERT INTO bench_$tag.t VALUES (ID)'")
+PETREL_SERVER=$URL "$PETREL" rm "my-$tag" > /dev/null
+$mysql_cmd -e "DROP DATABASE bench_$tag" || true
 
 say "low load: $LOW records at 20/s, batch_window = 0"
 tag=lat$(date +%s)
@@ -159,7 +238,12 @@ out=bench/results/$stamp-triggers.md
   echo "| NATS JetStream (async-nats) | $mnb [${nb[*]}] | $mnp [${np[*]}] | $(ratio "$mnb" "$mnp") | $(median "${nd[@]}") [${nd[*]}] |"
   mrb=$(median "${rb[@]}"); mrp=$(median "${rp[@]}")
   echo "| Redis Streams (redis-rs) | $mrb [${rb[*]}] | $mrp [${rp[*]}] | $(ratio "$mrb" "$mrp") | $(median "${rd[@]}") [${rd[*]}] |"
+  mab=$(median "${ab[@]}"); map=$(median "${ap[@]}"); mmb=$(median "${mb[@]}"); mmp=$(median "${mp[@]}")
+  echo "| RabbitMQ (amqprs) | $mab [${ab[*]}] | $map [${ap[*]}] | $(ratio "$mab" "$map") | $(median "${ad[@]}") [${ad[*]}] |"
+  echo "| MQTT QoS 1, live, $MQTT_N messages (rumqttc) | $mmb [${mb[*]}] | $mmp [${mp[*]}] | $(ratio "$mmb" "$mmp") | $(median "${md[@]}") [${md[*]}] |"
   echo
   echo "Produce to invocation at low load (Kafka, 20 records/s, batch_window 0): $latency"
+  echo
+  echo "COMMIT to invocation, one row per transaction at 10/s: PostgreSQL $pg_latency; MariaDB $my_latency"
 } > "$out"
 cat "$out"

@@ -2,6 +2,10 @@
 //! N BATCH`; `produce-nats URL STREAM SUBJECT N` and `drain-nats URL STREAM DURABLE N BATCH`.
 //! A drain prints `records/s` for N records, committing (acknowledging) per batch.
 //! `produce-redis URL STREAM N` and `drain-redis URL STREAM GROUP N BATCH`.
+//! `produce-amqp URL QUEUE N` and `drain-amqp URL QUEUE N BATCH` (RabbitMQ; URL as
+//! amqp://user:pass@host:port/%2f); `mqtt-live URL TOPIC N BATCH [bare]` publishes N messages
+//! at QoS 1 to TOPIC, and with `bare` also receives them (manual acks, one per message, in
+//! batches), printing records/s of the receiving side.
 //! `paced-kafka BROKERS TOPIC N RATE` produces N records at RATE per second, printing each
 //! one's send time.
 
@@ -199,6 +203,100 @@ async fn main() {
             }
             let s = start.unwrap().elapsed().as_secs_f64();
             println!("{:.0}", n as f64 / s);
+        }
+        "produce-amqp" | "drain-amqp" => {
+            use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, QueueDeclareArguments};
+            let (url, queue, n) = (&a[1], &a[2], a[3].parse::<usize>().unwrap());
+            let rest = url.trim_start_matches("amqp://");
+            let (creds, hostport) = rest.split('/').next().unwrap().rsplit_once('@').unwrap();
+            let (user, pass) = creds.split_once(':').unwrap();
+            let (host, port) = hostport.rsplit_once(':').unwrap();
+            let conn = amqprs::connection::Connection::open(&amqprs::connection::OpenConnectionArguments::new(host, port.parse().unwrap(), user, pass)).await.unwrap();
+            let ch = conn.open_channel(None).await.unwrap();
+            ch.queue_declare(QueueDeclareArguments::durable_client_named(queue)).await.unwrap();
+            if a[0] == "produce-amqp" {
+                for i in 0..n {
+                    ch.basic_publish(amqprs::BasicProperties::default(), format!("{{\"n\": {i}}}").into_bytes(), BasicPublishArguments::new("", queue)).await.unwrap();
+                }
+                // A round trip after the publishes: the broker has them all.
+                let mut a = QueueDeclareArguments::new(queue);
+                a.passive(true);
+                while ch.queue_declare(a.clone()).await.unwrap().unwrap().1 < n as u32 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } else {
+                let batch = a[4].parse::<usize>().unwrap();
+                ch.basic_qos(BasicQosArguments::new(0, (batch * 2) as u16, false)).await.unwrap();
+                let (_, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(queue, "bare")).await.unwrap();
+                let (mut got, mut start, mut in_batch) = (0, None, 0);
+                while got < n {
+                    let m = rx.recv().await.unwrap();
+                    start.get_or_insert_with(Instant::now);
+                    got += 1;
+                    in_batch += 1;
+                    if in_batch == batch || got == n {
+                        ch.basic_ack(BasicAckArguments::new(m.deliver.unwrap().delivery_tag(), true)).await.unwrap();
+                        in_batch = 0;
+                    }
+                }
+                println!("{:.0}", n as f64 / start.unwrap().elapsed().as_secs_f64());
+            }
+            let _ = conn.close().await;
+        }
+        "mqtt-live" => {
+            let (url, topic, n, batch) = (&a[1], &a[2], a[3].parse::<usize>().unwrap(), a[4].parse::<usize>().unwrap());
+            let bare = a.get(5).map(String::as_str) == Some("bare");
+            let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+            let port: u16 = port.parse().unwrap();
+            let receiver = if bare {
+                let mut o = rumqttc::MqttOptions::new(format!("bare-{}", std::process::id()), host, port);
+                o.set_manual_acks(true).set_clean_session(true).set_keep_alive(Duration::from_secs(30));
+                let (c, mut ev) = rumqttc::AsyncClient::new(o, batch * 4 + 64);
+                c.subscribe(topic, rumqttc::QoS::AtLeastOnce).await.unwrap();
+                loop {
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = ev.poll().await.unwrap() {
+                        break;
+                    }
+                }
+                Some(tokio::spawn(async move {
+                    let (mut got, mut start, mut held) = (0, None, Vec::new());
+                    while got < n {
+                        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev.poll().await.unwrap() {
+                            start.get_or_insert_with(Instant::now);
+                            got += 1;
+                            held.push(p);
+                            if held.len() == batch || got == n {
+                                for p in held.drain(..) {
+                                    c.ack(&p).await.unwrap();
+                                }
+                            }
+                        }
+                    }
+                    // Let the last acknowledgements go out.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), async { loop { let _ = ev.poll().await; } }).await;
+                    println!("{:.0}", n as f64 / start.unwrap().elapsed().as_secs_f64());
+                }))
+            } else {
+                None
+            };
+            let mut o = rumqttc::MqttOptions::new(format!("pub-{}", std::process::id()), host, port);
+            o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+            let (c, mut ev) = rumqttc::AsyncClient::new(o, 1000);
+            let publisher = tokio::spawn(async move {
+                let mut acked = 0;
+                while acked < n {
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev.poll().await.unwrap() {
+                        acked += 1;
+                    }
+                }
+            });
+            for i in 0..n {
+                c.publish(topic, rumqttc::QoS::AtLeastOnce, false, format!("{{\"n\": {i}}}").into_bytes()).await.unwrap();
+            }
+            publisher.await.unwrap();
+            if let Some(r) = receiver {
+                r.await.unwrap();
+            }
         }
         other => panic!("unknown command {other}"),
     }

@@ -987,6 +987,24 @@ async fn redis_stream_entries_reach_a_handler_are_acknowledged_and_survive_a_kil
         p.cli_ok(&["trigger", "dlq", "rconsumer", "events"])
     );
 
+    // Paused, entries wait in the stream; resumed, they come.
+    p.cli_ok(&["trigger", "pause", "rconsumer", "events"]);
+    for i in 1000..1005 {
+        let _: String = conn
+            .xadd(&stream, "*", &[("n", i.to_string().as_str())])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!redis_values(&seen).contains(&"1000".to_owned()));
+    p.cli_ok(&["trigger", "resume", "rconsumer", "events"]);
+    let ok = eventually(Duration::from_secs(30), || {
+        let got: BTreeSet<String> = redis_values(&seen).into_iter().collect();
+        (1000..1005).all(|i| got.contains(&i.to_string()))
+    })
+    .await;
+    assert!(ok, "{}", p.server_log());
+
     // kill -9 with entries arriving: after the restart every one arrives, at least once.
     for i in 20..220 {
         let _: String = conn
