@@ -74,7 +74,7 @@ while True:
 PY
 }
 
-median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print(f"{statistics.median(v):.0f}" if v else "n/a")' "$@"; }
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x not in ("nan", "")]; print(f"{statistics.median(v):.0f}" if v else "n/a")' "$@"; }
 
 declare -a kb kp kd nb np nd rb rp rd ab ap ad mb mp md
 for rep in $(seq 1 "$REPS"); do
@@ -232,7 +232,9 @@ out=bench/results/$stamp-triggers.md
   echo
   echo "| source | bare records/s | Petrel records/s (over its batches' span) | ratio | Petrel: deploy to drained (s) |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  ratio() { python3 -c "import sys; b,p=float(sys.argv[1]),float(sys.argv[2]); print(f'{p/b:.2f}')" "$1" "$2"; }
+  ratio() { python3 -c "import sys
+try: print(f'{float(sys.argv[2])/float(sys.argv[1]):.2f}')
+except ValueError: print('n/a')" "$1" "$2"; }
   mkb=$(median "${kb[@]}"); mkp=$(median "${kp[@]}"); mnb=$(median "${nb[@]}"); mnp=$(median "${np[@]}")
   echo "| Kafka (librdkafka, 2 partitions) | $mkb [${kb[*]}] | $mkp [${kp[*]}] | $(ratio "$mkb" "$mkp") | $(median "${kd[@]}") [${kd[*]}] |"
   echo "| NATS JetStream (async-nats) | $mnb [${nb[*]}] | $mnp [${np[*]}] | $(ratio "$mnb" "$mnp") | $(median "${nd[@]}") [${nd[*]}] |"

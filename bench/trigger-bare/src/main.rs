@@ -246,6 +246,14 @@ async fn main() {
         "mqtt-live" => {
             let (url, topic, n, batch) = (&a[1], &a[2], a[3].parse::<usize>().unwrap(), a[4].parse::<usize>().unwrap());
             let bare = a.get(5).map(String::as_str) == Some("bare");
+            // A run that has not finished within two minutes is reported as such (seen: a
+            // bare rumqttc pair stalling now and then at full speed on this machine).
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                eprintln!("mqtt-live: not finished within 120 s");
+                println!("nan");
+                std::process::exit(0);
+            });
             let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
             let port: u16 = port.parse().unwrap();
             let receiver = if bare {
@@ -261,7 +269,16 @@ async fn main() {
                 Some(tokio::spawn(async move {
                     let (mut got, mut start, mut held) = (0, None, Vec::new());
                     while got < n {
-                        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev.poll().await.unwrap() {
+                        let Ok(e) = tokio::time::timeout(Duration::from_secs(10), ev.poll()).await else {
+                            eprintln!("mqtt-live: stalled after {got} of {n} messages");
+                            println!("nan");
+                            std::process::exit(0);
+                        };
+                        let e = e.unwrap();
+                        if std::env::var("MQTT_DEBUG").is_ok() && !matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) | rumqttc::Event::Outgoing(rumqttc::Outgoing::PubAck(_))) {
+                            eprintln!("recv side at {got}: {e:?}");
+                        }
+                        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e {
                             start.get_or_insert_with(Instant::now);
                             got += 1;
                             held.push(p);
@@ -285,7 +302,11 @@ async fn main() {
             let publisher = tokio::spawn(async move {
                 let mut acked = 0;
                 while acked < n {
-                    if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev.poll().await.unwrap() {
+                    let Ok(e) = tokio::time::timeout(Duration::from_secs(10), ev.poll()).await else {
+                        eprintln!("mqtt-live: the publisher stalled after {acked} of {n} acknowledgements");
+                        return;
+                    };
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = e.unwrap() {
                         acked += 1;
                     }
                 }
