@@ -219,11 +219,16 @@ async fn consume(
         .map_err(|e| format!("could not open a channel: {e}"))?;
     ready(&control, &src.queue).await?;
     let publisher = match &settings.on_failure {
-        FailureDestination::Amqp(_) => Some(Arc::new(Publisher::Amqp(
-            conn.open_channel(None)
-                .await
-                .map_err(|e| format!("could not open a channel: {e}"))?,
-        ))),
+        FailureDestination::Amqp(_) => {
+            Some(Arc::new(Publisher::Amqp(crate::failure::AmqpPublisher {
+                ch: tokio::sync::Mutex::new(
+                    conn.open_channel(None)
+                        .await
+                        .map_err(|e| format!("could not open a channel: {e}"))?,
+                ),
+                conn: conn.clone(),
+            })))
+        }
         _ => None,
     };
     let prefetch = (settings.batch_size as usize * 2).min(u16::MAX as usize) as u16;

@@ -19,7 +19,14 @@ use serde_json::json;
 pub(crate) enum Publisher {
     Kafka(rdkafka::producer::FutureProducer),
     Nats(Box<async_nats::jetstream::Context>),
-    Amqp(amqprs::channel::Channel),
+    Amqp(AmqpPublisher),
+}
+
+/// An AMQP destination's channel, opened again on its connection when the broker closed it
+/// (a publish to an exchange that is not there closes the channel).
+pub(crate) struct AmqpPublisher {
+    pub conn: amqprs::connection::Connection,
+    pub ch: tokio::sync::Mutex<amqprs::channel::Channel>,
 }
 
 /// The failure document: Lambda's on-failure record, with the records as CloudEvents.
@@ -168,9 +175,15 @@ pub(crate) async fn send(
             Ok(())
         }
         FailureDestination::Amqp(exchange) => {
-            let Some(Publisher::Amqp(ch)) = publisher else {
+            let Some(Publisher::Amqp(p)) = publisher else {
                 return Err("no AMQP channel for the failure exchange".into());
             };
+            let mut ch = p.ch.lock().await;
+            if !ch.is_open() {
+                *ch = p.conn.open_channel(None).await.map_err(|e| {
+                    format!("could not open a channel for exchange {exchange:?}: {e}")
+                })?;
+            }
             for r in &dead.records {
                 let RecordMeta::Amqp { routing_key, .. } = &r.meta else {
                     continue;

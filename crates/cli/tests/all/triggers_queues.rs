@@ -146,16 +146,6 @@ async fn rabbitmq_messages_reach_a_handler_in_lambdas_shape_pause_and_survive_a_
     ch.queue_declare(QueueDeclareArguments::durable_client_named(&queue))
         .await
         .unwrap();
-    // The dead-letter exchange and a queue bound to it, to read what was given up on.
-    ch.exchange_declare(ExchangeDeclareArguments::new(&dlx, "fanout"))
-        .await
-        .unwrap();
-    ch.queue_declare(QueueDeclareArguments::durable_client_named(&dlx))
-        .await
-        .unwrap();
-    ch.queue_bind(QueueBindArguments::new(&dlx, &dlx, ""))
-        .await
-        .unwrap();
     let (sink, seen) = receiver().await;
     let (mut p, _config) = start().await;
     let dir = queue_function(
@@ -181,6 +171,27 @@ async fn rabbitmq_messages_reach_a_handler_in_lambdas_shape_pause_and_survive_a_
         };
         publish(&ch, &queue, &body).await;
     }
+    // The dead-letter exchange is not there yet: the trigger says so and keeps the poison
+    // message (and what follows it) until it is.
+    let mut said = serde_json::Value::Null;
+    for _ in 0..200 {
+        said = triggers_json(&p, "rq").await["triggers"][0].clone();
+        if said["error"].as_str().is_some_and(|e| e.contains(&dlx)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(said["state"], "failing", "{said}\n{}", p.server_log());
+    // The exchange and a queue bound to it, to read what was given up on.
+    ch.exchange_declare(ExchangeDeclareArguments::new(&dlx, "fanout"))
+        .await
+        .unwrap();
+    ch.queue_declare(QueueDeclareArguments::durable_client_named(&dlx))
+        .await
+        .unwrap();
+    ch.queue_bind(QueueBindArguments::new(&dlx, &dlx, ""))
+        .await
+        .unwrap();
     let ok = eventually(Duration::from_secs(60), || rmq_bodies(&seen).len() >= 19).await;
     assert!(ok, "{:?}\n{}", rmq_bodies(&seen), p.server_log());
     let expected: Vec<String> = (0..20).filter(|i| *i != 7).map(|i| i.to_string()).collect();
