@@ -221,11 +221,7 @@ async fn consume(
     let publisher = match &settings.on_failure {
         FailureDestination::Amqp(_) => {
             Some(Arc::new(Publisher::Amqp(crate::failure::AmqpPublisher {
-                ch: tokio::sync::Mutex::new(
-                    conn.open_channel(None)
-                        .await
-                        .map_err(|e| format!("could not open a channel: {e}"))?,
-                ),
+                ch: tokio::sync::Mutex::new(None),
                 conn: conn.clone(),
             })))
         }

@@ -26,7 +26,7 @@ pub(crate) enum Publisher {
 /// (a publish to an exchange that is not there closes the channel).
 pub(crate) struct AmqpPublisher {
     pub conn: amqprs::connection::Connection,
-    pub ch: tokio::sync::Mutex<amqprs::channel::Channel>,
+    pub ch: tokio::sync::Mutex<Option<amqprs::channel::Channel>>,
 }
 
 /// The failure document: Lambda's on-failure record, with the records as CloudEvents.
@@ -178,46 +178,70 @@ pub(crate) async fn send(
             let Some(Publisher::Amqp(p)) = publisher else {
                 return Err("no AMQP channel for the failure exchange".into());
             };
-            let mut ch = p.ch.lock().await;
-            if !ch.is_open() {
-                *ch = p.conn.open_channel(None).await.map_err(|e| {
-                    format!("could not open a channel for exchange {exchange:?}: {e}")
-                })?;
+            let mut slot = p.ch.lock().await;
+            let result = publish_amqp(&p.conn, &mut slot, exchange, dead).await;
+            if result.is_err() {
+                // The broker closes a channel on an error (an exchange that is not there):
+                // the next try starts on a new one, never on a closed one (a frame on a closed
+                // channel costs the whole connection).
+                *slot = None;
             }
-            for r in &dead.records {
-                let RecordMeta::Amqp { routing_key, .. } = &r.meta else {
-                    continue;
-                };
-                let mut headers = amqprs::FieldTable::new();
-                for (k, v) in [
-                    ("x-petrel-condition", dead.condition.as_str().to_owned()),
-                    ("x-petrel-error", dead.error.clone()),
-                    ("x-petrel-position", r.position()),
-                ] {
-                    let (Ok(name), Ok(value)) = (k.try_into(), v.as_str().try_into()) else {
-                        continue;
-                    };
-                    headers.insert(name, amqprs::FieldValue::S(value));
-                }
-                let mut props = amqprs::BasicProperties::default();
-                props.with_headers(headers).with_persistence(true);
-                ch.basic_publish(
-                    props,
-                    r.value.to_vec(),
-                    amqprs::channel::BasicPublishArguments::new(exchange, routing_key),
-                )
-                .await
-                .map_err(|e| format!("could not publish to exchange {exchange:?}: {e}"))?;
-            }
-            // The channel is ordered: once a passive declare of the exchange is answered, the
-            // broker has taken the messages published before it (and the exchange exists).
-            let mut check = amqprs::channel::ExchangeDeclareArguments::new(exchange, "direct");
-            check.passive(true);
-            ch.exchange_declare(check)
-                .await
-                .map_err(|e| format!("exchange {exchange:?} did not take the records: {e}"))
+            result
         }
     }
+}
+
+/// The passive declare that checks the exchange is there (and, after publishes on the same
+/// ordered channel, that the broker has taken them).
+async fn exchange_there(ch: &amqprs::channel::Channel, exchange: &str) -> Result<(), String> {
+    let mut check = amqprs::channel::ExchangeDeclareArguments::new(exchange, "direct");
+    check.passive(true);
+    ch.exchange_declare(check)
+        .await
+        .map_err(|e| format!("exchange {exchange:?} is not there or did not take the records: {e}"))
+}
+
+async fn publish_amqp(
+    conn: &amqprs::connection::Connection,
+    slot: &mut Option<amqprs::channel::Channel>,
+    exchange: &str,
+    dead: &Dead,
+) -> Result<(), String> {
+    if slot.is_none() {
+        *slot = Some(
+            conn.open_channel(None)
+                .await
+                .map_err(|e| format!("could not open a channel for exchange {exchange:?}: {e}"))?,
+        );
+    }
+    let ch = slot.as_ref().expect("opened above");
+    exchange_there(ch, exchange).await?;
+    for r in &dead.records {
+        let RecordMeta::Amqp { routing_key, .. } = &r.meta else {
+            continue;
+        };
+        let mut headers = amqprs::FieldTable::new();
+        for (k, v) in [
+            ("x-petrel-condition", dead.condition.as_str().to_owned()),
+            ("x-petrel-error", dead.error.clone()),
+            ("x-petrel-position", r.position()),
+        ] {
+            let (Ok(name), Ok(value)) = (k.try_into(), v.as_str().try_into()) else {
+                continue;
+            };
+            headers.insert(name, amqprs::FieldValue::S(value));
+        }
+        let mut props = amqprs::BasicProperties::default();
+        props.with_headers(headers).with_persistence(true);
+        ch.basic_publish(
+            props,
+            r.value.to_vec(),
+            amqprs::channel::BasicPublishArguments::new(exchange, routing_key),
+        )
+        .await
+        .map_err(|e| format!("could not publish to exchange {exchange:?}: {e}"))?;
+    }
+    exchange_there(ch, exchange).await
 }
 
 /// Sends every dead group, trying each again (with backoff) until it goes, or `stop`. Whether
