@@ -68,7 +68,11 @@ impl std::fmt::Debug for LambdaApi {
 
 /// The Lambda API's routes, ready to merge into the server's router; with `keys`, every request
 /// must carry a valid Signature V4 by one of them.
-pub fn routes(api: LambdaApi, keys: Vec<AccessKey>) -> Router {
+pub fn routes(
+    api: LambdaApi,
+    auth: Arc<dyn petrel_core::auth::Authenticator>,
+    configured_keys: bool,
+) -> Router {
     let management_limit = api.control.package_limit() * 4 / 3 + 64 * 1024;
     let invoke_limit = api.dataplane.payload_limit();
     let router = Router::new()
@@ -112,12 +116,12 @@ pub fn routes(api: LambdaApi, keys: Vec<AccessKey>) -> Router {
             post(functions::publish_version),
         )
         .with_state(api);
-    if keys.is_empty() {
+    if !auth.enabled() && !configured_keys {
         return router;
     }
     router.layer(axum::middleware::from_fn_with_state(
         sigv4::Keys {
-            keys: Arc::new(keys),
+            auth,
             invoke_limit,
             management_limit,
         },

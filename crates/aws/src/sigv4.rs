@@ -21,6 +21,20 @@ pub struct AccessKey {
 /// Why a request was refused: Lambda's error type, and a message.
 pub type Refusal = (&'static str, String);
 
+/// The access key id a SigV4 `Authorization` header names, if it is one.
+pub fn access_key_id(headers: &HeaderMap) -> Option<&str> {
+    let auth = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let credential = auth
+        .split(',')
+        .map(str::trim)
+        .find_map(|f| f.strip_prefix("Credential="))?;
+    credential.split('/').next()
+}
+
 /// How far a request's `X-Amz-Date` may be from now.
 const SKEW: Duration = Duration::from_secs(15 * 60);
 
@@ -224,16 +238,29 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
 /// Where the signatures are checked, and with which keys.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    pub keys: std::sync::Arc<Vec<AccessKey>>,
+    /// Finds an access key's secret and whose key it is.
+    pub auth: std::sync::Arc<dyn petrel_core::auth::Authenticator>,
     /// The largest body read to check a signature: an `Invoke`'s payload limit.
     pub invoke_limit: usize,
     /// The same for the management calls (a base64 zip of up to the package limit).
     pub management_limit: usize,
 }
 
-/// The layer's work: passes a request on when it carries a valid signature by one of the keys
-/// (its body read to check it, and handed on whole), and refuses it in Lambda's shape
-/// otherwise.
+/// What a Lambda API request does to the default namespace, whose functions it serves.
+fn action_of(method: &http::Method, path: &str) -> petrel_core::auth::Action {
+    use petrel_core::auth::Action;
+    if path.ends_with("invocations") {
+        Action::Invoke
+    } else if method == http::Method::GET {
+        Action::Read
+    } else {
+        Action::Write
+    }
+}
+
+/// The layer's work: passes a request on when it carries a valid signature by a key that may
+/// do what it asks (its body read to check it, and handed on whole), and refuses it in
+/// Lambda's shape otherwise.
 pub async fn require(
     axum::extract::State(keys): axum::extract::State<Keys>,
     req: axum::extract::Request,
@@ -256,15 +283,54 @@ pub async fn require(
             )
         }
     };
+    let forbidden = |kind: &str, message: &str| {
+        crate::error::service_error(http::StatusCode::FORBIDDEN, kind, message)
+    };
+    let found = match access_key_id(&parts.headers) {
+        Some(id) => match keys.auth.sigv4_key(id).await {
+            Ok(found) => found.map(|(secret, principal)| {
+                (
+                    AccessKey {
+                        id: id.to_owned(),
+                        secret,
+                    },
+                    principal,
+                )
+            }),
+            Err(e) => return forbidden("ServiceException", &e.message),
+        },
+        None => None,
+    };
+    let (known, principal): (Vec<AccessKey>, _) = match found {
+        Some((k, p)) => (vec![k], Some(p)),
+        None => (Vec::new(), None),
+    };
     if let Err((kind, message)) = verify(
-        &keys.keys,
+        &known,
         parts.method.as_str(),
         &parts.uri,
         &parts.headers,
         &body,
         SystemTime::now(),
     ) {
-        return crate::error::service_error(http::StatusCode::FORBIDDEN, kind, &message);
+        return forbidden(kind, &message);
+    }
+    let principal = principal.expect("a signature verified against a found key");
+    let action = action_of(&parts.method, parts.uri.path());
+    if let Err(petrel_core::auth::Denied::Forbidden(e)) =
+        principal.check(petrel_core::DEFAULT_NAMESPACE, action)
+    {
+        return forbidden("AccessDeniedException", &e.message);
+    }
+    if principal
+        .check(petrel_core::DEFAULT_NAMESPACE, action)
+        .is_err()
+    {
+        // A key of other namespaces only: the Lambda API's functions do not exist for it.
+        return forbidden(
+            "AccessDeniedException",
+            "this key holds no role in the default namespace, whose functions the Lambda API serves",
+        );
     }
     next.run(axum::extract::Request::from_parts(
         parts,

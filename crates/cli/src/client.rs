@@ -30,6 +30,8 @@ impl std::error::Error for ServerError {}
 pub struct Client {
     base: String,
     inner: HyperClient<HttpConnector, Full<Bytes>>,
+    /// The API key sent as `Authorization: Bearer` on every request.
+    token: Option<String>,
 }
 
 impl Client {
@@ -45,7 +47,18 @@ impl Client {
         Ok(Self {
             base,
             inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+            token: None,
         })
+    }
+
+    /// The client, sending `token` as its API key.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn base(&self) -> &str {
@@ -82,6 +95,14 @@ impl Client {
             .uri(format!("{}{path}", self.base));
         for (k, v) in headers {
             b = b.header(*k, v);
+        }
+        if let Some(t) = &self.token {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
         }
         let req = b
             .body(Full::new(body))

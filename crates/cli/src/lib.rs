@@ -22,14 +22,17 @@ use std::process::ExitCode;
     about = "Petrel: deploy, run and scale functions"
 )]
 pub struct Cli {
-    /// The Petrel server client commands talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "PETREL_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    server: String,
+    /// The Petrel server client commands talk to (default: the profile's, else
+    /// http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "PETREL_SERVER")]
+    server: Option<String>,
+    /// The API key client commands send (default: the profile's, else the local server's
+    /// ./.petrel/bootstrap-token when it can be read).
+    #[arg(long, global = true, env = "PETREL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A profile of `petrel profile`: its server and key.
+    #[arg(long, global = true, env = "PETREL_PROFILE")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +77,30 @@ enum Command {
     Top(top::Args),
     /// Show a function's logs.
     Logs(logs::Args),
+    /// Namespaces (tenants): `ns create|ls|rm NAME`, `ns quota NAME --max-...`.
+    Ns {
+        #[command(subcommand)]
+        command: ns::Command,
+    },
+    /// API keys: `key create --namespace NS --role ROLE`, `key ls`, `key revoke ID`.
+    Key {
+        #[command(subcommand)]
+        command: key::Command,
+    },
+    /// Secrets: `secret set NAME` (value on standard input), `secret ls`, `secret rm NAME`.
+    Secret {
+        #[command(subcommand)]
+        command: secret::Command,
+    },
+    /// The audit log of control-plane actions.
+    Audit(audit::Args),
+    /// Named servers with their keys: `profile set|ls|use|rm`.
+    Profile {
+        #[command(subcommand)]
+        command: profile::Command,
+    },
+    /// The calling key: its id and roles.
+    Whoami,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -98,8 +125,29 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The server and key client commands use: flags and environment first, then the profile,
+/// then the local defaults.
+fn client_for(
+    server: Option<String>,
+    token: Option<String>,
+    profile: Option<&str>,
+) -> anyhow::Result<Client> {
+    let profile = commands::profile::Profiles::load()?.pick(profile)?;
+    let server = server
+        .or_else(|| profile.as_ref().map(|p| p.server.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+    let token = token.or_else(|| profile.and_then(|p| p.token)).or_else(|| {
+        // The first key of a server started here with the default data directory.
+        std::fs::read_to_string(".petrel/bootstrap-token")
+            .ok()
+            .map(|t| t.trim().to_owned())
+    });
+    Ok(Client::new(&server)?.with_token(token))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = || Client::new(&cli.server);
+    let (server, token, profile) = (cli.server, cli.token, cli.profile);
+    let client = || client_for(server.clone(), token.clone(), profile.as_deref());
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::New(args) => new::run(args),
@@ -115,5 +163,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(args) => usage::run(&client()?, args).await,
         Command::Top(args) => top::run(&client()?, args).await,
         Command::Logs(args) => logs::run(&client()?, args).await,
+        Command::Ns { command } => ns::run(&client()?, command).await,
+        Command::Key { command } => key::run(&client()?, command).await,
+        Command::Secret { command } => secret::run(&client()?, command).await,
+        Command::Audit(args) => audit::run(&client()?, args).await,
+        Command::Profile { command } => profile::run(command),
+        Command::Whoami => {
+            let w: petrel_core::api::WhoAmI =
+                client()?.json(http::Method::GET, "/v1/whoami").await?;
+            println!("{}", serde_json::to_string_pretty(&w)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

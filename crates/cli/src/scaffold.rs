@@ -45,9 +45,14 @@ pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<Str
             Runtime::Wasm => "wasm",
         }
     );
+    // The examples are public; a new function keeps the default, an API key to invoke it.
     let rename = |t: &str| {
         t.replace(&example, name)
             .replace("hello.wasm", &format!("{name}.wasm"))
+            .replace(
+                "# Anyone may call it (the default, \"key\", takes an API key with invoker in the namespace).\ninvoke_auth = \"public\"",
+                "# Who may call it: \"key\" (the default: an API key with invoker in the namespace), or \"public\".\n# invoke_auth = \"public\"",
+            )
     };
     let files: Vec<(&str, String, bool)> = match runtime {
         Runtime::Python3 => vec![

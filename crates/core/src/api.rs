@@ -549,3 +549,139 @@ pub struct TriggerDeadLetterView {
     pub attempts: u32,
     pub dead_at: i64,
 }
+
+/// A namespace (a tenant, or an environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub created_at: i64,
+    /// How many functions it holds.
+    pub functions: u64,
+    /// Its quotas, if any are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Quotas>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NamespaceList {
+    pub namespaces: Vec<NamespaceInfo>,
+}
+
+/// `POST /v1/namespaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateNamespace {
+    pub name: String,
+}
+
+/// A namespace's limits; each unset one is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions it may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_functions: Option<u32>,
+    /// The sum over its functions of `max_instances × memory_mb` (MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Invocations running at once over all its functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Invocations per second over all its functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rps: Option<u32>,
+}
+
+/// An API key as the API shows it: never its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyInfo {
+    pub id: String,
+    pub description: String,
+    /// Holds the cluster's `owner` role.
+    pub owner: bool,
+    /// Its role in each namespace.
+    pub roles: std::collections::BTreeMap<String, String>,
+    pub created_at: i64,
+    /// The key that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+/// `POST /v1/keys`: a key with these roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default)]
+    pub description: String,
+    /// The cluster's `owner` role (only an owner may give it).
+    #[serde(default)]
+    pub owner: bool,
+    /// Namespace -> role (`admin`, `developer`, `invoker`, `viewer`).
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, String>,
+}
+
+/// A new key: its token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    pub token: String,
+    pub key: KeyInfo,
+}
+
+/// A secret as the API shows it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecretInfo {
+    pub namespace: String,
+    pub name: String,
+    /// Goes up by one with each `petrel secret set`.
+    pub version: i64,
+    pub updated_at: i64,
+    /// The variable a function that lists it gets it as (its file is `/run/secrets/NAME`).
+    pub env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// One control-plane action of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub ts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The key that acted (none without authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `function.deploy`, `secret.set`, `key.create`, ...
+    pub action: String,
+    pub target: String,
+    /// The address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditRecord>,
+}
+
+/// `GET /v1/whoami`: the calling key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// Authentication is on.
+    pub authenticated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub owner: bool,
+    pub roles: std::collections::BTreeMap<String, String>,
+}

@@ -18,6 +18,11 @@ pub enum ErrorCode {
     InvalidPayload,
     InvalidRequest,
     UnsupportedRuntime,
+    Unauthorized,
+    Forbidden,
+    NamespaceNotFound,
+    SecretNotFound,
+    KeyNotFound,
     FunctionNotFound,
     VersionNotFound,
     InvocationNotFound,
@@ -45,6 +50,11 @@ impl ErrorCode {
         Self::InvalidPayload,
         Self::InvalidRequest,
         Self::UnsupportedRuntime,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NamespaceNotFound,
+        Self::SecretNotFound,
+        Self::KeyNotFound,
         Self::FunctionNotFound,
         Self::VersionNotFound,
         Self::InvocationNotFound,
@@ -72,6 +82,11 @@ impl ErrorCode {
             Self::InvalidPayload => "invalid_payload",
             Self::InvalidRequest => "invalid_request",
             Self::UnsupportedRuntime => "unsupported_runtime",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NamespaceNotFound => "namespace_not_found",
+            Self::SecretNotFound => "secret_not_found",
+            Self::KeyNotFound => "key_not_found",
             Self::FunctionNotFound => "function_not_found",
             Self::VersionNotFound => "version_not_found",
             Self::InvocationNotFound => "invocation_not_found",
@@ -105,7 +120,12 @@ impl ErrorCode {
             | Self::InvalidPayload
             | Self::InvalidRequest
             | Self::UnsupportedRuntime => 400,
-            Self::FunctionNotFound
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NamespaceNotFound
+            | Self::SecretNotFound
+            | Self::KeyNotFound
+            | Self::FunctionNotFound
             | Self::VersionNotFound
             | Self::InvocationNotFound
             | Self::RouteNotFound => 404,
@@ -162,6 +182,11 @@ impl ErrorCode {
             | Self::InvalidPayload
             | Self::InvalidRequest
             | Self::UnsupportedRuntime
+            | Self::Unauthorized
+            | Self::Forbidden
+            | Self::NamespaceNotFound
+            | Self::SecretNotFound
+            | Self::KeyNotFound
             | Self::FunctionNotFound
             | Self::VersionNotFound
             | Self::InvocationNotFound
@@ -205,9 +230,14 @@ impl ErrorCode {
             Self::FunctionOutOfMemory => Function("Runtime.OutOfMemory"),
             Self::FunctionInitFailed => Function("Runtime.InitError"),
             Self::BadFunctionResponse => Function("Runtime.InvalidResponse"),
-            Self::FunctionNotFound | Self::VersionNotFound | Self::InvocationNotFound => {
-                Service(404, "ResourceNotFoundException")
-            }
+            Self::FunctionNotFound
+            | Self::VersionNotFound
+            | Self::InvocationNotFound
+            | Self::NamespaceNotFound
+            | Self::SecretNotFound
+            | Self::KeyNotFound => Service(404, "ResourceNotFoundException"),
+            Self::Unauthorized => Service(403, "UnrecognizedClientException"),
+            Self::Forbidden => Service(403, "AccessDeniedException"),
             Self::RouteNotFound => Service(404, "UnknownOperationException"),
             Self::InvalidName => Service(400, "ValidationException"),
             Self::InvalidPayload => Service(400, "InvalidRequestContentException"),

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod arn;
+pub mod auth;
 pub mod error;
 pub mod manifest;
 pub mod name;

@@ -118,6 +118,14 @@ pub struct Manifest {
     pub async_concurrency: Option<u32>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
+    /// Who may call the function's invoke routes: `public`, `key` (the default) or `jwt`.
+    pub invoke_auth: Option<String>,
+    /// The namespace's secrets the function reads, as files and variables.
+    pub secrets: Option<Vec<String>>,
+    /// Invocations per second (or minute, hour) the function takes: `100/s`.
+    pub rate_limit: Option<String>,
+    /// Invocations over the rate that may come at once (default: one second's worth).
+    pub rate_limit_burst: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The `[[trigger]]` tables.
@@ -312,6 +320,47 @@ impl Manifest {
         }
         let asynchronous = self.validate_async(timeout, concurrency * max_instances)?;
         let triggers = crate::trigger::validate_all(&self.triggers)?;
+        let invoke_auth = match self.invoke_auth.as_deref() {
+            None | Some("key") => crate::auth::InvokeAuth::Key,
+            Some("public") => crate::auth::InvokeAuth::Public,
+            Some("jwt") => crate::auth::InvokeAuth::Jwt,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "invoke_auth",
+                    format!("{other:?} is not a mode: use \"public\" (anyone), \"key\" (an API key with invoker, the default) or \"jwt\" (a token of the server's jwt issuer)"),
+                ))
+            }
+        };
+        let secrets = self.secrets.clone().unwrap_or_default();
+        for (i, s) in secrets.iter().enumerate() {
+            crate::name::validate_name("secret name", s)
+                .map_err(|e| ManifestError::invalid("secrets", e.to_string()))?;
+            if secrets[..i].contains(s) {
+                return Err(ManifestError::invalid(
+                    "secrets",
+                    format!("{s:?} is listed twice"),
+                ));
+            }
+            let var = secret_env_name(s);
+            if self.env.contains_key(&var) {
+                return Err(ManifestError::invalid(
+                    "secrets",
+                    format!("secret {s:?} is given to the function as {var}, which [env] sets too: rename one of them"),
+                ));
+            }
+        }
+        let rate_limit = match self.rate_limit.as_deref() {
+            None => {
+                if self.rate_limit_burst.is_some() {
+                    return Err(ManifestError::invalid(
+                        "rate_limit_burst",
+                        "applies only with rate_limit: set both, or remove it",
+                    ));
+                }
+                None
+            }
+            Some(r) => Some(RateLimit::parse(r, self.rate_limit_burst)?),
+        };
         Ok(FunctionSpec {
             name,
             runtime,
@@ -330,6 +379,9 @@ impl Manifest {
             tmp_mb,
             asynchronous,
             env: self.env.clone(),
+            invoke_auth,
+            secrets,
+            rate_limit,
             triggers,
         })
     }
@@ -605,6 +657,15 @@ pub struct FunctionSpec {
     pub asynchronous: AsyncSpec,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Versions stored before tenancy existed read back as `key`, the default.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub invoke_auth: crate::auth::InvokeAuth,
+    /// The namespace's secrets this function reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// Versions stored before triggers existed read back with none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<crate::trigger::TriggerSpec>,
@@ -679,9 +740,83 @@ impl From<&FunctionSpec> for Manifest {
             async_concurrency: Some(a.concurrency),
             on_success: a.on_success.as_ref().map(ToString::to_string),
             on_failure: a.on_failure.as_ref().map(ToString::to_string),
+            invoke_auth: Some(s.invoke_auth.as_str().to_owned()),
+            secrets: (!s.secrets.is_empty()).then(|| s.secrets.clone()),
+            rate_limit: s.rate_limit.map(|r| r.to_string()),
+            rate_limit_burst: s.rate_limit.map(|r| r.burst),
             env: s.env.clone(),
             triggers: s.triggers.iter().map(Into::into).collect(),
         }
+    }
+}
+
+/// The variable a secret reaches a function as: `db-password` is `DB_PASSWORD`.
+pub fn secret_env_name(secret: &str) -> String {
+    secret.to_ascii_uppercase().replace(['-', '.'], "_")
+}
+
+/// A function's `rate_limit`: so many invocations per period, with a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RateLimit {
+    /// Invocations per `per_ms`.
+    pub count: u32,
+    pub per_ms: u64,
+    /// Invocations that may come at once when the function was idle.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `100/s`, `600/m` or `1000/h`, with a burst (default: a second's worth, at least 1).
+    pub fn parse(s: &str, burst: Option<u32>) -> Result<Self, ManifestError> {
+        let bad = || {
+            ManifestError::invalid(
+                "rate_limit",
+                format!("{s:?} is not a rate: write it like \"100/s\", \"600/m\" or \"1000/h\""),
+            )
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per_ms = match unit.trim() {
+            "s" | "sec" | "second" => 1_000,
+            "m" | "min" | "minute" => 60_000,
+            "h" | "hour" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > 1_000_000 {
+            return Err(ManifestError::invalid(
+                "rate_limit",
+                format!("{count} is out of range: use 1 to 1000000 per period"),
+            ));
+        }
+        let default_burst = ((count as u64 * 1_000).div_ceil(per_ms)).max(1) as u32;
+        let burst = burst.unwrap_or(default_burst);
+        if burst == 0 || burst > 1_000_000 {
+            return Err(ManifestError::invalid(
+                "rate_limit_burst",
+                format!("{burst} is out of range: use 1 to 1000000"),
+            ));
+        }
+        Ok(Self {
+            count,
+            per_ms,
+            burst,
+        })
+    }
+
+    /// Tokens added per second.
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 * 1_000.0 / self.per_ms as f64
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per_ms {
+            1_000 => "s",
+            60_000 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
     }
 }
 

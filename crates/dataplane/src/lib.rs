@@ -389,7 +389,8 @@ impl DataPlane {
     }
 }
 
-fn not_found(r: &FunctionRef) -> ApiError {
+/// What an unknown function answers (and one the caller may not see, alike).
+pub fn not_found(r: &FunctionRef) -> ApiError {
     let ns = if r.namespace == petrel_core::DEFAULT_NAMESPACE {
         String::new()
     } else {

@@ -26,6 +26,7 @@ use petrel_async::AsyncQueue;
 use petrel_core::api::{
     AsyncAccepted, AsyncKind, Trigger, DUPLICATE_HEADER, INVOCATION_ID_HEADER, VERSION_HEADER,
 };
+use petrel_core::auth::{principal_of, Action, Authenticator, InvokeAuth};
 use petrel_core::{ApiError, ErrorCode, FunctionRef};
 use petrel_dataplane::trace::TraceContext;
 use petrel_dataplane::{new_invocation_id, read_body, Answer, DataPlane, Invocation, Payload};
@@ -36,6 +37,50 @@ use std::net::SocketAddr;
 pub struct Gateway {
     pub dataplane: DataPlane,
     pub queue: AsyncQueue,
+    /// Checks callers of functions whose `invoke_auth` is not `public`.
+    pub auth: std::sync::Arc<dyn Authenticator>,
+}
+
+/// Lets a request through to `target` when the function's `invoke_auth` allows its caller,
+/// and takes the caller's API key off the request (a function never sees its callers' keys).
+/// Without a key, an unknown function answers as one that needs a key does, so that names do
+/// not leak to callers who are not known; with a key, one of a namespace the key holds no role
+/// in answers as unknown.
+async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Result<(), ApiError> {
+    if !gw.auth.enabled() {
+        return Ok(());
+    }
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let version = match gw.dataplane.version_of(target).await {
+        Ok(v) => v,
+        Err(e)
+            if authorization.is_none()
+                && matches!(
+                    e.code,
+                    ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound
+                ) =>
+        {
+            return Err(petrel_core::auth::missing_key())
+        }
+        Err(e) => return Err(e),
+    };
+    match version.spec.invoke_auth {
+        InvokeAuth::Public => Ok(()),
+        InvokeAuth::Key | InvokeAuth::Jwt => {
+            let principal = principal_of(gw.auth.as_ref(), authorization.as_deref())
+                .await?
+                .ok_or_else(petrel_core::auth::missing_key)?;
+            principal.require(&target.namespace, Action::Invoke, || {
+                petrel_dataplane::not_found(target)
+            })?;
+            req.headers_mut().remove(header::AUTHORIZATION);
+            Ok(())
+        }
+    }
 }
 
 /// The gateway's routes; merge them into the server's router.
@@ -154,11 +199,12 @@ async fn raw_invoke(
     State(gw): State<Gateway>,
     Path(name): Path<String>,
     Query(q): Query<InvokeQuery>,
-    req: Request,
+    mut req: Request,
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
         let target = q.target(&name)?;
+        authorize(&gw, &target, &mut req).await?;
         if q.is_async()? {
             return submit(&gw, &target, AsyncKind::Event, &id, req).await;
         }
@@ -217,10 +263,17 @@ async fn fn_root(
     fn_any(gw, name, String::new(), q, req).await
 }
 
-async fn fn_any(gw: Gateway, name: String, rest: String, q: InvokeQuery, req: Request) -> Response {
+async fn fn_any(
+    gw: Gateway,
+    name: String,
+    rest: String,
+    q: InvokeQuery,
+    mut req: Request,
+) -> Response {
     let id = new_invocation_id();
     let result = async {
         let target = q.target(&name)?;
+        authorize(&gw, &target, &mut req).await?;
         let info = RequestInfo::of(&req);
         let req = with_function_path(req, &rest)?;
         let inv = invocation(&id, Trigger::Http, Payload::Http(req), &info);
@@ -294,11 +347,12 @@ async fn async_any(
     name: String,
     rest: String,
     q: InvokeQuery,
-    req: Request,
+    mut req: Request,
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
         let target = q.target(&name)?;
+        authorize(&gw, &target, &mut req).await?;
         let req = with_function_path(req, &rest)?;
         submit(&gw, &target, AsyncKind::Http, &id, req).await
     }
@@ -390,8 +444,97 @@ mod tests {
         let gw = Gateway {
             dataplane: dp,
             queue: AsyncQueue::new(store, petrel_async::AsyncConfig::default()),
+            auth: Arc::new(petrel_core::auth::NoAuth),
         };
         (routes().with_state(gw.clone()), gw, dir)
+    }
+
+    /// Keys by token: `inv` invokes in `default`, `view` only reads it, `other` invokes in
+    /// namespace `b`.
+    #[derive(Debug)]
+    struct FixedKeys;
+
+    impl Authenticator for FixedKeys {
+        fn enabled(&self) -> bool {
+            true
+        }
+        fn authenticate<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> BoxFuture<'a, Result<petrel_core::auth::Principal, ApiError>> {
+            use petrel_core::auth::{KeyGrant, Principal, Role};
+            let grant = |ns: &str, role| {
+                Ok(Principal::Key(KeyGrant {
+                    id: token.to_owned(),
+                    owner: false,
+                    roles: [(ns.to_owned(), role)].into_iter().collect(),
+                }))
+            };
+            Box::pin(async move {
+                match token {
+                    "inv" => grant("default", Role::Invoker),
+                    "view" => grant("default", Role::Viewer),
+                    "other" => grant("b", Role::Invoker),
+                    _ => Err(ApiError::new(ErrorCode::Unauthorized, "unknown key")),
+                }
+            })
+        }
+        fn sigv4_key<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<(String, petrel_core::auth::Principal)>, ApiError>>
+        {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    async fn call_as(router: &Router, uri: &str, token: Option<&str>) -> (u16, String, String) {
+        let mut b = http::Request::builder().method("GET").uri(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router
+            .clone()
+            .oneshot(b.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let code = resp
+            .headers()
+            .get("x-petrel-error")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, code, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_key_function_takes_invokers_of_its_namespace_and_never_shows_them_the_key() {
+        let (_, mut gw, _dir) = gateway().await;
+        gw.auth = Arc::new(FixedKeys);
+        let router = routes().with_state(gw);
+        let (status, _, body) = call_as(&router, "/fn/web/x", Some("inv")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(call_as(&router, "/fn/web/x", None).await.1, "unauthorized");
+        assert_eq!(
+            call_as(&router, "/fn/web/x", Some("bad")).await.1,
+            "unauthorized"
+        );
+        assert_eq!(
+            call_as(&router, "/fn/web/x", Some("view")).await.1,
+            "forbidden"
+        );
+        // A key of another tenant is told the function does not exist, as for an unknown one.
+        let (_, code, hidden) = call_as(&router, "/fn/web/x", Some("other")).await;
+        let (_, _, unknown) = call_as(&router, "/fn/nope/x", Some("inv")).await;
+        assert_eq!(code, "function_not_found");
+        assert_eq!(hidden.replace("web", "nope"), unknown);
+        // Without a key an unknown function answers as a known one does.
+        assert_eq!(call_as(&router, "/fn/nope/x", None).await.1, "unauthorized");
+        assert_eq!(
+            call_as(&router, "/async-fn/web/x", None).await.1,
+            "unauthorized"
+        );
     }
 
     async fn call(

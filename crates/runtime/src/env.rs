@@ -28,6 +28,9 @@ struct EnvInner {
     wasm_cache: PathBuf,
     /// TLS for wasm guests' outbound `https://` requests; unset: they are refused.
     outbound_tls: OnceLock<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Where the secrets functions list are read from; unset: a function that lists one
+    /// cannot start.
+    secrets: OnceLock<Arc<dyn crate::instance::SecretSource>>,
 }
 
 /// How this node runs instances (from `petrel serve`'s configuration).
@@ -133,6 +136,7 @@ impl RuntimeEnv {
                 wasm: OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
                 outbound_tls: OnceLock::new(),
+                secrets: OnceLock::new(),
             }),
         })
     }
@@ -149,6 +153,27 @@ impl RuntimeEnv {
     /// with this configuration. Set once, at start; later calls change nothing.
     pub fn set_outbound_tls(&self, config: Arc<tokio_rustls::rustls::ClientConfig>) {
         let _ = self.inner.outbound_tls.set(config);
+    }
+
+    /// Where instances read the secrets their function lists; set once at server start.
+    pub fn set_secret_source(&self, source: Arc<dyn crate::instance::SecretSource>) {
+        let _ = self.inner.secrets.set(source);
+    }
+
+    /// The values of the secrets `spec` lists, read now.
+    async fn secrets_of(&self, spec: &InstanceSpec) -> Result<Vec<(String, Vec<u8>)>, InvokeError> {
+        if spec.spec.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(source) = self.inner.secrets.get() else {
+            return Err(init_failed(
+                "this server has no secret store, and the function lists secrets",
+            ));
+        };
+        source
+            .read(&spec.namespace, &spec.spec.secrets)
+            .await
+            .map_err(init_failed)
     }
 
     /// Starts what is configured to be kept warm (the Python fork server, standby Node
@@ -197,17 +222,20 @@ impl RuntimeEnv {
 
     /// Starts an instance of `spec`, of the kind its runtime needs.
     pub async fn start(&self, spec: InstanceSpec) -> Result<Arc<dyn Instance>, InvokeError> {
+        let secrets = self.secrets_of(&spec).await?;
+        let cx = &self.inner.process;
         Ok(match spec.spec.runtime {
             Runtime::Python3 | Runtime::Nodejs | Runtime::Provided => {
-                Arc::new(ProcessInstance::<LambdaApi>::start(&self.inner.process, spec).await?)
+                Arc::new(ProcessInstance::<LambdaApi>::start(cx, spec, secrets).await?)
             }
-            Runtime::Http => {
-                Arc::new(ProcessInstance::<HttpPort>::start(&self.inner.process, spec).await?)
-            }
+            Runtime::Http => Arc::new(ProcessInstance::<HttpPort>::start(cx, spec, secrets).await?),
             Runtime::Wasm => {
                 let engine = self.wasm().map_err(init_failed)?.clone();
                 let tls = self.inner.outbound_tls.get().cloned();
-                Arc::new(WasmInstance::start(engine, spec, tls, self.log_sink().clone()).await?)
+                Arc::new(
+                    WasmInstance::start(engine, spec, tls, self.log_sink().clone(), secrets)
+                        .await?,
+                )
             }
         })
     }

@@ -16,6 +16,31 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The values of the secrets a function lists, read when one of its instances starts (so a
+/// rotated secret reaches new instances without a redeploy).
+pub trait SecretSource: Send + Sync + std::fmt::Debug {
+    /// `names` of namespace `ns` with their values, in order; an error names what is missing.
+    fn read<'a>(
+        &'a self,
+        ns: &'a str,
+        names: &'a [String],
+    ) -> petrel_core::BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, String>>;
+}
+
+/// A secret's value as a variable: text without NUL bytes only (a binary one is a file alone).
+pub(crate) fn secret_vars(secrets: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    secrets
+        .iter()
+        .filter_map(|(name, v)| {
+            let text = std::str::from_utf8(v).ok().filter(|t| !t.contains('\0'))?;
+            Some((
+                petrel_core::manifest::secret_env_name(name),
+                text.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// What an instance runs: a version of a function and where its code is unpacked.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {

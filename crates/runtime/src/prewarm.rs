@@ -149,6 +149,7 @@ impl SandboxedStandby {
             None,
             petrel_core::manifest::DEFAULT_TMP_MB,
             Some(&net),
+            None,
         )?;
         // Its cgroup now, joined before it runs anything (see Standby::cgroup).
         let cgroup = self

@@ -61,6 +61,8 @@ pub const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
 pub const HTTP_PORT: u16 = 8080;
 /// Where a sandboxed instance sees its function's code (its working directory), as on Lambda.
 pub const TASK_ROOT: &str = "/var/task";
+/// Where a sandboxed instance finds its function's secrets, one file each (`/run/secrets/NAME`).
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 /// Top-level system directories bound read-only (those that exist; symbolic links such as
 /// `/bin -> usr/bin` are recreated as links).
@@ -251,7 +253,7 @@ exit 0
             .new_net(false)
             .map_err(|e| format!("network namespace: {e}"))?;
         let plan = self
-            .plan(&root, Some(&code), 1, Some(&net))
+            .plan(&root, Some(&code), 1, Some(&net), None)
             .map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.arg("-c")

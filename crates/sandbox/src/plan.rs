@@ -8,7 +8,7 @@
 
 use crate::network::NetNs;
 use crate::seccomp::Program;
-use crate::{Sandbox, SANDBOX_GID, SANDBOX_UID, TASK_ROOT};
+use crate::{Sandbox, SANDBOX_GID, SANDBOX_UID, SECRETS_DIR, TASK_ROOT};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -69,6 +69,7 @@ impl Sandbox {
         code_dir: Option<&Path>,
         tmp_mb: u32,
         net: Option<&NetNs>,
+        secrets: Option<&Path>,
     ) -> std::io::Result<Plan> {
         let root = root.to_path_buf();
         let mut ops = Vec::new();
@@ -154,6 +155,11 @@ impl Sandbox {
         mkdir_p(&mut ops, task_root)?;
         if let Some(code_dir) = code_dir {
             bind_ro(&mut ops, code_dir, &r(task_root))?;
+        }
+        if let Some(dir) = secrets {
+            let inside = Path::new(SECRETS_DIR);
+            mkdir_p(&mut ops, inside)?;
+            bind_ro(&mut ops, dir, &r(inside))?;
         }
         for (target, link) in &self.links {
             ops.push(Op::Symlink(cpath(target)?, cpath(&r(link))?));

@@ -46,6 +46,15 @@ pub struct ServeConfig {
     /// PEM certificates trusted for outbound HTTPS (callbacks and destinations) besides the
     /// system's: an internal CA.
     pub tls_ca_file: Option<PathBuf>,
+    /// Requests authenticate with API keys (off only with `--no-auth`, on loopback).
+    pub auth: bool,
+    /// The master key that seals secrets (default: `PETREL_MASTER_KEY`, else
+    /// `DATA_DIR/master.key`).
+    pub master_key_file: Option<PathBuf>,
+    /// TLS on the listener: a PEM certificate chain and its private key, reloaded when they
+    /// change or on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -72,6 +81,10 @@ impl Default for ServeConfig {
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             trigger_retry_base: Duration::from_secs(1),
             tls_ca_file: None,
+            auth: true,
+            master_key_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -104,6 +117,9 @@ pub struct ConfigFile {
     pub dead_letter_retention: Option<String>,
     pub trigger_retry_base: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// One `[[lambda_access_keys]]` entry.
@@ -139,6 +155,9 @@ const KNOWN_KEYS: &[&str] = &[
     "dead_letter_retention",
     "trigger_retry_base",
     "tls_ca_file",
+    "master_key_file",
+    "tls_cert_file",
+    "tls_key_file",
 ];
 
 impl ConfigFile {
@@ -176,6 +195,15 @@ impl ConfigFile {
         }
         if let Some(v) = self.data_dir {
             base.data_dir = v;
+        }
+        if let Some(v) = self.master_key_file {
+            base.master_key_file = Some(v);
+        }
+        if let Some(v) = self.tls_cert_file {
+            base.tls_cert_file = Some(v);
+        }
+        if let Some(v) = self.tls_key_file {
+            base.tls_key_file = Some(v);
         }
         if let Some(v) = self.store {
             base.store = Some(v);

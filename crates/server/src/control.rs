@@ -11,6 +11,81 @@ use petrel_store::ArtifactStore;
 use std::sync::Arc;
 
 impl App {
+    /// Refuses what a version's manifest asks of tenancy that cannot be given: a JWT issuer the
+    /// server has none of, a secret its namespace does not hold.
+    async fn check_access_keys(
+        &self,
+        ns: &str,
+        spec: &petrel_core::FunctionSpec,
+    ) -> Result<(), ApiError> {
+        if spec.invoke_auth == petrel_core::auth::InvokeAuth::Jwt {
+            return Err(ApiError::new(
+                ErrorCode::InvalidManifest,
+                "invalid `invoke_auth`: \"jwt\" needs a JWT issuer in the server's configuration, and this version of Petrel has none yet; use \"key\" or \"public\"",
+            ));
+        }
+        for secret in &spec.secrets {
+            if self.store.secret(ns, secret).await?.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidManifest,
+                    format!("invalid `secrets`: namespace {ns} has no secret named {secret}; set it first with `petrel secret set {secret} -n {ns}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a control-plane action of `caller` on namespace `ns` in the audit log. A failure
+    /// to write it is logged, not answered: the action has happened.
+    pub(crate) async fn audit(
+        &self,
+        caller: &crate::api::Caller,
+        ns: &str,
+        action: &str,
+        target: &str,
+    ) {
+        self.write_audit(caller, Some(ns), action, target).await
+    }
+
+    /// Like [`App::audit`], for an action on no namespace (an owner key).
+    pub(crate) async fn audit_global(
+        &self,
+        caller: &crate::api::Caller,
+        action: &str,
+        target: &str,
+    ) {
+        self.write_audit(caller, None, action, target).await
+    }
+
+    async fn write_audit(
+        &self,
+        caller: &crate::api::Caller,
+        ns: Option<&str>,
+        action: &str,
+        target: &str,
+    ) {
+        let entry = petrel_store::AuditEntry {
+            ts: petrel_core::now_ms(),
+            namespace: ns.map(str::to_owned),
+            key_id: caller.key_id().map(str::to_owned),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            source: caller.source.map(|ip| ip.to_string()),
+            outcome: "ok".to_owned(),
+            ..Default::default()
+        };
+        tracing::info!(
+            namespace = ns.unwrap_or("-"),
+            key = entry.key_id.as_deref().unwrap_or("-"),
+            action,
+            target,
+            "audit"
+        );
+        if let Err(e) = self.store.insert_audit(&entry).await {
+            tracing::error!(error = %e, action, target, "could not write an audit entry");
+        }
+    }
+
     /// Removes artifacts no version refers to, in the background. Artifacts younger than a few
     /// minutes are kept: a deploy may be between storing its package and recording its version.
     pub(crate) fn collect_garbage(&self) {
@@ -74,6 +149,7 @@ impl App {
             ApiError::internal()
         })??;
         let (spec, digest, size) = prepared;
+        self.check_access_keys(&ns, &spec).await?;
         let url = crate::api::function_url(base, &ns, &name);
         // The manifest is inside the package, so an equal digest means an equal version:
         // deploying the same directory twice (a restart with --deploy, a CI rerun) adds nothing.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 pub mod config;
 mod control;
 mod logs;
@@ -37,6 +38,8 @@ pub(crate) struct App {
     addr: SocketAddr,
     queue: petrel_async::AsyncQueue,
     triggers: petrel_triggers::Triggers,
+    /// API keys, and the master key that seals secrets.
+    keys: auth::Keys,
     /// The OpenAPI document, rendered once from the routes.
     openapi: Arc<String>,
 }
@@ -227,13 +230,13 @@ impl Server {
             .memory_budget()
             .set_limit_mb(config.memory_budget_mb);
         let record_writer = logs::spawn_record_writer(store.clone(), records);
-        if config.lambda_access_keys.is_empty() {
-            tracing::info!("Lambda API: no access keys configured (lambda_access_keys); its requests are not authenticated");
-        } else {
+        if config.auth || !config.lambda_access_keys.is_empty() {
             tracing::info!(
-                keys = config.lambda_access_keys.len(),
-                "Lambda API: AWS Signature V4 required"
+                configured_keys = config.lambda_access_keys.len(),
+                "Lambda API: AWS Signature V4 required (a Petrel key's id and token, or a configured lambda_access_keys entry)"
             );
+        } else {
+            tracing::info!("Lambda API: authentication is off; its requests are not authenticated");
         }
         if let Some(endpoint) = &config.otlp_endpoint {
             dataplane.export_spans_to(endpoint);
@@ -325,6 +328,28 @@ impl Server {
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        if !config.auth && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--no-auth is refused on {addr}: without authentication anyone who reaches the port can deploy code; listen on 127.0.0.1 (or ::1), or leave authentication on"
+            );
+        }
+        let master = auth::MasterKey::load(&config.data_dir, config.master_key_file.as_deref())?;
+        let keys = auth::Keys::new(
+            config.auth,
+            store.clone(),
+            master,
+            &config.lambda_access_keys,
+        );
+        keys.bootstrap(&config.data_dir)
+            .await
+            .context("could not make the first owner key")?;
+        env.set_secret_source(Arc::new(auth::StoredSecrets {
+            store: store.clone(),
+            master: keys.master().clone(),
+        }));
+        if !config.auth {
+            tracing::warn!(%addr, "authentication is off (--no-auth): anyone who reaches this loopback port is the owner");
+        }
         tracing::info!(%addr, restored, store = ?store.backend(), data_dir = %config.data_dir.display(), "petrel started");
         let (control, doc) = api::routes().split_for_parts();
         let mut doc = doc;
@@ -339,6 +364,7 @@ impl Server {
             addr,
             queue,
             triggers,
+            keys,
             openapi: Arc::new(doc.to_pretty_json().context("the OpenAPI document")?),
         };
         let router = router(app.clone(), control);
@@ -354,6 +380,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.app.addr
+    }
+
+    /// A token of the owner that this process alone knows (never stored), for what the
+    /// process itself does through its API (`petrel serve --deploy`).
+    pub fn local_token(&self) -> String {
+        self.app.keys.local_token().to_owned()
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
@@ -450,6 +482,7 @@ fn router(app: App, control: Router<App>) -> Router {
     let gateway = petrel_gateway::Gateway {
         dataplane: app.dataplane.clone(),
         queue: app.queue.clone(),
+        auth: Arc::new(app.keys.clone()),
     };
     let lambda = petrel_aws::LambdaApi {
         dataplane: app.dataplane.clone(),
@@ -457,11 +490,12 @@ fn router(app: App, control: Router<App>) -> Router {
         logs: app.runtime.log_sink().clone(),
         control: Arc::new(app.clone()),
     };
-    let keys = app.config.lambda_access_keys.clone();
+    let configured_keys = !app.config.lambda_access_keys.is_empty();
+    let auth: Arc<dyn petrel_core::auth::Authenticator> = Arc::new(app.keys.clone());
     Router::new()
         .merge(control.with_state(app))
         .merge(petrel_gateway::routes().with_state(gateway))
-        .merge(petrel_aws::routes(lambda, keys))
+        .merge(petrel_aws::routes(lambda, auth, configured_keys))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::disable())

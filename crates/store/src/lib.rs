@@ -15,6 +15,7 @@ mod histograms;
 mod queue;
 mod records;
 mod store;
+mod tenancy;
 mod triggers;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
@@ -25,6 +26,7 @@ pub use queue::{
 };
 pub use records::LogCursor;
 pub use store::{Backend, Store};
+pub use tenancy::{AuditEntry, KeyRecord, SecretRecord};
 pub use triggers::{TriggerCounts, TriggerDeadLetter, TriggerState};
 
 /// Errors of the storage layer. Package problems are the uploader's to fix; the rest are ours.

@@ -1,15 +1,20 @@
 //! One module per command of `petrel`: its arguments and what it does. `serve` runs the
 //! platform; the others are clients of its HTTP API.
 
+pub(crate) mod audit;
 pub(crate) mod deploy;
 pub(crate) mod dlq;
 pub(crate) mod get;
 pub(crate) mod inv;
 pub(crate) mod invoke;
+pub(crate) mod key;
 pub(crate) mod logs;
 pub(crate) mod ls;
 pub(crate) mod new;
+pub(crate) mod ns;
+pub(crate) mod profile;
 pub(crate) mod rm;
+pub(crate) mod secret;
 pub(crate) mod serve;
 pub(crate) mod sim;
 pub mod top;

@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// user, seccomp): only for debugging a function that fails only when confined.
     #[arg(long)]
     no_sandbox: bool,
+    /// Turn authentication off: every request is the owner's. Refused unless the server
+    /// listens on a loopback address.
+    #[arg(long)]
+    no_auth: bool,
 }
 
 /// The component a wasm function directory names but does not hold yet.
@@ -98,14 +102,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if args.no_prewarm {
         cfg.prewarm = petrel_server::PrewarmConfig::OFF;
     }
+    if args.no_auth {
+        cfg.auth = false;
+    }
     let server = petrel_server::Server::start(cfg).await?;
+    let deploy_token = server.local_token();
     let addr = server.local_addr();
     let url = format!("http://{addr}");
     println!("Petrel listening on {url}");
     std::io::stdout().flush()?;
     let running = tokio::spawn(server.run(petrel_server::shutdown_signal()));
     if !args.deploy.is_empty() {
-        let client = Client::new(&url)?;
+        let client = Client::new(&url)?.with_token(Some(deploy_token));
         let mut deployed = Vec::new();
         for dir in &args.deploy {
             if !dir.join("petrel.toml").is_file() {

@@ -65,6 +65,7 @@ fn http_client() -> HttpClient {
 async fn try_submit(client: &HttpClient, url: &str, name: &str, event: &Value) -> Option<String> {
     let req = http::Request::post(format!("{url}/v1/functions/{name}/invoke?async=true"))
         .header("content-type", "application/json")
+        .header("authorization", crate::harness::owner_bearer())
         .body(Full::new(Bytes::from(event.to_string())))
         .unwrap();
     let resp = client.request(req).await.ok()?;

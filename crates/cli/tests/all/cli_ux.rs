@@ -100,7 +100,15 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
     // --deploy runs right after the listener is up; wait until all are listed.
     let mut listed = String::new();
     for _ in 0..100 {
-        listed = p.cli_ok(&["ls"]);
+        // No --token, no PETREL_TOKEN: the CLI finds ./.petrel/bootstrap-token, as the README
+        // says.
+        let out = p.cli_as(None, &["ls"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        listed = String::from_utf8(out.stdout).unwrap();
         if EXAMPLES.iter().all(|n| listed.contains(n)) {
             break;
         }
@@ -108,7 +116,15 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
     }
     for name in EXAMPLES {
         assert!(listed.contains(name), "{listed}");
-        let r = p.http("GET", &format!("/fn/{name}?name=you"), None).await;
+        // The examples are public: no key needed to call them.
+        let r = p
+            .http_with(
+                "GET",
+                &format!("/fn/{name}?name=you"),
+                &[("authorization", "-")],
+                vec![],
+            )
+            .await;
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert!(r.text().contains("Hello, you!"), "{name}: {}", r.text());
         let out = p.cli_ok(&["invoke", name, "--data", r#"{"name": "Ada"}"#]);
@@ -124,6 +140,7 @@ async fn logs_follow_shows_new_lines_as_they_come() {
     let mut follower = Command::new(BIN)
         .args(["logs", "chatty", "--follow"])
         .env("PETREL_SERVER", &p.url)
+        .env("PETREL_TOKEN", crate::harness::OWNER_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -372,6 +389,7 @@ async fn serve_options_and_invoke_inputs_work_through_the_binary() {
     let mut child = Command::new(BIN)
         .args(["invoke", "inputs", "--data", "-"])
         .env("PETREL_SERVER", &p.url)
+        .env("PETREL_TOKEN", crate::harness::OWNER_TOKEN)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -11,6 +11,21 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_petrel");
 
+/// The owner token every server under test is bootstrapped with (PETREL_BOOTSTRAP_TOKEN), and
+/// that the harness's CLI and HTTP calls send unless a test says otherwise.
+pub const OWNER_TOKEN: &str = "petrel_e2e-owner-token-not-a-secret-0123456789";
+
+/// `Bearer OWNER_TOKEN`, for requests the harness does not send itself.
+pub fn owner_bearer() -> String {
+    format!("Bearer {OWNER_TOKEN}")
+}
+
+/// The id of [`OWNER_TOKEN`]'s key: the first 16 hex digits of its SHA-256.
+pub fn owner_key_id() -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(OWNER_TOKEN.as_bytes())[..8])
+}
+
 /// Which store a server under test uses.
 #[derive(Debug, Clone)]
 pub enum StoreKind {
@@ -58,6 +73,8 @@ pub struct Petrel {
     pub data_dir: tempfile::TempDir,
     pub store: StoreKind,
     pub client: Client,
+    /// The owner's token: [`OWNER_TOKEN`], or the one a README-style server wrote.
+    pub token: String,
     extra_args: Vec<String>,
     stderr_path: PathBuf,
     default_data_dir: bool,
@@ -114,13 +131,23 @@ impl Petrel {
             default_data_dir,
             as_nobody,
         );
-        let client = Client::new(&url).unwrap();
+        let token = if default_data_dir {
+            // Without PETREL_BOOTSTRAP_TOKEN the first start writes the owner's token here.
+            std::fs::read_to_string(data_dir.path().join(".petrel/bootstrap-token"))
+                .expect("a fresh server writes DATA_DIR/bootstrap-token")
+                .trim()
+                .to_owned()
+        } else {
+            OWNER_TOKEN.to_owned()
+        };
+        let client = Client::new(&url).unwrap().with_token(Some(token.clone()));
         Self {
             child: Some(child),
             url,
             data_dir,
             store,
             client,
+            token,
             extra_args,
             stderr_path,
             default_data_dir,
@@ -157,7 +184,9 @@ impl Petrel {
             self.as_nobody,
         );
         self.child = Some(child);
-        self.client = Client::new(&url).unwrap();
+        self.client = Client::new(&url)
+            .unwrap()
+            .with_token(Some(self.token.clone()));
         self.url = url;
     }
 
@@ -179,14 +208,30 @@ impl Petrel {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Runs a `petrel` client command against this server.
+    /// Runs a `petrel` client command against this server, as the owner.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.cli_as(Some(&self.token), args)
+    }
+
+    /// Runs a `petrel` client command with this token (none: no PETREL_TOKEN).
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .env("PETREL_SERVER", &self.url)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .env_remove("PETREL_TOKEN")
+            .env(
+                "PETREL_CONFIG",
+                self.data_dir.path().join("cli-profiles.toml"),
+            )
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("PETREL_TOKEN", t);
+        }
+        if self.default_data_dir {
+            // Where the README's user runs the CLI: beside ./.petrel.
+            cmd.current_dir(self.data_dir.path());
+        }
+        cmd.output().unwrap()
     }
 
     /// Runs a client command that must succeed; returns its stdout.
@@ -293,6 +338,17 @@ impl Petrel {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
+        // As the owner, unless the test sends an Authorization of its own (or "-" for none).
+        match headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            None => b = b.header("authorization", format!("Bearer {}", self.token)),
+            Some((_, "-")) => {
+                b.headers_mut().unwrap().remove("authorization");
+            }
+            Some(_) => {}
+        }
         client
             .request(b.body(Full::new(Bytes::from(body))).unwrap())
             .await
@@ -386,7 +442,9 @@ fn spawn(
     cmd.arg("serve");
     if default_data_dir {
         cmd.current_dir(data_dir);
+        cmd.env_remove("PETREL_BOOTSTRAP_TOKEN");
     } else {
+        cmd.env("PETREL_BOOTSTRAP_TOKEN", OWNER_TOKEN);
         cmd.arg("--data-dir").arg(data_dir.join("data"));
     }
     cmd.arg("--listen")

@@ -121,7 +121,10 @@ async fn chunked_answers_on_a_keep_alive_connection_do_not_stall() {
         let mut r = BufReader::new(s);
         // One write per request, as HTTP clients send them (several small writes would meet
         // Nagle's algorithm on this client's own socket).
-        let request = format!("GET /fn/chunky/chunked HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let request = format!(
+            "GET /fn/chunky/chunked HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\r\n",
+            crate::harness::owner_bearer()
+        );
         let mut one = |r: &mut BufReader<std::net::TcpStream>| {
             w.write_all(request.as_bytes()).unwrap();
             let mut line = String::new();
@@ -175,7 +178,7 @@ fn chunked_upload(url: &str, path: &str, size: usize) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", crate::harness::owner_bearer()).unwrap();
     let chunk = vec![b'z'; 64 * 1024];
     let mut sent = 0;
     while sent < size {

@@ -360,10 +360,10 @@ async fn the_official_rust_runtime_client_runs_unchanged() {
 /// Drives Petrel with boto3's Lambda client (`endpoint_url` = Petrel) and prints what each call
 /// gave, as JSON.
 const BOTO3_SCRIPT: &str = r#"
-import json, sys, boto3, botocore
+import json, os, sys, boto3, botocore
 url = sys.argv[1]
 lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
-                   aws_access_key_id="AKIDPETREL", aws_secret_access_key="secret",
+                   aws_access_key_id=os.environ["PETREL_KEY_ID"], aws_secret_access_key=os.environ["PETREL_KEY_SECRET"],
                    config=botocore.config.Config(retries={"max_attempts": 1}))
 out = {}
 def call(key, **kw):
@@ -720,9 +720,9 @@ async fn a_streaming_handler_of_the_nodejs_client_streams_to_the_caller() {
 }
 
 const BOTO3_STREAM_SCRIPT: &str = r#"
-import json, sys, boto3, botocore
+import json, os, sys, boto3, botocore
 lam = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1",
-                   aws_access_key_id="AKIDPETREL", aws_secret_access_key="secret",
+                   aws_access_key_id=os.environ["PETREL_KEY_ID"], aws_secret_access_key=os.environ["PETREL_KEY_SECRET"],
                    config=botocore.config.Config(retries={"max_attempts": 1}))
 out = {}
 def stream(key, **kw):
@@ -1252,7 +1252,10 @@ async fn run_boto3(script: &str, args: &[&str]) -> serde_json::Value {
     python
         .arg(file.path())
         .args(args)
-        .env("PYTHONPATH", boto3());
+        .env("PYTHONPATH", boto3())
+        // The harness's owner key, as SigV4 credentials: its id and its token.
+        .env("PETREL_KEY_ID", crate::harness::owner_key_id())
+        .env("PETREL_KEY_SECRET", crate::harness::OWNER_TOKEN);
     json_output(python).await
 }
 

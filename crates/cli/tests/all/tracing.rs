@@ -93,6 +93,7 @@ async fn a_callers_trace_continues_into_the_function_and_the_spans_reach_otlp() 
 
     // An http function sees a traceparent of the same trace, naming Petrel's call span.
     let req = http::Request::get(format!("{}/fn/traced-http/x", p.url))
+        .header("authorization", crate::harness::owner_bearer())
         .header("traceparent", &traceparent)
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
@@ -137,6 +138,7 @@ async fn a_callers_trace_continues_into_the_function_and_the_spans_reach_otlp() 
     // A Lambda handler gets the same trace as Lambda-Runtime-Trace-Id (and _X_AMZN_TRACE_ID).
     let trace2 = "0af7651916cd43dd8448eb211c80319c";
     let req = http::Request::post(format!("{}/v1/functions/traced-py/invoke", p.url))
+        .header("authorization", crate::harness::owner_bearer())
         .header("traceparent", format!("00-{trace2}-b7ad6b7169203331-01"))
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();

@@ -32,6 +32,8 @@ pub struct ProcessInstance<P> {
     process: Process,
     attribution: Arc<Attribution>,
     scratch: PathBuf,
+    /// The instance's secrets as files, removed with it.
+    secrets_dir: Option<start::SecretsDir>,
     sink: LogSink,
     payload_limit: usize,
     /// Why Petrel stopped the instance on purpose, if it did.
@@ -67,6 +69,11 @@ impl<P> Drop for ProcessInstance<P> {
     fn drop(&mut self) {
         self.process.kill();
         let _ = std::fs::remove_dir_all(&self.scratch);
+        if let Some(s) = &self.secrets_dir {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&s.path, std::fs::Permissions::from_mode(0o700));
+            let _ = std::fs::remove_dir_all(&s.path);
+        }
     }
 }
 

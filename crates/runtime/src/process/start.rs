@@ -145,11 +145,19 @@ impl<P: Bind> ProcessInstance<P> {
     pub(crate) async fn start(
         cx: &ProcessContext,
         spec: InstanceSpec,
+        secrets: Vec<(String, Vec<u8>)>,
     ) -> Result<Self, InvokeError> {
         let t0 = Instant::now();
         let id = new_instance_id();
         let mut launch = Launch::prepare(cx, &spec, &id)?;
-        let mut confinement = launch.confine::<P>(cx, &spec, &id).await?;
+        let secrets_dir = if secrets.is_empty() {
+            None
+        } else {
+            Some(SecretsDir::write(cx, &id, &secrets, &mut launch.cmd)?)
+        };
+        let mut confinement = launch
+            .confine::<P>(cx, &spec, &id, secrets_dir.as_ref())
+            .await?;
         let (protocol, listener_later) =
             P::bind(cx, &spec, &mut launch.cmd, &mut confinement.net).await?;
         let Launch {
@@ -188,6 +196,7 @@ impl<P: Bind> ProcessInstance<P> {
             process,
             attribution,
             scratch,
+            secrets_dir,
             sink: cx.sink.clone(),
             payload_limit: cx.payload_limit,
             stopped: Mutex::new(None),
@@ -345,13 +354,15 @@ impl Launch {
         cx: &ProcessContext,
         spec: &InstanceSpec,
         id: &str,
+        secrets: Option<&SecretsDir>,
     ) -> Result<Confinement, InvokeError> {
         let fs = &spec.spec;
         let sandboxed = cx.sandbox.enabled();
         let own_net = sandboxed && fs.network == Network::None;
         let mut c = Confinement::default();
-        // A standby's root has the default /tmp: only instances that keep it can take one.
-        if own_net && fs.tmp_mb == petrel_core::manifest::DEFAULT_TMP_MB {
+        // A standby's root has the default /tmp and no /run/secrets: only instances that keep
+        // the one and need not the other can take one.
+        if own_net && fs.tmp_mb == petrel_core::manifest::DEFAULT_TMP_MB && secrets.is_none() {
             let (var, value) = P::address_in_own_network();
             self.cmd.env(var, value);
             if let Some(sb) = cx
@@ -401,11 +412,48 @@ impl Launch {
                         Some(&spec.code_dir),
                         fs.tmp_mb,
                         c.net.as_ref(),
+                        secrets.map(|s| s.path.as_path()),
                     )
                     .map_err(|e| init_failed(format!("could not prepare the sandbox: {e}")))?,
             );
         }
         Ok(c)
+    }
+}
+
+/// An instance's secrets as files (`NAME`, mode 0444, in a directory of the instance's own,
+/// read-only at `/run/secrets` in the sandbox), and as variables.
+pub(crate) struct SecretsDir {
+    pub path: PathBuf,
+}
+
+impl SecretsDir {
+    /// Writes the files and sets the variables (and `PETREL_SECRETS_DIR`) on `cmd`.
+    fn write(
+        cx: &ProcessContext,
+        id: &str,
+        secrets: &[(String, Vec<u8>)],
+        cmd: &mut Command,
+    ) -> Result<Self, InvokeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = cx.scratch_root.join(format!("{id}.secrets"));
+        let fail =
+            |e: std::io::Error| init_failed(format!("could not write the instance's secrets: {e}"));
+        std::fs::create_dir_all(&path).map_err(fail)?;
+        for (name, value) in secrets {
+            let file = path.join(name);
+            std::fs::write(&file, value).map_err(fail)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))
+                .map_err(fail)?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555)).map_err(fail)?;
+        cmd.envs(crate::instance::secret_vars(secrets));
+        if cx.sandbox.enabled() {
+            cmd.env("PETREL_SECRETS_DIR", petrel_sandbox::SECRETS_DIR);
+        } else {
+            cmd.env("PETREL_SECRETS_DIR", &path);
+        }
+        Ok(Self { path })
     }
 }
 

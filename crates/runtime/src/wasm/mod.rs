@@ -348,6 +348,7 @@ impl WasmInstance {
         spec: InstanceSpec,
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
         sink: LogSink,
+        secrets: Vec<(String, Vec<u8>)>,
     ) -> Result<Self, InvokeError> {
         let t0 = Instant::now();
         let id = crate::instance::new_instance_id();
@@ -375,6 +376,8 @@ impl WasmInstance {
                     spec.spec.memory_mb.to_string(),
                 ),
             ])
+            // A component has no files of the host: its secrets are variables only.
+            .chain(crate::instance::secret_vars(&secrets))
             .collect();
         let policy = spec
             .spec

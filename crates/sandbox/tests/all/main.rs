@@ -36,7 +36,7 @@ fn confined(sb: &Sandbox, dir: &Path, argv: &[&str], stdout: Stdio) -> Child {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&code).unwrap();
     let net = sb.new_net(false).unwrap();
-    let mut plan = sb.plan(&root, Some(&code), 16, Some(&net)).unwrap();
+    let mut plan = sb.plan(&root, Some(&code), 16, Some(&net), None).unwrap();
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..])
         .env_clear()

@@ -1,6 +1,8 @@
 //! Functions: list, get, deploy, delete.
 
-use super::{base_url, function_url, namespace, not_found, ApiResult, NsQuery};
+use super::{
+    base_url, function_url, namespace, no_namespace, not_found, ApiResult, Caller, NsQuery,
+};
 use crate::App;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -9,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use petrel_core::api::{DeployResponse, FunctionDetail, FunctionList};
+use petrel_core::auth::Action;
 use petrel_core::error::ErrorBody;
 use petrel_core::name::validate_name;
 use petrel_core::{ApiError, ErrorCode};
@@ -23,18 +26,25 @@ use petrel_dataplane::body::{collect_limited, BodyError};
     ))]
 pub async fn list(
     State(app): State<App>,
+    caller: Caller,
     q: Result<Query<NsQuery>, QueryRejection>,
 ) -> ApiResult<Json<FunctionList>> {
-    // Listing without ?namespace= shows every namespace.
+    // Listing without ?namespace= shows every namespace the caller may read.
     let filter = match &q {
         Ok(Query(NsQuery { namespace: Some(_) })) => Some(namespace(q)?),
         _ => None,
     };
-    let functions = app
+    if let Some(ns) = &filter {
+        caller.require(ns, Action::Read, || no_namespace(ns))?;
+    }
+    let mut functions = app
         .store
         .list_functions(filter.as_deref())
         .await
         .map_err(ApiError::from)?;
+    if let Some(readable) = caller.namespaces(Action::Read) {
+        functions.retain(|f| readable.contains(&f.namespace));
+    }
     Ok(Json(FunctionList { functions }))
 }
 
@@ -47,12 +57,14 @@ pub async fn list(
     ))]
 pub async fn get(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<NsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Json<FunctionDetail>> {
     let ns = namespace(q)?;
     validate_name("function name", &name).map_err(ApiError::from)?;
+    caller.require(&ns, Action::Read, || not_found(&name))?;
     let f = app
         .store
         .get_function(&ns, &name)
@@ -84,14 +96,17 @@ pub async fn get(
     ))]
 pub async fn delete(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<NsQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(q)?;
     validate_name("function name", &name).map_err(ApiError::from)?;
+    caller.require(&ns, Action::Write, || not_found(&name))?;
     if !app.delete_function(&ns, &name).await? {
         return Err(not_found(&name).into());
     }
+    app.audit(&caller, &ns, "function.delete", &name).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -111,12 +126,30 @@ pub async fn delete(
     ))]
 pub async fn deploy(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<NsQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
     let ns = namespace(q)?;
     validate_name("function name", &name).map_err(ApiError::from)?;
+    caller.require(&ns, Action::Write, || no_namespace(&ns))?;
+    // A namespace comes into being with its first function when the caller may make it (the
+    // owner, or anyone without authentication); others deploy into namespaces that exist.
+    if !app
+        .store
+        .namespace_exists(&ns)
+        .await
+        .map_err(ApiError::from)?
+    {
+        if !caller.is_owner() {
+            return Err(no_namespace(&ns).into());
+        }
+        app.store
+            .create_namespace(&ns)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let base = base_url(req.headers(), &app);
     let limit = app.config.package_limit;
     let too_large = || {
@@ -144,7 +177,14 @@ pub async fn deploy(
             .into())
         }
     };
-    let body = app.deploy(&base, ns, name, package).await?;
+    let body = app.deploy(&base, ns.clone(), name.clone(), package).await?;
+    app.audit(
+        &caller,
+        &ns,
+        "function.deploy",
+        &format!("{name}:{}", body.version),
+    )
+    .await;
     let status = if body.created {
         StatusCode::CREATED
     } else {

@@ -1,7 +1,7 @@
 //! Invocations: records of synchronous ones, async ones with their status and result, the
 //! dead-letter list and its replay, cancelling, and metered usage.
 
-use super::{bad_query, existing_function, since_ms, ApiResult};
+use super::{bad_query, existing_function, since_ms, ApiResult, Caller};
 use crate::App;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -11,6 +11,7 @@ use petrel_core::api::{
     AsyncInvocation, AsyncInvocationList, AsyncStatus, InvocationList, InvocationOutcome,
     InvocationRecord, ReplayRequest, ReplayResponse, Usage,
 };
+use petrel_core::auth::Action;
 use petrel_core::error::ErrorBody;
 use petrel_core::name::validate_name;
 use petrel_core::{ApiError, ErrorCode};
@@ -36,11 +37,12 @@ pub struct InvocationsQuery {
     ))]
 pub async fn invocations(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<InvocationsQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
-    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let ns = existing_function(&app, &caller, Action::Read, &name, q.namespace.as_deref()).await?;
     let since = since_ms(q.since.as_deref(), None)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let invocations = app
@@ -69,9 +71,19 @@ struct RecordWithStatus {
     ))]
 pub async fn invocation(
     State(app): State<App>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let missing = || {
+        ApiError::new(
+            ErrorCode::InvocationNotFound,
+            format!(
+                "no invocation {id}: the id is in the X-Petrel-Invocation-Id header of every invoke answer; records are kept for the log retention period"
+            ),
+        )
+    };
     if let Some(a) = app.store.get_async(&id).await.map_err(ApiError::from)? {
+        caller.require(&a.namespace, Action::Read, missing)?;
         return Ok(Json(serde_json::to_value(a).expect("json")));
     }
     let record = app
@@ -80,14 +92,9 @@ pub async fn invocation(
         .await
         .map_err(ApiError::from)?;
     let Some(record) = record else {
-        return Err(ApiError::new(
-            ErrorCode::InvocationNotFound,
-            format!(
-                "no invocation {id}: the id is in the X-Petrel-Invocation-Id header of every invoke answer; records are kept for the log retention period"
-            ),
-        )
-        .into());
+        return Err(missing().into());
     };
+    caller.require(&record.namespace, Action::Read, missing)?;
     let status = if record.outcome == InvocationOutcome::Success {
         AsyncStatus::Succeeded
     } else {
@@ -110,8 +117,28 @@ pub async fn invocation(
     ))]
 pub async fn cancel_invocation(
     State(app): State<App>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AsyncInvocation>> {
+    let missing = || {
+        ApiError::new(
+            ErrorCode::InvocationNotFound,
+            format!(
+                "no async invocation {id}; a synchronous invocation ends with its answer and cannot be cancelled (see `petrel inv ls NAME --async`)"
+            ),
+        )
+    };
+    let Some(found) = app.store.get_async(&id).await.map_err(ApiError::from)? else {
+        return Err(missing().into());
+    };
+    caller.require(&found.namespace, Action::Write, missing)?;
+    app.audit(
+        &caller,
+        &found.namespace,
+        "invocation.cancel",
+        &format!("{}/{id}", found.function),
+    )
+    .await;
     match app
         .store
         .cancel_async(&id, petrel_store::now_ms())
@@ -141,13 +168,7 @@ pub async fn cancel_invocation(
             ),
         )
         .into()),
-        petrel_store::Cancel::NotFound => Err(ApiError::new(
-            ErrorCode::InvocationNotFound,
-            format!(
-                "no async invocation {id}; a synchronous invocation ends with its answer and cannot be cancelled (see `petrel inv ls NAME --async`)"
-            ),
-        )
-        .into()),
+        petrel_store::Cancel::NotFound => Err(missing().into()),
     }
 }
 
@@ -166,6 +187,7 @@ pub struct UsageQuery {
     responses((status = 200, description = "Usage per function, and the totals", body = Usage)))]
 pub async fn usage(
     State(app): State<App>,
+    caller: Caller,
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> ApiResult<Json<Usage>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -177,11 +199,20 @@ pub async fn usage(
         Some(std::time::Duration::from_secs(24 * 3600)),
     )?;
     let until = petrel_store::now_ms() + 1;
-    let functions = app
+    let readable = caller.namespaces(Action::Read);
+    if let (Some(ns), Some(readable)) = (&q.namespace, &readable) {
+        if !readable.contains(ns) {
+            return Err(super::no_namespace(ns).into());
+        }
+    }
+    let mut functions = app
         .store
         .usage(q.namespace.as_deref(), since, until)
         .await
         .map_err(ApiError::from)?;
+    if let Some(readable) = &readable {
+        functions.retain(|f| readable.contains(&f.namespace));
+    }
     Ok(Json(Usage {
         since,
         until,
@@ -223,12 +254,13 @@ impl AsyncQuery {
     ))]
 pub async fn async_invocations(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
 ) -> ApiResult<Json<AsyncInvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
     let status = q.status()?;
-    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let ns = existing_function(&app, &caller, Action::Read, &name, q.namespace.as_deref()).await?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let invocations = app
         .store
@@ -247,11 +279,12 @@ pub async fn async_invocations(
     ))]
 pub async fn dead_letters(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
 ) -> ApiResult<Json<AsyncInvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
-    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let ns = existing_function(&app, &caller, Action::Read, &name, q.namespace.as_deref()).await?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let invocations = app
         .store
@@ -271,12 +304,13 @@ pub async fn dead_letters(
     ))]
 pub async fn replay(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
     body: Bytes,
 ) -> ApiResult<Json<ReplayResponse>> {
     let Query(q) = q.map_err(bad_query)?;
-    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let ns = existing_function(&app, &caller, Action::Write, &name, q.namespace.as_deref()).await?;
     let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
     } else {
@@ -287,6 +321,7 @@ pub async fn replay(
             )
         })?
     };
+    app.audit(&caller, &ns, "dlq.replay", &name).await;
     let replayed = app
         .store
         .replay_dead(&ns, &name, &req.ids, petrel_store::now_ms())

@@ -1,6 +1,6 @@
 //! A function's logs, read from the store and, when followed, from the log writer as they come.
 
-use super::{bad_query, existing_function, since_ms, ApiResult};
+use super::{bad_query, existing_function, since_ms, ApiResult, Caller};
 use crate::logs::ndjson;
 use crate::App;
 use axum::body::Body;
@@ -39,11 +39,19 @@ pub struct LogsQuery {
     ))]
 pub async fn logs(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(bad_query)?;
-    let ns = existing_function(&app, &name, q.namespace.as_deref()).await?;
+    let ns = existing_function(
+        &app,
+        &caller,
+        petrel_core::auth::Action::Read,
+        &name,
+        q.namespace.as_deref(),
+    )
+    .await?;
     let since_ts = since_ms(q.since.as_deref(), None)?;
     let (limit, tail) = match (q.tail, q.since.is_some()) {
         (Some(n), _) => (n.min(100_000), true),

@@ -9,6 +9,7 @@
 //! - `triggers.rs`: a function's event triggers, pausing and resuming them, their dead letters;
 //! - `meta.rs`: health, metrics, the document itself, and the answers to unknown routes.
 
+mod access;
 mod functions;
 mod invocations;
 mod logs;
@@ -28,6 +29,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub(crate) type ApiResult<T> = Result<T, ErrorResponse>;
+
+pub(crate) use access::{secret_context, Caller};
 
 /// The control API's routes with their document; the gateway's part of the document is added
 /// by the caller.
@@ -54,6 +57,14 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(triggers::resume))
         .routes(routes!(triggers::dead_letters))
         .routes(routes!(triggers::s3_notification))
+        .routes(routes!(access::list_namespaces, access::create_namespace))
+        .routes(routes!(access::delete_namespace, access::set_quotas))
+        .routes(routes!(access::list_keys, access::create_key))
+        .routes(routes!(access::revoke_key))
+        .routes(routes!(access::whoami))
+        .routes(routes!(access::list_secrets))
+        .routes(routes!(access::set_secret, access::delete_secret))
+        .routes(routes!(access::audit))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::metrics))
@@ -77,6 +88,14 @@ fn namespace(q: Result<Query<NsQuery>, QueryRejection>) -> Result<String, ApiErr
             .unwrap_or_else(|| petrel_core::DEFAULT_NAMESPACE.to_owned());
     validate_name("namespace", &ns)?;
     Ok(ns)
+}
+
+/// What an unknown namespace, and one the caller holds no role in, answer.
+pub(crate) fn no_namespace(ns: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NamespaceNotFound,
+        format!("no namespace named {ns} that this key may use; `petrel ns ls` lists them, an owner creates one with `petrel ns create {ns}`"),
+    )
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -103,9 +122,12 @@ pub(crate) fn function_url(base: &str, ns: &str, name: &str) -> String {
     }
 }
 
-/// The namespace of a request about a function that must exist, or the error saying why not.
+/// The namespace of a request about a function that must exist and that the caller may act on
+/// so, or the error saying why not (a namespace the caller holds no role in hides the function).
 async fn existing_function(
     app: &App,
+    caller: &Caller,
+    action: petrel_core::auth::Action,
     name: &str,
     namespace: Option<&str>,
 ) -> Result<String, ApiError> {
@@ -114,6 +136,7 @@ async fn existing_function(
         .to_owned();
     validate_name("namespace", &ns)?;
     validate_name("function name", name)?;
+    caller.require(&ns, action, || not_found(name))?;
     match app.store.get_function(&ns, name).await? {
         Some(_) => Ok(ns),
         None => Err(not_found(name)),

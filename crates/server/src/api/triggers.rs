@@ -1,12 +1,13 @@
 //! Event triggers: each trigger of a function's latest version with its state, pausing and
 //! resuming one (on every server sharing the store), and the records one gave up on.
 
-use super::{bad_query, not_found, ApiResult};
+use super::{bad_query, not_found, ApiResult, Caller};
 use crate::App;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use petrel_core::api::{TriggerDeadLetterView, TriggerDeadLetters, TriggerList, TriggerStatus};
+use petrel_core::auth::Action;
 use petrel_core::error::ErrorBody;
 use petrel_core::name::validate_name;
 use petrel_core::trigger::TriggerSpec;
@@ -37,6 +38,8 @@ pub struct TriggerQuery {
 /// The namespace, and the triggers of the function's latest version.
 async fn triggers_of(
     app: &App,
+    caller: &Caller,
+    action: Action,
     name: &str,
     namespace: Option<&str>,
 ) -> Result<(String, Vec<TriggerSpec>), ApiError> {
@@ -45,6 +48,7 @@ async fn triggers_of(
         .to_owned();
     validate_name("namespace", &ns)?;
     validate_name("function name", name)?;
+    caller.require(&ns, action, || not_found(name))?;
     let f = app
         .store
         .get_function(&ns, name)
@@ -74,29 +78,50 @@ fn no_trigger(function: &str, trigger: &str) -> ApiError {
     ))]
 pub async fn list(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerList>> {
     let Query(q) = q.map_err(bad_query)?;
-    let (ns, specs) = triggers_of(&app, &name, q.namespace.as_deref()).await?;
-    let list = app.triggers.list(&ns, &name, &specs).await.map_err(|e| {
+    let (ns, specs) =
+        triggers_of(&app, &caller, Action::Read, &name, q.namespace.as_deref()).await?;
+    let mut list = app.triggers.list(&ns, &name, &specs).await.map_err(|e| {
         tracing::error!(error = %e, "could not read trigger states");
         ApiError::internal()
     })?;
+    // A webhook's URL carries its secret: whoever has it can deliver events, so a viewer does
+    // not get it.
+    if caller.check(&ns, Action::Write).is_err() {
+        for t in &mut list.triggers {
+            t.webhook = None;
+        }
+    }
     Ok(Json(list))
 }
 
 async fn set_paused(
     app: &App,
+    caller: &Caller,
     name: &str,
     trigger: &str,
     namespace: Option<&str>,
     paused: bool,
 ) -> Result<TriggerStatus, ApiError> {
-    let (ns, specs) = triggers_of(app, name, namespace).await?;
+    let (ns, specs) = triggers_of(app, caller, Action::Write, name, namespace).await?;
     if !specs.iter().any(|s| s.name == trigger) {
         return Err(no_trigger(name, trigger));
     }
+    app.audit(
+        caller,
+        &ns,
+        if paused {
+            "trigger.pause"
+        } else {
+            "trigger.resume"
+        },
+        &format!("{name}/{trigger}"),
+    )
+    .await;
     app.store
         .set_trigger_paused(&ns, name, trigger, paused)
         .await?;
@@ -121,12 +146,13 @@ async fn set_paused(
     ))]
 pub async fn pause(
     State(app): State<App>,
+    caller: Caller,
     Path((name, trigger)): Path<(String, String)>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerStatus>> {
     let Query(q) = q.map_err(bad_query)?;
     Ok(Json(
-        set_paused(&app, &name, &trigger, q.namespace.as_deref(), true).await?,
+        set_paused(&app, &caller, &name, &trigger, q.namespace.as_deref(), true).await?,
     ))
 }
 
@@ -139,12 +165,21 @@ pub async fn pause(
     ))]
 pub async fn resume(
     State(app): State<App>,
+    caller: Caller,
     Path((name, trigger)): Path<(String, String)>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerStatus>> {
     let Query(q) = q.map_err(bad_query)?;
     Ok(Json(
-        set_paused(&app, &name, &trigger, q.namespace.as_deref(), false).await?,
+        set_paused(
+            &app,
+            &caller,
+            &name,
+            &trigger,
+            q.namespace.as_deref(),
+            false,
+        )
+        .await?,
     ))
 }
 
@@ -157,11 +192,13 @@ pub async fn resume(
     ))]
 pub async fn dead_letters(
     State(app): State<App>,
+    caller: Caller,
     Path((name, trigger)): Path<(String, String)>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerDeadLetters>> {
     let Query(q) = q.map_err(bad_query)?;
-    let (ns, specs) = triggers_of(&app, &name, q.namespace.as_deref()).await?;
+    let (ns, specs) =
+        triggers_of(&app, &caller, Action::Read, &name, q.namespace.as_deref()).await?;
     if !specs.iter().any(|s| s.name == trigger) {
         return Err(no_trigger(&name, &trigger).into());
     }
