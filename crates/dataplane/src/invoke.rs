@@ -234,6 +234,17 @@ impl DataPlane {
     pub async fn invoke(&self, target: &FunctionRef, inv: Invocation) -> Result<Answer, Failure> {
         let pool = self.resolve(target).await.map_err(Failure::refused)?;
         let version = pool.version().clone();
+        let _admitted = self
+            .inner
+            .admission
+            .admit(
+                &version.namespace,
+                &version.name,
+                version.spec.rate_limit,
+                inv.trigger.kind,
+            )
+            .await
+            .map_err(Failure::refused)?;
         let call = Call::new(self, &inv, &version);
         let prepared = prepare(self, &version, inv)
             .await

@@ -11,7 +11,9 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod apigw;
+pub use admission::NamespaceLimits;
 pub mod autoscale;
 pub mod body;
 pub mod budget;
@@ -93,6 +95,8 @@ struct Inner {
     /// Pools by (namespace, name) then version.
     pools: Mutex<HashMap<Key, HashMap<u32, Arc<Pool>>>>,
     draining: AtomicBool,
+    /// Rate limits and namespace quotas.
+    admission: admission::Admission,
 }
 
 /// The data plane. Cheap to clone.
@@ -124,6 +128,7 @@ impl DataPlane {
                 metrics: Arc::new(metrics::Metrics::default()),
                 budget: Arc::default(),
                 idle_hists: Mutex::default(),
+                admission: Default::default(),
                 records: RecordSink {
                     tx,
                     dropped: std::sync::atomic::AtomicU64::new(0),
@@ -270,6 +275,11 @@ impl DataPlane {
 
     /// The version a reference names (the latest, or one by number), loading an older version
     /// from the source when needed.
+    /// Sets a namespace's invocation quotas on this server (the default removes them).
+    pub fn set_namespace_limits(&self, ns: &str, limits: NamespaceLimits) {
+        self.inner.admission.set_namespace(ns, limits);
+    }
+
     pub async fn version_of(&self, r: &FunctionRef) -> Result<Arc<DeployedVersion>, ApiError> {
         self.resolve(r).await.map(|p| p.version().clone())
     }

@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Secrets by name with their values.
+pub type SecretValues = Vec<(String, Vec<u8>)>;
+
 /// The values of the secrets a function lists, read when one of its instances starts (so a
 /// rotated secret reaches new instances without a redeploy).
 pub trait SecretSource: Send + Sync + std::fmt::Debug {
@@ -24,7 +27,7 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug {
         &'a self,
         ns: &'a str,
         names: &'a [String],
-    ) -> petrel_core::BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, String>>;
+    ) -> petrel_core::BoxFuture<'a, Result<SecretValues, String>>;
 }
 
 /// A secret's value as a variable: text without NUL bytes only (a binary one is a file alone).

@@ -31,7 +31,7 @@ pub use error::InvokeError;
 pub use http_port::strip_hop_by_hop;
 pub use instance::{
     HttpInstance, Instance, InstanceSpec, LambdaInstance, LambdaRequest, Preloaded, Protocol,
-    SecretSource, StartTimings, Starter,
+    SecretSource, SecretValues, StartTimings, Starter,
 };
 pub use lambda_api::{LambdaOutcome, StreamHead};
 pub use logs::LogSink;

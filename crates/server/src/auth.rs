@@ -495,7 +495,7 @@ impl petrel_runtime::SecretSource for StoredSecrets {
         &'a self,
         ns: &'a str,
         names: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<(String, Vec<u8>)>, String>> {
+    ) -> BoxFuture<'a, Result<petrel_runtime::SecretValues, String>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(names.len());
             for name in names {

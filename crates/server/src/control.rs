@@ -10,7 +10,59 @@ use petrel_dataplane::DeployedVersion;
 use petrel_store::ArtifactStore;
 use std::sync::Arc;
 
+/// The quotas the data plane enforces on invocations.
+pub(crate) fn invocation_limits(q: &petrel_core::api::Quotas) -> petrel_dataplane::NamespaceLimits {
+    petrel_dataplane::NamespaceLimits {
+        max_rps: q.max_rps,
+        max_concurrency: q.max_concurrency,
+    }
+}
+
 impl App {
+    /// Refuses a deploy that would take namespace `ns` past its quotas of functions or of
+    /// memory (`max_instances × memory_mb` summed over its functions' latest versions).
+    async fn check_quotas(
+        &self,
+        ns: &str,
+        spec: &petrel_core::FunctionSpec,
+    ) -> Result<(), ApiError> {
+        let Some(text) = self.store.namespace_quotas(ns).await? else {
+            return Ok(());
+        };
+        let Ok(q) = serde_json::from_str::<petrel_core::api::Quotas>(&text) else {
+            return Ok(());
+        };
+        let latest: Vec<_> = self
+            .store
+            .latest_versions()
+            .await?
+            .into_iter()
+            .filter(|(n, v)| n == ns && v.spec.name != spec.name)
+            .collect();
+        if let Some(max) = q.max_functions {
+            if latest.len() as u32 + 1 > max {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("namespace {ns} holds {} functions, its max_functions quota: remove one (`petrel rm`), or ask the cluster's owner for a higher quota", latest.len()),
+                ));
+            }
+        }
+        if let Some(max) = q.max_memory_mb {
+            let others: u64 = latest
+                .iter()
+                .map(|(_, v)| v.spec.max_instances as u64 * v.spec.memory_mb as u64)
+                .sum();
+            let this = spec.max_instances as u64 * spec.memory_mb as u64;
+            if others + this > max {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("this version's max_instances × memory_mb ({this} MiB) with the namespace's other functions ({others} MiB) passes namespace {ns}'s max_memory_mb quota of {max} MiB: lower max_instances or memory_mb, or ask the cluster's owner for a higher quota"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses what a version's manifest asks of tenancy that cannot be given: a JWT issuer the
     /// server has none of, a secret its namespace does not hold.
     async fn check_access_keys(
@@ -150,6 +202,7 @@ impl App {
         })??;
         let (spec, digest, size) = prepared;
         self.check_access_keys(&ns, &spec).await?;
+        self.check_quotas(&ns, &spec).await?;
         let url = crate::api::function_url(base, &ns, &name);
         // The manifest is inside the package, so an equal digest means an equal version:
         // deploying the same directory twice (a restart with --deploy, a CI rerun) adds nothing.

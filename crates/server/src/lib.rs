@@ -343,6 +343,12 @@ impl Server {
         keys.bootstrap(&config.data_dir)
             .await
             .context("could not make the first owner key")?;
+        for (ns, text) in store.all_quotas().await.context("could not read quotas")? {
+            match serde_json::from_str(&text) {
+                Ok(q) => dataplane.set_namespace_limits(&ns, control::invocation_limits(&q)),
+                Err(e) => tracing::warn!(namespace = %ns, error = %e, "unreadable quotas ignored"),
+            }
+        }
         env.set_secret_source(Arc::new(auth::StoredSecrets {
             store: store.clone(),
             master: keys.master().clone(),

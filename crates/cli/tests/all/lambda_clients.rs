@@ -827,7 +827,7 @@ async fn with_access_keys_the_lambda_api_checks_signatures() {
         .http_with(
             "POST",
             "/2015-03-31/functions/sdk-py/invocations",
-            &[],
+            &[("authorization", "-")],
             b"{}".to_vec(),
         )
         .await;

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod pool;
+mod tenancy;
 mod tracing;
 mod triggers;
 mod triggers_changes;

@@ -173,6 +173,7 @@ pub async fn delete_namespace(
         }
     }
     app.audit(&caller, &ns, "namespace.remove", &ns).await;
+    app.dataplane.set_namespace_limits(&ns, Default::default());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,6 +210,8 @@ pub async fn set_quotas(
     {
         return Err(no_namespace(&ns).into());
     }
+    app.dataplane
+        .set_namespace_limits(&ns, crate::control::invocation_limits(&quotas));
     app.audit(
         &caller,
         &ns,

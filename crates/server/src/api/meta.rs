@@ -45,7 +45,7 @@ pub async fn openapi(State(app): State<App>) -> Response {
 /// Prometheus metrics (OpenMetrics text format).
 #[utoipa::path(get, path = "/metrics", tag = "server",
     responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text")))]
-pub async fn metrics(State(app): State<App>) -> Response {
+pub async fn metrics(State(app): State<App>, caller: super::Caller) -> Response {
     let backlog = match app.store.async_backlog().await {
         Ok(b) => Some(b),
         Err(e) => {
@@ -53,11 +53,14 @@ pub async fn metrics(State(app): State<App>) -> Response {
             None
         }
     };
-    let text = app.dataplane.metrics().render(
+    let mut text = app.dataplane.metrics().render(
         &app.dataplane,
         backlog.as_deref(),
         app.runtime.log_sink().dropped(),
     );
+    if let Some(readable) = caller.namespaces(petrel_core::auth::Action::Read) {
+        text = only_namespaces(&text, &readable);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -95,4 +98,42 @@ pub(crate) async fn wrong_method(req: Request) -> ErrorResponse {
             req.uri().path()
         ),
     ))
+}
+
+/// The exposition with the samples of other namespaces left out: a sample labelled
+/// `namespace="X"` stays only when X is readable; comments and node-wide samples stay.
+fn only_namespaces(text: &str, readable: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = line.starts_with('#')
+            || match line.find("namespace=\"") {
+                None => true,
+                Some(i) => {
+                    let rest = &line[i + "namespace=\"".len()..];
+                    let ns = rest.split('"').next().unwrap_or("");
+                    readable.iter().any(|r| r == ns)
+                }
+            };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn other_namespaces_samples_are_left_out() {
+        let text = "# TYPE petrel_invocations counter\n\
+            petrel_invocations_total{namespace=\"a\",function=\"f\"} 1\n\
+            petrel_invocations_total{namespace=\"b\",function=\"secret-name\"} 2\n\
+            petrel_memory_budget_bytes 5\n# EOF\n";
+        let out = super::only_namespaces(text, &["a".to_owned()]);
+        assert!(out.contains("namespace=\"a\""), "{out}");
+        assert!(!out.contains("secret-name"), "{out}");
+        assert!(out.contains("petrel_memory_budget_bytes 5"));
+        assert!(out.ends_with("# EOF\n"));
+    }
 }
