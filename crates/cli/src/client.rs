@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -29,24 +30,54 @@ impl std::error::Error for ServerError {}
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The API key sent as `Authorization: Bearer` on every request.
     token: Option<String>,
 }
 
 impl Client {
+    /// A client of `server` (`http://` or `https://`); an https server's certificate is
+    /// checked against the system's roots and the PEM file in `PETREL_CA_FILE`, if set.
     pub fn new(server: &str) -> anyhow::Result<Self> {
+        let ca = std::env::var_os("PETREL_CA_FILE").map(std::path::PathBuf::from);
+        Self::with_ca(server, ca.as_deref())
+    }
+
+    /// Like [`Client::new`], trusting the certificates in `ca` besides the system's.
+    pub fn with_ca(server: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let base = server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(anyhow!(
-                "server URL {server:?} must start with http:// (for example http://127.0.0.1:8080)"
+                "server URL {server:?} must start with http:// or https:// (for example http://127.0.0.1:8080)"
             ));
         }
         base.parse::<http::Uri>()
             .with_context(|| format!("server URL {server:?} is not a valid URL"))?;
+        let connector = if base.starts_with("https://") {
+            let tls =
+                petrel_async::tls_client_config(ca).map_err(|e| anyhow!("PETREL_CA_FILE: {e}"))?;
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .build()
+        } else {
+            // Plain http: no roots to read; https URLs are never asked of this client.
+            use tokio_rustls::rustls;
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("TLS: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            HttpsConnector::from((http, tls))
+        };
         Ok(Self {
             base,
-            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+            inner: HyperClient::builder(TokioExecutor::new()).build(connector),
             token: None,
         })
     }

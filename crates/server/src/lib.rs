@@ -11,6 +11,7 @@ mod auth;
 pub mod config;
 mod control;
 mod logs;
+mod tls;
 
 pub use config::{parse_memory_budget, ConfigFile, ServeConfig};
 pub use petrel_dataplane::keepalive;
@@ -139,6 +140,8 @@ impl VersionSource for StoreSource {
 /// A server that has bound its listener and loaded its state, ready to run.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    /// TLS on the listener, when configured.
+    tls: Option<Arc<tls::TlsFiles>>,
     router: Router,
     app: App,
     log_writer: tokio::task::JoinHandle<()>,
@@ -324,6 +327,15 @@ impl Server {
             process_standby = prewarm.process_standby,
             "cold-start and capacity settings"
         );
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(tls::TlsFiles::open(cert, key).context("TLS on the listener")?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "TLS needs both tls_cert_file and tls_key_file (--tls-cert and --tls-key)"
+            ),
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("could not listen on {}", config.listen))?;
@@ -376,6 +388,7 @@ impl Server {
         let router = router(app.clone(), control);
         Ok(Self {
             listener,
+            tls,
             router,
             app,
             log_writer,
@@ -386,6 +399,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.app.addr
+    }
+
+    /// Where clients reach this server: `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.app.addr)
     }
 
     /// A token of the owner that this process alone knows (never stored), for what the
@@ -402,6 +421,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
             router,
             app,
             log_writer,
@@ -410,24 +430,33 @@ impl Server {
         } = self;
         let grace = app.config.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        // Nagle's algorithm would hold an answer's last small write (a chunked body's final
-        // chunk) until the client acknowledged the first, and clients delay that ACK by ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        let serve = match tls {
+            Some(files) => {
+                files.spawn_reloader();
+                tracing::info!("TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN)");
+                tokio::spawn(tls::serve(listener, router, files, stop_rx.clone()))
             }
-        });
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown({
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
+            None => {
+                // Nagle's algorithm would hold an answer's last small write (a chunked body's final
+                // chunk) until the client acknowledged the first, and clients delay that ACK by ~40 ms.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+                    }
+                });
+                let serve = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown({
+                    let mut stop_rx = stop_rx.clone();
+                    async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    }
+                });
+                tokio::spawn(async move { serve.await })
             }
-        });
-        let serve = tokio::spawn(async move { serve.await });
+        };
         shutdown.await;
         tracing::info!(grace = ?grace, "stopping: finishing in-flight requests");
         // No new async work; what runs keeps its claim if it does not end in time, and this

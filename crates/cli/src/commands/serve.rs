@@ -51,6 +51,12 @@ pub(crate) struct Args {
     /// user, seccomp): only for debugging a function that fails only when confined.
     #[arg(long)]
     no_sandbox: bool,
+    /// TLS on the listener: a PEM certificate chain (reloaded when it changes, or on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Turn authentication off: every request is the owner's. Refused unless the server
     /// listens on a loopback address.
     #[arg(long)]
@@ -105,10 +111,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if args.no_auth {
         cfg.auth = false;
     }
+    if let (Some(c), Some(k)) = (args.tls_cert, args.tls_key) {
+        cfg.tls_cert_file = Some(c);
+        cfg.tls_key_file = Some(k);
+    }
     let server = petrel_server::Server::start(cfg).await?;
     let deploy_token = server.local_token();
-    let addr = server.local_addr();
-    let url = format!("http://{addr}");
+    let url = server.url();
     println!("Petrel listening on {url}");
     std::io::stdout().flush()?;
     let running = tokio::spawn(server.run(petrel_server::shutdown_signal()));

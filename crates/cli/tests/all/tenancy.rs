@@ -701,3 +701,116 @@ async fn no_auth_is_for_loopback_only() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(p.server_log().contains("authentication is off"));
 }
+
+/// `curl` over TLS: the HTTP version it spoke and the status, or its error.
+fn curl(url: &str, ca: &std::path::Path, version: &str) -> Result<(String, String), String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            version,
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (v, code) = text.split_once(' ').unwrap();
+    Ok((v.to_owned(), code.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_on_the_listener_with_http2_and_a_certificate_reloaded_on_change() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = crate::harness::test_ca(dir.path());
+    let (served_cert, served_key) = (dir.path().join("served.pem"), dir.path().join("served.key"));
+    std::fs::copy(&cert, &served_cert).unwrap();
+    std::fs::copy(&key, &served_key).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&served_cert)
+        .arg("--tls-key")
+        .arg(&served_key)
+        .env("PETREL_BOOTSTRAP_TOKEN", OWNER_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("Petrel listening on ")
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{first}");
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+
+    // HTTP/2 and HTTP/1.1 by ALPN, on the same port.
+    let health = format!("{url}/healthz");
+    assert_eq!(
+        curl(&health, &ca, "--http2").unwrap(),
+        ("2".into(), "200".into())
+    );
+    assert_eq!(
+        curl(&health, &ca, "--http1.1").unwrap(),
+        ("1.1".into(), "200".into())
+    );
+    // The CLI speaks https, trusting the CA it is given, and no other.
+    let cli = |ca: Option<&std::path::Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["ls"])
+            .env("PETREL_SERVER", &url)
+            .env("PETREL_TOKEN", OWNER_TOKEN)
+            .env("PETREL_CONFIG", dir.path().join("profiles.toml"));
+        if let Some(ca) = ca {
+            c.env("PETREL_CA_FILE", ca);
+        }
+        c.output().unwrap()
+    };
+    let out = cli(Some(&ca));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach Petrel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A new certificate (of another CA) replaces the files: served without a restart.
+    let dir2 = tempfile::tempdir().unwrap();
+    let [ca2, cert2, key2] = crate::harness::test_ca(dir2.path());
+    std::fs::copy(&key2, &served_key).unwrap();
+    std::fs::copy(&cert2, &served_cert).unwrap();
+    let switched = eventually(Duration::from_secs(20), || {
+        curl(&health, &ca2, "--http2").is_ok()
+    })
+    .await;
+    assert!(switched, "the new certificate was never served");
+    assert!(
+        curl(&health, &ca, "--http2").is_err(),
+        "the old certificate is still served"
+    );
+    // A broken file keeps the certificate in use.
+    std::fs::write(&served_cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(curl(&health, &ca2, "--http2").is_ok());
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("the previous one stays in use"), "{log}");
+    crate::harness::signal(child.id(), "TERM");
+    crate::harness::wait_exit(&mut child, Duration::from_secs(30));
+}
