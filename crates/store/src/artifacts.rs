@@ -179,9 +179,44 @@ impl ArtifactStore {
                     entry.name()
                 ))
             })?;
+            // Paths that the package's own entries make impossible (a file where a directory
+            // must go, a file named like the root) are the package's fault, not the server's.
+            let name = entry.name().to_owned();
+            let clash = |out: &Path| {
+                let (out, name) = (out.to_owned(), name.clone());
+                move |source: std::io::Error| {
+                    use std::io::ErrorKind::*;
+                    match source.kind() {
+                        IsADirectory | NotADirectory | AlreadyExists => StoreError::InvalidPackage(format!(
+                            "entry {name:?} cannot be unpacked: another entry is in its way ({source})"
+                        )),
+                        _ => StoreError::Io { path: out, source },
+                    }
+                }
+            };
+            // `a/./b/../c` as `a/c`: what the entry names, written plainly.
+            let rel = rel.components().fold(PathBuf::new(), |mut p, c| {
+                match c {
+                    std::path::Component::Normal(n) => p.push(n),
+                    std::path::Component::ParentDir => {
+                        p.pop();
+                    }
+                    _ => {}
+                }
+                p
+            });
+            if rel.as_os_str().is_empty() {
+                if entry.is_dir() {
+                    continue;
+                }
+                return Err(StoreError::InvalidPackage(format!(
+                    "entry {:?} names the package's root directory, not a file in it",
+                    entry.name()
+                )));
+            }
             let out = dir.join(&rel);
             if entry.is_dir() {
-                std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+                std::fs::create_dir_all(&out).map_err(clash(&out))?;
                 continue;
             }
             if entry.is_symlink() {
@@ -191,9 +226,9 @@ impl ArtifactStore {
                 )));
             }
             if let Some(parent) = out.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                std::fs::create_dir_all(parent).map_err(clash(parent))?;
             }
-            let mut f = std::fs::File::create(&out).map_err(io_err(&out))?;
+            let mut f = std::fs::File::create(&out).map_err(clash(&out))?;
             // Count what is actually written, not what the header claims.
             let budget = self.limits.max_unpacked_bytes - total;
             let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut f).map_err(|e| {

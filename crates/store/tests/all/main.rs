@@ -8,6 +8,7 @@ use sqlx::Connection;
 use std::io::Write;
 
 mod artifacts;
+mod hostile_packages;
 
 fn spec(name: &str, runtime: &str) -> FunctionSpec {
     let handler = if runtime == "http" {
