@@ -537,4 +537,55 @@ mod tests {
             "MissingAuthenticationTokenException"
         );
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn auth_header() -> impl Strategy<Value = String> {
+            let field = prop_oneof![
+                "Credential=[A-Za-z0-9/_-]{0,40}",
+                "SignedHeaders=[a-z;-]{0,30}",
+                "Signature=[0-9a-f]{0,64}",
+                "\\PC{0,20}",
+            ];
+            (
+                prop_oneof![Just("AWS4-HMAC-SHA256 "), Just(""), Just("Bearer ")],
+                prop::collection::vec(field, 0..5),
+            )
+                .prop_map(|(scheme, fields)| format!("{scheme}{}", fields.join(", ")))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Whatever a client sends, the check answers (never panics), and a signature it did
+            /// not compute with the secret never passes.
+            #[test]
+            fn hostile_signatures_are_refused(
+                auth in auth_header(),
+                date in prop_oneof!["[0-9TZ]{0,16}", Just("20150830T123600Z".to_owned())],
+                path in "/[a-zA-Z0-9%/._~-]{0,30}",
+                query in "[a-zA-Z0-9=&%+._-]{0,30}",
+                body in prop::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                    h.insert(http::header::AUTHORIZATION, v);
+                }
+                if let Ok(v) = http::HeaderValue::from_str(&date) {
+                    h.insert("x-amz-date", v);
+                }
+                h.insert("host", http::HeaderValue::from_static("example.amazonaws.com"));
+                let uri: http::Uri = match format!("{path}?{query}").parse() {
+                    Ok(u) => u,
+                    Err(_) => return Ok(()),
+                };
+                let at = parse_amz_date("20150830T123600Z").unwrap();
+                let r = verify(&[key(SECRET)], "GET", &uri, &h, &body, at);
+                prop_assert!(r.is_err());
+                let _ = access_key_id(&h);
+            }
+        }
+    }
 }

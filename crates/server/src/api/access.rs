@@ -150,7 +150,7 @@ pub async fn create_namespace(
 pub async fn delete_namespace(
     State(app): State<App>,
     caller: Caller,
-    Path(ns): Path<String>,
+    petrel_gateway::Checked(Path(ns)): petrel_gateway::Checked<Path<String>>,
 ) -> ApiResult<StatusCode> {
     caller.require_owner("removing a namespace")?;
     validate_name("namespace", &ns).map_err(ApiError::from)?;
@@ -189,7 +189,7 @@ pub async fn delete_namespace(
 pub async fn set_quotas(
     State(app): State<App>,
     caller: Caller,
-    Path(ns): Path<String>,
+    petrel_gateway::Checked(Path(ns)): petrel_gateway::Checked<Path<String>>,
     body: Bytes,
 ) -> ApiResult<Json<Quotas>> {
     caller.require_owner("setting quotas")?;
@@ -356,7 +356,7 @@ fn describe_roles(roles: &[(String, Role)], owner: bool) -> String {
 pub async fn revoke_key(
     State(app): State<App>,
     caller: Caller,
-    Path(id): Path<String>,
+    petrel_gateway::Checked(Path(id)): petrel_gateway::Checked<Path<String>>,
 ) -> ApiResult<StatusCode> {
     let missing = || {
         ApiError::new(
@@ -480,7 +480,7 @@ const MAX_SECRET_BYTES: usize = 64 * 1024;
 pub async fn set_secret(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<SecretQuery>, QueryRejection>,
     body: Bytes,
 ) -> ApiResult<Json<SecretInfo>> {
@@ -535,7 +535,7 @@ pub(crate) fn secret_context(ns: &str, name: &str) -> String {
 pub async fn delete_secret(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<SecretQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let ns = secret_ns(q)?;

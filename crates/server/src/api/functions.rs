@@ -58,7 +58,7 @@ pub async fn list(
 pub async fn get(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<NsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Json<FunctionDetail>> {
@@ -97,7 +97,7 @@ pub async fn get(
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<NsQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(q)?;
@@ -127,7 +127,7 @@ pub async fn delete(
 pub async fn deploy(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<NsQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {

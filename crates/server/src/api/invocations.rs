@@ -38,7 +38,7 @@ pub struct InvocationsQuery {
 pub async fn invocations(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<InvocationsQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -72,7 +72,7 @@ struct RecordWithStatus {
 pub async fn invocation(
     State(app): State<App>,
     caller: Caller,
-    Path(id): Path<String>,
+    petrel_gateway::Checked(Path(id)): petrel_gateway::Checked<Path<String>>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let missing = || {
         ApiError::new(
@@ -118,7 +118,7 @@ pub async fn invocation(
 pub async fn cancel_invocation(
     State(app): State<App>,
     caller: Caller,
-    Path(id): Path<String>,
+    petrel_gateway::Checked(Path(id)): petrel_gateway::Checked<Path<String>>,
 ) -> ApiResult<Json<AsyncInvocation>> {
     let missing = || {
         ApiError::new(
@@ -255,7 +255,7 @@ impl AsyncQuery {
 pub async fn async_invocations(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
 ) -> ApiResult<Json<AsyncInvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -280,7 +280,7 @@ pub async fn async_invocations(
 pub async fn dead_letters(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
 ) -> ApiResult<Json<AsyncInvocationList>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -305,7 +305,7 @@ pub async fn dead_letters(
 pub async fn replay(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<AsyncQuery>, QueryRejection>,
     body: Bytes,
 ) -> ApiResult<Json<ReplayResponse>> {

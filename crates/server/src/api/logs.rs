@@ -40,7 +40,7 @@ pub struct LogsQuery {
 pub async fn logs(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(bad_query)?;

@@ -79,7 +79,7 @@ fn no_trigger(function: &str, trigger: &str) -> ApiError {
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-    Path(name): Path<String>,
+    petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerList>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -147,7 +147,7 @@ async fn set_paused(
 pub async fn pause(
     State(app): State<App>,
     caller: Caller,
-    Path((name, trigger)): Path<(String, String)>,
+    petrel_gateway::Checked(Path((name, trigger))): petrel_gateway::Checked<Path<(String, String)>>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerStatus>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -166,7 +166,7 @@ pub async fn pause(
 pub async fn resume(
     State(app): State<App>,
     caller: Caller,
-    Path((name, trigger)): Path<(String, String)>,
+    petrel_gateway::Checked(Path((name, trigger))): petrel_gateway::Checked<Path<(String, String)>>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerStatus>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -193,7 +193,7 @@ pub async fn resume(
 pub async fn dead_letters(
     State(app): State<App>,
     caller: Caller,
-    Path((name, trigger)): Path<(String, String)>,
+    petrel_gateway::Checked(Path((name, trigger))): petrel_gateway::Checked<Path<(String, String)>>,
     q: Result<Query<TriggerQuery>, QueryRejection>,
 ) -> ApiResult<Json<TriggerDeadLetters>> {
     let Query(q) = q.map_err(bad_query)?;
@@ -237,7 +237,7 @@ pub async fn dead_letters(
     ))]
 pub async fn s3_notification(
     State(app): State<App>,
-    Path((name, trigger)): Path<(String, String)>,
+    petrel_gateway::Checked(Path((name, trigger))): petrel_gateway::Checked<Path<(String, String)>>,
     q: Result<Query<WebhookQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<WebhookAccepted>> {
