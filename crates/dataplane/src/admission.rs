@@ -25,8 +25,9 @@ struct Bucket {
 impl Bucket {
     fn new(per_second: f64, burst: u32) -> Self {
         Self {
-            rate: per_second,
-            burst: burst as f64,
+            // A rate of zero would never refill (and divide by zero): at least one a minute.
+            rate: per_second.max(1.0 / 60.0),
+            burst: burst.max(1) as f64,
             state: Mutex::new((burst as f64, Instant::now())),
         }
     }

@@ -372,6 +372,7 @@ impl Server {
         let (control, doc) = api::routes().split_for_parts();
         let mut doc = doc;
         doc.merge(<petrel_gateway::ApiDoc as utoipa::OpenApi>::openapi());
+        api::document_access(&mut doc);
         let app = App {
             store,
             artifacts,

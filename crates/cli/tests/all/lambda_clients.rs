@@ -61,7 +61,7 @@ fn aws_sdk_js() -> PathBuf {
 
 /// `pip install --target` of one pinned package, cached per machine across test runs (and
 /// installed by one test at a time).
-fn pip_target(package: &str) -> PathBuf {
+pub(crate) fn pip_target(package: &str) -> PathBuf {
     static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("petrel-test-{}", package.replace("==", "-")));

@@ -814,3 +814,53 @@ async fn tls_on_the_listener_with_http2_and_a_certificate_reloaded_on_change() {
     crate::harness::signal(child.id(), "TERM");
     crate::harness::wait_exit(&mut child, Duration::from_secs(30));
 }
+
+/// schemathesis, from PyPI (the newest when this was written), cached per machine.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_holds_up_under_schemathesis() {
+    let p = Petrel::start().await;
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-python");
+    p.deploy(&example);
+    let st = tokio::task::spawn_blocking(|| crate::lambda_clients::pip_target(SCHEMATHESIS))
+        .await
+        .unwrap();
+    let (url, auth) = (
+        format!("{}/v1/openapi.json", p.url),
+        format!("Authorization: Bearer {}", p.token),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-m", "schemathesis.cli", "run", &url, "-H", &auth])
+            // No 5xx; every answer's status, content type and body as the document says
+            // (errors in the contract's shape).
+            .args([
+                "-c",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                "-n",
+                "25",
+                "--seed",
+                "20261203",
+                "--no-color",
+                // The deploy upload is a zip, which schemathesis cannot make; hostile packages
+                // have property tests of their own (petrel-store).
+                "--exclude-operation-id",
+                "deploy",
+            ])
+            .env("PYTHONPATH", st)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let summary = report.rsplit("SUMMARY").next().unwrap_or(&report);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(summary.contains("passed"), "{summary}");
+}

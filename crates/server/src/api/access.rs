@@ -200,6 +200,20 @@ pub async fn set_quotas(
             e,
         )
     })?;
+    for (key, v) in [
+        ("max_functions", quotas.max_functions.map(u64::from)),
+        ("max_memory_mb", quotas.max_memory_mb),
+        ("max_concurrency", quotas.max_concurrency.map(u64::from)),
+        ("max_rps", quotas.max_rps.map(u64::from)),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("{key} must be at least 1; leave it out for no limit"),
+            )
+            .into());
+        }
+    }
     let stored =
         (quotas != Quotas::default()).then(|| serde_json::to_string(&quotas).expect("json"));
     if !app

@@ -123,6 +123,7 @@ pub async fn delete(
         (status = 200, description = "A version was added (or the package was unchanged)", body = DeployResponse),
         (status = 400, description = "An invalid manifest or package", body = ErrorBody),
         (status = 413, description = "Over the package limit", body = ErrorBody),
+        (status = 429, description = "Over the namespace's max_functions or max_memory_mb quota", body = ErrorBody),
     ))]
 pub async fn deploy(
     State(app): State<App>,

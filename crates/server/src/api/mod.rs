@@ -161,3 +161,60 @@ fn since_ms(
         .map(|d| petrel_store::now_ms() - d.as_millis() as i64)
         .unwrap_or(0))
 }
+
+/// Adds what every operation may answer because of tenancy and input checks (400, 401, 403 in
+/// the contract's error shape) and the bearer-token scheme, so the document says what the
+/// server does. `/healthz` and the s3 webhook take no key; their 401 and 403 never come.
+pub(crate) fn document_access(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |what: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let r = &mut op.responses.responses;
+            if !r.contains_key("4XX") {
+                r.entry("400".into()).or_insert_with(|| {
+                    error("An invalid request: the message says what to change")
+                });
+                r.entry("401".into()).or_insert_with(|| {
+                    error("No API key, or an unknown or revoked one (Authorization: Bearer TOKEN)")
+                });
+                r.entry("403".into())
+                    .or_insert_with(|| error("The key's role does not allow this"));
+                r.entry("404".into()).or_insert_with(|| {
+                    error("No such object, or one of a namespace the key holds no role in (they answer alike)")
+                });
+            }
+        }
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    doc.security = Some(vec![SecurityRequirement::new(
+        "bearer",
+        Vec::<String>::new(),
+    )]);
+}
