@@ -10,14 +10,6 @@ use petrel_dataplane::DeployedVersion;
 use petrel_store::ArtifactStore;
 use std::sync::Arc;
 
-/// The quotas the data plane enforces on invocations.
-pub(crate) fn invocation_limits(q: &petrel_core::api::Quotas) -> petrel_dataplane::NamespaceLimits {
-    petrel_dataplane::NamespaceLimits {
-        max_rps: q.max_rps,
-        max_concurrency: q.max_concurrency,
-    }
-}
-
 impl App {
     /// Refuses a deploy that would take namespace `ns` past its quotas of functions or of
     /// memory (`max_instances × memory_mb` summed over its functions' latest versions).

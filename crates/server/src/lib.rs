@@ -357,7 +357,7 @@ impl Server {
             .context("could not make the first owner key")?;
         for (ns, text) in store.all_quotas().await.context("could not read quotas")? {
             match serde_json::from_str(&text) {
-                Ok(q) => dataplane.set_namespace_limits(&ns, control::invocation_limits(&q)),
+                Ok(q) => dataplane.set_namespace_limits(&ns, api::invocation_limits(&q)),
                 Err(e) => tracing::warn!(namespace = %ns, error = %e, "unreadable quotas ignored"),
             }
         }

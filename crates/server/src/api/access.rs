@@ -225,7 +225,7 @@ pub async fn set_quotas(
         return Err(no_namespace(&ns).into());
     }
     app.dataplane
-        .set_namespace_limits(&ns, crate::control::invocation_limits(&quotas));
+        .set_namespace_limits(&ns, super::invocation_limits(&quotas));
     app.audit(
         &caller,
         &ns,

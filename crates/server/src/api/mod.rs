@@ -218,3 +218,11 @@ pub(crate) fn document_access(doc: &mut utoipa::openapi::OpenApi) {
         Vec::<String>::new(),
     )]);
 }
+
+/// The quotas the data plane enforces on invocations.
+pub(crate) fn invocation_limits(q: &petrel_core::api::Quotas) -> petrel_dataplane::NamespaceLimits {
+    petrel_dataplane::NamespaceLimits {
+        max_rps: q.max_rps,
+        max_concurrency: q.max_concurrency,
+    }
+}
