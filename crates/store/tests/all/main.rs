@@ -110,7 +110,91 @@ both_backends!(
     async_claims_are_exclusive_guarded_and_resumable,
     aliases_name_versions_and_go_with_their_function,
     trigger_states_count_pause_and_claim_cron_fires_once,
+    tenancy_keeps_namespaces_keys_secrets_and_audit,
 );
+
+async fn tenancy_keeps_namespaces_keys_secrets_and_audit(store: Store) {
+    use petrel_store::{AuditEntry, KeyRecord};
+    // `default` exists from the start; others are made once.
+    assert!(store.namespace_exists("default").await.unwrap());
+    assert!(store.create_namespace("a").await.unwrap());
+    assert!(!store.create_namespace("a").await.unwrap());
+    assert!(store
+        .set_namespace_quotas("a", Some("{\"max_rps\":5}"))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.namespace_quotas("a").await.unwrap().as_deref(),
+        Some("{\"max_rps\":5}")
+    );
+    assert!(!store.set_namespace_quotas("nope", None).await.unwrap());
+    assert_eq!(store.all_quotas().await.unwrap().len(), 1);
+    // Keys with their roles; revoked once.
+    assert_eq!(store.key_count().await.unwrap(), 0);
+    let k = KeyRecord {
+        id: "k1".into(),
+        description: "ci".into(),
+        hash: "$argon2id$...".into(),
+        owner: false,
+        sigv4: Some("sealed".into()),
+        created_by: Some("owner".into()),
+        created_at: 5,
+        revoked_at: None,
+        roles: vec![
+            ("a".into(), "developer".into()),
+            ("default".into(), "viewer".into()),
+        ],
+    };
+    store.insert_key(&k).await.unwrap();
+    let mut got = store.key("k1").await.unwrap().unwrap();
+    got.roles.sort();
+    assert_eq!(got, k);
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    assert!(store.revoke_key("k1").await.unwrap());
+    assert!(!store.revoke_key("k1").await.unwrap());
+    assert!(store.key("k1").await.unwrap().unwrap().revoked_at.is_some());
+    // Secrets: a version per set.
+    assert_eq!(store.put_secret("a", "db", "s1").await.unwrap(), 1);
+    assert_eq!(store.put_secret("a", "db", "s2").await.unwrap(), 2);
+    let sec = store.secret("a", "db").await.unwrap().unwrap();
+    assert_eq!((sec.sealed.as_str(), sec.version), ("s2", 2));
+    assert!(store.secret("default", "db").await.unwrap().is_none());
+    assert_eq!(store.list_secrets("a").await.unwrap().len(), 1);
+    // The audit log, per namespace, newest first.
+    for (ns, action) in [("a", "one"), ("a", "two"), ("default", "three")] {
+        store
+            .insert_audit(&AuditEntry {
+                ts: 1,
+                namespace: Some(ns.into()),
+                action: action.into(),
+                target: "t".into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let a: Vec<_> = store
+        .list_audit(Some("a"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(a, ["two", "one"]);
+    assert_eq!(store.list_audit(None, 2).await.unwrap().len(), 2);
+    // A namespace that holds functions stays; an empty one goes with its roles and secrets.
+    store
+        .create_version("a", &spec("f", "python3"), "d", 1)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_namespace("a").await.unwrap(), Err(1));
+    assert!(store.delete_function("a", "f").await.unwrap());
+    assert_eq!(store.delete_namespace("a").await.unwrap(), Ok(true));
+    assert_eq!(store.delete_namespace("a").await.unwrap(), Ok(false));
+    assert!(store.secret("a", "db").await.unwrap().is_none());
+    assert_eq!(store.key("k1").await.unwrap().unwrap().roles.len(), 1);
+}
 
 async fn trigger_states_count_pause_and_claim_cron_fires_once(store: Store) {
     use petrel_store::TriggerCounts;
