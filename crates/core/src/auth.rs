@@ -247,6 +247,50 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
         &'a self,
         access_key_id: &'a str,
     ) -> crate::BoxFuture<'a, Result<Option<(String, Principal)>, ApiError>>;
+    /// Whether the server has a JWT issuer, so that `invoke_auth = "jwt"` can be checked.
+    fn jwt_configured(&self) -> bool {
+        false
+    }
+    /// The claims of a JWT of the server's issuer, once its signature, issuer, audience and
+    /// times check; `unauthorized` saying why otherwise.
+    fn verify_jwt<'a>(
+        &'a self,
+        _token: &'a str,
+    ) -> crate::BoxFuture<'a, Result<serde_json::Map<String, serde_json::Value>, ApiError>> {
+        Box::pin(async {
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this server has no JWT issuer configured ([jwt] in its config file)",
+            ))
+        })
+    }
+}
+
+/// The header a function finds a verified JWT's claims in (JSON, non-ASCII escaped); Petrel
+/// removes any a caller sends.
+pub const JWT_CLAIMS_HEADER: &str = "x-petrel-jwt-claims";
+
+/// `claims` as one line of JSON that is safe in an HTTP header: non-ASCII characters escaped.
+pub fn claims_header(claims: &serde_json::Map<String, serde_json::Value>) -> String {
+    let text = serde_json::to_string(claims).expect("JSON values serialise");
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a bearer token is a JWT (three base64url parts, a JSON header) rather than a
+/// Petrel API key (which holds no dot).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.split('.').count() == 3
 }
 
 /// No authentication: every request is [`Principal::Anyone`] (tests, embedded use).
@@ -377,5 +421,16 @@ mod tests {
         assert_eq!(Role::parse("developer").unwrap(), Role::Developer);
         let e = Role::parse("owner").unwrap_err();
         assert!(e.message.contains("--owner"), "{}", e.message);
+    }
+
+    #[test]
+    fn claims_header_is_ascii_json() {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"name":"Zoë 🐦","n":1,"l":["a"]}"#).unwrap();
+        let h = claims_header(&claims);
+        // What an HTTP header value may hold: visible ASCII and spaces.
+        assert!(h.bytes().all(|b| (0x20..0x7f).contains(&b)), "{h}");
+        let back: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&h).unwrap();
+        assert_eq!(back, claims);
     }
 }

@@ -72,6 +72,57 @@ struct RequestContext<'a> {
     stage: &'static str,
     time: String,
     time_epoch: i64,
+    /// A verified JWT's claims, as an HTTP API's JWT authorizer hands them on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizer: Option<Authorizer>,
+}
+
+#[derive(Debug, Serialize)]
+struct Authorizer {
+    jwt: JwtDescription,
+}
+
+#[derive(Debug, Serialize)]
+struct JwtDescription {
+    /// Every claim as text, as API Gateway gives them: numbers and booleans written out, a
+    /// list as `[a b]`, an object as its JSON.
+    claims: BTreeMap<String, String>,
+    /// The `scope` claim split at spaces (or the `scp` list); `null` without one.
+    scopes: Option<Vec<String>>,
+}
+
+/// The authorizer part of the event, from the claims the gateway put on the request.
+fn authorizer(headers: &HeaderMap) -> Option<Authorizer> {
+    let text = headers
+        .get(petrel_core::auth::JWT_CLAIMS_HEADER)?
+        .to_str()
+        .ok()?;
+    let claims: serde_json::Map<String, Value> = serde_json::from_str(text).ok()?;
+    fn as_text(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(items) => format!(
+                "[{}]",
+                items.iter().map(as_text).collect::<Vec<_>>().join(" ")
+            ),
+            other => other.to_string(),
+        }
+    }
+    let scopes = match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => Some(s.split_whitespace().map(str::to_owned).collect()),
+        (_, Some(Value::Array(items))) => Some(items.iter().map(as_text).collect()),
+        (_, Some(Value::String(s))) => Some(s.split_whitespace().map(str::to_owned).collect()),
+        _ => None,
+    };
+    Some(Authorizer {
+        jwt: JwtDescription {
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.clone(), as_text(v)))
+                .collect(),
+            scopes,
+        },
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +146,10 @@ pub(crate) fn event<'a>(
     let mut headers = BTreeMap::new();
     let mut cookies = Vec::new();
     for name in parts.headers.keys() {
+        if name == petrel_core::auth::JWT_CLAIMS_HEADER {
+            // In `requestContext.authorizer` instead.
+            continue;
+        }
         let values: Vec<&str> = parts
             .headers
             .get_all(name)
@@ -172,6 +227,7 @@ pub(crate) fn event<'a>(
             stage: "$default",
             time: clf_time(now_ms),
             time_epoch: now_ms,
+            authorizer: authorizer(&parts.headers),
         },
         body,
         is_base64_encoded,
@@ -376,6 +432,38 @@ mod tests {
         assert_eq!(back.path_parameters["proxy"], "a/b");
         assert_eq!(back.body.as_deref(), Some("hello"));
         assert!(!back.is_base64_encoded);
+    }
+
+    /// A verified JWT's claims reach a handler as an HTTP API's JWT authorizer gives them, in
+    /// the shape the official Rust types read.
+    #[test]
+    fn jwt_claims_become_the_authorizer_context() {
+        use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+        let claims = r#"{"sub":"u-1","aud":["a","b"],"exp":1764154978,"admin":true,"scope":"read write","org":{"id":7}}"#;
+        let p = parts("/", &[(petrel_core::auth::JWT_CLAIMS_HEADER, claims)]);
+        let json = serde_json::to_value(event(&p, &Bytes::new(), "r", None, 0)).unwrap();
+        let jwt = &json["requestContext"]["authorizer"]["jwt"];
+        assert_eq!(jwt["claims"]["sub"], "u-1");
+        assert_eq!(jwt["claims"]["aud"], "[a b]");
+        assert_eq!(jwt["claims"]["exp"], "1764154978");
+        assert_eq!(jwt["claims"]["admin"], "true");
+        assert_eq!(jwt["claims"]["org"], r#"{"id":7}"#);
+        assert_eq!(jwt["scopes"], json!(["read", "write"]));
+        // Only in the authorizer, not among the headers.
+        assert!(json["headers"]
+            .get(petrel_core::auth::JWT_CLAIMS_HEADER)
+            .is_none());
+        let back: ApiGatewayV2httpRequest = serde_json::from_value(json).unwrap();
+        let read = back.request_context.authorizer.unwrap().jwt.unwrap();
+        assert_eq!(read.claims["sub"], "u-1");
+        assert_eq!(
+            read.scopes,
+            Some(vec!["read".to_owned(), "write".to_owned()])
+        );
+        // Without claims there is no authorizer.
+        let plain =
+            serde_json::to_value(event(&parts("/", &[]), &Bytes::new(), "r", None, 0)).unwrap();
+        assert!(plain["requestContext"].get("authorizer").is_none());
     }
 
     #[test]

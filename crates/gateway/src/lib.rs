@@ -26,7 +26,10 @@ use petrel_async::AsyncQueue;
 use petrel_core::api::{
     AsyncAccepted, AsyncKind, Trigger, DUPLICATE_HEADER, INVOCATION_ID_HEADER, VERSION_HEADER,
 };
-use petrel_core::auth::{principal_of, Action, Authenticator, InvokeAuth};
+use petrel_core::auth::{
+    claims_header, looks_like_jwt, principal_of, Action, Authenticator, InvokeAuth,
+    JWT_CLAIMS_HEADER,
+};
 use petrel_core::{ApiError, ErrorCode, FunctionRef};
 use petrel_dataplane::trace::TraceContext;
 use petrel_dataplane::{new_invocation_id, read_body, Answer, DataPlane, Invocation, Payload};
@@ -93,8 +96,12 @@ pub struct Gateway {
 /// and takes the caller's API key off the request (a function never sees its callers' keys).
 /// Without a key, an unknown function answers as one that needs a key does, so that names do
 /// not leak to callers who are not known; with a key, one of a namespace the key holds no role
-/// in answers as unknown.
+/// in answers as unknown. A `jwt` function takes a JWT of the server's issuer, whose claims it
+/// finds in [`JWT_CLAIMS_HEADER`] (and Lambda handlers in `requestContext.authorizer.jwt`), or
+/// an API key with `invoker`, for the services that call it.
 async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Result<(), ApiError> {
+    // Only Petrel puts claims on a request: a caller's own are dropped whatever the mode.
+    req.headers_mut().remove(JWT_CLAIMS_HEADER);
     if !gw.auth.enabled() {
         return Ok(());
     }
@@ -116,19 +123,39 @@ async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Res
         }
         Err(e) => return Err(e),
     };
-    match version.spec.invoke_auth {
-        InvokeAuth::Public => Ok(()),
-        InvokeAuth::Key | InvokeAuth::Jwt => {
-            let principal = principal_of(gw.auth.as_ref(), authorization.as_deref())
-                .await?
-                .ok_or_else(petrel_core::auth::missing_key)?;
-            principal.require(&target.namespace, Action::Invoke, || {
-                petrel_dataplane::not_found(target)
-            })?;
-            req.headers_mut().remove(header::AUTHORIZATION);
-            Ok(())
+    let mode = version.spec.invoke_auth;
+    if mode == InvokeAuth::Public {
+        return Ok(());
+    }
+    if mode == InvokeAuth::Jwt {
+        let token = authorization.as_deref().and_then(petrel_core::auth::bearer);
+        match token {
+            Some(t) if looks_like_jwt(t) => {
+                let claims = gw.auth.verify_jwt(t).await?;
+                let value = HeaderValue::from_str(&claims_header(&claims)).map_err(|_| {
+                    ApiError::new(ErrorCode::Unauthorized, "this JWT's claims cannot be handed on")
+                })?;
+                // The token stays on the request: the function may pass it on to what it calls.
+                req.headers_mut().insert(JWT_CLAIMS_HEADER, value);
+                return Ok(());
+            }
+            Some(_) => {}
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "this function needs a JWT of the server's issuer (or an API key with invoker): send `Authorization: Bearer TOKEN`",
+                ))
+            }
         }
     }
+    let principal = principal_of(gw.auth.as_ref(), authorization.as_deref())
+        .await?
+        .ok_or_else(petrel_core::auth::missing_key)?;
+    principal.require(&target.namespace, Action::Invoke, || {
+        petrel_dataplane::not_found(target)
+    })?;
+    req.headers_mut().remove(header::AUTHORIZATION);
+    Ok(())
 }
 
 /// The gateway's routes; merge them into the server's router.

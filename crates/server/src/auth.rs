@@ -192,6 +192,8 @@ struct KeysInner {
     checked: Mutex<HashMap<String, Checked>>,
     /// This process's own owner token (memory only) and its SHA-256.
     local: (String, [u8; 32]),
+    /// The issuer `invoke_auth = "jwt"` trusts, if any.
+    jwt: Option<Arc<crate::jwt::JwtIssuer>>,
 }
 
 fn unknown_key() -> ApiError {
@@ -213,6 +215,7 @@ impl Keys {
         store: Store,
         master: MasterKey,
         lambda_keys: &[petrel_aws::AccessKey],
+        jwt: Option<Arc<crate::jwt::JwtIssuer>>,
     ) -> Self {
         Self {
             inner: Arc::new(KeysInner {
@@ -229,6 +232,7 @@ impl Keys {
                     let sha = Sha256::digest(t.as_bytes()).into();
                     (t, sha)
                 },
+                jwt,
             }),
         }
     }
@@ -389,6 +393,25 @@ fn grant_of(k: &KeyRecord) -> KeyGrant {
 impl Authenticator for Keys {
     fn enabled(&self) -> bool {
         self.inner.enabled
+    }
+
+    fn jwt_configured(&self) -> bool {
+        self.inner.jwt.is_some()
+    }
+
+    fn verify_jwt<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Map<String, serde_json::Value>, ApiError>> {
+        Box::pin(async move {
+            match &self.inner.jwt {
+                Some(issuer) => issuer.verify(token).await,
+                None => Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "this server has no JWT issuer configured ([jwt] in its config file)",
+                )),
+            }
+        })
     }
 
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, ApiError>> {

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     /// change or on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// The issuer whose JWTs `invoke_auth = "jwt"` functions accept.
+    pub jwt: Option<crate::jwt::JwtConfig>,
 }
 
 impl Default for ServeConfig {
@@ -85,6 +87,7 @@ impl Default for ServeConfig {
             master_key_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            jwt: None,
         }
     }
 }
@@ -120,6 +123,60 @@ pub struct ConfigFile {
     pub master_key_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    pub jwt: Option<JwtTable>,
+}
+
+/// The `[jwt]` table: the issuer `invoke_auth = "jwt"` functions trust.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtTable {
+    pub issuer: String,
+    pub jwks_url: Option<String>,
+    pub audience: Audience,
+    pub clock_skew: Option<String>,
+}
+
+/// One audience or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl JwtTable {
+    fn check(self) -> anyhow::Result<crate::jwt::JwtConfig> {
+        let url = |u: &str, key: &str| {
+            anyhow::ensure!(
+                u.starts_with("https://") || u.starts_with("http://"),
+                "[jwt] {key} = {u:?} must be an http:// or https:// URL"
+            );
+            Ok(())
+        };
+        url(&self.issuer, "issuer")?;
+        if let Some(j) = &self.jwks_url {
+            url(j, "jwks_url")?;
+        }
+        let audience = match self.audience {
+            Audience::One(a) => vec![a],
+            Audience::Many(v) => v,
+        };
+        anyhow::ensure!(
+            !audience.is_empty() && audience.iter().all(|a| !a.is_empty()),
+            "[jwt] audience must name at least one audience (the `aud` your issuer puts in tokens for Petrel)"
+        );
+        let clock_skew = match &self.clock_skew {
+            Some(s) => humantime::parse_duration(s)
+                .map_err(|e| anyhow::anyhow!("[jwt] clock_skew = {s:?} is not a duration: {e}"))?,
+            None => std::time::Duration::from_secs(60),
+        };
+        Ok(crate::jwt::JwtConfig {
+            issuer: self.issuer,
+            jwks_url: self.jwks_url,
+            audience,
+            clock_skew,
+        })
+    }
 }
 
 /// One `[[lambda_access_keys]]` entry.
@@ -158,6 +215,7 @@ const KNOWN_KEYS: &[&str] = &[
     "master_key_file",
     "tls_cert_file",
     "tls_key_file",
+    "jwt",
 ];
 
 impl ConfigFile {
@@ -204,6 +262,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.tls_key_file {
             base.tls_key_file = Some(v);
+        }
+        if let Some(v) = self.jwt {
+            base.jwt = Some(v.check()?);
         }
         if let Some(v) = self.store {
             base.store = Some(v);

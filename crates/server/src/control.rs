@@ -62,10 +62,12 @@ impl App {
         ns: &str,
         spec: &petrel_core::FunctionSpec,
     ) -> Result<(), ApiError> {
-        if spec.invoke_auth == petrel_core::auth::InvokeAuth::Jwt {
+        if spec.invoke_auth == petrel_core::auth::InvokeAuth::Jwt
+            && !petrel_core::auth::Authenticator::jwt_configured(&self.keys)
+        {
             return Err(ApiError::new(
                 ErrorCode::InvalidManifest,
-                "invalid `invoke_auth`: \"jwt\" needs a JWT issuer in the server's configuration, and this version of Petrel has none yet; use \"key\" or \"public\"",
+                "invalid `invoke_auth`: \"jwt\" needs a JWT issuer in the server's configuration (a [jwt] table with issuer and audience in its config file); use \"key\" or \"public\" on this server",
             ));
         }
         for secret in &spec.secrets {

@@ -10,6 +10,7 @@ mod api;
 mod auth;
 pub mod config;
 mod control;
+mod jwt;
 mod logs;
 mod tls;
 
@@ -308,7 +309,7 @@ impl Server {
             store.clone(),
             dataplane.clone(),
             queue.clone(),
-            petrel_async::http_client(Some(tls)),
+            petrel_async::http_client(Some(tls.clone())),
             petrel_triggers::TriggersConfig {
                 retry_base: config.trigger_retry_base,
                 reconnect_base: config.trigger_retry_base,
@@ -327,6 +328,13 @@ impl Server {
             process_standby = prewarm.process_standby,
             "cold-start and capacity settings"
         );
+        let jwt = config.jwt.clone().map(|j| {
+            tracing::info!(issuer = %j.issuer, audience = ?j.audience, "invoke_auth = \"jwt\" accepts this issuer's tokens");
+            Arc::new(jwt::JwtIssuer::new(
+                j,
+                petrel_async::http_client(Some(tls.clone())),
+            ))
+        });
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => {
                 Some(tls::TlsFiles::open(cert, key).context("TLS on the listener")?)
@@ -351,6 +359,7 @@ impl Server {
             store.clone(),
             master,
             &config.lambda_access_keys,
+            jwt,
         );
         keys.bootstrap(&config.data_dir)
             .await

@@ -65,8 +65,8 @@ pub(crate) fn pip_target(package: &str) -> PathBuf {
     static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("petrel-test-{}", package.replace("==", "-")));
-    let module = package.split("==").next().unwrap();
-    if !dir.join(module).is_dir() {
+    // Renamed into place only once installed: its being there means it is whole.
+    if !dir.is_dir() {
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         let out = std::process::Command::new("python3")

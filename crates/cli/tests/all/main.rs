@@ -8,6 +8,7 @@ mod errors;
 mod fixtures;
 mod harness;
 mod http_fn;
+mod jwt;
 mod lambda_clients;
 mod lifecycle;
 mod limits;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A key made through the CLI: its token (standard output) and id (from `key ls`).
-fn key(p: &Petrel, ns: &str, role: &str) -> String {
+pub(crate) fn key(p: &Petrel, ns: &str, role: &str) -> String {
     let out = p.cli(&[
         "key",
         "create",
