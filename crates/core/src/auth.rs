@@ -257,13 +257,16 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
         &'a self,
         _token: &'a str,
     ) -> crate::BoxFuture<'a, Result<serde_json::Map<String, serde_json::Value>, ApiError>> {
-        Box::pin(async {
-            Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "this server has no JWT issuer configured ([jwt] in its config file)",
-            ))
-        })
+        Box::pin(async { Err(no_jwt_issuer()) })
     }
+}
+
+/// The answer to a JWT on a server without a `[jwt]` issuer.
+pub fn no_jwt_issuer() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "this server has no JWT issuer configured ([jwt] in its config file)",
+    )
 }
 
 /// The header a function finds a verified JWT's claims in (JSON, non-ASCII escaped); Petrel
@@ -280,7 +283,8 @@ pub fn claims_header(claims: &serde_json::Map<String, serde_json::Value>) -> Str
         } else {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{u:04x}");
             }
         }
     }

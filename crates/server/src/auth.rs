@@ -406,10 +406,7 @@ impl Authenticator for Keys {
         Box::pin(async move {
             match &self.inner.jwt {
                 Some(issuer) => issuer.verify(token).await,
-                None => Err(ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "this server has no JWT issuer configured ([jwt] in its config file)",
-                )),
+                None => Err(petrel_core::auth::no_jwt_issuer()),
             }
         })
     }

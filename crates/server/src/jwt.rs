@@ -3,9 +3,9 @@
 //!
 //! The keys are fetched on first use (from `jwks_url`, or the `jwks_uri` of the issuer's OpenID
 //! discovery document), kept for ten minutes, and fetched again early when a token names a key id
-//! the set does not hold (the issuer rotated its keys), at most once every five seconds so that
-//! tokens with made-up key ids cannot make Petrel hammer the issuer. When a refresh fails, the
-//! keys already held stay in use. Only asymmetric signatures are accepted (RS256 and ES256):
+//! the set does not hold (the issuer rotated its keys). Fetches are tried at most once every
+//! five seconds, whatever their outcome, so that tokens with made-up key ids or an issuer that
+//! is down cannot make Petrel hammer it. When a refresh fails, the keys already held stay in use. Only asymmetric signatures are accepted (RS256 and ES256):
 //! `none` and the HMAC algorithms are refused whatever the token's header says, and a key is used
 //! only with the algorithm of its own type.
 
@@ -41,13 +41,17 @@ pub struct JwtConfig {
 /// The keys as last fetched.
 struct Held {
     keys: JwkSet,
+    /// When the set was last fetched, and when a fetch was last tried (either way).
     fetched: Option<Instant>,
+    tried: Option<Instant>,
 }
 
 pub(crate) struct JwtIssuer {
     config: JwtConfig,
     client: petrel_async::HttpClient,
-    held: tokio::sync::Mutex<Held>,
+    held: std::sync::RwLock<Held>,
+    /// Held while fetching, so that one fetch runs at a time.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for JwtIssuer {
@@ -65,15 +69,24 @@ fn refused(why: impl std::fmt::Display) -> ApiError {
     )
 }
 
+fn unreachable_issuer(why: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("Petrel could not fetch the JWT issuer's keys ({why}); the issuer must be reachable from the server, try again"),
+    )
+}
+
 impl JwtIssuer {
     pub(crate) fn new(config: JwtConfig, client: petrel_async::HttpClient) -> Self {
         Self {
             config,
             client,
-            held: tokio::sync::Mutex::new(Held {
+            held: std::sync::RwLock::new(Held {
                 keys: JwkSet { keys: Vec::new() },
                 fetched: None,
+                tried: None,
             }),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -118,41 +131,64 @@ impl JwtIssuer {
     }
 
     /// The issuer's key for a token's `kid` and `alg`, fetching the keys when they are old or do
-    /// not hold it.
+    /// not hold it. The common case (a fresh set that holds the key) takes a read lock only, so
+    /// requests with good tokens never wait on a fetch that a made-up key id started.
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Jwk, ApiError> {
-        let mut held = self.held.lock().await;
-        let age = held.fetched.map(|t| t.elapsed());
-        let stale = age.is_none_or(|a| a > KEYS_TTL);
-        let missing = pick(&held.keys, kid, alg).is_none();
-        if stale || (missing && age.is_none_or(|a| a > REFETCH_GAP)) {
-            match self.fetch().await {
-                Ok(keys) => {
-                    tracing::info!(issuer = %self.config.issuer, keys = keys.keys.len(), "fetched the JWT issuer's keys");
-                    held.keys = keys;
-                    held.fetched = Some(Instant::now());
-                }
-                Err(e) if held.fetched.is_some() => {
-                    tracing::warn!(issuer = %self.config.issuer, error = %e, "could not refresh the JWT issuer's keys; using the ones held");
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %self.config.issuer, error = %e, "could not fetch the JWT issuer's keys");
-                    return Err(ApiError::new(
-                        ErrorCode::Internal,
-                        format!("Petrel could not fetch the JWT issuer's keys ({e}); the issuer must be reachable from the server, try again"),
-                    ));
+        if let Some(key) = self.held_key(kid, alg, false) {
+            return Ok(key);
+        }
+        {
+            // One fetch at a time; whoever waited here finds the set the fetch before it left.
+            let _one = self.fetching.lock().await;
+            let due = {
+                let held = self.held.read().unwrap();
+                let missing = pick(&held.keys, kid, alg).is_none();
+                let fresh = held.fetched.is_some_and(|t| t.elapsed() <= KEYS_TTL);
+                // A failed or recent attempt waits out the gap, so an issuer that is down is
+                // not asked again on every request.
+                let may = held.tried.is_none_or(|t| t.elapsed() > REFETCH_GAP);
+                may && (!fresh || missing)
+            };
+            if due {
+                let fetched = self.fetch().await;
+                let mut held = self.held.write().unwrap();
+                held.tried = Some(Instant::now());
+                match fetched {
+                    Ok(keys) => {
+                        tracing::info!(issuer = %self.config.issuer, keys = keys.keys.len(), "fetched the JWT issuer's keys");
+                        held.keys = keys;
+                        held.fetched = Some(Instant::now());
+                    }
+                    Err(e) if held.fetched.is_some() => {
+                        tracing::warn!(issuer = %self.config.issuer, error = %e, "could not refresh the JWT issuer's keys; using the ones held");
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %self.config.issuer, error = %e, "could not fetch the JWT issuer's keys");
+                        return Err(unreachable_issuer(&e.to_string()));
+                    }
                 }
             }
         }
-        pick(&held.keys, kid, alg)
-            .cloned()
-            .ok_or_else(|| match kid {
-                Some(k) => refused(format_args!(
-                    "the issuer publishes no {alg:?} key with id {k:?}"
-                )),
-                None => refused(format_args!(
-                    "it names no key (`kid`) and the issuer publishes more than one {alg:?} key"
-                )),
-            })
+        if self.held.read().unwrap().fetched.is_none() {
+            return Err(unreachable_issuer("no answer yet"));
+        }
+        self.held_key(kid, alg, true).ok_or_else(|| match kid {
+            Some(k) => refused(format_args!(
+                "the issuer publishes no {alg:?} key with id {k:?}"
+            )),
+            None => refused(format_args!(
+                "it names no key (`kid`) and the issuer publishes more than one {alg:?} key"
+            )),
+        })
+    }
+
+    /// The held key for `kid` and `alg`; only from a set still fresh unless `stale_ok`.
+    fn held_key(&self, kid: Option<&str>, alg: Algorithm, stale_ok: bool) -> Option<Jwk> {
+        let held = self.held.read().unwrap();
+        let fresh = held.fetched.is_some_and(|t| t.elapsed() <= KEYS_TTL);
+        (fresh || stale_ok)
+            .then(|| pick(&held.keys, kid, alg).cloned())
+            .flatten()
     }
 
     async fn fetch(&self) -> anyhow::Result<JwkSet> {
