@@ -94,7 +94,7 @@ async fn get(p: &Petrel, id: &str) -> Value {
 }
 
 /// Waits until the invocation is in `status`; returns it.
-async fn wait_status(p: &Petrel, id: &str, status: &str, limit: Duration) -> Value {
+pub(crate) async fn wait_status(p: &Petrel, id: &str, status: &str, limit: Duration) -> Value {
     let t0 = Instant::now();
     loop {
         let v = get(p, id).await;
@@ -124,7 +124,7 @@ async fn list(p: &Petrel, name: &str, status: Option<&str>) -> Vec<Value> {
     r.json()["invocations"].as_array().unwrap().clone()
 }
 
-fn result_json(v: &Value) -> Value {
+pub(crate) fn result_json(v: &Value) -> Value {
     serde_json::from_str(v["result"]["body"].as_str().unwrap()).unwrap()
 }
 

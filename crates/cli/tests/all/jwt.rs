@@ -107,6 +107,17 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// A GET of `path` with this `Authorization` (`-`: none).
+async fn get(p: &Petrel, path: &str, authorization: impl AsRef<str>) -> crate::harness::Resp {
+    p.http_with(
+        "GET",
+        path,
+        &[("authorization", authorization.as_ref())],
+        Vec::new(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims() {
     let iss = issuer().await;
@@ -153,14 +164,7 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
     // RS256 and ES256 tokens open it; a Lambda handler finds the claims where an HTTP API's
     // JWT authorizer puts them, as text.
     for name in ["rs256", "es256", "within_skew"] {
-        let r = p
-            .http_with(
-                "GET",
-                "/fn/guarded/me",
-                &[("authorization", &bearer(&token(name)))],
-                Vec::new(),
-            )
-            .await;
+        let r = get(&p, "/fn/guarded/me", bearer(&token(name))).await;
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         let ev = &r.json()["event"];
         let jwt = &ev["requestContext"]["authorizer"]["jwt"];
@@ -174,14 +178,7 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
     assert_eq!(*iss.fetches.lock().unwrap(), 1);
 
     // An http function gets the claims as a header of JSON, and the token itself to pass on.
-    let r = p
-        .http_with(
-            "GET",
-            "/fn/guarded-web/",
-            &[("authorization", &bearer(&token("es256")))],
-            Vec::new(),
-        )
-        .await;
+    let r = get(&p, "/fn/guarded-web/", bearer(&token("es256"))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let headers = &r.json()["headers"];
     let claims: Value =
@@ -190,6 +187,35 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
     assert_eq!(claims["name"], "Zoë");
     assert_eq!(claims["aud"], "petrel-test");
     assert_eq!(headers["authorization"], bearer(&token("es256")));
+
+    // An async request is checked when it is accepted and carries its claims to the run.
+    let r = p
+        .http_with(
+            "POST",
+            "/async-fn/guarded/later",
+            &[("authorization", &bearer(&token("rs256")))],
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let done =
+        crate::asynchronous::wait_status(&p, &id, "succeeded", std::time::Duration::from_secs(30))
+            .await;
+    let ev = &crate::asynchronous::result_json(&done)["event"];
+    assert_eq!(
+        ev["requestContext"]["authorizer"]["jwt"]["claims"]["sub"], "user-1",
+        "{ev}"
+    );
+    let r = p
+        .http_with(
+            "POST",
+            "/async-fn/guarded/later",
+            &[("authorization", &bearer(&token("expired")))],
+            b"{}".to_vec(),
+        )
+        .await;
+    r.assert_error(401, "unauthorized");
 
     // Claims a caller makes up never get through, with a good token or none.
     let forged = r#"{"sub":"admin"}"#;
@@ -233,20 +259,11 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
         ("none", "cannot be read"),
     ];
     for (name, says) in bad {
-        let r = p
-            .http_with(
-                "GET",
-                "/fn/guarded/",
-                &[("authorization", &bearer(&token(name)))],
-                Vec::new(),
-            )
-            .await;
+        let r = get(&p, "/fn/guarded/", bearer(&token(name))).await;
         let msg = r.assert_error(401, "unauthorized");
         assert!(msg.contains(says), "{name}: {msg}");
     }
-    let r = p
-        .http_with("GET", "/fn/guarded/", &[("authorization", "-")], Vec::new())
-        .await;
+    let r = get(&p, "/fn/guarded/", "-").await;
     assert!(r.assert_error(401, "unauthorized").contains("JWT"));
 
     // The issuer rotates: a token of its new key works once the set is fetched again (at
@@ -255,14 +272,7 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let (mut rotated, mut last) = (false, String::new());
     while !rotated && std::time::Instant::now() < deadline {
-        let r = p
-            .http_with(
-                "GET",
-                "/fn/guarded/",
-                &[("authorization", &bearer(&token("rotated")))],
-                Vec::new(),
-            )
-            .await;
+        let r = get(&p, "/fn/guarded/", bearer(&token("rotated"))).await;
         rotated = r.status == 200;
         last = r.text();
         if !rotated {
@@ -279,14 +289,7 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
         ("rs_kid_on_ec", "no RS256 key with id \"ec-1\""),
     ] {
         for _ in 0..4 {
-            let r = p
-                .http_with(
-                    "GET",
-                    "/fn/guarded/",
-                    &[("authorization", &bearer(&token(name)))],
-                    Vec::new(),
-                )
-                .await;
+            let r = get(&p, "/fn/guarded/", bearer(&token(name))).await;
             let msg = r.assert_error(401, "unauthorized");
             assert!(msg.contains(says), "{name}: {msg}");
         }
@@ -295,27 +298,13 @@ async fn jwt_functions_take_only_good_tokens_of_the_issuer_and_see_their_claims(
 
     // An API key with invoker opens it too (services call it), and its key stays with Petrel.
     let invoker = crate::tenancy::key(&p, "default", "invoker");
-    let r = p
-        .http_with(
-            "GET",
-            "/fn/guarded-web/",
-            &[("authorization", &bearer(&invoker))],
-            Vec::new(),
-        )
-        .await;
+    let r = get(&p, "/fn/guarded-web/", bearer(&invoker)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let headers = &r.json()["headers"];
     assert!(headers.get("authorization").is_none(), "{headers}");
     assert!(headers.get("x-petrel-jwt-claims").is_none(), "{headers}");
     let viewer = crate::tenancy::key(&p, "default", "viewer");
-    let r = p
-        .http_with(
-            "GET",
-            "/fn/guarded/",
-            &[("authorization", &bearer(&viewer))],
-            Vec::new(),
-        )
-        .await;
+    let r = get(&p, "/fn/guarded/", bearer(&viewer)).await;
     r.assert_error(403, "forbidden");
 
     // Nothing of a token reaches the server's log.
