@@ -426,6 +426,44 @@ mod tests {
     }
 
     #[test]
+    fn the_jwt_table_is_checked() {
+        let apply = |text: &str| -> anyhow::Result<ServeConfig> {
+            let file: ConfigFile = toml::from_str(text)?;
+            file.apply(ServeConfig::default())
+        };
+        let j = apply("[jwt]\nissuer = \"https://id.example\"\naudience = \"petrel\"\n")
+            .unwrap()
+            .jwt
+            .unwrap();
+        assert_eq!(j.audience, ["petrel"]);
+        assert_eq!(j.clock_skew, std::time::Duration::from_secs(60));
+        assert!(j.jwks_url.is_none());
+        let j = apply("[jwt]\nissuer = \"https://id.example\"\naudience = [\"a\", \"b\"]\njwks_url = \"https://id.example/k\"\nclock_skew = \"5s\"\n")
+            .unwrap()
+            .jwt
+            .unwrap();
+        assert_eq!(j.audience, ["a", "b"]);
+        assert_eq!(j.clock_skew, std::time::Duration::from_secs(5));
+        for (bad, says) in [
+            ("issuer = \"id.example\"\naudience = \"a\"", "issuer"),
+            ("issuer = \"https://i\"\naudience = []", "audience"),
+            (
+                "issuer = \"https://i\"\naudience = \"a\"\njwks_url = \"file:///k\"",
+                "jwks_url",
+            ),
+            (
+                "issuer = \"https://i\"\naudience = \"a\"\nclock_skew = \"soon\"",
+                "clock_skew",
+            ),
+        ] {
+            let e = apply(&format!("[jwt]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // No audience at all is not a valid table.
+        assert!(toml::from_str::<ConfigFile>("[jwt]\nissuer = \"https://i\"\n").is_err());
+    }
+
+    #[test]
     fn memory_budgets_parse_in_every_documented_form() {
         assert_eq!(parse_memory_budget("512").unwrap(), 512);
         assert_eq!(parse_memory_budget("512MiB").unwrap(), 512);
