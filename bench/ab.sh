@@ -38,7 +38,9 @@ for side in before after; do
   pids+=($!)
   wait_ok "http://127.0.0.1:$port/healthz"
   for ex in examples/hello-wasm examples/hello-http examples/hello-python examples/hello-node bench/chunked; do
-    PETREL_SERVER=http://127.0.0.1:$port "$bin" deploy "$ex" > /dev/null
+    # A build with authentication wrote its owner key; one without ignores the token.
+    PETREL_TOKEN=$(cat "$work/$side/bootstrap-token" 2>/dev/null || true) \
+      PETREL_SERVER=http://127.0.0.1:$port "$bin" deploy "$ex" > /dev/null
   done
   url[$side]=http://127.0.0.1:$port
 done

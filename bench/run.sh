@@ -50,6 +50,7 @@ cargo build -q --release --manifest-path bench/hello-lambda-rs/Cargo.toml
 LAMBDA_RS=$root/bench/hello-lambda-rs/target/release/hello-lambda-rs
 CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
 cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
+cp examples/hello-wasm/hello.wasm bench/hello-wasm-reuse/hello.wasm
 PETREL=${PETREL:-$root/target/release/petrel}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -80,6 +81,10 @@ start_petrel() {
   pids+=($!)
   wait_ok "http://127.0.0.1:$port/healthz"
   PETREL_URL="http://127.0.0.1:$port"
+  # Authentication is on: deploys use the owner key the first start wrote; the functions
+  # measured are invoke_auth = "public", so requests carry no key (but pass the check).
+  PETREL_TOKEN=$(cat "$work/petrel-$port/bootstrap-token")
+  export PETREL_TOKEN
 }
 
 report=bench/results/$(date -u +%Y%m%dT%H%M%SZ).md
@@ -114,9 +119,10 @@ warm_http() {
   run_target "hyper (bare, the limit)" "http://127.0.0.1:$port/"; stop_all
 
   start_petrel
-  for ex in examples/hello-wasm examples/hello-http examples/hello-python examples/hello-node bench/chunked; do PETREL_SERVER=$PETREL_URL "$PETREL" deploy "$ex" > /dev/null; done
-  for ex in hello-wasm hello-http hello-python hello-node hello-chunked; do wait_ok "$PETREL_URL/fn/$ex/"; done
+  for ex in examples/hello-wasm bench/hello-wasm-reuse examples/hello-http examples/hello-python examples/hello-node bench/chunked; do PETREL_SERVER=$PETREL_URL "$PETREL" deploy "$ex" > /dev/null; done
+  for ex in hello-wasm hello-wasm-reuse hello-http hello-python hello-node hello-chunked; do wait_ok "$PETREL_URL/fn/$ex/"; done
   run_target "Petrel wasm (fresh instance per request)" "$PETREL_URL/fn/hello-wasm/"
+  run_target "Petrel wasm (instance_reuse = 1000000)" "$PETREL_URL/fn/hello-wasm-reuse/"
   run_target "Petrel http (Node server)" "$PETREL_URL/fn/hello-http/"
   run_target "Petrel http, chunked answer (Node server)" "$PETREL_URL/fn/hello-chunked/"
   run_target "Petrel python3 handler" "$PETREL_URL/fn/hello-python/"
