@@ -126,6 +126,12 @@ pub struct Manifest {
     pub rate_limit: Option<String>,
     /// Invocations over the rate that may come at once (default: one second's worth).
     pub rate_limit_burst: Option<u32>,
+    /// wasm: requests one instance serves before it is retired (default 1, a fresh instance
+    /// per request).
+    pub instance_reuse: Option<u32>,
+    /// http: the protocol Petrel speaks to the function's server, `http1` (the default) or
+    /// `h2c` (HTTP/2 without TLS, prior knowledge: gRPC servers).
+    pub http_protocol: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The `[[trigger]]` tables.
@@ -141,6 +147,8 @@ pub const DEFAULT_WASM_CONCURRENCY: u32 = 100;
 /// A 32-bit linear memory is at most 4 GiB.
 pub const MAX_WASM_MEMORY_MB: u32 = 4096;
 pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+/// Requests one wasm instance may serve at most (`instance_reuse`).
+pub const MAX_INSTANCE_REUSE: u32 = 1_000_000;
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_QUEUE_SIZE: u32 = 100;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,6 +369,36 @@ impl Manifest {
             }
             Some(r) => Some(RateLimit::parse(r, self.rate_limit_burst)?),
         };
+        let instance_reuse = self.instance_reuse.unwrap_or(1);
+        if self.instance_reuse.is_some() && runtime != Runtime::Wasm {
+            return Err(ManifestError::invalid(
+                "instance_reuse",
+                format!("applies to wasm functions only: a {runtime} instance is one process that serves request after request already"),
+            ));
+        }
+        if !(1..=MAX_INSTANCE_REUSE).contains(&instance_reuse) {
+            return Err(ManifestError::invalid(
+                "instance_reuse",
+                format!("{instance_reuse} is out of range: use 1 (a fresh instance per request, the default) to {MAX_INSTANCE_REUSE}"),
+            ));
+        }
+        let http_protocol = match self.http_protocol.as_deref() {
+            None => HttpProtocol::Http1,
+            Some(_) if runtime != Runtime::Http => {
+                return Err(ManifestError::invalid(
+                    "http_protocol",
+                    format!("applies to http functions only: Petrel speaks its own protocol to a {runtime} instance"),
+                ))
+            }
+            Some("http1") => HttpProtocol::Http1,
+            Some("h2c") => HttpProtocol::H2c,
+            Some(other) => {
+                return Err(ManifestError::invalid(
+                    "http_protocol",
+                    format!("{other:?} is not a protocol: use \"http1\" (HTTP/1.1, the default) or \"h2c\" (HTTP/2 without TLS, for gRPC servers)"),
+                ))
+            }
+        };
         Ok(FunctionSpec {
             name,
             runtime,
@@ -382,6 +420,8 @@ impl Manifest {
             invoke_auth,
             secrets,
             rate_limit,
+            instance_reuse,
+            http_protocol,
             triggers,
         })
     }
@@ -666,9 +706,24 @@ pub struct FunctionSpec {
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// wasm: requests one instance serves before it is retired; 1 is a fresh instance per
+    /// request.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub instance_reuse: u32,
+    /// http: how Petrel talks to the function's server.
+    #[serde(default, skip_serializing_if = "HttpProtocol::is_http1")]
+    pub http_protocol: HttpProtocol,
     /// Versions stored before triggers existed read back with none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<crate::trigger::TriggerSpec>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
 }
 
 fn default_tmp_mb() -> u32 {
@@ -677,6 +732,32 @@ fn default_tmp_mb() -> u32 {
 
 fn is_default_tmp_mb(v: &u32) -> bool {
     *v == DEFAULT_TMP_MB
+}
+
+/// The protocol Petrel speaks to an `http` function's server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpProtocol {
+    /// HTTP/1.1, connections kept alive and reused.
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP with prior knowledge: one connection, many streams, trailers.
+    H2c,
+}
+
+impl HttpProtocol {
+    pub fn is_http1(&self) -> bool {
+        *self == HttpProtocol::Http1
+    }
+}
+
+impl std::fmt::Display for HttpProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpProtocol::Http1 => "http1",
+            HttpProtocol::H2c => "h2c",
+        })
+    }
 }
 
 /// A process instance's network in the sandbox.
@@ -744,6 +825,8 @@ impl From<&FunctionSpec> for Manifest {
             secrets: (!s.secrets.is_empty()).then(|| s.secrets.clone()),
             rate_limit: s.rate_limit.map(|r| r.to_string()),
             rate_limit_burst: s.rate_limit.map(|r| r.burst),
+            instance_reuse: (s.runtime == Runtime::Wasm).then_some(s.instance_reuse),
+            http_protocol: (s.runtime == Runtime::Http).then(|| s.http_protocol.to_string()),
             env: s.env.clone(),
             triggers: s.triggers.iter().map(Into::into).collect(),
         }
@@ -923,6 +1006,52 @@ mod tests {
         }
         let e = parse("name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\nallowed_outbound_hosts = [\"*://*:*\"]").unwrap_err();
         assert!(e.to_string().contains("wasm only"), "{e}");
+    }
+
+    #[test]
+    fn instance_reuse_is_checked_and_survives_a_round_trip() {
+        let wasm = "name = \"a\"\nruntime = \"wasm\"\nhandler = \"a.wasm\"\n";
+        let http = "name = \"a\"\nruntime = \"http\"\nhandler = \"node s.js\"\n";
+        assert_eq!(parse(wasm).unwrap().instance_reuse, 1);
+        let spec = parse(&format!("{wasm}instance_reuse = 1000")).unwrap();
+        assert_eq!(spec.instance_reuse, 1000);
+        assert_eq!(Manifest::from(&spec).validate().unwrap(), spec);
+        for (toml, says) in [
+            (format!("{wasm}instance_reuse = 0"), "out of range"),
+            (format!("{wasm}instance_reuse = 1000001"), "out of range"),
+            (format!("{http}instance_reuse = 5"), "wasm functions only"),
+        ] {
+            let e = parse(&toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
+        // Stored versions from before these keys read back with the defaults.
+        let old: FunctionSpec = serde_json::from_value({
+            let mut v = serde_json::to_value(parse(wasm).unwrap()).unwrap();
+            v.as_object_mut().unwrap().remove("instance_reuse");
+            v
+        })
+        .unwrap();
+        assert_eq!(old.instance_reuse, 1);
+    }
+
+    #[test]
+    fn http_protocol_is_for_http_functions_and_survives_a_round_trip() {
+        let http = "name = \"a\"\nruntime = \"http\"\nhandler = \"node s.js\"\n";
+        let py = "name = \"a\"\nruntime = \"python3\"\nhandler = \"a.b\"\n";
+        assert_eq!(parse(http).unwrap().http_protocol, HttpProtocol::Http1);
+        let spec = parse(&format!("{http}http_protocol = \"h2c\"")).unwrap();
+        assert_eq!(spec.http_protocol, HttpProtocol::H2c);
+        assert_eq!(Manifest::from(&spec).validate().unwrap(), spec);
+        for (toml, says) in [
+            (format!("{http}http_protocol = \"h3\""), "not a protocol"),
+            (
+                format!("{py}http_protocol = \"h2c\""),
+                "http functions only",
+            ),
+        ] {
+            let e = parse(&toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -63,23 +63,27 @@ fn bench(c: &mut Criterion) {
     std::fs::copy(hello_component(), &component).unwrap();
     let engine = Arc::new(WasmEngine::new(dir.path().join("cache")).unwrap());
     engine.prepare(&component).unwrap();
-    let spec = InstanceSpec {
+    let spec_with = |extra: &str| {
+        InstanceSpec {
         namespace: "default".into(),
         function: "hello".into(),
         version: 1,
         spec: Arc::new(
-            Manifest::from_toml(
-                "name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n[env]\nGREETING = \"Hello\"\n",
-            )
+            Manifest::from_toml(&format!(
+                "name = \"hello\"\nruntime = \"wasm\"\nhandler = \"hello.wasm\"\nmemory_mb = 64\n{extra}[env]\nGREETING = \"Hello\"\n",
+            ))
             .unwrap()
             .validate()
             .unwrap(),
         ),
         code_dir: dir.path().to_owned(),
+    }
     };
+    let spec = spec_with("");
     let (sink, mut rx) = LogSink::new(1 << 16);
     rt.spawn(async move { while rx.recv().await.is_some() {} });
-    let start = || WasmInstance::start(engine.clone(), spec.clone(), None, sink.clone());
+    let start =
+        || WasmInstance::start(engine.clone(), spec.clone(), None, sink.clone(), Vec::new());
     let warm = rt.block_on(start()).unwrap();
     let timeout = Duration::from_secs(5);
 
@@ -111,7 +115,24 @@ fn bench(c: &mut Criterion) {
             bytes
         })
     });
-    drop(warm);
+    let reused = rt
+        .block_on(WasmInstance::start(
+            engine.clone(),
+            spec_with("instance_reuse = 1000000\n"),
+            None,
+            sink.clone(),
+            Vec::new(),
+        ))
+        .unwrap();
+    g.bench_function("instance-reused", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = reused.handle("bench", request(), timeout).await.unwrap();
+            let bytes: Bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(bytes.starts_with(b"{\"message\":\"Hello, bench!\""));
+            bytes
+        })
+    });
+    drop((warm, reused));
     g.bench_function("first-request-after-deploy", |b| {
         b.to_async(&rt).iter(|| async {
             // Nothing holds the component between iterations: each loads it from the cache.

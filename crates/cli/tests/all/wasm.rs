@@ -357,3 +357,57 @@ async fn bad_components_and_hostile_guests_get_their_errors_and_others_keep_serv
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_reuse_keeps_a_guest_for_so_many_requests_and_retires_it_on_a_trap() {
+    let guests = wasm_guests();
+    let p = Petrel::start().await;
+    // One instance (a share of the component) and one request at a time, so that each request
+    // finds the guest the one before left.
+    let probe = wasm_function(
+        "probe",
+        &guests.probe,
+        "instance_reuse = 3\nconcurrency = 1\nmax_instances = 1\n",
+    );
+    p.deploy(probe.path());
+    let served = || async { p.http("GET", "/fn/probe/served", None).await.text() };
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(served().await);
+    }
+    // Three requests in one guest (its memory, and so its counter, survive), then a fresh one.
+    assert_eq!(seen, ["1", "2", "3", "1"], "{seen:?}");
+    p.http("GET", "/fn/probe/trap", None)
+        .await
+        .assert_error(502, "function_crashed");
+    // The guest that trapped was retired with its request: the next one starts afresh.
+    assert_eq!(served().await, "1");
+    assert_eq!(served().await, "2");
+    // Each request's output is its own, in the logs, once (not again with the next request
+    // of the same guest).
+    p.wait_for_log("probe", "[stdout] probe GET /served", 6)
+        .await;
+    let logs = p.cli_ok(&["logs", "probe", "--tail", "1000"]);
+    assert_eq!(
+        logs.matches("[stdout] probe GET /served").count(),
+        6,
+        "{logs}"
+    );
+
+    // Not a key of process runtimes, and bounded.
+    let node = function_dir(&[(
+        "petrel.toml",
+        &manifest(
+            "reuse-node",
+            "http",
+            "node server.js",
+            "instance_reuse = 10\n",
+        ),
+    )]);
+    let out = p.cli(&["deploy", node.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("instance_reuse") && err.contains("wasm functions only"),
+        "{err}"
+    );
+}

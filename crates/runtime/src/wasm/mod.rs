@@ -5,14 +5,19 @@
 //! settings, so a restart does not recompile. Serving loads it (a memory map) into a
 //! pre-instantiated [`ProxyPre`], shared by every instance of the version, and each request gets
 //! a fresh instance from it in a fresh [`Store`] (the pooling allocator with copy-on-write memory
-//! initialisation): nothing a request leaves behind is seen by the next.
+//! initialisation): nothing a request leaves behind is seen by the next. A function with
+//! `instance_reuse = N` opts out of that: a guest that answered cleanly is kept, its store's
+//! per-request state reset ([`WasmState::begin`]), for up to N requests; any failure retires it.
 //!
 //! Limits: `memory_mb` through a resource limiter (growth past it fails, and the request is
 //! answered `function_out_of_memory`), `timeout` through epoch interruption (the guest yields to
 //! the executor every few milliseconds, so an endless loop never holds a server thread, and is
 //! stopped at its deadline), outbound HTTP only to `allowed_outbound_hosts`.
 
+mod capture;
 mod outbound;
+
+use capture::Capture;
 
 pub use outbound::OutboundPolicy;
 use petrel_core::outbound::HostPattern;
@@ -32,10 +37,9 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// How often the epoch advances: the granularity of timeouts and of yielding to the executor.
@@ -53,6 +57,8 @@ pub struct WasmState {
     table: ResourceTable,
     hooks: OutboundPolicy,
     limits: MemoryLimit,
+    stdout: Capture,
+    stderr: Capture,
     started: Instant,
     timeout: Duration,
     timed_out: bool,
@@ -75,6 +81,89 @@ impl WasiHttpView for WasmState {
             hooks: &mut self.hooks,
         }
     }
+}
+
+impl WasmState {
+    /// The host side of one guest: the function's variables, its output captured, nothing else
+    /// reachable; [`WasmState::begin`] readies it for each request.
+    fn new(env: &[(String, String)], memory_mb: u32) -> Self {
+        let (stdout, stderr) = (Capture::new(OUTPUT_CAPACITY), Capture::new(OUTPUT_CAPACITY));
+        let wasi = WasiCtx::builder()
+            .envs(env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundPolicy::new(Arc::new(Vec::new()), None, None),
+            limits: MemoryLimit {
+                max_bytes: memory_mb as usize * 1024 * 1024,
+                refused: false,
+            },
+            stdout,
+            stderr,
+            started: Instant::now(),
+            timeout: Duration::from_secs(1),
+            timed_out: false,
+        }
+    }
+
+    /// Readies the state for a request: its own outbound policy (which logs under its id), its
+    /// own clock and output.
+    fn begin(&mut self, hooks: OutboundPolicy, timeout: Duration) {
+        self.hooks = hooks;
+        self.started = Instant::now();
+        self.timeout = timeout;
+        self.timed_out = false;
+        self.limits.refused = false;
+        self.stdout.take();
+        self.stderr.take();
+    }
+}
+
+/// An answer's body whose end waits for its guest to finish (and be put back among the idle).
+struct UntilDone {
+    inner: Body,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl http_body::Body for UntilDone {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(rx) = self.done.as_mut() {
+                    if std::pin::Pin::new(rx).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.done = None;
+                }
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A guest kept for the next request of its function (`instance_reuse` above 1).
+struct Guest {
+    store: Store<WasmState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    served: u32,
 }
 
 /// Refuses memory growth past the function's `memory_mb`, and remembers that it did.
@@ -290,20 +379,7 @@ pub type ProxyPreState = ProxyPre<WasmState>;
 /// allocator keeps a slot's memory image for the module it last held, so the first real request
 /// finds the image mapped instead of setting it up. Best effort: an error only means no warming.
 pub async fn warm_slot(pre: &ProxyPreState, memory_mb: u32) {
-    let state = WasmState {
-        wasi: WasiCtx::builder().build(),
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        hooks: OutboundPolicy::new(Arc::new(Vec::new()), None, None),
-        limits: MemoryLimit {
-            max_bytes: memory_mb as usize * 1024 * 1024,
-            refused: false,
-        },
-        started: Instant::now(),
-        timeout: Duration::from_secs(1),
-        timed_out: false,
-    };
-    let mut store = Store::new(pre.engine(), state);
+    let mut store = Store::new(pre.engine(), WasmState::new(&[], memory_mb));
     store.limiter(|s| &mut s.limits);
     // Instantiation runs no guest code of a proxy component beyond its start functions; a
     // deadline of a few ticks stops anything longer.
@@ -327,6 +403,9 @@ pub struct WasmInstance {
     source: LogSource,
     /// The guests running now, by invocation id, each with the way to stop it.
     running: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<String>>>>,
+    /// Guests that served a request cleanly and may serve another (`instance_reuse` above 1),
+    /// the most recently used last; they end with this instance.
+    idle: Arc<Mutex<Vec<Guest>>>,
 }
 
 impl std::fmt::Debug for WasmInstance {
@@ -411,6 +490,7 @@ impl WasmInstance {
             sink,
             source,
             running: Arc::default(),
+            idle: Arc::default(),
         })
     }
 
@@ -422,9 +502,11 @@ impl WasmInstance {
         stop.is_some_and(|tx| tx.send(why.to_owned()).is_ok())
     }
 
-    /// Serves one request in a fresh instance. The response head comes back as soon as the guest
-    /// sets it; the guest keeps running (streaming its body) in a task of its own, and its output
-    /// goes to the logs when it ends.
+    /// Serves one request in a fresh instance, or in one kept from an earlier request when the
+    /// function allows `instance_reuse`. The response head comes back as soon as the guest sets
+    /// it; the guest keeps running (streaming its body) in a task of its own, and its output goes
+    /// to the logs when it ends. A guest that fails in any way (a trap, its timeout, memory
+    /// refused, a stop) is dropped, never reused.
     pub async fn serve(
         &self,
         req: http::Request<Body>,
@@ -432,41 +514,25 @@ impl WasmInstance {
         invocation: &str,
     ) -> Result<http::Response<Body>, InvokeError> {
         let (sink, source) = (&self.sink, &self.source);
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let wasi = WasiCtx::builder()
-            .envs(&self.env)
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
-        let state = WasmState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: OutboundPolicy::new(
+        let reuse = self.spec.spec.instance_reuse;
+        let kept = if reuse > 1 {
+            self.idle.lock().unwrap().pop()
+        } else {
+            None
+        };
+        let (mut store, proxy, served) = match kept {
+            Some(g) => (g.store, Some(g.proxy), g.served),
+            None => (self.new_store(), None, 0),
+        };
+        store.data_mut().begin(
+            OutboundPolicy::new(
                 self.policy.clone(),
                 Some((sink.clone(), source.clone(), invocation.to_owned())),
                 self.tls.clone(),
             ),
-            limits: MemoryLimit {
-                max_bytes: self.spec.spec.memory_mb as usize * 1024 * 1024,
-                refused: false,
-            },
-            started: Instant::now(),
             timeout,
-            timed_out: false,
-        };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
+        );
         store.set_epoch_deadline(YIELD_EVERY_TICKS);
-        store.epoch_deadline_callback(|mut ctx| {
-            let s = ctx.data_mut();
-            if s.started.elapsed() >= s.timeout {
-                s.timed_out = true;
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Yield(YIELD_EVERY_TICKS))
-        });
 
         let mut req = req;
         // wasi:http hands a component its request's authority. An event Petrel POSTs itself (a
@@ -500,13 +566,20 @@ impl WasmInstance {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         self.running.lock().unwrap().insert(id.clone(), stop_tx);
         let running = self.running.clone();
+        let idle = (reuse > 1).then(|| (self.idle.clone(), self.spec.spec.concurrency as usize));
+        // A reused guest's answer ends when the guest is done with it, not before.
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let guest = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
-                    .await
+                    .await?;
+                Ok(proxy)
             };
             // Stopping drops the guest where it is (running, or waiting on I/O).
             let result = tokio::select! {
@@ -515,27 +588,56 @@ impl WasmInstance {
             };
             running.lock().unwrap().remove(&id);
             let s = store.data();
-            let outcome = match result {
-                Ok(result) => classify(
-                    result,
-                    s.timed_out,
-                    s.limits.refused,
-                    s.timeout,
-                    &stderr.contents(),
+            let (proxy, outcome) = match result {
+                Ok(Ok(proxy)) => (Some(proxy), Ok(())),
+                Ok(Err(e)) => (
+                    None,
+                    classify(
+                        e,
+                        s.timed_out,
+                        s.limits.refused,
+                        s.timeout,
+                        &s.stderr.contents(),
+                    ),
                 ),
-                Err(why) => Err(InvokeError::Stopped(why)),
+                Err(why) => (None, Err(InvokeError::Stopped(why))),
             };
-            for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
-                let text = pipe.contents();
+            for (stream, pipe) in [("stdout", &s.stdout), ("stderr", &s.stderr)] {
+                let text = pipe.take();
                 for line in String::from_utf8_lossy(&text).lines() {
                     sink.emit(source.line(stream, Some(id.clone()), line.to_owned()));
                 }
             }
+            // Kept only after a clean answer, and while it has requests left; back among the idle
+            // before its answer ends, so that the caller's next request finds it.
+            if let (Some(proxy), Some((idle, keep))) = (proxy, idle) {
+                if served + 1 < reuse {
+                    let mut idle = idle.lock().unwrap();
+                    if idle.len() < keep {
+                        idle.push(Guest {
+                            store,
+                            proxy,
+                            served: served + 1,
+                        });
+                    }
+                }
+            }
+            drop(finished_tx);
             let _ = done_tx.send(outcome);
         });
 
         match rx.await {
-            Ok(Ok(resp)) => Ok(resp.map(|b| Body::new(b.map_err(axum::Error::new)))),
+            Ok(Ok(resp)) => Ok(resp.map(|b| {
+                let b = Body::new(b.map_err(axum::Error::new));
+                if reuse > 1 {
+                    Body::new(UntilDone {
+                        inner: b,
+                        done: Some(finished_rx),
+                    })
+                } else {
+                    b
+                }
+            })),
             Ok(Err(code)) => Err(InvokeError::BadResponse(format!(
                 "the component answered with the error {code:?}"
             ))),
@@ -550,6 +652,22 @@ impl WasmInstance {
                 )),
             },
         }
+    }
+
+    /// A store for a new guest, with its limits and its timeout's check.
+    fn new_store(&self) -> Store<WasmState> {
+        let state = WasmState::new(&self.env, self.spec.spec.memory_mb);
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.started.elapsed() >= s.timeout {
+                s.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(YIELD_EVERY_TICKS))
+        });
+        store
     }
 }
 
@@ -570,8 +688,10 @@ impl Instance for WasmInstance {
         true
     }
 
-    /// Nothing to kill: each request's wasm instance ends with its request.
-    fn kill(&self) {}
+    /// Nothing runs between requests: the guests kept for reuse are dropped.
+    fn kill(&self) {
+        self.idle.lock().unwrap().clear();
+    }
 
     fn stop_invocation(&self, id: &str, why: &str) -> bool {
         self.stop(id, why)
@@ -603,13 +723,12 @@ impl HttpInstance for WasmInstance {
 
 /// What a finished guest call means for the caller.
 fn classify(
-    result: wasmtime::Result<()>,
+    e: wasmtime::Error,
     timed_out: bool,
     memory_refused: bool,
     timeout: Duration,
     stderr: &[u8],
 ) -> Result<(), InvokeError> {
-    let Err(e) = result else { return Ok(()) };
     if timed_out {
         return Err(InvokeError::Timeout(timeout));
     }
