@@ -8,6 +8,7 @@ use http::{HeaderMap, Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use petrel_core::manifest::HttpProtocol;
 use petrel_sandbox::NetNs;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,7 @@ pub(crate) struct Endpoint {
     pub(crate) port: u16,
     net: Option<Arc<NetNs>>,
     client: Client<Connector, Body>,
+    protocol: HttpProtocol,
 }
 
 /// Connects to the instance's port: on the host's loopback, or on the loopback of the
@@ -98,17 +100,34 @@ async fn connect_in(net: &NetNs, port: u16) -> std::io::Result<TcpStream> {
 }
 
 impl Endpoint {
-    pub(crate) fn new(port: u16, net: Option<Arc<NetNs>>) -> Self {
+    pub(crate) fn new(port: u16, net: Option<Arc<NetNs>>, protocol: HttpProtocol) -> Self {
         let mut plain = HttpConnector::new();
         plain.set_nodelay(true);
         let connector = Connector {
             net: net.clone(),
             plain,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Self { port, net, client }
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        if protocol == HttpProtocol::H2c {
+            // One connection carries every request as a stream of its own.
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        Self {
+            port,
+            net,
+            client,
+            protocol,
+        }
+    }
+
+    /// What to check when a connection to the server fails: the protocol may not be its own.
+    pub(crate) fn failure_hint(&self) -> &'static str {
+        match self.protocol {
+            HttpProtocol::Http1 => "; a server that speaks HTTP/2 only, such as a gRPC server, needs http_protocol = \"h2c\" in its manifest",
+            HttpProtocol::H2c => "; with http_protocol = \"h2c\" the server must speak HTTP/2 without TLS (prior knowledge)",
+        }
     }
 
     /// Whether the instance accepts connections yet.
@@ -128,9 +147,37 @@ impl Endpoint {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
+        // A request that came over HTTP/2 names its host in the URI only.
+        let authority = req.uri().authority().cloned();
         *req.uri_mut() = Uri::try_from(format!("http://127.0.0.1:{}{pq}", self.port))
             .expect("a loopback URI with a valid path is valid");
+        // `TE: trailers` is the one TE value HTTP/2 keeps: gRPC servers ask for it.
+        let trailers = req.headers().get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
         strip_hop_by_hop(req.headers_mut());
+        match self.protocol {
+            HttpProtocol::Http1 => {
+                *req.version_mut() = http::Version::HTTP_11;
+                if let (false, Some(a)) = (req.headers().contains_key(header::HOST), authority) {
+                    if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+            }
+            HttpProtocol::H2c => {
+                *req.version_mut() = http::Version::HTTP_2;
+                // The authority travels as :authority; a Host header beside it is not allowed.
+                req.headers_mut().remove(header::HOST);
+                if trailers {
+                    req.headers_mut()
+                        .insert(header::TE, http::HeaderValue::from_static("trailers"));
+                }
+            }
+        }
         self.client.request(req).await
     }
 }

@@ -221,3 +221,113 @@ async fn an_http_answer_over_the_payload_limit_is_refused_or_cut() {
     // The function keeps serving.
     assert_eq!(p.http("GET", "/fn/big/", None).await.status, 200);
 }
+
+/// grpcio, the gRPC implementation Python users install, for both the server (a function) and
+/// the client.
+const GRPCIO: &str = "grpcio==1.85.4";
+
+/// A gRPC service as an `http` function: unary, server-streaming and client-streaming calls,
+/// trailing metadata and an error status, none of it knowing Petrel is there.
+const GRPC_SERVER: &str = r#"
+import os, grpc
+from concurrent import futures
+
+def say(request, context):
+    meta = dict(context.invocation_metadata())
+    context.set_trailing_metadata((("x-echo-trailer", "seen " + meta.get("x-caller", "?")),))
+    return b"hello " + request
+
+def count(request, context):
+    for i in range(int(request)):
+        yield str(i).encode()
+
+def fail(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+def join(requests, context):
+    return b",".join(requests)
+
+service = grpc.method_handlers_generic_handler("echo.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(say),
+    "Count": grpc.unary_stream_rpc_method_handler(count),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+    "Join": grpc.stream_unary_rpc_method_handler(join),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((service,))
+server.add_insecure_port("127.0.0.1:" + os.environ["PORT"])
+server.start()
+print("serving gRPC", flush=True)
+server.wait_for_termination()
+"#;
+
+/// The client: plain grpcio over HTTP/2 without TLS, every method under the function's prefix.
+const GRPC_CLIENT: &str = r#"
+import json, sys, grpc
+target, prefix = sys.argv[1], sys.argv[2]
+ch = grpc.insecure_channel(target)
+out = {}
+resp, call = ch.unary_unary(prefix + "/echo.Echo/Say").with_call(b"petrel", metadata=(("x-caller", "test"),), timeout=20)
+out["say"] = resp.decode()
+out["trailer"] = dict(call.trailing_metadata()).get("x-echo-trailer")
+out["count"] = [m.decode() for m in ch.unary_stream(prefix + "/echo.Echo/Count")(b"5", timeout=20)]
+try:
+    ch.unary_unary(prefix + "/echo.Echo/Fail")(b"x", timeout=20)
+    out["fail"] = None
+except grpc.RpcError as e:
+    out["fail"] = [e.code().name, e.details()]
+out["join"] = ch.stream_unary(prefix + "/echo.Echo/Join")(iter([b"a", b"b", b"c"]), timeout=20).decode()
+try:
+    ch.unary_unary("/fn/no-such-fn/echo.Echo/Say")(b"x", timeout=20)
+    out["unknown"] = None
+except grpc.RpcError as e:
+    out["unknown"] = e.code().name
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_service_runs_unchanged_behind_its_function_over_h2c() {
+    let grpcio = crate::lambda_clients::pip_target(GRPCIO);
+    let d = tempfile::tempdir().unwrap();
+    crate::lambda_clients::copy_tree(&grpcio, d.path());
+    std::fs::write(d.path().join("server.py"), GRPC_SERVER).unwrap();
+    std::fs::write(
+        d.path().join("petrel.toml"),
+        crate::harness::manifest(
+            "greeter",
+            "http",
+            "python3 server.py",
+            "http_protocol = \"h2c\"\ninvoke_auth = \"public\"\nconcurrency = 50\n",
+        ),
+    )
+    .unwrap();
+    let p = Petrel::start().await;
+    p.deploy(d.path());
+
+    let client = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(client.path(), GRPC_CLIENT).unwrap();
+    let mut python = std::process::Command::new("python3");
+    python
+        .arg(client.path())
+        .arg(p.url.trim_start_matches("http://"))
+        .arg("/fn/greeter")
+        .env("PYTHONPATH", &grpcio);
+    let out = crate::lambda_clients::json_output(python).await;
+    assert_eq!(out["say"], "hello petrel", "{out}");
+    // Request metadata reached the server and trailing metadata came back (HTTP/2 trailers).
+    assert_eq!(out["trailer"], "seen test", "{out}");
+    assert_eq!(
+        out["count"],
+        serde_json::json!(["0", "1", "2", "3", "4"]),
+        "{out}"
+    );
+    assert_eq!(
+        out["fail"],
+        serde_json::json!(["NOT_FOUND", "no such thing: x"]),
+        "{out}"
+    );
+    assert_eq!(out["join"], "a,b,c", "{out}");
+    // Petrel's own refusal is not a gRPC answer: the client sees it as one of its errors.
+    assert_ne!(out["unknown"], serde_json::Value::Null, "{out}");
+    p.wait_for_log("greeter", "serving gRPC", 1).await;
+}

@@ -94,7 +94,7 @@ pub(crate) fn pip_target(package: &str) -> PathBuf {
     dir
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let p = e.path();
@@ -1260,7 +1260,7 @@ async fn run_boto3(script: &str, args: &[&str]) -> serde_json::Value {
 }
 
 /// Runs a command off the async runtime; it must succeed, and what it printed is JSON.
-async fn json_output(mut cmd: std::process::Command) -> serde_json::Value {
+pub(crate) async fn json_output(mut cmd: std::process::Command) -> serde_json::Value {
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("the command runs"))
         .await
         .unwrap();

@@ -249,7 +249,7 @@ impl HttpInstance for ProcessInstance<HttpPort> {
                         // show.
                         match tokio::time::timeout(Duration::from_millis(500), self.process.exited()).await {
                             Ok(how) => Err(self.ended(&how)),
-                            Err(_) => Err(InvokeError::BadResponse(format!("the connection to the function failed ({e})"))),
+                            Err(_) => Err(InvokeError::BadResponse(format!("the connection to the function failed ({e}){}", self.protocol.0.failure_hint()))),
                         }
                     }
                 },

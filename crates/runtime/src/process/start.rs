@@ -124,7 +124,7 @@ impl Bind for HttpPort {
 
     async fn bind(
         _cx: &ProcessContext,
-        _spec: &InstanceSpec,
+        spec: &InstanceSpec,
         cmd: &mut Command,
         net: &mut Option<NetNs>,
     ) -> Result<(Self, Option<oneshot::Sender<std::net::TcpListener>>), InvokeError> {
@@ -134,7 +134,7 @@ impl Bind for HttpPort {
                 .map_err(|e| init_failed(format!("could not find a free port: {e}")))?,
         };
         cmd.env("PORT", port.to_string());
-        let ep = http_port::Endpoint::new(port, net.take().map(Arc::new));
+        let ep = http_port::Endpoint::new(port, net.take().map(Arc::new), spec.spec.http_protocol);
         Ok((HttpPort(ep), None))
     }
 }
