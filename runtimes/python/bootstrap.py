@@ -5,10 +5,10 @@ Shipped inside the petrel binary; started once per instance with the function's 
 $LAMBDA_TASK_ROOT and the handler in $_HANDLER (module.function). $PETREL_CONCURRENCY workers
 poll for invocations, so an instance may run several at once when the function allows it.
 """
-import http.client
 import importlib
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -19,11 +19,71 @@ HOST, PORT = "", ""
 BASE = "/2018-06-01/runtime"
 
 
-def _request(conn, method, path, body=None, headers=None):
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    data = resp.read()
-    return resp, data
+class _Conn:
+    """One keep-alive HTTP/1.1 connection to the Runtime API. Petrel's server answers with a
+    content-length (or chunked), and the shim needs only the status, the headers and the body,
+    so this reads them straight off a buffered socket: http.client's header parsing (the email
+    package) cost more than the rest of a hello invocation."""
+
+    def __init__(self):
+        self.sock = socket.create_connection((HOST, int(PORT)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb", 65536)
+
+    def close(self):
+        try:
+            self.rfile.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+    def request(self, method, path, body=None, headers=None):
+        """Returns (status, headers with lower-case names, body)."""
+        head = ["%s %s HTTP/1.1\r\nHost: %s:%s\r\n" % (method, path, HOST, PORT)]
+        for k, v in (headers or {}).items():
+            head.append("%s: %s\r\n" % (k, v))
+        if body is not None:
+            head.append("Content-Length: %d\r\n" % len(body))
+        head.append("\r\n")
+        data = "".join(head).encode("latin-1")
+        self.sock.sendall(data + body if body is not None and len(body) < 65536 else data)
+        if body is not None and len(body) >= 65536:
+            self.sock.sendall(body)
+        rfile = self.rfile
+        line = rfile.readline(65537)
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise OSError("the Runtime API answered %r" % line[:80])
+        status = int(parts[1])
+        hdrs = {}
+        while True:
+            line = rfile.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if "content-length" in hdrs:
+            n = int(hdrs["content-length"])
+            payload = rfile.read(n) if n else b""
+            if len(payload) != n:
+                raise OSError("the Runtime API closed the connection mid-answer")
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunks.append(rfile.read(size))
+                rfile.readline(65537)
+            payload = b"".join(chunks)
+        else:
+            payload = rfile.read()
+        if hdrs.get("connection", "").lower() == "close":
+            self.close()
+            self.sock = None
+        return status, hdrs, payload
 
 
 def _error_body(exc, error_type=None):
@@ -42,10 +102,9 @@ def _report_init_error(exc, error_type):
     sys.stderr.write("init error: %s: %s\n" % (body["errorType"], body["errorMessage"]))
     sys.stderr.flush()
     try:
-        conn = http.client.HTTPConnection(HOST, int(PORT))
-        _request(conn, "POST", BASE + "/init/error", json.dumps(body).encode(),
-                 {"Content-Type": "application/json",
-                  "Lambda-Runtime-Function-Error-Type": body["errorType"]})
+        _Conn().request("POST", BASE + "/init/error", json.dumps(body).encode(),
+                        {"Content-Type": "application/json",
+                         "Lambda-Runtime-Function-Error-Type": body["errorType"]})
     finally:
         sys.exit(1)
 
@@ -76,9 +135,10 @@ class Context:
     """The Lambda context object."""
 
     def __init__(self, headers):
-        self.aws_request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
-        self.invoked_function_arn = headers.get("Lambda-Runtime-Invoked-Function-Arn", "")
-        self._deadline_ms = int(headers.get("Lambda-Runtime-Deadline-Ms", "0"))
+        # headers: the `next` answer's, with lower-case names
+        self.aws_request_id = headers.get("lambda-runtime-aws-request-id", "")
+        self.invoked_function_arn = headers.get("lambda-runtime-invoked-function-arn", "")
+        self._deadline_ms = int(headers.get("lambda-runtime-deadline-ms", "0"))
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
@@ -86,13 +146,13 @@ class Context:
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self.identity = None
         self.client_context = None
-        cc = headers.get("Lambda-Runtime-Client-Context")
+        cc = headers.get("lambda-runtime-client-context")
         if cc:
             try:
                 self.client_context = json.loads(cc)
             except ValueError:
                 pass
-        ci = headers.get("Lambda-Runtime-Cognito-Identity")
+        ci = headers.get("lambda-runtime-cognito-identity")
         if ci:
             try:
                 self.identity = json.loads(ci)
@@ -107,29 +167,31 @@ class _Connection:
     """A keep-alive connection to the Runtime API that reconnects after a failure."""
 
     def __init__(self):
-        self.conn = http.client.HTTPConnection(HOST, int(PORT))
+        self.conn = _Conn()
 
     def request(self, method, path, body=None, headers=None):
         try:
-            return _request(self.conn, method, path, body, headers)
-        except (OSError, http.client.HTTPException):
+            if self.conn.sock is None:
+                self.conn = _Conn()
+            return self.conn.request(method, path, body, headers)
+        except (OSError, ValueError):
             # Petrel may refuse a body (a response over the limit) and close the connection.
             self.conn.close()
-            self.conn = http.client.HTTPConnection(HOST, int(PORT))
+            self.conn = _Conn()
             if method == "GET":
-                return _request(self.conn, method, path, body, headers)
-            return None, b""
+                return self.conn.request(method, path, body, headers)
+            return None, {}, b""
 
 
 def _worker(handler):
     conn = _Connection()
     while True:
-        resp, data = conn.request("GET", BASE + "/invocation/next")
-        request_id = resp.getheader("Lambda-Runtime-Aws-Request-Id")
-        trace_id = resp.getheader("Lambda-Runtime-Trace-Id")
+        _status, headers, data = conn.request("GET", BASE + "/invocation/next")
+        request_id = headers.get("lambda-runtime-aws-request-id")
+        trace_id = headers.get("lambda-runtime-trace-id")
         if trace_id:
             os.environ["_X_AMZN_TRACE_ID"] = trace_id
-        ctx = Context(resp.headers)  # an HTTPMessage: case-insensitive, as header names are
+        ctx = Context(headers)
         try:
             event = json.loads(data) if data else None
             result = handler(event, ctx)
