@@ -5,7 +5,7 @@ min and max over repetitions, the ratios to each baseline, and the targets of is
     bench/report.py RAW.tsv
 
 RAW.tsv lines: scenario, target, connections, repetition, requests/s, p50, p99 (latencies as wrk
-prints them: 24.00us, 1.15ms, 2.00s).
+prints them: 24.00us, 1.15ms, 2.00s), and errors (non-2xx answers plus socket errors).
 """
 import statistics
 import sys
@@ -17,6 +17,8 @@ PETREL_REUSE = "Petrel wasm (instance_reuse = 1000000)"
 WT_FRESH = "wasmtime serve (fresh instance, default)"
 WT_REUSE = "wasmtime serve (instances reused)"
 WORKERD = "workerd (JS hello worker)"
+RIE_PAIRS = (("python3", "Petrel python3 handler", "aws-lambda-rie, python3 (awslambdaric)"),
+             ("nodejs", "Petrel nodejs handler", "aws-lambda-rie, nodejs (aws-lambda-ric)"))
 
 
 def us(s):
@@ -32,18 +34,20 @@ def fmt_us(x):
 
 def load(path):
     data = defaultdict(list)  # (scenario, target, c) -> [(rps, p50, p99)]
+    errors = defaultdict(int)  # (scenario, target, c) -> errors over repetitions
     order = []
     with open(path) as f:
         for line in f:
-            sc, tgt, c, _rep, rps, p50, p99 = line.rstrip("\n").split("\t")
+            sc, tgt, c, _rep, rps, p50, p99, *rest = line.rstrip("\n").split("\t")
             key = (sc, tgt, int(c))
             if key not in data:
                 order.append(key)
+            errors[key] += int(rest[0]) if rest and rest[0] else 0
             try:
                 data[key].append((float(rps), us(p50), us(p99)))
             except ValueError:
                 pass  # wrk printed nothing: the target did not answer
-    return data, order
+    return data, errors, order
 
 
 def med(xs):
@@ -51,7 +55,7 @@ def med(xs):
 
 
 def main():
-    data, order = load(sys.argv[1])
+    data, errors, order = load(sys.argv[1])
     reps = max((len(v) for v in data.values()), default=0)
 
     def rps(tgt, c, sc="warm-http"):
@@ -95,6 +99,26 @@ def main():
                       f"{med([x[0] for x in d]):,.0f} | {med([x[0] for x in p]):,.0f} |")
         print()
 
+    rie = [k for k in order if k[0] == "lambda-rie"]
+    if rie:
+        print(f"## lambda-rie: the hello handlers warm, a JSON event POSTed, {reps} repetitions\n")
+        print("Petrel's `/v1/functions/NAME/invoke` against the AWS Lambda Runtime Interface Emulator's")
+        print("`/2015-03-31/functions/function/invocations`, each running the same handler file (the emulator")
+        print("under the official runtime client). The emulator crashes on concurrent invocations, so it has")
+        print("no 64-connection row.")
+        print("Errors are non-2xx answers and socket errors over all repetitions.\n")
+        print("| target | connections | requests/s [min–max] | p50 | p99 | errors |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for key in rie:
+            xs = data[key]
+            if not xs:
+                print(f"| {key[1]} | {key[2]} | no answer | | | {errors[key]} |")
+                continue
+            r = [x[0] for x in xs]
+            print(f"| {key[1]} | {key[2]} | {med(r):,.0f} [{min(r):,.0f}–{max(r):,.0f}] | "
+                  f"{fmt_us(med([x[1] for x in xs]))} | {fmt_us(med([x[2] for x in xs]))} | {errors[key]:,} |")
+        print()
+
     # Targets of issue #19, each from the same run.
     rows = []
 
@@ -111,6 +135,11 @@ def main():
         ratio_row("wasm reused c=1 ÷ workerd", rps(PETREL_REUSE, 1), rps(WORKERD, 1), 1.5)
         ratio_row("wasm fresh c=64 ÷ wasmtime serve (reused)", rps(PETREL_WASM, 64), rps(WT_REUSE, 64), 1)
         ratio_row("wasm reused c=64 ÷ wasmtime serve (reused)", rps(PETREL_REUSE, 64), rps(WT_REUSE, 64), 1.5)
+    if rie:
+        for lang, petrel, peer in RIE_PAIRS:
+            # A run that answered with errors does not count as requests served.
+            num = rps(petrel, 1, "lambda-rie") if not errors[("lambda-rie", petrel, 1)] else None
+            ratio_row(f"{lang} handler c=1 ÷ aws-lambda-rie", num, rps(peer, 1, "lambda-rie"), 2)
     if gw:
         for c, pct_i, limit in ((1, 1, 50), (1, 2, 500)):
             d, p = gw.get(("gateway-overhead", "direct", c), []), gw.get(("gateway-overhead", "petrel", c), [])
