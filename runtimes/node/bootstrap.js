@@ -18,11 +18,11 @@ let HOST;
 let PORT;
 const BASE = '/2018-06-01/runtime';
 
-// One keep-alive HTTP/1.1 connection to the Runtime API, one request at a time. Petrel's server
-// answers with a content-length (or chunked), and the shim needs only the status, the headers and
-// the body, so this reads them straight off the socket: Node's http client cost about 130 µs of
-// CPU per request, more than the rest of a hello invocation.
-class Conn {
+// A keep-alive HTTP/1.1 connection to the Runtime API, one request at a time, opened again after
+// a failure. Petrel's Runtime API answers every request with a content-length, and the shim needs
+// only the status, the headers and the body, so they are read straight off the socket: Node's
+// http client cost more CPU per request than the rest of a hello invocation.
+class RuntimeApi {
   constructor() {
     this.sock = null;
     this.buf = Buffer.alloc(0);
@@ -38,14 +38,18 @@ class Conn {
     });
     const fail = (err) => {
       if (this.sock === sock) this.sock = null;
-      const w = this.waiting;
-      this.waiting = null;
-      if (w) w.reject(err || new Error('the Runtime API closed the connection'));
+      this.settle((w) => w.reject(err || new Error('the Runtime API closed the connection')));
     };
     sock.on('error', fail);
     sock.on('close', () => fail());
     this.sock = sock;
     this.buf = Buffer.alloc(0);
+  }
+
+  settle(how) {
+    const w = this.waiting;
+    this.waiting = null;
+    if (w) how(w);
   }
 
   // Completes the request in flight once its whole answer is in the buffer.
@@ -54,48 +58,24 @@ class Conn {
     const end = this.buf.indexOf('\r\n\r\n');
     if (end < 0) return;
     const lines = this.buf.toString('latin1', 0, end).split('\r\n');
-    const status = Number(lines[0].split(' ')[1]);
     const headers = {};
     for (let i = 1; i < lines.length; i++) {
       const c = lines[i].indexOf(':');
       if (c > 0) headers[lines[i].slice(0, c).trim().toLowerCase()] = lines[i].slice(c + 1).trim();
     }
-    let body;
-    let rest;
-    if (headers['content-length'] !== undefined) {
-      const n = Number(headers['content-length']);
-      if (this.buf.length < end + 4 + n) return;
-      body = this.buf.subarray(end + 4, end + 4 + n);
-      rest = this.buf.subarray(end + 4 + n);
-    } else if ((headers['transfer-encoding'] || '').toLowerCase() === 'chunked') {
-      const chunks = [];
-      let at = end + 4;
-      for (;;) {
-        const eol = this.buf.indexOf('\r\n', at);
-        if (eol < 0) return;
-        const size = parseInt(this.buf.toString('latin1', at, eol), 16);
-        if (size === 0) {
-          const fin = this.buf.indexOf('\r\n\r\n', eol);
-          if (fin < 0) return;
-          rest = this.buf.subarray(fin + 4);
-          break;
-        }
-        if (this.buf.length < eol + 2 + size + 2) return;
-        chunks.push(this.buf.subarray(eol + 2, eol + 2 + size));
-        at = eol + 2 + size + 2;
-      }
-      body = Buffer.concat(chunks);
-    } else {
-      return; // no length: the body ends with the connection (Petrel's server never does this)
+    if (headers['content-length'] === undefined) {
+      this.sock.destroy(new Error('the Runtime API answered without a content-length'));
+      return;
     }
-    this.buf = Buffer.from(rest);
-    const w = this.waiting;
-    this.waiting = null;
-    if ((headers.connection || '').toLowerCase() === 'close' && this.sock) {
+    const bodyEnd = end + 4 + Number(headers['content-length']);
+    if (this.buf.length < bodyEnd) return;
+    const body = this.buf.subarray(end + 4, bodyEnd);
+    this.buf = this.buf.subarray(bodyEnd);
+    if ((headers.connection || '').toLowerCase() === 'close') {
       this.sock.destroy();
       this.sock = null;
     }
-    w.resolve({ status, headers, body });
+    this.settle((w) => w.resolve({ status: Number(lines[0].split(' ')[1]), headers, body }));
   }
 
   request(method, p, body, headers) {
@@ -112,12 +92,6 @@ class Conn {
   }
 }
 
-// The connection of the code outside the worker loops (init errors).
-const initConn = new Conn();
-function request(method, p, body, headers, conn) {
-  return (conn || initConn).request(method, p, body, headers);
-}
-
 function errorBody(err, errorType) {
   const e = err instanceof Error ? err : new Error(typeof err === 'string' ? err : JSON.stringify(err));
   return {
@@ -131,7 +105,7 @@ async function initError(err, errorType) {
   const body = errorBody(err, errorType);
   process.stderr.write(`init error: ${body.errorType}: ${body.errorMessage}\n`);
   try {
-    await request('POST', `${BASE}/init/error`, JSON.stringify(body), {
+    await new RuntimeApi().request('POST', `${BASE}/init/error`, JSON.stringify(body), {
       'Content-Type': 'application/json',
       'Lambda-Runtime-Function-Error-Type': body.errorType,
     });
@@ -219,22 +193,18 @@ function callHandler(handler, event, context) {
 // invocation, not the instance.
 async function post(conn, p, body, headers) {
   try {
-    await request('POST', p, body, headers, conn);
+    await conn.request('POST', p, body, headers);
   } catch (err) {
     console.error(`could not report to the Runtime API: ${err.message}`);
   }
 }
 
 async function worker(handler) {
-  const conn = new Conn();
+  const conn = new RuntimeApi();
   for (;;) {
-    let next;
-    try {
-      next = await request('GET', `${BASE}/invocation/next`, undefined, undefined, conn);
-    } catch (err) {
-      // The connection dropped while waiting: ask again on a new one.
-      next = await request('GET', `${BASE}/invocation/next`, undefined, undefined, conn);
-    }
+    // A connection that dropped while waiting is opened again, and asked once more.
+    const next = await conn.request('GET', `${BASE}/invocation/next`)
+      .catch(() => conn.request('GET', `${BASE}/invocation/next`));
     const id = next.headers['lambda-runtime-aws-request-id'];
     if (next.headers['lambda-runtime-trace-id']) process.env._X_AMZN_TRACE_ID = next.headers['lambda-runtime-trace-id'];
     const context = makeContext(next.headers);
@@ -297,7 +267,7 @@ async function warmUp() {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   [HOST, PORT] = ['127.0.0.1', String(server.address().port)];
-  const conn = new Conn();
+  const conn = new RuntimeApi();
   for (let i = 0; i < 3; i++) {
     JSON.parse((await conn.request('GET', '/warm')).body.toString('utf8'));
     await conn.request('POST', '/warm', JSON.stringify({ warm: i }), { 'Content-Type': 'application/json' });

@@ -19,71 +19,69 @@ HOST, PORT = "", ""
 BASE = "/2018-06-01/runtime"
 
 
-class _Conn:
-    """One keep-alive HTTP/1.1 connection to the Runtime API. Petrel's server answers with a
-    content-length (or chunked), and the shim needs only the status, the headers and the body,
-    so this reads them straight off a buffered socket: http.client's header parsing (the email
-    package) cost more than the rest of a hello invocation."""
+class _RuntimeApi:
+    """A keep-alive HTTP/1.1 connection to the Runtime API, opened again after a failure.
+
+    Petrel's Runtime API answers every request with a content-length, and the shim needs only the
+    status, the headers and the body, so they are read straight off a buffered socket:
+    http.client's header parsing (through the email package) cost more than the rest of a hello
+    invocation."""
 
     def __init__(self):
-        self.sock = socket.create_connection((HOST, int(PORT)))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = self.sock.makefile("rb", 65536)
+        self.sock = self.rfile = None
 
-    def close(self):
-        try:
-            self.rfile.close()
-            self.sock.close()
-        except OSError:
-            pass
+    def _close(self):
+        if self.sock is not None:
+            try:
+                self.rfile.close()
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = self.rfile = None
 
-    def request(self, method, path, body=None, headers=None):
-        """Returns (status, headers with lower-case names, body)."""
+    def _roundtrip(self, method, path, body, headers):
+        if self.sock is None:
+            self.sock = socket.create_connection((HOST, int(PORT)))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.rfile = self.sock.makefile("rb")
         head = ["%s %s HTTP/1.1\r\nHost: %s:%s\r\n" % (method, path, HOST, PORT)]
-        for k, v in (headers or {}).items():
-            head.append("%s: %s\r\n" % (k, v))
+        head.extend("%s: %s\r\n" % kv for kv in (headers or {}).items())
         if body is not None:
             head.append("Content-Length: %d\r\n" % len(body))
         head.append("\r\n")
-        data = "".join(head).encode("latin-1")
-        self.sock.sendall(data + body if body is not None and len(body) < 65536 else data)
-        if body is not None and len(body) >= 65536:
-            self.sock.sendall(body)
-        rfile = self.rfile
-        line = rfile.readline(65537)
+        self.sock.sendall("".join(head).encode("latin-1") + (body or b""))
+        line = self.rfile.readline(65537)
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             raise OSError("the Runtime API answered %r" % line[:80])
-        status = int(parts[1])
         hdrs = {}
         while True:
-            line = rfile.readline(65537)
+            line = self.rfile.readline(65537)
             if line in (b"\r\n", b"\n", b""):
                 break
             k, _, v = line.decode("latin-1").partition(":")
             hdrs[k.strip().lower()] = v.strip()
-        if "content-length" in hdrs:
-            n = int(hdrs["content-length"])
-            payload = rfile.read(n) if n else b""
-            if len(payload) != n:
-                raise OSError("the Runtime API closed the connection mid-answer")
-        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    break
-                chunks.append(rfile.read(size))
-                rfile.readline(65537)
-            payload = b"".join(chunks)
-        else:
-            payload = rfile.read()
+        if "content-length" not in hdrs:
+            raise OSError("the Runtime API answered without a content-length")
+        n = int(hdrs["content-length"])
+        payload = self.rfile.read(n) if n else b""
+        if len(payload) != n:
+            raise OSError("the Runtime API closed the connection mid-answer")
         if hdrs.get("connection", "").lower() == "close":
-            self.close()
-            self.sock = None
-        return status, hdrs, payload
+            self._close()
+        return int(parts[1]), hdrs, payload
+
+    def request(self, method, path, body=None, headers=None):
+        """Returns (status, headers with lower-case names, body). After a failure a GET is sent
+        once more on a new connection; a POST answers (None, {}, b"")."""
+        try:
+            return self._roundtrip(method, path, body, headers)
+        except (OSError, ValueError):
+            # Petrel may refuse a body (a response over the limit) and close the connection.
+            self._close()
+            if method == "GET":
+                return self._roundtrip(method, path, body, headers)
+            return None, {}, b""
 
 
 def _error_body(exc, error_type=None):
@@ -102,9 +100,9 @@ def _report_init_error(exc, error_type):
     sys.stderr.write("init error: %s: %s\n" % (body["errorType"], body["errorMessage"]))
     sys.stderr.flush()
     try:
-        _Conn().request("POST", BASE + "/init/error", json.dumps(body).encode(),
-                        {"Content-Type": "application/json",
-                         "Lambda-Runtime-Function-Error-Type": body["errorType"]})
+        _RuntimeApi().request("POST", BASE + "/init/error", json.dumps(body).encode(),
+                              {"Content-Type": "application/json",
+                               "Lambda-Runtime-Function-Error-Type": body["errorType"]})
     finally:
         sys.exit(1)
 
@@ -163,28 +161,8 @@ class Context:
         return max(0, self._deadline_ms - int(time.time() * 1000))
 
 
-class _Connection:
-    """A keep-alive connection to the Runtime API that reconnects after a failure."""
-
-    def __init__(self):
-        self.conn = _Conn()
-
-    def request(self, method, path, body=None, headers=None):
-        try:
-            if self.conn.sock is None:
-                self.conn = _Conn()
-            return self.conn.request(method, path, body, headers)
-        except (OSError, ValueError):
-            # Petrel may refuse a body (a response over the limit) and close the connection.
-            self.conn.close()
-            self.conn = _Conn()
-            if method == "GET":
-                return self.conn.request(method, path, body, headers)
-            return None, {}, b""
-
-
 def _worker(handler):
-    conn = _Connection()
+    conn = _RuntimeApi()
     while True:
         _status, headers, data = conn.request("GET", BASE + "/invocation/next")
         request_id = headers.get("lambda-runtime-aws-request-id")

@@ -369,16 +369,20 @@ async fn a_function_that_cannot_start_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_response_over_the_limit_is_refused_and_the_instance_keeps_serving() {
     let p = Petrel::start().await;
-    p.deploy(echo_function("healthy", "python3", "").path());
-    let id = p.invoke("healthy", "{}").await.json()["instance"].to_string();
-    p.invoke("healthy", r#"{"action": "big"}"#)
-        .await
-        .assert_error(502, "response_too_large");
-    let r = p.invoke("healthy", "{}").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.json()["instance"].to_string(),
-        id,
-        "the instance was not at fault"
-    );
+    // Petrel refuses the body and closes the shim's Runtime API connection: the shim must open
+    // another for its next invocation, on the same instance.
+    for (name, runtime) in [("healthy", "python3"), ("healthy-node", "nodejs")] {
+        p.deploy(echo_function(name, runtime, "").path());
+        let id = p.invoke(name, "{}").await.json()["instance"].to_string();
+        p.invoke(name, r#"{"action": "big"}"#)
+            .await
+            .assert_error(502, "response_too_large");
+        let r = p.invoke(name, "{}").await;
+        assert_eq!(r.status, 200, "{runtime}: {}", r.text());
+        assert_eq!(
+            r.json()["instance"].to_string(),
+            id,
+            "{runtime}: the instance was not at fault"
+        );
+    }
 }

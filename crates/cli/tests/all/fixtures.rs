@@ -48,6 +48,7 @@ exports.handler = async (event, context) => {
   if (action === 'crash') { console.error('about to crash'); process.exit(5); }
   if (action === 'slow') await new Promise((r) => setTimeout(r, (event.secs || 1) * 1000));
   if (action === 'http') return { statusCode: 202, headers: { 'x-from': 'node' }, body: 'accepted' };
+  if (action === 'big') return 'x'.repeat(7 * 1024 * 1024);
   return {
     mark: process.env.MARK || null,
     pid: process.pid,
