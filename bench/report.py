@@ -54,6 +54,13 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def load_cells(xs):
+    """Requests/s median [min–max], p50 and p99 of a row's repetitions, as table cells."""
+    r = [x[0] for x in xs]
+    return (f"{med(r):,.0f} [{min(r):,.0f}–{max(r):,.0f}] | "
+            f"{fmt_us(med([x[1] for x in xs]))} | {fmt_us(med([x[2] for x in xs]))}")
+
+
 def main():
     data, errors, order = load(sys.argv[1])
     reps = max((len(v) for v in data.values()), default=0)
@@ -72,11 +79,9 @@ def main():
             if not xs:
                 print(f"| {tgt} | {c} | no answer | | | |")
                 continue
-            r = [x[0] for x in xs]
             base = rps(HYPER, c)
-            ratio = f"{med(r) / base:.3f}" if base else "-"
-            print(f"| {tgt} | {c} | {med(r):,.0f} [{min(r):,.0f}–{max(r):,.0f}] | "
-                  f"{fmt_us(med([x[1] for x in xs]))} | {fmt_us(med([x[2] for x in xs]))} | {ratio} |")
+            ratio = f"{rps(tgt, c) / base:.3f}" if base else "-"
+            print(f"| {tgt} | {c} | {load_cells(xs)} | {ratio} |")
         print()
 
     gw = {k: v for k, v in data.items() if k[0] == "gateway-overhead"}
@@ -114,9 +119,7 @@ def main():
             if not xs:
                 print(f"| {key[1]} | {key[2]} | no answer | | | {errors[key]} |")
                 continue
-            r = [x[0] for x in xs]
-            print(f"| {key[1]} | {key[2]} | {med(r):,.0f} [{min(r):,.0f}–{max(r):,.0f}] | "
-                  f"{fmt_us(med([x[1] for x in xs]))} | {fmt_us(med([x[2] for x in xs]))} | {errors[key]:,} |")
+            print(f"| {key[1]} | {key[2]} | {load_cells(xs)} | {errors[key]:,} |")
         print()
 
     # Targets of issue #19, each from the same run.

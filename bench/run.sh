@@ -6,7 +6,8 @@
 #   (default: all)
 #
 # Installs what it needs when missing: wrk (Debian), wasmtime-cli 48.0.8 (crates.io), workerd
-# 1.20261117.1 (npm, under bench/.tools). Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
+# 1.20261117.1 (npm), and for lambda-rie the newest aws-lambda-rie (Go module proxy), awslambdaric
+# (PyPI) and aws-lambda-ric (npm), all but wrk and wasmtime under bench/.tools. Servers run on CPU $SERVER_CPU, wrk on $LOAD_CPU.
 # DURATION (seconds per measurement, default 5), REPS (repetitions of each load measurement,
 # default 3), N (functions, default 1000) and PROFILE=0 (skip the perf profile) tune it;
 # PETREL=/path/to/petrel measures that binary instead of building this tree's (a before/after
@@ -55,7 +56,8 @@ cp examples/hello-wasm/hello.wasm bench/hello-wasm-reuse/hello.wasm
 PETREL=${PETREL:-$root/target/release/petrel}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ok() { for _ in $(seq 1 300); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; say "no answer from $1"; return 1; }
+# wait_ok URL [CURL ARGS...]: waits up to 15 s for a 2xx answer.
+wait_ok() { local u=$1; shift; for _ in $(seq 1 300); do curl -fs -o /dev/null "$@" "$u" && return 0; sleep 0.05; done; say "no answer from $u"; return 1; }
 pinned() { taskset -c "$SERVER_CPU" "$@"; }
 
 # wrk at C connections against URL (with the wrk lua SCRIPT if given); prints "req/s p50 p99
@@ -267,9 +269,10 @@ async_mode() {
 # The python3 and nodejs hello handlers, warm, in Petrel and in the AWS Lambda Runtime Interface
 # Emulator running the same handler under the official runtime client (awslambdaric from PyPI,
 # aws-lambda-ric from npm): both called the way the emulator's users call it, a JSON event POSTed
-# (Petrel's at /v1/functions/NAME/invoke: its Lambda route wants SigV4, which wrk cannot sign). The emulator runs one invocation at a time, and
-# concurrent invocations crash it (a nil pointer in rapidcore's Server.Invoke, seen with the
-# 2026-10-30 version), so it is measured at one connection; Petrel at both.
+# (Petrel's at /v1/functions/NAME/invoke: its Lambda route wants SigV4, which wrk cannot sign).
+# The emulator runs one invocation at a time, and concurrent invocations crash it (a nil pointer
+# in rapidcore's Server.Invoke, seen with the 2026-10-30 version), so it is measured at one
+# connection; Petrel at both.
 RIE=$tools/bin/aws-lambda-rie
 lambda_rie() {
   say "lambda-rie"
@@ -290,9 +293,8 @@ lambda_rie() {
     local name=$1 dir=$2; shift 2
     port=$(free_port)
     (cd "$dir" && GREETING=Hello PYTHONPATH=$tools/py LOG_LEVEL=error pinned "$RIE" --runtime-interface-emulator-address "127.0.0.1:$port" "$@" > /dev/null 2>&1) & pids+=($!)
-    local url="http://127.0.0.1:$port/2015-03-31/functions/function/invocations" ok=
-    for _ in $(seq 1 300); do curl -fs -o /dev/null -XPOST -d '{}' "$url" && { ok=1; break; }; sleep 0.05; done
-    if [ -n "$ok" ]; then
+    local url="http://127.0.0.1:$port/2015-03-31/functions/function/invocations"
+    if wait_ok "$url" -XPOST -d '{}'; then
       measure lambda-rie "$name" "$url" 1 "$lua"
     else
       printf '%s\t%s\n' "$name" "started but did not answer within 15 s" >> "$work/missing.tsv"
