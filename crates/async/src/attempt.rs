@@ -17,9 +17,8 @@ use petrel_store::LeasedAsync;
 /// ran (which govern its retries), when it got that far.
 pub(crate) async fn run(invoker: &dyn Invoker, job: LeasedAsync) -> (Attempt, Option<AsyncSpec>) {
     let target = FunctionRef {
-        namespace: job.namespace.clone(),
-        name: job.function.clone(),
         version: job.version,
+        ..FunctionRef::latest(&job.namespace, &job.function)
     };
     let version = match invoker.resolve(&target).await {
         Ok(v) => v,

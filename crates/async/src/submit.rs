@@ -30,6 +30,10 @@ pub async fn submit(
     id: &str,
     req: http::Request<Body>,
 ) -> Result<(String, bool), ApiError> {
+    // An alias (or a pin) is decided now: the queued request runs the version it was routed to,
+    // whatever the alias says when its attempt comes. The latest stays the latest at the attempt.
+    let hints = petrel_dataplane::RouteHints::from_headers(req.headers())?;
+    let target = &dp.route(target, &hints).await?;
     let version = dp.version_of(target).await?;
     fn text(req: &http::Request<Body>, name: &str) -> Result<Option<String>, ApiError> {
         req.headers()

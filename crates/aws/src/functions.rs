@@ -413,13 +413,71 @@ pub async fn publish_version(State(api): State<LambdaApi>, Path(name): Path<Stri
 
 /// Lambda's `AliasConfiguration`.
 fn alias_config(function: &str, a: &petrel_store::Alias) -> Value {
-    json!({
+    let mut c = json!({
         "AliasArn": arn::function(function, Some(&a.name)),
         "Name": a.name,
-        "FunctionVersion": a.version.map(|v| v.to_string()).unwrap_or_else(|| "$LATEST".into()),
+        "FunctionVersion": a.route.version.map(|v| v.to_string()).unwrap_or_else(|| "$LATEST".into()),
         "Description": a.description,
         "RevisionId": a.revision,
-    })
+    });
+    if let Some(w) = a.route.additional {
+        c["RoutingConfig"] = json!({"AdditionalVersionWeights": {w.version.to_string(): w.weight}});
+    }
+    c
+}
+
+/// `RoutingConfig.AdditionalVersionWeights` (at most one version, as Lambda allows): absent
+/// keeps `current`, an empty map removes the split.
+async fn routing_config(
+    api: &LambdaApi,
+    function: &str,
+    body: &Value,
+    current: Option<petrel_core::release::Weighted>,
+) -> Result<Option<petrel_core::release::Weighted>, Refused> {
+    let Some(weights) = body
+        .get("RoutingConfig")
+        .map(|r| &r["AdditionalVersionWeights"])
+    else {
+        return Ok(current);
+    };
+    let Some(map) = weights.as_object() else {
+        return Ok(None);
+    };
+    if map.len() > 1 {
+        return Err(invalid(
+            "RoutingConfig.AdditionalVersionWeights takes at most one version",
+        ));
+    }
+    let Some((v, w)) = map.iter().next() else {
+        return Ok(None);
+    };
+    let version = alias_target(api, function, v)
+        .await?
+        .ok_or_else(|| invalid("RoutingConfig cannot name $LATEST: give a version number"))?;
+    let weight = w
+        .as_f64()
+        .filter(|w| (0.0..1.0).contains(w))
+        .ok_or_else(|| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                &format!("1 validation error detected: the weight of version {v} must be a number from 0 up to 1, not {w}"),
+            )
+        })?;
+    Ok(Some(petrel_core::release::Weighted { version, weight }))
+}
+
+/// An alias's route from its `FunctionVersion` and `RoutingConfig`, checked.
+fn checked_route(
+    version: Option<u32>,
+    additional: Option<petrel_core::release::Weighted>,
+) -> Result<petrel_core::release::AliasRoute, Refused> {
+    let route = petrel_core::release::AliasRoute {
+        version,
+        additional,
+    };
+    route.check().map_err(|e| invalid(&e))?;
+    Ok(route)
 }
 
 fn alias_not_found(function: &str, alias: &str) -> Refused {
@@ -482,9 +540,13 @@ pub async fn create_alias(
                 return Err(refused(StatusCode::BAD_REQUEST, "ValidationException", &format!("Name {alias:?} is not an alias name: 1 to 128 letters, digits, - and _, not all digits")));
             }
             let target = alias_target(&api, &name, body["FunctionVersion"].as_str().unwrap_or("")).await?;
+            let additional = routing_config(&api, &name, &body, None).await?;
+            let route = checked_route(target, additional)?;
             let description = body["Description"].as_str().unwrap_or_default();
             let key = (DEFAULT_NAMESPACE, name.as_str());
-            if !api.control.store().put_alias(key, alias, target, description, true).await.map_err(db)? {
+            let created = api.control.store().put_alias(key, alias, route, description, true).await.map_err(db)?;
+            api.dataplane.alias_changed(DEFAULT_NAMESPACE, &name);
+            if !created {
                 return Err(refused(StatusCode::CONFLICT, "ResourceConflictException", &format!("Alias already exists: {name}:{alias}")));
             }
             let a = stored_alias(&api, &name, alias).await?;
@@ -538,17 +600,20 @@ pub async fn update_alias(
             let current = stored_alias(&api, &name, &alias).await?;
             let target = match body["FunctionVersion"].as_str() {
                 Some(v) => alias_target(&api, &name, v).await?,
-                None => current.version,
+                None => current.route.version,
             };
+            let additional = routing_config(&api, &name, &body, current.route.additional).await?;
+            let route = checked_route(target, additional)?;
             let description = body["Description"].as_str().unwrap_or(&current.description);
             let key = (DEFAULT_NAMESPACE, name.as_str());
-            if !api
+            let stored = api
                 .control
                 .store()
-                .put_alias(key, &alias, target, description, false)
+                .put_alias(key, &alias, route, description, false)
                 .await
-                .map_err(db)?
-            {
+                .map_err(db)?;
+            api.dataplane.alias_changed(DEFAULT_NAMESPACE, &name);
+            if !stored {
                 return Err(alias_not_found(&name, &alias));
             }
             let a = stored_alias(&api, &name, &alias).await?;
@@ -565,13 +630,14 @@ pub async fn delete_alias(
 ) -> Response {
     answer(
         async {
-            if !api
+            let gone = api
                 .control
                 .store()
                 .delete_alias(DEFAULT_NAMESPACE, &name, &alias)
                 .await
-                .map_err(db)?
-            {
+                .map_err(db)?;
+            api.dataplane.alias_changed(DEFAULT_NAMESPACE, &name);
+            if !gone {
                 return Err(alias_not_found(&name, &alias));
             }
             Ok(StatusCode::NO_CONTENT.into_response())

@@ -43,14 +43,15 @@ async fn target(api: &LambdaApi, name: &str, q: &LambdaQuery) -> Result<Function
             &format!("Function not found: {base}:{what}"),
         )
     };
-    r.version = match qualifier {
-        None | Some("$LATEST") => None,
+    match qualifier {
+        None | Some("$LATEST") => {}
         Some(v) => match v.parse::<u32>() {
-            Ok(n) if n > 0 => Some(n),
+            Ok(n) if n > 0 => r.version = Some(n),
             Ok(_) => return Err(not_found(v)),
             Err(_) if is_alias_name(v) => {
-                match api.dataplane.alias(&r.namespace, &r.name, v).await {
-                    Ok(Some(version)) => version,
+                // The router picks the side of a weighted alias per call.
+                match api.dataplane.alias_route(&r.namespace, &r.name, v).await {
+                    Ok(Some(_)) => r.alias = Some(v.to_owned()),
                     Ok(None) => return Err(not_found(&format!("{v} (no such version or alias)"))),
                     Err(e) => return Err(lambda_error(e, "")),
                 }
@@ -63,17 +64,11 @@ async fn target(api: &LambdaApi, name: &str, q: &LambdaQuery) -> Result<Function
                 ))
             }
         },
-    };
+    }
     Ok(r)
 }
 
-/// Lambda's alias names: 1 to 128 of letters, digits, `-` and `_`, not all digits.
-pub fn is_alias_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !s.chars().all(|c| c.is_ascii_digit())
-}
+pub use petrel_core::is_alias_name;
 
 /// The answer with the request id Lambda puts on every answer.
 fn with_request_id(mut resp: Response, id: &str) -> Response {

@@ -63,6 +63,18 @@ enum Command {
         #[command(subcommand)]
         command: dlq::Command,
     },
+    /// Aliases: `alias set NAME ALIAS --version N [--weight M=0.1]`, `alias ls NAME`, `alias rm NAME ALIAS`.
+    Alias {
+        #[command(subcommand)]
+        command: release::AliasCommand,
+    },
+    /// Gradual rollouts of an alias with automatic rollback: `rollout start|status|pause|resume|abort`.
+    Rollout {
+        #[command(subcommand)]
+        command: release::RolloutCommand,
+    },
+    /// Copy a tested version to another namespace (same artifact, nothing rebuilt).
+    Promote(release::PromoteArgs),
     /// Event triggers: `trigger ls [NAME]`, `trigger pause|resume NAME TRIGGER`, `trigger dlq NAME TRIGGER`.
     Trigger {
         #[command(subcommand)]
@@ -160,6 +172,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inv { command } => inv::run(&client()?, command).await,
         Command::Dlq { command } => dlq::run(&client()?, command).await,
         Command::Trigger { command } => trigger::run(&client()?, command).await,
+        Command::Alias { command } => release::alias(&client()?, command).await,
+        Command::Rollout { command } => release::rollout(&client()?, command).await,
+        Command::Promote(args) => release::promote(&client()?, args).await,
         Command::Usage(args) => usage::run(&client()?, args).await,
         Command::Top(args) => top::run(&client()?, args).await,
         Command::Logs(args) => logs::run(&client()?, args).await,

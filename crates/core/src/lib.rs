@@ -14,11 +14,12 @@ pub mod error;
 pub mod manifest;
 pub mod name;
 pub mod outbound;
+pub mod release;
 pub mod trigger;
 
 pub use error::{ApiError, ErrorClass, ErrorCode, LambdaError};
 pub use manifest::{FunctionSpec, KeepAlivePolicy, Manifest, ManifestError, Network, Runtime};
-pub use name::{FunctionRef, NameError};
+pub use name::{is_alias_name, FunctionRef, NameError};
 
 /// Largest request or response payload accepted by default (as AWS Lambda's synchronous limit).
 pub const DEFAULT_PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;

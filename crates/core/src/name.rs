@@ -1,4 +1,5 @@
-//! Function and namespace names, and references of the form `name[.namespace][:version]`.
+//! Function and namespace names, and references of the form
+//! `name[.namespace][:version|alias]`.
 
 use std::fmt;
 
@@ -33,29 +34,64 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), NameError> {
     }
 }
 
-/// What a caller names when it invokes: a function, its namespace, and optionally a version.
+/// Alias names (Lambda's rule): 1 to 128 of letters, digits, `-` and `_`, not all digits, and
+/// not `latest`, which names the latest version.
+pub fn is_alias_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !s.chars().all(|c| c.is_ascii_digit())
+        && s != "latest"
+}
+
+/// What a caller names when it invokes: a function, its namespace, and optionally a version or
+/// an alias (at most one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FunctionRef {
     pub namespace: String,
     pub name: String,
-    /// `None` means the latest version.
+    /// `None` means the latest version, or the alias's.
     pub version: Option<u32>,
+    /// An alias, resolved by the data plane's router to one of its versions.
+    pub alias: Option<String>,
 }
 
 impl FunctionRef {
-    /// Parses `name[.namespace][:version]`; `latest` is accepted as a version and means `None`.
+    /// The latest version of `name` in `namespace`.
+    pub fn latest(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            version: None,
+            alias: None,
+        }
+    }
+
+    /// The same function at version `version`.
+    pub fn at(&self, version: u32) -> Self {
+        Self {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            version: Some(version),
+            alias: None,
+        }
+    }
+
+    /// Parses `name[.namespace][:qualifier]`, the qualifier a version number, `latest` (the same
+    /// as none) or an alias name.
     pub fn parse(s: &str, default_namespace: &str) -> Result<Self, NameError> {
-        let (base, version) = match s.split_once(':') {
-            Some((b, "latest")) => (b, None),
+        let (base, version, alias) = match s.split_once(':') {
+            Some((b, "latest")) => (b, None, None),
+            Some((b, q)) if is_alias_name(q) => (b, None, Some(q.to_owned())),
             Some((b, v)) => {
                 let n: u32 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| NameError {
-                    what: "version",
+                    what: "version or alias",
                     value: v.to_owned(),
-                    rule: "use a version number (1, 2, ...) or 'latest'",
+                    rule: "use a version number (1, 2, ...), 'latest', or an alias name (letters, digits, '-' and '_')",
                 })?;
-                (b, Some(n))
+                (b, Some(n), None)
             }
-            None => (s, None),
+            None => (s, None, None),
         };
         let (name, namespace) = match base.split_once('.') {
             Some((n, ns)) => (n, ns),
@@ -67,6 +103,7 @@ impl FunctionRef {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             version,
+            alias,
         })
     }
 }
@@ -79,6 +116,8 @@ impl fmt::Display for FunctionRef {
         }
         if let Some(v) = self.version {
             write!(f, ":{v}")?;
+        } else if let Some(a) = &self.alias {
+            write!(f, ":{a}")?;
         }
         Ok(())
     }
@@ -119,7 +158,10 @@ mod tests {
             None
         );
         assert!(FunctionRef::parse("hello:0", "default").is_err());
-        assert!(FunctionRef::parse("hello:x", "default").is_err());
+        assert!(FunctionRef::parse("hello:x.y", "default").is_err());
+        let r = FunctionRef::parse("hello.dev:prod", "default").unwrap();
+        assert_eq!((r.version, r.alias.as_deref()), (None, Some("prod")));
+        assert_eq!(r.to_string(), "hello.dev:prod");
         assert!(FunctionRef::parse("Hello", "default").is_err());
     }
 }

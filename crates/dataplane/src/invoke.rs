@@ -44,6 +44,8 @@ pub struct Invocation {
     pub attempt: Option<AttemptOf>,
     /// Refuse functions that take HTTP rather than events (Lambda's `Invoke` runs handlers).
     pub events_only: bool,
+    /// What the caller asked of the router: a pinned version, a sticky key.
+    pub route: crate::router::RouteHints,
 }
 
 /// An async invocation's attempt: its record's id (`{id}.{attempt}`). It may run for the
@@ -81,6 +83,7 @@ impl Invocation {
             source_ip: None,
             attempt: None,
             events_only: false,
+            route: Default::default(),
         }
     }
 }
@@ -232,7 +235,11 @@ impl DataPlane {
     /// Runs one invocation of `target`: resolve, adapt, admit, call, record. The answer's body
     /// may still be streaming; the instance stays taken until it ends.
     pub async fn invoke(&self, target: &FunctionRef, inv: Invocation) -> Result<Answer, Failure> {
-        let pool = self.resolve(target).await.map_err(Failure::refused)?;
+        let target = self
+            .route(target, &inv.route)
+            .await
+            .map_err(Failure::refused)?;
+        let pool = self.resolve(&target).await.map_err(Failure::refused)?;
         let version = pool.version().clone();
         let _admitted = self
             .inner
@@ -542,7 +549,7 @@ impl<'a> Call<'a> {
             Err(AcquireError::Refused(e)) => Err(e),
             Err(AcquireError::Start(e)) => {
                 let outcome = InvocationOutcome::InitFailed;
-                metrics.invocation(&v.namespace, &v.spec, outcome, None);
+                metrics.invocation((&v.namespace, v.version), &v.spec, outcome, None);
                 self.record(v, None, true, outcome, Some(e.to_string()), None);
                 self.finish(v, true, outcome, Some(e.to_string()));
                 Err(invoke_error(&v.name, v.version, &e))
@@ -563,7 +570,7 @@ impl<'a> Call<'a> {
         let v = lease.version();
         let ran = started.elapsed();
         let metrics = self.dp.metrics();
-        metrics.invocation(&v.namespace, &v.spec, outcome, Some(ran));
+        metrics.invocation((&v.namespace, v.version), &v.spec, outcome, Some(ran));
         if lease.cold() {
             let (ns, fs) = (&v.namespace, &v.spec);
             metrics.cold_start_phase(ns, fs, "wait_for_slot", lease.slot_wait());

@@ -21,6 +21,7 @@ mod invoke;
 pub mod keepalive;
 pub mod metrics;
 pub mod pool;
+pub mod router;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
@@ -30,6 +31,7 @@ pub use invoke::{
     Failure, Invocation, Outcome, Payload,
 };
 pub use pool::{Pool, PoolStats};
+pub use router::RouteHints;
 
 use petrel_core::api::InvocationRecord;
 use petrel_core::manifest::AsyncSpec;
@@ -66,13 +68,13 @@ pub trait VersionSource: Send + Sync + 'static {
         version: u32,
     ) -> BoxFuture<'_, anyhow::Result<Option<DeployedVersion>>>;
 
-    /// The version an alias names: `Some(None)` follows the latest, `None` is no such alias.
+    /// Where an alias sends traffic; `None` is no such alias.
     fn alias(
         &self,
         _namespace: &str,
         _name: &str,
         _alias: &str,
-    ) -> BoxFuture<'_, anyhow::Result<Option<Option<u32>>>> {
+    ) -> BoxFuture<'_, anyhow::Result<Option<petrel_core::release::AliasRoute>>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -97,6 +99,8 @@ struct Inner {
     draining: AtomicBool,
     /// Rate limits and namespace quotas.
     admission: admission::Admission,
+    /// Aliases the router read recently.
+    aliases: router::AliasCache,
 }
 
 /// The data plane. Cheap to clone.
@@ -129,6 +133,7 @@ impl DataPlane {
                 budget: Arc::default(),
                 idle_hists: Mutex::default(),
                 admission: Default::default(),
+                aliases: Default::default(),
                 records: RecordSink {
                     tx,
                     dropped: std::sync::atomic::AtomicU64::new(0),
@@ -266,6 +271,7 @@ impl DataPlane {
     pub fn removed(&self, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
         self.inner.latest.write().unwrap().remove(&key);
+        self.alias_changed(namespace, name);
         if let Some(pools) = self.inner.pools.lock().unwrap().remove(&key) {
             for p in pools.values() {
                 p.close();
@@ -273,19 +279,23 @@ impl DataPlane {
         }
     }
 
-    /// The version a reference names (the latest, or one by number), loading an older version
-    /// from the source when needed.
     /// Sets a namespace's invocation quotas on this server (the default removes them).
     pub fn set_namespace_limits(&self, ns: &str, limits: NamespaceLimits) {
         self.inner.admission.set_namespace(ns, limits);
     }
 
+    /// The version a reference names (the latest, one by number, or one its alias routes to at
+    /// random: route first with [`DataPlane::route`] when the same call is invoked next).
     pub async fn version_of(&self, r: &FunctionRef) -> Result<Arc<DeployedVersion>, ApiError> {
         self.resolve(r).await.map(|p| p.version().clone())
     }
 
     /// The pool serving a reference, loading an older version from the source when needed.
     pub(crate) async fn resolve(&self, r: &FunctionRef) -> Result<Arc<Pool>, ApiError> {
+        if r.alias.is_some() && r.version.is_none() {
+            let routed = self.route(r, &RouteHints::default()).await?;
+            return Box::pin(self.resolve(&routed)).await;
+        }
         if self.inner.draining.load(Ordering::Relaxed) {
             return Err(ApiError::new(
                 ErrorCode::ShuttingDown,
@@ -340,24 +350,6 @@ impl DataPlane {
             )
         });
         Ok(pool.clone())
-    }
-
-    /// The version an alias of a function names (`Some(None)`: the latest); `None` if there is
-    /// no such alias.
-    pub async fn alias(
-        &self,
-        namespace: &str,
-        name: &str,
-        alias: &str,
-    ) -> Result<Option<Option<u32>>, ApiError> {
-        self.inner
-            .source
-            .alias(namespace, name, alias)
-            .await
-            .map_err(|e| {
-                tracing::error!(function = %name, error = %e, "could not read an alias");
-                ApiError::internal()
-            })
     }
 
     /// Stats of every pool, by (namespace, name, version).

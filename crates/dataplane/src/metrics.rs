@@ -29,6 +29,17 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// An invocation's function, the version that ran it (bounded by the versions deployed), and
+/// its outcome: what a rollout compares between two versions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionOutcomeLabels {
+    pub namespace: String,
+    pub function: String,
+    pub runtime: String,
+    pub version: u32,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub namespace: String,
@@ -56,7 +67,7 @@ fn seconds_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    invocations: Family<OutcomeLabels, Counter>,
+    invocations: Family<VersionOutcomeLabels, Counter>,
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     cold_starts: Family<OutcomeLabels, Counter>,
     cold_start_duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
@@ -139,10 +150,10 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let invocations = Family::<VersionOutcomeLabels, Counter>::default();
         registry.register(
             "petrel_invocations",
-            "Invocations that reached a function, by outcome",
+            "Invocations that reached a function, by the version that ran them and outcome",
             invocations.clone(),
         );
         let duration = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
@@ -331,13 +342,19 @@ fn outcome_labels(namespace: &str, spec: &FunctionSpec, outcome: &str) -> Outcom
 impl Metrics {
     pub fn invocation(
         &self,
-        namespace: &str,
+        (namespace, version): (&str, u32),
         spec: &FunctionSpec,
         outcome: InvocationOutcome,
         took: Option<Duration>,
     ) {
         self.invocations
-            .get_or_create(&outcome_labels(namespace, spec, outcome.as_str()))
+            .get_or_create(&VersionOutcomeLabels {
+                namespace: namespace.to_owned(),
+                function: spec.name.clone(),
+                runtime: spec.runtime.to_string(),
+                version,
+                outcome: outcome.as_str().to_owned(),
+            })
             .inc();
         if let Some(d) = took {
             self.duration

@@ -99,6 +99,32 @@ pub struct Gateway {
 /// in answers as unknown. A `jwt` function takes a JWT of the server's issuer, whose claims it
 /// finds in [`JWT_CLAIMS_HEADER`] (and Lambda handlers in `requestContext.authorizer.jwt`), or
 /// an API key with `invoker`, for the services that call it.
+/// The request's target with its version decided by the router (an alias's split, the caller's
+/// pin and sticky key), then authorized against that version's `invoke_auth`.
+async fn route_and_authorize(
+    gw: &Gateway,
+    target: &FunctionRef,
+    req: &mut Request,
+) -> Result<FunctionRef, ApiError> {
+    let hints = petrel_dataplane::RouteHints::from_headers(req.headers())?;
+    let routed = match gw.dataplane.route(target, &hints).await {
+        Ok(r) => r,
+        Err(e)
+            if gw.auth.enabled()
+                && !req.headers().contains_key(header::AUTHORIZATION)
+                && matches!(
+                    e.code,
+                    ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound
+                ) =>
+        {
+            return Err(petrel_core::auth::missing_key())
+        }
+        Err(e) => return Err(e),
+    };
+    authorize(gw, &routed, req).await?;
+    Ok(routed)
+}
+
 async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Result<(), ApiError> {
     // Only Petrel puts claims on a request: a caller's own are dropped whatever the mode.
     req.headers_mut().remove(JWT_CLAIMS_HEADER);
@@ -198,7 +224,7 @@ impl InvokeQuery {
         }
     }
 
-    /// The function `name` (`name[.namespace][:version]`) names in this query's namespace.
+    /// The function `name` (`name[.namespace][:version|alias]`) names in this query's namespace.
     fn target(&self, name: &str) -> Result<FunctionRef, ApiError> {
         let ns = self
             .namespace
@@ -258,7 +284,7 @@ fn answered(id: &str, answer: Answer) -> Response {
     path = "/v1/functions/{name}/invoke",
     tag = "invoke",
     params(
-        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        ("name" = String, Path, description = "name, name.namespace, name:version, name:alias or name.namespace:alias"),
         InvokeQuery,
     ),
     request_body(content = serde_json::Value, description = "The event", content_type = "application/json"),
@@ -278,8 +304,7 @@ async fn raw_invoke(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = q.target(&name)?;
-        authorize(&gw, &target, &mut req).await?;
+        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
         if q.is_async()? {
             return submit(&gw, &target, AsyncKind::Event, &id, req).await;
         }
@@ -310,7 +335,7 @@ async fn raw_invoke(
     path = "/fn/{name}/{path}",
     tag = "invoke",
     params(
-        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        ("name" = String, Path, description = "name, name.namespace, name:version, name:alias or name.namespace:alias"),
         ("path" = String, Path, description = "The rest of the path, as the function sees it"),
         InvokeQuery,
     ),
@@ -347,8 +372,7 @@ async fn fn_any(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = q.target(&name)?;
-        authorize(&gw, &target, &mut req).await?;
+        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
         let info = RequestInfo::of(&req);
         let req = with_function_path(req, &rest)?;
         let inv = invocation(&id, Trigger::Http, Payload::Http(req), &info);
@@ -389,7 +413,7 @@ fn with_function_path(req: Request, rest: &str) -> Result<Request, ApiError> {
     path = "/async-fn/{name}/{path}",
     tag = "async",
     params(
-        ("name" = String, Path, description = "name, name.namespace, name:version or name.namespace:version"),
+        ("name" = String, Path, description = "name, name.namespace, name:version, name:alias or name.namespace:alias"),
         ("path" = String, Path, description = "The rest of the path, as the function will see it"),
         InvokeQuery,
     ),
@@ -426,8 +450,7 @@ async fn async_any(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = q.target(&name)?;
-        authorize(&gw, &target, &mut req).await?;
+        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
         let req = with_function_path(req, &rest)?;
         submit(&gw, &target, AsyncKind::Http, &id, req).await
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 impl App {
     /// Refuses a deploy that would take namespace `ns` past its quotas of functions or of
     /// memory (`max_instances × memory_mb` summed over its functions' latest versions).
-    async fn check_quotas(
+    pub(crate) async fn check_quotas(
         &self,
         ns: &str,
         spec: &petrel_core::FunctionSpec,
@@ -57,7 +57,7 @@ impl App {
 
     /// Refuses what a version's manifest asks of tenancy that cannot be given: a JWT issuer the
     /// server has none of, a secret its namespace does not hold.
-    async fn check_access_keys(
+    pub(crate) async fn check_access_keys(
         &self,
         ns: &str,
         spec: &petrel_core::FunctionSpec,
@@ -163,12 +163,14 @@ impl App {
 
     /// Deploys a package (a zip with its `petrel.toml`) as function `name` of `ns`: a new
     /// version, or none if it equals the latest. `base` is the URL clients reach this server at.
+    /// With `no_traffic`, the aliases that follow the latest version are pinned to the version
+    /// they serve now, so that the new one gets only the calls that name it (or the latest).
     pub(crate) async fn deploy(
         &self,
         base: &str,
-        ns: String,
-        name: String,
+        (ns, name): (String, String),
         package: Bytes,
+        no_traffic: bool,
     ) -> Result<DeployResponse, ApiError> {
         let artifacts = self.artifacts.clone();
         let runtime_env = self.runtime.clone();
@@ -223,6 +225,16 @@ impl App {
                     created: false,
                     unchanged: true,
                 });
+            }
+        }
+        if no_traffic {
+            if let Some(f) = self.store.get_function(&ns, &name).await? {
+                let pinned = self
+                    .store
+                    .pin_following_aliases(&ns, &name, f.latest_version)
+                    .await?;
+                self.dataplane.alias_changed(&ns, &name);
+                tracing::info!(namespace = %ns, function = %name, pinned, version = f.latest_version, "no-traffic deploy: aliases that followed the latest stay on it");
             }
         }
         let (version, created) = self.store.create_version(&ns, &spec, &digest, size).await?;
@@ -324,9 +336,15 @@ impl petrel_aws::Control for App {
     fn deploy(&self, name: &str, package: Bytes) -> BoxFuture<'_, Result<u32, ApiError>> {
         let name = name.to_owned();
         Box::pin(async move {
-            App::deploy(self, "", DEFAULT_NAMESPACE.to_owned(), name, package)
-                .await
-                .map(|d| d.version)
+            App::deploy(
+                self,
+                "",
+                (DEFAULT_NAMESPACE.to_owned(), name),
+                package,
+                false,
+            )
+            .await
+            .map(|d| d.version)
         })
     }
 

@@ -12,6 +12,7 @@ pub mod config;
 mod control;
 mod jwt;
 mod logs;
+mod releases;
 mod tls;
 
 pub use config::{parse_memory_budget, ConfigFile, ServeConfig};
@@ -100,14 +101,14 @@ impl VersionSource for StoreSource {
         namespace: &str,
         name: &str,
         alias: &str,
-    ) -> BoxFuture<'_, anyhow::Result<Option<Option<u32>>>> {
+    ) -> BoxFuture<'_, anyhow::Result<Option<petrel_core::release::AliasRoute>>> {
         let (namespace, name, alias) = (namespace.to_owned(), name.to_owned(), alias.to_owned());
         Box::pin(async move {
             Ok(self
                 .store
                 .get_alias(&namespace, &name, &alias)
                 .await?
-                .map(|a| a.version))
+                .map(|a| a.route))
         })
     }
 
@@ -395,6 +396,7 @@ impl Server {
             keys,
             openapi: Arc::new(doc.to_pretty_json().context("the OpenAPI document")?),
         };
+        releases::spawn_driver(app.clone(), worker_id);
         let router = router(app.clone(), control);
         Ok(Self {
             listener,

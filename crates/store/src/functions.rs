@@ -3,6 +3,7 @@
 use crate::store::Store;
 use crate::{now_ms, Result, StoreError};
 use petrel_core::api::{FunctionSummary, VersionInfo};
+use petrel_core::release::{AliasRoute, Weighted};
 use petrel_core::FunctionSpec;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -166,7 +167,13 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        for table in ["logs", "invocations", "async_invocations", "aliases"] {
+        for table in [
+            "logs",
+            "invocations",
+            "async_invocations",
+            "aliases",
+            "rollouts",
+        ] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE namespace = $1 AND function = $2"
             ))
@@ -188,11 +195,12 @@ impl Store {
     }
 }
 
-/// An alias: a name for a version of a function; `version` `None` follows the latest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An alias: a name for a version of a function (`None` follows the latest), or for two with a
+/// weight.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Alias {
     pub name: String,
-    pub version: Option<u32>,
+    pub route: AliasRoute,
     pub description: String,
     /// Changes with every update (Lambda's `RevisionId`).
     pub revision: String,
@@ -207,7 +215,7 @@ impl Store {
         &self,
         (namespace, function): (&str, &str),
         name: &str,
-        version: Option<u32>,
+        route: AliasRoute,
         description: &str,
         create: bool,
     ) -> Result<bool> {
@@ -215,12 +223,13 @@ impl Store {
         let revision = uuid_like(now);
         let q = if create {
             sqlx::query(
-                "INSERT INTO aliases (namespace, function, name, version, description, revision, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (namespace, function, name) DO NOTHING",
+                "INSERT INTO aliases (namespace, function, name, version, description, revision, created_at, updated_at, additional_version, additional_ppm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) ON CONFLICT (namespace, function, name) DO NOTHING",
             )
         } else {
             sqlx::query(
-                "UPDATE aliases SET version = $4, description = $5, revision = $6, updated_at = $7
+                "UPDATE aliases SET version = $4, description = $5, revision = $6, updated_at = $7,
+                   additional_version = $8, additional_ppm = $9
                  WHERE namespace = $1 AND function = $2 AND name = $3",
             )
         };
@@ -228,14 +237,84 @@ impl Store {
             .bind(namespace)
             .bind(function)
             .bind(name)
-            .bind(version.map(i64::from))
+            .bind(route.version.map(i64::from))
             .bind(description)
             .bind(&revision)
             .bind(now)
+            .bind(route.additional.map(|w| i64::from(w.version)))
+            .bind(
+                route
+                    .additional
+                    .map_or(0, |w| (w.weight * 1e6).round() as i64),
+            )
             .execute(&self.pool)
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    /// Moves an alias's traffic to `route` if it still is `expected` (a rollout's step that lost
+    /// no race with a change by hand). Returns whether it moved.
+    pub async fn move_alias(
+        &self,
+        (namespace, function): (&str, &str),
+        name: &str,
+        expected: AliasRoute,
+        route: AliasRoute,
+    ) -> Result<bool> {
+        let Some(current) = self.get_alias(namespace, function, name).await? else {
+            return Ok(false);
+        };
+        if current.route != expected {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE aliases SET version = $4, additional_version = $5, additional_ppm = $6,
+               revision = $7, updated_at = $8
+             WHERE namespace = $1 AND function = $2 AND name = $3 AND revision = $9",
+        )
+        .bind(namespace)
+        .bind(function)
+        .bind(name)
+        .bind(route.version.map(i64::from))
+        .bind(route.additional.map(|w| i64::from(w.version)))
+        .bind(
+            route
+                .additional
+                .map_or(0, |w| (w.weight * 1e6).round() as i64),
+        )
+        .bind(uuid_like(now))
+        .bind(now)
+        .bind(&current.revision)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Pins every alias of a function that follows the latest version to `version`, so that a
+    /// deploy that should move no traffic (`--no-traffic`) leaves them where they are. Returns
+    /// how many it pinned.
+    pub async fn pin_following_aliases(
+        &self,
+        namespace: &str,
+        function: &str,
+        version: u32,
+    ) -> Result<u64> {
+        let now = now_ms();
+        Ok(sqlx::query(
+            "UPDATE aliases SET version = $3, revision = $4, updated_at = $5
+             WHERE namespace = $1 AND function = $2 AND version IS NULL",
+        )
+        .bind(namespace)
+        .bind(function)
+        .bind(i64::from(version))
+        .bind(uuid_like(now))
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     pub async fn get_alias(
@@ -245,7 +324,8 @@ impl Store {
         name: &str,
     ) -> Result<Option<Alias>> {
         let row = sqlx::query(
-            "SELECT name, version, description, revision, created_at, updated_at FROM aliases
+            "SELECT name, version, description, revision, created_at, updated_at, additional_version,
+               additional_ppm FROM aliases
              WHERE namespace = $1 AND function = $2 AND name = $3",
         )
         .bind(namespace)
@@ -258,7 +338,8 @@ impl Store {
 
     pub async fn list_aliases(&self, namespace: &str, function: &str) -> Result<Vec<Alias>> {
         let rows = sqlx::query(
-            "SELECT name, version, description, revision, created_at, updated_at FROM aliases
+            "SELECT name, version, description, revision, created_at, updated_at, additional_version,
+               additional_ppm FROM aliases
              WHERE namespace = $1 AND function = $2 ORDER BY name",
         )
         .bind(namespace)
@@ -284,9 +365,18 @@ impl Store {
 }
 
 fn alias(r: &AnyRow) -> Result<Alias> {
+    let additional = r
+        .try_get::<Option<i64>, _>("additional_version")?
+        .map(|v| Weighted {
+            version: v as u32,
+            weight: r.try_get::<i64, _>("additional_ppm").unwrap_or(0) as f64 / 1e6,
+        });
     Ok(Alias {
         name: r.try_get("name")?,
-        version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u32),
+        route: AliasRoute {
+            version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u32),
+            additional,
+        },
         description: r.try_get("description")?,
         revision: r.try_get("revision")?,
         created_at: r.try_get("created_at")?,

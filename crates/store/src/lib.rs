@@ -14,6 +14,7 @@ mod functions;
 mod histograms;
 mod queue;
 mod records;
+mod releases;
 mod store;
 mod tenancy;
 mod triggers;
@@ -25,6 +26,7 @@ pub use queue::{
     Cancel, Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult,
 };
 pub use records::LogCursor;
+pub use releases::VersionStats;
 pub use store::{Backend, Store};
 pub use tenancy::{AuditEntry, KeyRecord, SecretRecord};
 pub use triggers::{TriggerCounts, TriggerDeadLetter, TriggerState};

@@ -11,32 +11,31 @@ use petrel_dataplane::{Answer, Failure, Invocation, Outcome, Payload};
 use petrel_runtime::Body;
 use std::time::Instant;
 
-/// The function reference a trigger invokes: its `target` version, its alias's version, or
-/// the latest.
+/// The function version a trigger's batch invokes: its `target` version, one its alias routes
+/// to (weighted aliases split batches), or the latest.
 pub(crate) async fn target(run: &TriggerRun) -> Result<FunctionRef, ApiError> {
-    let mut r = FunctionRef {
-        namespace: run.namespace.clone(),
-        name: run.function.clone(),
-        version: None,
-    };
+    let mut r = FunctionRef::latest(&run.namespace, &run.function);
     match run.spec.target.as_deref() {
         None => {}
         Some(t) => match t.parse::<u32>() {
             Ok(v) => r.version = Some(v),
-            Err(_) => match run.deps.dp.alias(&run.namespace, &run.function, t).await? {
-                Some(v) => r.version = v,
-                None => {
-                    return Err(ApiError::new(
-                        ErrorCode::VersionNotFound,
-                        format!(
-                            "the trigger's target alias {t:?} does not exist: create it (petrel alias) or change the trigger's target"
-                        ),
-                    ))
-                }
-            },
+            Err(_) => r.alias = Some(t.to_owned()),
         },
     }
-    Ok(r)
+    run.deps
+        .dp
+        .route(&r, &Default::default())
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::VersionNotFound if r.alias.is_some() => ApiError::new(
+                ErrorCode::VersionNotFound,
+                format!(
+                    "the trigger's target alias {:?} does not exist: create it (petrel alias set) or change the trigger's target",
+                    r.alias.as_deref().unwrap_or_default()
+                ),
+            ),
+            _ => e,
+        })
 }
 
 /// Invokes the function with `body` as its event, and reads its answer.

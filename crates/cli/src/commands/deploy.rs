@@ -38,6 +38,10 @@ pub(crate) struct Args {
     env: Vec<String>,
     #[arg(long, short)]
     namespace: Option<String>,
+    /// Move no alias: the ones that follow the latest version stay on the one they serve now
+    /// (roll the new version out with `petrel alias set` or `petrel rollout start`).
+    #[arg(long)]
+    no_traffic: bool,
 }
 
 impl Args {
@@ -55,6 +59,7 @@ impl Args {
             max_instances: None,
             env: vec![],
             namespace: None,
+            no_traffic: false,
         }
     }
 }
@@ -101,7 +106,11 @@ pub(crate) async fn deploy(client: &Client, args: &Args) -> anyhow::Result<Deplo
         })
         .await??
     };
-    let path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
+    let mut path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
+    if args.no_traffic {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str("no_traffic=true");
+    }
     let (_, bytes) = client
         .call(
             Method::PUT,

@@ -65,5 +65,18 @@ pub(crate) async fn run(
             &v.digest[..12.min(v.digest.len())]
         );
     }
+    let aliases: petrel_core::release::AliasList = client
+        .json(
+            Method::GET,
+            &format!("/v1/functions/{name}/aliases{}", ns_query(&namespace)),
+        )
+        .await?;
+    if !aliases.aliases.is_empty() {
+        println!("Aliases:");
+        for a in &aliases.aliases {
+            print!("  ");
+            super::release::print_alias(a);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ pub(crate) mod ls;
 pub(crate) mod new;
 pub(crate) mod ns;
 pub(crate) mod profile;
+pub(crate) mod release;
 pub(crate) mod rm;
 pub(crate) mod secret;
 pub(crate) mod serve;

@@ -1131,6 +1131,23 @@ lam.update_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="2")
 out["invoke_alias2"] = payload(lam.invoke(FunctionName="made-by-sdk:live", Payload=b"{}"))
 out["aliases"] = [[x["Name"], x["FunctionVersion"]] for x in lam.list_aliases(FunctionName="made-by-sdk")["Aliases"]]
 out["get_alias"] = lam.get_alias(FunctionName="made-by-sdk", Name="live")["FunctionVersion"]
+# A weighted alias: Lambda's RoutingConfig round-trips, splits calls, and an empty map ends it.
+w = lam.update_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="1",
+                     RoutingConfig={"AdditionalVersionWeights": {"2": 0.5}})
+out["routing_set"] = w.get("RoutingConfig")
+out["routing_get"] = lam.get_alias(FunctionName="made-by-sdk", Name="live").get("RoutingConfig")
+out["routing_seen"] = sorted({payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="live", Payload=b"{}"))["version"]
+                              for _ in range(40)})
+try:
+    lam.update_alias(FunctionName="made-by-sdk", Name="live", RoutingConfig={"AdditionalVersionWeights": {"2": 1.5}})
+except botocore.exceptions.ClientError as e:
+    out["routing_bad"] = e.response["Error"]["Code"]
+u = lam.update_alias(FunctionName="made-by-sdk", Name="live", FunctionVersion="2", RoutingConfig={"AdditionalVersionWeights": {}})
+out["routing_cleared"] = [u["FunctionVersion"], u.get("RoutingConfig", {}).get("AdditionalVersionWeights", {})]
+c = lam.create_alias(FunctionName="made-by-sdk", Name="canary", FunctionVersion="1",
+                     RoutingConfig={"AdditionalVersionWeights": {"2": 0.25}})
+out["routing_create"] = c.get("RoutingConfig")
+lam.delete_alias(FunctionName="made-by-sdk", Name="canary")
 lam.delete_alias(FunctionName="made-by-sdk", Name="live")
 try:
     lam.invoke(FunctionName="made-by-sdk", Qualifier="live", Payload=b"{}")
@@ -1204,6 +1221,24 @@ async fn boto3_creates_updates_publishes_and_deletes_a_function() {
         (&json!([["live", "2"]]), &json!("2"))
     );
     assert_eq!(j["alias_gone"], "ResourceNotFoundException");
+    assert_eq!(
+        (&j["routing_set"], &j["routing_get"]),
+        (
+            &json!({"AdditionalVersionWeights": {"2": 0.5}}),
+            &json!({"AdditionalVersionWeights": {"2": 0.5}})
+        )
+    );
+    assert_eq!(
+        j["routing_seen"],
+        json!(["1", "2"]),
+        "a 50% split serves both versions over 40 calls"
+    );
+    assert_eq!(j["routing_bad"], "ValidationException");
+    assert_eq!(j["routing_cleared"], json!(["2", {}]));
+    assert_eq!(
+        j["routing_create"],
+        json!({"AdditionalVersionWeights": {"2": 0.25}})
+    );
     // UpdateFunctionConfiguration: a new version, same code, new settings; older versions keep
     // theirs.
     assert_eq!(

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod pool;
+mod releases;
 mod tenancy;
 mod tracing;
 mod triggers;

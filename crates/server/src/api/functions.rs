@@ -110,13 +110,23 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeployQuery {
+    /// The function's namespace (default: `default`).
+    namespace: Option<String>,
+    /// Move no alias: those that follow the latest version stay on the one they serve now.
+    #[serde(default)]
+    no_traffic: bool,
+}
+
 /// Deploy: create the function or add a version.
 ///
 /// The body is a zip of the function directory with `petrel.toml` at its root (what `petrel
 /// deploy` uploads). The manifest's name must equal `{name}`. Each deploy of changed code or
 /// configuration creates a new immutable version; an identical one adds none.
 #[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path, description = "The function's name"), NsQuery),
+    params(("name" = String, Path, description = "The function's name"), DeployQuery),
     request_body(content = Vec<u8>, description = "The zip", content_type = "application/zip"),
     responses(
         (status = 201, description = "The function was created", body = DeployResponse),
@@ -129,10 +139,13 @@ pub async fn deploy(
     State(app): State<App>,
     caller: Caller,
     petrel_gateway::Checked(Path(name)): petrel_gateway::Checked<Path<String>>,
-    q: Result<Query<NsQuery>, QueryRejection>,
+    q: Result<Query<DeployQuery>, QueryRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let ns = namespace(q)?;
+    let d = q.map_err(super::bad_query)?.0;
+    let ns = namespace(Ok(Query(NsQuery {
+        namespace: d.namespace.clone(),
+    })))?;
     validate_name("function name", &name).map_err(ApiError::from)?;
     caller.require(&ns, Action::Write, || no_namespace(&ns))?;
     // A namespace comes into being with its first function when the caller may make it (the
@@ -178,7 +191,9 @@ pub async fn deploy(
             .into())
         }
     };
-    let body = app.deploy(&base, ns.clone(), name.clone(), package).await?;
+    let body = app
+        .deploy(&base, (ns.clone(), name.clone()), package, d.no_traffic)
+        .await?;
     app.audit(
         &caller,
         &ns,

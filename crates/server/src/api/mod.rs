@@ -6,6 +6,7 @@
 //! - `functions.rs`: deploy (upload a packaged directory), list, get, delete;
 //! - `invocations.rs`: invocation records, async invocations, dead letters, usage;
 //! - `logs.rs`: a function's logs, read or followed;
+//! - `releases.rs`: aliases, rollouts, promotion between namespaces;
 //! - `triggers.rs`: a function's event triggers, pausing and resuming them, their dead letters;
 //! - `meta.rs`: health, metrics, the document itself, and the answers to unknown routes.
 
@@ -14,6 +15,7 @@ mod functions;
 mod invocations;
 mod logs;
 mod meta;
+mod releases;
 mod triggers;
 
 pub(crate) use meta::{no_route, wrong_method};
@@ -52,6 +54,16 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(invocations::dead_letters))
         .routes(routes!(invocations::replay))
         .routes(routes!(invocations::usage))
+        .routes(routes!(releases::list_aliases))
+        .routes(routes!(
+            releases::get_alias,
+            releases::put_alias,
+            releases::delete_alias
+        ))
+        .routes(routes!(releases::list_rollouts, releases::start_rollout))
+        .routes(routes!(releases::rollout))
+        .routes(routes!(releases::act_on_rollout))
+        .routes(routes!(releases::promote))
         .routes(routes!(triggers::list))
         .routes(routes!(triggers::pause))
         .routes(routes!(triggers::resume))
@@ -96,6 +108,10 @@ pub(crate) fn no_namespace(ns: &str) -> ApiError {
         ErrorCode::NamespaceNotFound,
         format!("no namespace named {ns} that this key may use; `petrel ns ls` lists them, an owner creates one with `petrel ns create {ns}`"),
     )
+}
+
+pub(crate) fn function_not_found(name: &str) -> ApiError {
+    not_found(name)
 }
 
 fn not_found(name: &str) -> ApiError {

@@ -2,6 +2,7 @@
 //! `scripts/services.sh`; its URL comes in `PETREL_TEST_POSTGRES_URL`).
 
 use petrel_core::api::{AsyncKind, AsyncStatus, InvocationOutcome, LogLine, Trigger};
+use petrel_core::release::{AliasRoute, RolloutEvent, RolloutPlan, RolloutState, Weighted};
 use petrel_core::{FunctionSpec, Manifest};
 use petrel_store::{ArtifactStore, Backend, PackageLimits, Store};
 use sqlx::Connection;
@@ -109,9 +110,144 @@ both_backends!(
     idle_histograms_are_saved_and_replaced,
     async_claims_are_exclusive_guarded_and_resumable,
     aliases_name_versions_and_go_with_their_function,
+    aliases_split_and_rollouts_have_one_driver,
     trigger_states_count_pause_and_claim_cron_fires_once,
     tenancy_keeps_namespaces_keys_secrets_and_audit,
 );
+
+async fn aliases_split_and_rollouts_have_one_driver(store: Store) {
+    for d in ["d1", "d2"] {
+        store
+            .create_version("default", &spec("f", "python3"), d, 1)
+            .await
+            .unwrap();
+    }
+    let key = ("default", "f");
+    let split = AliasRoute {
+        version: Some(1),
+        additional: Some(Weighted {
+            version: 2,
+            weight: 0.1,
+        }),
+    };
+    assert!(store.put_alias(key, "prod", split, "", true).await.unwrap());
+    let a = store
+        .get_alias("default", "f", "prod")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.route, split, "the weight survives the round trip");
+
+    // A move only happens from the route it expects.
+    let wider = AliasRoute {
+        additional: Some(Weighted {
+            version: 2,
+            weight: 0.5,
+        }),
+        ..split
+    };
+    assert!(!store
+        .move_alias(key, "prod", AliasRoute::single(Some(1)), wider)
+        .await
+        .unwrap());
+    assert!(store.move_alias(key, "prod", split, wider).await.unwrap());
+
+    // --no-traffic pins the aliases that follow the latest, and only those.
+    assert!(store
+        .put_alias(key, "edge", AliasRoute::single(None), "", true)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .pin_following_aliases("default", "f", 2)
+            .await
+            .unwrap(),
+        1
+    );
+    let edge = store
+        .get_alias("default", "f", "edge")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(edge.route, AliasRoute::single(Some(2)));
+
+    let plan = RolloutPlan::parse(Some("10,100"), None, Some("5s")).unwrap();
+    let event = || RolloutEvent {
+        at: 0,
+        percent: 10.0,
+        message: "started".into(),
+    };
+    let r = store
+        .create_rollout(key, "prod", (1, 2), &plan, event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.step, r.plan.steps.len()),
+        (RolloutState::Running, 0, 2)
+    );
+    assert!(
+        store
+            .create_rollout(key, "prod", (1, 2), &plan, event())
+            .await
+            .unwrap()
+            .is_none(),
+        "one rollout in progress per alias"
+    );
+
+    // Two servers: the first claims it, the second gets nothing until the lease runs out.
+    let far = petrel_store::now_ms() + 60_000;
+    assert_eq!(store.claim_rollouts("a", far).await.unwrap().len(), 1);
+    assert!(store.claim_rollouts("b", far).await.unwrap().is_empty());
+    assert_eq!(
+        store.claim_rollouts("a", far).await.unwrap().len(),
+        1,
+        "renewed"
+    );
+    let mut next = r.clone();
+    next.step = 1;
+    assert!(!store.update_rollout(&next, Some("b")).await.unwrap());
+    assert!(store.update_rollout(&next, Some("a")).await.unwrap());
+    // An expired lease passes to another server.
+    assert_eq!(store.claim_rollouts("a", 0).await.unwrap().len(), 1);
+    assert_eq!(store.claim_rollouts("b", far).await.unwrap().len(), 1);
+
+    next.state = RolloutState::RolledBack;
+    next.reason = Some("error rate".into());
+    next.history.push(event());
+    assert!(store.update_rollout(&next, None).await.unwrap(), "by hand");
+    let back = store.get_rollout(r.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            back.state,
+            back.step,
+            back.history.len(),
+            back.reason.as_deref()
+        ),
+        (RolloutState::RolledBack, 1, 2, Some("error rate"))
+    );
+    assert!(store
+        .active_rollout("default", "f", "prod")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store.claim_rollouts("c", far).await.unwrap().is_empty(),
+        "finished"
+    );
+    assert!(store
+        .create_rollout(key, "prod", (2, 1), &plan, event())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.list_rollouts("default", "f").await.unwrap().len(), 2);
+    assert!(store.delete_function("default", "f").await.unwrap());
+    assert!(store
+        .list_rollouts("default", "f")
+        .await
+        .unwrap()
+        .is_empty());
+}
 
 async fn tenancy_keeps_namespaces_keys_secrets_and_audit(store: Store) {
     use petrel_store::{AuditEntry, KeyRecord};
@@ -291,19 +427,19 @@ async fn aliases_name_versions_and_go_with_their_function(store: Store) {
         .unwrap();
     let key = ("default", "f");
     assert!(store
-        .put_alias(key, "live", Some(1), "first", true)
+        .put_alias(key, "live", AliasRoute::single(Some(1)), "first", true)
         .await
         .unwrap());
     assert!(
         !store
-            .put_alias(key, "live", Some(1), "again", true)
+            .put_alias(key, "live", AliasRoute::single(Some(1)), "again", true)
             .await
             .unwrap(),
         "exists"
     );
     assert!(
         !store
-            .put_alias(key, "nope", Some(1), "", false)
+            .put_alias(key, "nope", AliasRoute::single(Some(1)), "", false)
             .await
             .unwrap(),
         "no such alias"
@@ -314,11 +450,11 @@ async fn aliases_name_versions_and_go_with_their_function(store: Store) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (before.version, before.description.as_str()),
+        (before.route.version, before.description.as_str()),
         (Some(1), "first")
     );
     assert!(store
-        .put_alias(key, "live", None, "latest", false)
+        .put_alias(key, "live", AliasRoute::single(None), "latest", false)
         .await
         .unwrap());
     let after = store
@@ -326,13 +462,13 @@ async fn aliases_name_versions_and_go_with_their_function(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(after.version, None);
+    assert_eq!(after.route.version, None);
     assert_ne!(
         after.revision, before.revision,
         "each update has its revision"
     );
     assert!(store
-        .put_alias(key, "beta", Some(1), "", true)
+        .put_alias(key, "beta", AliasRoute::single(Some(1)), "", true)
         .await
         .unwrap());
     let names: Vec<String> = store
