@@ -36,9 +36,13 @@ class RuntimeApi {
       this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
       this.parse();
     });
+    // A socket's failure (its 'error' and then its 'close') ends only the request sent on it,
+    // never one already sent on the next connection.
     const fail = (err) => {
       if (this.sock === sock) this.sock = null;
-      this.settle((w) => w.reject(err || new Error('the Runtime API closed the connection')));
+      if (this.waiting && this.waiting.sock === sock) {
+        this.settle((w) => w.reject(err || new Error('the Runtime API closed the connection')));
+      }
     };
     sock.on('error', fail);
     sock.on('close', () => fail());
@@ -81,7 +85,7 @@ class RuntimeApi {
   request(method, p, body, headers) {
     return new Promise((resolve, reject) => {
       if (!this.sock) this.connect();
-      this.waiting = { resolve, reject };
+      this.waiting = { resolve, reject, sock: this.sock };
       let head = `${method} ${p} HTTP/1.1\r\nHost: ${HOST}:${PORT}\r\n`;
       for (const k of Object.keys(headers || {})) head += `${k}: ${headers[k]}\r\n`;
       const data = body === undefined ? undefined : Buffer.from(body);
