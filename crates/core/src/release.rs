@@ -106,6 +106,9 @@ pub struct RolloutPlan {
     pub min_calls: u64,
 }
 
+/// The longest step: 30 days.
+const MAX_INTERVAL_MS: u64 = 30 * 24 * 3600 * 1000;
+
 fn default_min_calls() -> u64 {
     20
 }
@@ -132,8 +135,8 @@ impl RolloutPlan {
         let interval = interval
             .or(preset_interval)
             .unwrap_or(Duration::from_secs(60));
-        if interval < Duration::from_secs(1) {
-            return Err("the interval must be at least 1s".into());
+        if interval < Duration::from_secs(1) || interval.as_millis() > u128::from(MAX_INTERVAL_MS) {
+            return Err("the interval must be from 1s to 30 days".into());
         }
         Ok(Self {
             steps,
@@ -147,8 +150,10 @@ impl RolloutPlan {
     /// Checks what a plan from the API holds.
     pub fn check(&self) -> Result<(), String> {
         check_steps(&self.steps)?;
-        if self.interval_ms < 1000 {
-            return Err("interval_ms must be at least 1000".into());
+        if !(1000..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
+            return Err(format!(
+                "interval_ms must be from 1000 (a second) to {MAX_INTERVAL_MS} (30 days)"
+            ));
         }
         if let Some(r) = self.max_error_rate {
             if !(0.0..=1.0).contains(&r) {

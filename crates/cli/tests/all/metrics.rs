@@ -57,24 +57,28 @@ async fn metrics_records_and_usage_count_exactly_what_was_sent() {
     let labels = |outcome: &str| {
         format!("{{namespace=\"default\",function=\"metered\",runtime=\"python3\",outcome=\"{outcome}\"}}")
     };
+    // Invocations also carry the version that ran them.
+    let ran = |outcome: &str| {
+        format!("{{namespace=\"default\",function=\"metered\",runtime=\"python3\",version=\"1\",outcome=\"{outcome}\"}}")
+    };
     let get = |k: &str| {
         m.get(k)
             .copied()
             .unwrap_or_else(|| panic!("no sample {k} in\n{}", r.text()))
     };
     assert_eq!(
-        get(&format!("petrel_invocations_total{}", labels("success"))),
+        get(&format!("petrel_invocations_total{}", ran("success"))),
         3.0
     );
     assert_eq!(
         get(&format!(
             "petrel_invocations_total{}",
-            labels("function_error")
+            ran("function_error")
         )),
         1.0
     );
     assert_eq!(
-        get(&format!("petrel_invocations_total{}", labels("timeout"))),
+        get(&format!("petrel_invocations_total{}", ran("timeout"))),
         1.0
     );
     // The timeout killed the instance: the next request started another.

@@ -23,6 +23,7 @@ use petrel_gateway::ErrorResponse;
         (name = "async", description = "Async invocation, the queue and dead letters"),
         (name = "invocations", description = "Invocation records and usage"),
         (name = "triggers", description = "Event triggers: state, pause and resume, dead letters"),
+        (name = "releases", description = "Aliases, weighted splits, rollouts, promotion between namespaces"),
         (name = "server", description = "Health, metrics, this document"),
     )
 )]

@@ -263,6 +263,8 @@ pub async fn act_on_rollout(
     responses(
         (status = 200, description = "The version in the target namespace", body = DeployResponse),
         (status = 404, description = "No such function or version in `from`", body = ErrorBody),
+        (status = 409, description = "The alias splits its traffic in `from`, or a rollout moves it in the target", body = ErrorBody),
+        (status = 429, description = "Over the target namespace's quotas", body = ErrorBody),
     ))]
 pub async fn promote(
     State(app): State<App>,
