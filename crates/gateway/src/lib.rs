@@ -92,13 +92,6 @@ pub struct Gateway {
     pub auth: std::sync::Arc<dyn Authenticator>,
 }
 
-/// Lets a request through to `target` when the function's `invoke_auth` allows its caller,
-/// and takes the caller's API key off the request (a function never sees its callers' keys).
-/// Without a key, an unknown function answers as one that needs a key does, so that names do
-/// not leak to callers who are not known; with a key, one of a namespace the key holds no role
-/// in answers as unknown. A `jwt` function takes a JWT of the server's issuer, whose claims it
-/// finds in [`JWT_CLAIMS_HEADER`] (and Lambda handlers in `requestContext.authorizer.jwt`), or
-/// an API key with `invoker`, for the services that call it.
 /// The request's target with its version decided by the router (an alias's split, the caller's
 /// pin and sticky key), then authorized against that version's `invoke_auth`.
 async fn route_and_authorize(
@@ -107,24 +100,37 @@ async fn route_and_authorize(
     req: &mut Request,
 ) -> Result<FunctionRef, ApiError> {
     let hints = petrel_dataplane::RouteHints::from_headers(req.headers())?;
-    let routed = match gw.dataplane.route(target, &hints).await {
-        Ok(r) => r,
-        Err(e)
-            if gw.auth.enabled()
-                && !req.headers().contains_key(header::AUTHORIZATION)
-                && matches!(
-                    e.code,
-                    ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound
-                ) =>
-        {
-            return Err(petrel_core::auth::missing_key())
-        }
-        Err(e) => return Err(e),
-    };
+    let keyed = req.headers().contains_key(header::AUTHORIZATION);
+    let routed = gw
+        .dataplane
+        .route(target, &hints)
+        .await
+        .map_err(|e| hidden_unless_keyed(gw, keyed, e))?;
     authorize(gw, &routed, req).await?;
     Ok(routed)
 }
 
+/// What a caller without a key hears of an unknown function (or version, or alias): that it
+/// needs a key, as a known one does, so that names do not leak.
+fn hidden_unless_keyed(gw: &Gateway, keyed: bool, e: ApiError) -> ApiError {
+    let unknown = matches!(
+        e.code,
+        ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound
+    );
+    if gw.auth.enabled() && !keyed && unknown {
+        petrel_core::auth::missing_key()
+    } else {
+        e
+    }
+}
+
+/// Lets a request through to `target` when the function's `invoke_auth` allows its caller,
+/// and takes the caller's API key off the request (a function never sees its callers' keys).
+/// Without a key, an unknown function answers as one that needs a key does, so that names do
+/// not leak to callers who are not known; with a key, one of a namespace the key holds no role
+/// in answers as unknown. A `jwt` function takes a JWT of the server's issuer, whose claims it
+/// finds in [`JWT_CLAIMS_HEADER`] (and Lambda handlers in `requestContext.authorizer.jwt`), or
+/// an API key with `invoker`, for the services that call it.
 async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Result<(), ApiError> {
     // Only Petrel puts claims on a request: a caller's own are dropped whatever the mode.
     req.headers_mut().remove(JWT_CLAIMS_HEADER);
@@ -136,19 +142,11 @@ async fn authorize(gw: &Gateway, target: &FunctionRef, req: &mut Request) -> Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let version = match gw.dataplane.version_of(target).await {
-        Ok(v) => v,
-        Err(e)
-            if authorization.is_none()
-                && matches!(
-                    e.code,
-                    ErrorCode::FunctionNotFound | ErrorCode::VersionNotFound
-                ) =>
-        {
-            return Err(petrel_core::auth::missing_key())
-        }
-        Err(e) => return Err(e),
-    };
+    let version = gw
+        .dataplane
+        .version_of(target)
+        .await
+        .map_err(|e| hidden_unless_keyed(gw, authorization.is_some(), e))?;
     let mode = version.spec.invoke_auth;
     if mode == InvokeAuth::Public {
         return Ok(());

@@ -282,6 +282,19 @@ async fn rollout_json(p: &Petrel, alias: &str) -> serde_json::Value {
     .json()
 }
 
+/// Asserts that alias prod of `roll` points at `version` alone.
+async fn assert_alone_on(p: &Petrel, version: u64) {
+    let a = p
+        .http("GET", "/v1/functions/roll/aliases/prod", None)
+        .await
+        .json();
+    assert_eq!(
+        (a["version"].as_u64(), a.get("additional")),
+        (Some(version), None),
+        "{a}"
+    );
+}
+
 async fn wait_rollout(p: &Petrel, state: &str, limit: Duration) -> serde_json::Value {
     let t0 = std::time::Instant::now();
     loop {
@@ -349,15 +362,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
         history[2].contains("succeeded: all of prod on version 2"),
         "{history:#?}"
     );
-    let a = p
-        .http("GET", "/v1/functions/roll/aliases/prod", None)
-        .await
-        .json();
-    assert_eq!(
-        (a["version"].as_u64(), a.get("additional")),
-        (Some(2), None),
-        "{a}"
-    );
+    assert_alone_on(&p, 2).await;
 
     // A version that fails 30% of its calls is rolled back within its first interval.
     let t0 = std::time::Instant::now();
@@ -394,15 +399,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
         status.contains("rolled_back") && status.contains(reason),
         "{status}"
     );
-    let a = p
-        .http("GET", "/v1/functions/roll/aliases/prod", None)
-        .await
-        .json();
-    assert_eq!(
-        (a["version"].as_u64(), a.get("additional")),
-        (Some(2), None),
-        "{a}"
-    );
+    assert_alone_on(&p, 2).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in load {
         assert!(t.await.unwrap() > 0);
@@ -435,15 +432,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
         out.contains("aborted") && out.contains("aborted by hand"),
         "{out}"
     );
-    let a = p
-        .http("GET", "/v1/functions/roll/aliases/prod", None)
-        .await
-        .json();
-    assert_eq!(
-        (a["version"].as_u64(), a.get("additional")),
-        (Some(2), None),
-        "{a}"
-    );
+    assert_alone_on(&p, 2).await;
 
     // A restart in the middle of a rollout: it carries on from its step.
     p.cli_ok(&[
@@ -469,11 +458,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
     assert!(r["history"].as_array().unwrap().len() < 3, "{r:#}");
     let r = wait_rollout(&p, "succeeded", Duration::from_secs(60)).await;
     assert_eq!(r["history"].as_array().unwrap().len(), 3, "{r:#}");
-    let a = p
-        .http("GET", "/v1/functions/roll/aliases/prod", None)
-        .await
-        .json();
-    assert_eq!(a["version"].as_u64(), Some(1), "{a}");
+    assert_alone_on(&p, 1).await;
     // A preset is CodeDeploy's shape.
     let out = p.cli_ok(&[
         "rollout",
