@@ -241,6 +241,32 @@ async fn aliases_split_and_rollouts_have_one_driver(store: Store) {
         .unwrap()
         .is_some());
     assert_eq!(store.list_rollouts("default", "f").await.unwrap().len(), 2);
+
+    // What the driver judges: a version's calls, errors and p99 since a time, from its records.
+    let mut recs: Vec<_> = (1..=200u64)
+        .map(|i| {
+            let outcome = if i % 10 == 0 {
+                "function_error"
+            } else {
+                "success"
+            };
+            let mut r = record(&format!("v2-{i}"), "f", 1_000 + i as i64, i, 128, outcome);
+            r.version = 2;
+            r
+        })
+        .collect();
+    // Version 1's and older records are not counted.
+    recs.push(record("v1-old", "f", 5_000, 9_999, 128, "timeout"));
+    recs.push(record("v2-old", "f", 10, 9_999, 128, "timeout"));
+    recs.last_mut().unwrap().version = 2;
+    store.append_invocations(&recs).await.unwrap();
+    let s = store.version_stats(key, 2, 1_000).await.unwrap();
+    assert_eq!((s.calls, s.errors, s.p99_ms), (200, 20, 198), "{s:?}");
+    assert_eq!(s.error_rate(), 0.1);
+    assert_eq!(
+        store.version_stats(key, 3, 0).await.unwrap(),
+        petrel_store::VersionStats::default()
+    );
     assert!(store.delete_function("default", "f").await.unwrap());
     assert!(store
         .list_rollouts("default", "f")
