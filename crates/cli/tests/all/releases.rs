@@ -282,6 +282,13 @@ async fn rollout_json(p: &Petrel, alias: &str) -> serde_json::Value {
     .json()
 }
 
+/// `petrel rollout start roll --alias prod ARGS...`; its output.
+fn start_rollout(p: &Petrel, args: &[&str]) -> String {
+    let mut all = vec!["rollout", "start", "roll", "--alias", "prod"];
+    all.extend_from_slice(args);
+    p.cli_ok(&all)
+}
+
 /// Asserts that alias prod of `roll` points at `version` alone.
 async fn assert_alone_on(p: &Petrel, version: u64) {
     let a = p
@@ -326,25 +333,23 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
     ];
 
     // A good version goes 20% → 50% → 100%, one step per interval.
-    let out = p.cli_ok(&[
-        "rollout",
-        "start",
-        "roll",
-        "--alias",
-        "prod",
-        "--to",
-        "2",
-        "--steps",
-        "20,50,100",
-        "--interval",
-        "2s",
-        "--max-error-rate",
-        "5%",
-        "--max-p99",
-        "5s",
-        "--min-calls",
-        "5",
-    ]);
+    let out = start_rollout(
+        &p,
+        &[
+            "--to",
+            "2",
+            "--steps",
+            "20,50,100",
+            "--interval",
+            "2s",
+            "--max-error-rate",
+            "5%",
+            "--max-p99",
+            "5s",
+            "--min-calls",
+            "5",
+        ],
+    );
     assert!(out.contains("started: 20% of prod to version 2"), "{out}");
     let r = wait_rollout(&p, "succeeded", Duration::from_secs(60)).await;
     let history: Vec<&str> = r["history"]
@@ -366,23 +371,21 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
 
     // A version that fails 30% of its calls is rolled back within its first interval.
     let t0 = std::time::Instant::now();
-    p.cli_ok(&[
-        "rollout",
-        "start",
-        "roll",
-        "--alias",
-        "prod",
-        "--to",
-        "3",
-        "--steps",
-        "50,100",
-        "--interval",
-        "30s",
-        "--max-error-rate",
-        "2%",
-        "--min-calls",
-        "20",
-    ]);
+    start_rollout(
+        &p,
+        &[
+            "--to",
+            "3",
+            "--steps",
+            "50,100",
+            "--interval",
+            "30s",
+            "--max-error-rate",
+            "2%",
+            "--min-calls",
+            "20",
+        ],
+    );
     let r = wait_rollout(&p, "rolled_back", Duration::from_secs(30)).await;
     assert!(
         t0.elapsed() < Duration::from_secs(30),
@@ -406,19 +409,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
     }
 
     // Manual pause, resume and abort; an alias in a rollout is not changed by hand.
-    p.cli_ok(&[
-        "rollout",
-        "start",
-        "roll",
-        "--alias",
-        "prod",
-        "--to",
-        "1",
-        "--steps",
-        "10,100",
-        "--interval",
-        "1h",
-    ]);
+    start_rollout(&p, &["--to", "1", "--steps", "10,100", "--interval", "1h"]);
     let out = p.cli(&["alias", "set", "roll", "prod", "--version", "2"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("being moved by rollout"));
     assert!(p
@@ -435,19 +426,10 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
     assert_alone_on(&p, 2).await;
 
     // A restart in the middle of a rollout: it carries on from its step.
-    p.cli_ok(&[
-        "rollout",
-        "start",
-        "roll",
-        "--alias",
-        "prod",
-        "--to",
-        "1",
-        "--steps",
-        "10,50,100",
-        "--interval",
-        "3s",
-    ]);
+    start_rollout(
+        &p,
+        &["--to", "1", "--steps", "10,50,100", "--interval", "3s"],
+    );
     let mut p = Arc::try_unwrap(p).ok().expect("no traffic left");
     p.restart().await;
     let r = rollout_json(&p, "prod").await;
@@ -460,17 +442,7 @@ async fn rollouts_widen_step_by_step_roll_back_a_failing_version_and_resume_afte
     assert_eq!(r["history"].as_array().unwrap().len(), 3, "{r:#}");
     assert_alone_on(&p, 1).await;
     // A preset is CodeDeploy's shape.
-    let out = p.cli_ok(&[
-        "rollout",
-        "start",
-        "roll",
-        "--alias",
-        "prod",
-        "--to",
-        "2",
-        "--preset",
-        "all-at-once",
-    ]);
+    let out = start_rollout(&p, &["--to", "2", "--preset", "all-at-once"]);
     assert!(out.contains("succeeded"), "{out}");
 }
 
