@@ -273,47 +273,35 @@ pub enum RolloutAction {
     Abort,
 }
 
-/// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    Running,
-    Paused,
-    /// Every step passed: the alias points at the new version alone.
-    Succeeded,
-    /// A limit was crossed: the alias points at the old version alone again.
-    RolledBack,
-    /// Stopped by hand: the alias points at the old version alone again.
-    Aborted,
+crate::api::wire_enum! {
+    /// Where a rollout is.
+    RolloutState {
+        Running = "running",
+        Paused = "paused",
+        /// Every step passed: the alias points at the new version alone.
+        Succeeded = "succeeded",
+        /// A limit was crossed: the alias points at the old version alone again.
+        RolledBack = "rolled_back",
+        /// Stopped by hand: the alias points at the old version alone again.
+        Aborted = "aborted",
+    }
 }
 
 impl RolloutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Succeeded => "succeeded",
-            Self::RolledBack => "rolled_back",
-            Self::Aborted => "aborted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Running,
-            Self::Paused,
-            Self::Succeeded,
-            Self::RolledBack,
-            Self::Aborted,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
     /// Whether it is over (no driver acts on it).
     pub fn finished(self) -> bool {
         !matches!(self, Self::Running | Self::Paused)
     }
+}
+
+/// What an unknown alias of a function answers, wherever it is named.
+pub fn no_alias(function: &str, alias: &str) -> crate::ApiError {
+    crate::ApiError::new(
+        crate::ErrorCode::VersionNotFound,
+        format!(
+            "function {function} has no alias {alias:?}; create it with `petrel alias set {function} {alias} --version N`, or list them with `petrel alias ls {function}`"
+        ),
+    )
 }
 
 /// One line of a rollout's history: a step taken, a verdict, a pause, a rollback, with why.

@@ -293,7 +293,7 @@ impl DataPlane {
     /// The pool serving a reference, loading an older version from the source when needed.
     pub(crate) async fn resolve(&self, r: &FunctionRef) -> Result<Arc<Pool>, ApiError> {
         if r.alias.is_some() && r.version.is_none() {
-            let routed = self.route(r, &RouteHints::default()).await?;
+            let routed = self.route(r, &RouteHints::default()).await?.into_owned();
             return Box::pin(self.resolve(&routed)).await;
         }
         if self.inner.draining.load(Ordering::Relaxed) {

@@ -16,6 +16,7 @@
 use crate::DataPlane;
 use petrel_core::release::{sticky_point, AliasRoute};
 use petrel_core::{ApiError, ErrorCode, FunctionRef};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,23 +100,24 @@ fn sequence_point(n: u64) -> f64 {
 
 impl DataPlane {
     /// The reference with its version decided: an alias or a pin becomes a version number; a
-    /// reference to the latest (or to a version) without a pin stays as it is.
-    pub async fn route(
+    /// reference to the latest (or to a version) without a pin stays as it is, borrowed, so that
+    /// the common call costs no copy.
+    pub async fn route<'r>(
         &self,
-        r: &FunctionRef,
+        r: &'r FunctionRef,
         hints: &RouteHints,
-    ) -> Result<FunctionRef, ApiError> {
+    ) -> Result<Cow<'r, FunctionRef>, ApiError> {
         if r.version.is_some() {
-            return Ok(r.clone());
+            return Ok(Cow::Borrowed(r));
         }
         if let Some(pin) = hints.pin {
-            return Ok(r.at(pin));
+            return Ok(Cow::Owned(r.at(pin)));
         }
         let Some(alias) = &r.alias else {
-            return Ok(r.clone());
+            return Ok(Cow::Borrowed(r));
         };
         let (route, calls) = self.cached_alias(&r.namespace, &r.name, alias).await?;
-        let route = route.ok_or_else(|| no_alias(r, alias))?;
+        let route = route.ok_or_else(|| petrel_core::release::no_alias(&r.name, alias))?;
         let latest = match route.version {
             Some(_) => 0,
             None => self
@@ -126,7 +128,7 @@ impl DataPlane {
             Some(key) => sticky_point(alias, key),
             None => sequence_point(calls.fetch_add(1, Ordering::Relaxed)),
         };
-        Ok(r.at(route.pick(point, latest)))
+        Ok(Cow::Owned(r.at(route.pick(point, latest))))
     }
 
     /// Where an alias sends traffic; `None` if the function has no such alias.
@@ -189,16 +191,6 @@ impl DataPlane {
             }
         }
     }
-}
-
-fn no_alias(r: &FunctionRef, alias: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::VersionNotFound,
-        format!(
-            "function {} has no alias {alias:?}; create it with `petrel alias set {} {alias} --version N`, or list them with `petrel alias ls {}`",
-            r.name, r.name, r.name
-        ),
-    )
 }
 
 #[cfg(test)]

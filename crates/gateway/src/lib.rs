@@ -96,16 +96,21 @@ pub struct Gateway {
 /// pin and sticky key), then authorized against that version's `invoke_auth`.
 async fn route_and_authorize(
     gw: &Gateway,
-    target: &FunctionRef,
+    target: FunctionRef,
     req: &mut Request,
 ) -> Result<FunctionRef, ApiError> {
     let hints = petrel_dataplane::RouteHints::from_headers(req.headers())?;
     let keyed = req.headers().contains_key(header::AUTHORIZATION);
-    let routed = gw
+    let decided = match gw
         .dataplane
-        .route(target, &hints)
+        .route(&target, &hints)
         .await
-        .map_err(|e| hidden_unless_keyed(gw, keyed, e))?;
+        .map_err(|e| hidden_unless_keyed(gw, keyed, e))?
+    {
+        std::borrow::Cow::Owned(r) => Some(r),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let routed = decided.unwrap_or(target);
     authorize(gw, &routed, req).await?;
     Ok(routed)
 }
@@ -302,7 +307,7 @@ async fn raw_invoke(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
+        let target = route_and_authorize(&gw, q.target(&name)?, &mut req).await?;
         if q.is_async()? {
             return submit(&gw, &target, AsyncKind::Event, &id, req).await;
         }
@@ -370,7 +375,7 @@ async fn fn_any(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
+        let target = route_and_authorize(&gw, q.target(&name)?, &mut req).await?;
         let info = RequestInfo::of(&req);
         let req = with_function_path(req, &rest)?;
         let inv = invocation(&id, Trigger::Http, Payload::Http(req), &info);
@@ -448,7 +453,7 @@ async fn async_any(
 ) -> Response {
     let id = new_invocation_id();
     let result = async {
-        let target = route_and_authorize(&gw, &q.target(&name)?, &mut req).await?;
+        let target = route_and_authorize(&gw, q.target(&name)?, &mut req).await?;
         let req = with_function_path(req, &rest)?;
         submit(&gw, &target, AsyncKind::Http, &id, req).await
     }

@@ -24,13 +24,6 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(500);
 const LEASE: Duration = Duration::from_secs(5);
 
-fn no_alias(name: &str, alias: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::VersionNotFound,
-        format!("function {name} has no alias {alias:?}; create it with `petrel alias set {name} {alias} --version N`"),
-    )
-}
-
 fn in_rollout(name: &str, alias: &str, r: &RolloutInfo) -> ApiError {
     ApiError::new(
         ErrorCode::Conflict,
@@ -132,7 +125,7 @@ impl App {
             .store
             .get_alias(ns, name, alias)
             .await?
-            .ok_or_else(|| no_alias(name, alias))?;
+            .ok_or_else(|| petrel_core::release::no_alias(name, alias))?;
         Ok((self.alias_info(ns, name, a).await?, created))
     }
 
@@ -171,7 +164,7 @@ impl App {
             .store
             .get_alias(ns, name, alias)
             .await?
-            .ok_or_else(|| no_alias(name, alias))?;
+            .ok_or_else(|| petrel_core::release::no_alias(name, alias))?;
         if let Some(r) = self.store.active_rollout(ns, name, alias).await? {
             return Err(in_rollout(name, alias, &r));
         }

@@ -26,6 +26,7 @@ pub(crate) async fn target(run: &TriggerRun) -> Result<FunctionRef, ApiError> {
         .dp
         .route(&r, &Default::default())
         .await
+        .map(std::borrow::Cow::into_owned)
         .map_err(|e| match e.code {
             ErrorCode::VersionNotFound if r.alias.is_some() => ApiError::new(
                 ErrorCode::VersionNotFound,

@@ -75,15 +75,8 @@ pub async fn get_alias(
         .get_alias(&ns, &name, &alias)
         .await
         .map_err(ApiError::from)?
-        .ok_or_else(|| no_alias(&name, &alias))?;
+        .ok_or_else(|| petrel_core::release::no_alias(&name, &alias))?;
     Ok(Json(app.alias_info(&ns, &name, a).await?))
-}
-
-fn no_alias(name: &str, alias: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::VersionNotFound,
-        format!("function {name} has no alias {alias:?}; `petrel alias ls {name}` lists them"),
-    )
 }
 
 /// Create or change an alias: `{"version": 7}` (null: follow the latest), with
@@ -136,7 +129,7 @@ pub async fn delete_alias(
 ) -> ApiResult<StatusCode> {
     let ns = existing_function(&app, &caller, Action::Write, &name, ns_of(q)?.as_deref()).await?;
     if !app.remove_alias(&ns, &name, &alias).await? {
-        return Err(no_alias(&name, &alias).into());
+        return Err(petrel_core::release::no_alias(&name, &alias).into());
     }
     app.audit(&caller, &ns, "alias.delete", &format!("{name}:{alias}"))
         .await;
