@@ -84,7 +84,11 @@ pub fn routes(
             "/2021-11-15/functions/{name}/response-streaming-invocations",
             post(invoke::invoke_stream),
         )
-        .route("/2015-03-31/functions", post(functions::create))
+        // boto3 1.35 lists at `functions/`, current ones (1.44) at `functions`.
+        .route(
+            "/2015-03-31/functions",
+            get(functions::list).post(functions::create),
+        )
         .route(
             "/2015-03-31/functions/",
             get(functions::list).post(functions::create),
