@@ -517,6 +517,15 @@ pub(crate) fn spawn_driver(app: App, owner: String) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(TICK).await;
+            // Most of the time nothing runs: look before taking leases, which is a write.
+            match app.store.any_running_rollout().await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for rollouts; trying again");
+                    continue;
+                }
+            }
             let until = now_ms() + LEASE.as_millis() as i64;
             let claimed = match app.store.claim_rollouts(&owner, until).await {
                 Ok(c) => c,

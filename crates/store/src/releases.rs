@@ -115,6 +115,16 @@ impl Store {
         rows.iter().map(rollout).collect()
     }
 
+    /// Whether any rollout is running: a read, so that an idle server's driver writes nothing.
+    pub async fn any_running_rollout(&self) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM rollouts WHERE state = 'running' LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
     /// Takes (or renews) the lease of every running rollout whose lease is free or already
     /// `owner`'s, until `until`: with several servers on one database, exactly one drives each.
     pub async fn claim_rollouts(&self, owner: &str, until: i64) -> Result<Vec<RolloutInfo>> {

@@ -196,6 +196,7 @@ async fn aliases_split_and_rollouts_have_one_driver(store: Store) {
     );
 
     // Two servers: the first claims it, the second gets nothing until the lease runs out.
+    assert!(store.any_running_rollout().await.unwrap());
     let far = petrel_store::now_ms() + 60_000;
     assert_eq!(store.claim_rollouts("a", far).await.unwrap().len(), 1);
     assert!(store.claim_rollouts("b", far).await.unwrap().is_empty());
