@@ -137,8 +137,8 @@ async fn consume(
         tracks.clone(),
     ));
     run.status.set(RunState::Running);
-    let result = loop {
-        // Partitions taken away: what waits for them is read again by their new owner.
+    // Partitions taken away: what waits for them is read again by their new owner.
+    let drop_revoked = |lanes: &HashMap<(i32, usize), Arc<Lane<i64>>>| {
         let revoked: Vec<i32> = std::mem::take(&mut *c.context().revoked.lock().unwrap());
         for p in revoked {
             for ((lp, _), lane) in lanes.iter() {
@@ -148,6 +148,9 @@ async fn consume(
             }
             tracks.lock().unwrap().remove(&p);
         }
+    };
+    let result = loop {
+        drop_revoked(&lanes);
         let msg = tokio::select! {
             m = c.recv() => m,
             _ = stop.changed() => break Ok(()),
@@ -160,6 +163,10 @@ async fn consume(
                 continue;
             }
         };
+        // A rebalance runs inside `recv`: the message it returned is from the new assignment,
+        // and what the revoked partitions held must be dropped before it is tracked, or the
+        // drop would take it too (and its offset be committed past by the next ones).
+        drop_revoked(&lanes);
         let partition = m.partition();
         let offset = m.offset();
         let (ts, ts_type) = match m.timestamp() {
