@@ -106,6 +106,8 @@ enum Command {
     },
     /// The audit log of control-plane actions.
     Audit(audit::Args),
+    /// The nodes of the cluster: state, address, load, version.
+    Nodes(nodes::Args),
     /// Named servers with their keys: `profile set|ls|use|rm`.
     Profile {
         #[command(subcommand)]
@@ -182,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key { command } => key::run(&client()?, command).await,
         Command::Secret { command } => secret::run(&client()?, command).await,
         Command::Audit(args) => audit::run(&client()?, args).await,
+        Command::Nodes(args) => nodes::run(&client()?, args).await,
         Command::Profile { command } => profile::run(command),
         Command::Whoami => {
             let w: petrel_core::api::WhoAmI =

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod arn;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod manifest;
 pub mod name;

@@ -316,7 +316,14 @@ impl Keys {
                 None,
             )
             .await;
-        self.inner.store.insert_key(&key.record).await?;
+        if let Err(e) = self.inner.store.insert_key(&key.record).await {
+            // Nodes of a cluster starting together: another one made the same key first.
+            if self.inner.store.key_count().await? > 0 {
+                tracing::info!("another server sharing the store made the first owner key");
+                return Ok(());
+            }
+            return Err(e.into());
+        }
         if from_env {
             tracing::info!(key = %key.record.id, "made the owner key from PETREL_BOOTSTRAP_TOKEN");
         } else {

@@ -57,6 +57,11 @@ pub struct ServeConfig {
     pub tls_key_file: Option<PathBuf>,
     /// The issuer whose JWTs `invoke_auth = "jwt"` functions accept.
     pub jwt: Option<crate::jwt::JwtConfig>,
+    /// Cluster mode: where the other nodes reach this one (`http://10.0.0.5:8080`). Nodes that
+    /// share a PostgreSQL store and say where they are reachable are one cluster.
+    pub advertise: Option<String>,
+    /// This node's name in the cluster (default: the worker id).
+    pub node_id: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +93,8 @@ impl Default for ServeConfig {
             tls_cert_file: None,
             tls_key_file: None,
             jwt: None,
+            advertise: None,
+            node_id: None,
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct ConfigFile {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub jwt: Option<JwtTable>,
+    pub advertise: Option<String>,
+    pub node_id: Option<String>,
 }
 
 /// The `[jwt]` table: the issuer `invoke_auth = "jwt"` functions trust.
@@ -206,6 +215,8 @@ const KNOWN_KEYS: &[&str] = &[
     "sandbox",
     "lambda_access_keys",
     "worker_id",
+    "advertise",
+    "node_id",
     "async_retry_base",
     "idempotency_window",
     "async_retention",
@@ -316,6 +327,12 @@ impl ConfigFile {
         }
         if let Some(v) = self.worker_id {
             base.worker_id = Some(v);
+        }
+        if let Some(v) = self.advertise {
+            base.advertise = Some(v);
+        }
+        if let Some(v) = self.node_id {
+            base.node_id = Some(v);
         }
         if let Some(v) = self.tls_ca_file {
             base.tls_ca_file = Some(v);

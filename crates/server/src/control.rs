@@ -157,6 +157,7 @@ impl App {
         self.dataplane.removed(ns, name);
         // Its triggers stop (and leave their groups) before the answer.
         self.triggers.reconcile_function(ns, name).await;
+        self.changed(crate::cluster::kind::FUNCTION, ns, name).await;
         self.collect_garbage();
         Ok(true)
     }
@@ -189,14 +190,15 @@ impl App {
             }
             let digest = artifacts.put_package(&package)?;
             check_code(spec.runtime, &spec.handler, &artifacts.code_dir(&digest), &runtime_env)?;
-            Ok((spec, digest, package.len() as u64))
+            Ok((spec, digest, package))
         })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "deploy task failed");
             ApiError::internal()
         })??;
-        let (spec, digest, size) = prepared;
+        let (spec, digest, package) = prepared;
+        let size = package.len() as u64;
         self.check_access_keys(&ns, &spec).await?;
         self.check_quotas(&ns, &spec).await?;
         let url = crate::api::function_url(base, &ns, &name);
@@ -237,6 +239,11 @@ impl App {
                 tracing::info!(namespace = %ns, function = %name, pinned, version = f.latest_version, "no-traffic deploy: aliases that followed the latest stay on it");
             }
         }
+        if self.cluster.is_some() {
+            // Every node must be able to load the version: the package is in the store before
+            // the version that names it.
+            self.store.put_package(&digest, &package).await?;
+        }
         let (version, created) = self.store.create_version(&ns, &spec, &digest, size).await?;
         self.dataplane.deployed(DeployedVersion {
             namespace: ns.clone(),
@@ -251,6 +258,8 @@ impl App {
         self.dataplane.preload_latest(&ns, &name).await;
         // New triggers start, changed ones restart, removed ones stop; unchanged ones go on.
         self.triggers.reconcile_function(&ns, &name).await;
+        self.changed(crate::cluster::kind::FUNCTION, &ns, &name)
+            .await;
         tracing::info!(namespace = %ns, function = %name, version, "deployed");
         Ok(DeployResponse {
             url,

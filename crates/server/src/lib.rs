@@ -8,6 +8,7 @@
 
 mod api;
 mod auth;
+mod cluster;
 pub mod config;
 mod control;
 mod jwt;
@@ -45,6 +46,24 @@ pub(crate) struct App {
     keys: auth::Keys,
     /// The OpenAPI document, rendered once from the routes.
     openapi: Arc<String>,
+    /// Cluster mode: this node's membership, change feed and routing.
+    cluster: Option<Arc<cluster::Cluster>>,
+    /// This server's name in claims (and the cluster's node id by default).
+    worker_id: Arc<str>,
+    /// When this server started (milliseconds since the Unix epoch).
+    started_at: i64,
+}
+
+impl App {
+    /// Tells the other nodes of the cluster that something they serve changed (nothing outside
+    /// cluster mode). A failure is logged: the others see the change at their next full reload
+    /// only, which the log says.
+    pub(crate) async fn changed(&self, kind: &str, ns: &str, name: &str) {
+        let Some(c) = &self.cluster else { return };
+        if let Err(e) = self.store.record_change(kind, ns, name, &c.node_id).await {
+            tracing::error!(namespace = %ns, name = %name, kind, error = %e, "cluster: could not announce a change; other nodes see it after their restart");
+        }
+    }
 }
 
 /// Idle times each function's saved histogram holds, so that unchanged ones are not rewritten.
@@ -123,10 +142,7 @@ impl VersionSource for StoreSource {
             let Some(v) = self.store.get_version(&namespace, &name, version).await? else {
                 return Ok(None);
             };
-            let artifacts = self.artifacts.clone();
-            let digest = v.digest.clone();
-            let code_dir =
-                tokio::task::spawn_blocking(move || artifacts.ensure_unpacked(&digest)).await??;
+            let code_dir = cluster::code_for(&self.store, &self.artifacts, &v.digest).await?;
             Ok(Some(DeployedVersion {
                 namespace,
                 name,
@@ -154,7 +170,7 @@ pub struct Server {
 /// This server's name in async claims: from the config, else kept in the data directory so that
 /// a restart takes back what the server was running when it died.
 fn worker_id(config: &ServeConfig) -> anyhow::Result<String> {
-    if let Some(id) = &config.worker_id {
+    if let Some(id) = config.worker_id.as_ref().or(config.node_id.as_ref()) {
         return Ok(id.clone());
     }
     let path = config.data_dir.join("worker-id");
@@ -247,16 +263,22 @@ impl Server {
             dataplane.export_spans_to(endpoint);
             tracing::info!(%endpoint, "exporting invocation spans over OTLP");
         }
+        // Changes made from here on are applied after the restore, which reads what is older.
+        let feed_start = if config.advertise.is_some() {
+            store
+                .last_change()
+                .await
+                .context("could not read the change feed")?
+        } else {
+            0
+        };
         let mut restored = 0;
         for (namespace, v) in store
             .latest_versions()
             .await
             .context("could not read deployed functions")?
         {
-            let code_dir = {
-                let (artifacts, digest) = (artifacts.clone(), v.digest.clone());
-                tokio::task::spawn_blocking(move || artifacts.ensure_unpacked(&digest)).await?
-            };
+            let code_dir = cluster::code_for(&store, &artifacts, &v.digest).await;
             match code_dir {
                 Ok(code_dir) => {
                     dataplane.deployed(DeployedVersion {
@@ -289,6 +311,23 @@ impl Server {
         }
         spawn_histogram_saver(store.clone(), dataplane.clone());
         let worker_id = worker_id(&config)?;
+        let cluster = match &config.advertise {
+            None => None,
+            Some(address) => {
+                anyhow::ensure!(
+                    store.backend() == petrel_store::Backend::Postgres,
+                    "cluster mode (--advertise) needs a PostgreSQL store that every node shares: add --store postgres://..."
+                );
+                anyhow::ensure!(
+                    address.starts_with("http://") || address.starts_with("https://"),
+                    "--advertise {address:?} must be the URL other nodes reach this one at, like http://10.0.0.5:8080"
+                );
+                let id = config.node_id.clone().unwrap_or_else(|| worker_id.clone());
+                petrel_core::name::validate_name("node id", &id)
+                    .map_err(|e| anyhow::anyhow!("--node-id: {e}"))?;
+                Some((id, address.clone()))
+            }
+        };
         let queue = petrel_async::AsyncQueue::new(
             store.clone(),
             petrel_async::AsyncConfig {
@@ -395,7 +434,18 @@ impl Server {
             triggers,
             keys,
             openapi: Arc::new(doc.to_pretty_json().context("the OpenAPI document")?),
+            // An advertised port 0 is the one the listener got.
+            cluster: cluster.map(|(id, address)| {
+                let address = match address.strip_suffix(":0") {
+                    Some(host) => format!("{host}:{}", addr.port()),
+                    None => address,
+                };
+                Arc::new(cluster::Cluster::new(id, address))
+            }),
+            worker_id: Arc::from(worker_id.as_str()),
+            started_at: petrel_core::now_ms(),
         };
+        cluster::join(&app, feed_start).await?;
         releases::spawn_driver(app.clone(), worker_id);
         let router = router(app.clone(), control);
         Ok(Self {
@@ -470,6 +520,10 @@ impl Server {
             }
         };
         shutdown.await;
+        if let Some(c) = &app.cluster {
+            tracing::info!("stopping: telling the cluster to send no more work here");
+            c.start_draining(&app).await;
+        }
         tracing::info!(grace = ?grace, "stopping: finishing in-flight requests");
         // No new async work; what runs keeps its claim if it does not end in time, and this
         // server takes it back when it starts again.
@@ -499,6 +553,9 @@ impl Server {
             );
         }
         save_histograms(&app.store, &app.dataplane, &mut Saved::new()).await;
+        if let Some(c) = &app.cluster {
+            c.leave(&app).await;
+        }
         app.dataplane.shutdown();
         app.runtime.stop_prewarmed();
         // Give the killed instances' processes a moment to leave their cgroups.
@@ -539,12 +596,14 @@ fn router(app: App, control: Router<App>) -> Router {
     };
     let configured_keys = !app.config.lambda_access_keys.is_empty();
     let auth: Arc<dyn petrel_core::auth::Authenticator> = Arc::new(app.keys.clone());
+    let routing = axum::middleware::from_fn_with_state(app.clone(), cluster::forward);
     Router::new()
         .merge(control.with_state(app))
         .merge(petrel_gateway::routes().with_state(gateway))
         .merge(petrel_aws::routes(lambda, auth, configured_keys))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
+        .layer(routing)
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 

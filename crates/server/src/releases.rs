@@ -121,6 +121,7 @@ impl App {
             ));
         }
         self.dataplane.alias_changed(ns, name);
+        self.changed(crate::cluster::kind::ALIAS, ns, name).await;
         let a = self
             .store
             .get_alias(ns, name, alias)
@@ -145,6 +146,7 @@ impl App {
         }
         let gone = self.store.delete_alias(ns, name, alias).await?;
         self.dataplane.alias_changed(ns, name);
+        self.changed(crate::cluster::kind::ALIAS, ns, name).await;
         Ok(gone)
     }
 
@@ -231,6 +233,7 @@ impl App {
             ));
         }
         self.dataplane.alias_changed(ns, name);
+        self.changed(crate::cluster::kind::ALIAS, ns, name).await;
         tracing::info!(namespace = ns, function = name, alias = %alias, from, to, "rollout started");
         let mut r = r;
         if route.additional.is_none() {
@@ -331,6 +334,8 @@ impl App {
                 )
                 .await?;
             self.dataplane.alias_changed(key.0, key.1);
+            self.changed(crate::cluster::kind::ALIAS, key.0, key.1)
+                .await;
         }
         r.state = state;
         let verb = if state == RolloutState::RolledBack {
@@ -442,6 +447,7 @@ impl App {
                 code_dir,
             });
             self.triggers.reconcile_function(to, name).await;
+            self.changed(crate::cluster::kind::FUNCTION, to, name).await;
         }
         if let Some(alias) = &p.alias {
             let put = PutAlias {
@@ -623,6 +629,7 @@ async fn drive(app: &App, owner: &str, mut r: RolloutInfo) -> Result<(), ApiErro
         tracing::warn!(rollout = r.id, "the alias changed under the rollout's step");
     }
     app.dataplane.alias_changed(key.0, key.1);
+    app.changed(crate::cluster::kind::ALIAS, key.0, key.1).await;
     tracing::info!(namespace = key.0, function = key.1, alias = %r.alias, share = next_share, "rollout step");
     Ok(())
 }

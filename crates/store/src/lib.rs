@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod cluster;
 mod functions;
 mod histograms;
 mod queue;
@@ -20,6 +21,7 @@ mod tenancy;
 mod triggers;
 
 pub use artifacts::{ArtifactStore, PackageLimits, MANIFEST_FILE};
+pub use cluster::{Change, Heartbeat};
 pub use functions::{Alias, FunctionRecord};
 pub use petrel_core::api::AsyncBacklog;
 pub use queue::{

@@ -11,6 +11,7 @@ pub(crate) mod key;
 pub(crate) mod logs;
 pub(crate) mod ls;
 pub(crate) mod new;
+pub(crate) mod nodes;
 pub(crate) mod ns;
 pub(crate) mod profile;
 pub(crate) mod release;

@@ -22,6 +22,13 @@ pub(crate) struct Args {
     /// Store URL: postgres://... for PostgreSQL (default: SQLite under the data directory).
     #[arg(long)]
     store: Option<String>,
+    /// Cluster mode: this node's name (default: the id kept in the data directory).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Cluster mode: the URL the other nodes reach this one at (http://10.0.0.5:8080). Nodes
+    /// on one PostgreSQL store that advertise themselves are one cluster.
+    #[arg(long)]
+    advertise: Option<String>,
     /// Deploy these function directories once the server is up (for example examples/*).
     #[arg(long, num_args = 1..)]
     deploy: Vec<PathBuf>,
@@ -89,6 +96,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(s) = args.store {
         cfg.store = Some(s);
+    }
+    if let Some(n) = args.node_id {
+        cfg.node_id = Some(n);
+    }
+    if let Some(a) = args.advertise {
+        cfg.advertise = Some(a);
     }
     if let Some(e) = args.otlp_endpoint {
         cfg.otlp_endpoint = Some(e);

@@ -42,7 +42,7 @@ def handler(event, context):
     return {"n": event.get("n"), "calls": calls, "event": event}
 "#;
 
-fn function(name: &str, extra: &str) -> tempfile::TempDir {
+pub(crate) fn function(name: &str, extra: &str) -> tempfile::TempDir {
     function_dir(&[
         (
             "petrel.toml",
@@ -52,17 +52,22 @@ fn function(name: &str, extra: &str) -> tempfile::TempDir {
     ])
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
 >;
 
-fn http_client() -> HttpClient {
+pub(crate) fn http_client() -> HttpClient {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
 /// Submits an event through the raw invoke's async flag; the id if it was accepted (202).
-async fn try_submit(client: &HttpClient, url: &str, name: &str, event: &Value) -> Option<String> {
+pub(crate) async fn try_submit(
+    client: &HttpClient,
+    url: &str,
+    name: &str,
+    event: &Value,
+) -> Option<String> {
     let req = http::Request::post(format!("{url}/v1/functions/{name}/invoke?async=true"))
         .header("content-type", "application/json")
         .header("authorization", crate::harness::owner_bearer())
@@ -111,7 +116,7 @@ pub(crate) async fn wait_status(p: &Petrel, id: &str, status: &str, limit: Durat
 }
 
 /// A function's async invocations (at most 10,000).
-async fn list(p: &Petrel, name: &str, status: Option<&str>) -> Vec<Value> {
+pub(crate) async fn list(p: &Petrel, name: &str, status: Option<&str>) -> Vec<Value> {
     let q = status.map(|s| format!("&status={s}")).unwrap_or_default();
     let r = p
         .http(

@@ -3,6 +3,7 @@
 
 mod asynchronous;
 mod cli_ux;
+mod cluster;
 mod coldstart;
 mod errors;
 mod fixtures;

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-fn kafka() -> String {
+pub(crate) fn kafka() -> String {
     std::env::var("PETREL_TEST_KAFKA").expect(
         "trigger tests need PETREL_TEST_KAFKA: run them through scripts/test.sh, or `. scripts/services.sh` first",
     )
@@ -34,7 +34,7 @@ pub(crate) fn unique(prefix: &str) -> String {
     )
 }
 
-async fn create_topic(topic: &str, partitions: i32) {
+pub(crate) async fn create_topic(topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .create()
@@ -51,7 +51,7 @@ async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
-fn producer() -> FutureProducer {
+pub(crate) fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("message.timeout.ms", "20000")
@@ -59,7 +59,13 @@ fn producer() -> FutureProducer {
         .unwrap()
 }
 
-async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, value: &str) {
+pub(crate) async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    value: &str,
+) {
     p.send(
         FutureRecord::to(topic)
             .partition(partition)
@@ -72,7 +78,7 @@ async fn produce(p: &FutureProducer, topic: &str, partition: i32, key: &str, val
 }
 
 /// The group's committed offsets, by partition.
-fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+pub(crate) fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("group.id", group)
@@ -110,7 +116,7 @@ def handler(event, context):
     return {}
 "#;
 
-fn sink_function(name: &str, sink: &str, triggers: &str) -> tempfile::TempDir {
+pub(crate) fn sink_function(name: &str, sink: &str, triggers: &str) -> tempfile::TempDir {
     function_dir(&[
         ("app.py", SINK_PY),
         (
@@ -133,7 +139,7 @@ pub(crate) fn events(seen: &Seen) -> Vec<serde_json::Value> {
 }
 
 /// (partition, offset, value) of every Kafka record the sink got.
-fn kafka_records(seen: &Seen) -> Vec<(i64, i64, String)> {
+pub(crate) fn kafka_records(seen: &Seen) -> Vec<(i64, i64, String)> {
     use base64::Engine as _;
     let mut out = vec![];
     for e in events(seen) {

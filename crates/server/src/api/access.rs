@@ -174,6 +174,7 @@ pub async fn delete_namespace(
     }
     app.audit(&caller, &ns, "namespace.remove", &ns).await;
     app.dataplane.set_namespace_limits(&ns, Default::default());
+    app.changed(crate::cluster::kind::QUOTAS, &ns, "").await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -226,6 +227,7 @@ pub async fn set_quotas(
     }
     app.dataplane
         .set_namespace_limits(&ns, super::invocation_limits(&quotas));
+    app.changed(crate::cluster::kind::QUOTAS, &ns, "").await;
     app.audit(
         &caller,
         &ns,

@@ -138,3 +138,73 @@ mod tests {
         assert!(out.ends_with("# EOF\n"));
     }
 }
+
+/// The nodes of the cluster (this server alone outside cluster mode), the silent ones as `out`
+/// (the owner only).
+#[utoipa::path(get, path = "/v1/nodes", tag = "server",
+    responses(
+        (status = 200, description = "The nodes", body = petrel_core::cluster::NodeList),
+        (status = 403, description = "Not the owner", body = petrel_core::error::ErrorBody),
+    ))]
+pub async fn nodes(
+    State(app): State<App>,
+    caller: super::Caller,
+) -> super::ApiResult<Json<petrel_core::cluster::NodeList>> {
+    caller.require_owner("listing the nodes")?;
+    let list = match &app.cluster {
+        Some(c) => petrel_core::cluster::NodeList {
+            this_node: c.node_id.clone(),
+            nodes: c.nodes(&app.store).await?,
+        },
+        None => {
+            let (mut in_flight, mut instances) = (0, 0);
+            for (_, _, _, s) in app.dataplane.pool_stats() {
+                in_flight += u64::from(s.in_flight) + s.waiting as u64;
+                instances += (s.ready + s.starting) as u64;
+            }
+            let budget = app.dataplane.memory_budget();
+            let id = app.worker_id.to_string();
+            petrel_core::cluster::NodeList {
+                this_node: id.clone(),
+                nodes: vec![petrel_core::cluster::NodeInfo {
+                    id,
+                    address: format!("http://{}", app.addr),
+                    petrel_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    state: petrel_core::cluster::NodeState::Up,
+                    started_at: app.started_at,
+                    heartbeat_age_ms: 0,
+                    in_flight,
+                    instances,
+                    memory_used_mb: budget.used_mb(),
+                    memory_limit_mb: budget.limit_mb(),
+                    hot: Vec::new(),
+                }],
+            }
+        }
+    };
+    Ok(Json(list))
+}
+
+/// Whether this server should get traffic: its store answers and, in cluster mode, it has
+/// joined and is not draining. `503` otherwise (a load balancer's or Kubernetes' readiness).
+#[utoipa::path(get, path = "/readyz", tag = "server",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`"),
+        (status = 503, description = "Not ready, with why", body = petrel_core::error::ErrorBody),
+    ))]
+pub async fn readyz(State(app): State<App>) -> Result<Json<serde_json::Value>, ErrorResponse> {
+    let not_ready = |why: String| -> ErrorResponse {
+        ApiError::new(ErrorCode::ShuttingDown, why)
+            .with_retry_after(1)
+            .into()
+    };
+    if let Err(e) = app.store.ping().await {
+        return Err(not_ready(format!("the store does not answer: {e}")));
+    }
+    if let Some(c) = &app.cluster {
+        if let Some(why) = c.not_ready() {
+            return Err(not_ready(why));
+        }
+    }
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}

@@ -79,6 +79,8 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(access::audit))
         .routes(routes!(meta::openapi))
         .routes(routes!(meta::healthz))
+        .routes(routes!(meta::readyz))
+        .routes(routes!(meta::nodes))
         .routes(routes!(meta::metrics))
 }
 

@@ -126,6 +126,7 @@ async fn set_paused(
         .set_trigger_paused(&ns, name, trigger, paused)
         .await?;
     app.triggers.reconcile_function(&ns, name).await;
+    app.changed(crate::cluster::kind::FUNCTION, &ns, name).await;
     let list = app.triggers.list(&ns, name, &specs).await.map_err(|e| {
         tracing::error!(error = %e, "could not read trigger states");
         ApiError::internal()
