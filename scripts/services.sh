@@ -11,6 +11,7 @@
 #   PETREL_TEST_S3            an S3-compatible store: Versity's versitygw (Apache-2.0, Go, from the
 #                             Go module proxy) over a local directory; PETREL_TEST_VERSITYGW is its
 #                             binary, for tests that start one of their own
+#   PETREL_TEST_HELM          helm (built from the Go module proxy), for the chart test
 # PostgreSQL's cluster gets wal_level = logical (a restart, once) for the change-stream tests.
 # Each is left alone when its variable is already set, and a running one is reused.
 # Needs root (or sudo) on a fresh machine to install packages.
@@ -80,6 +81,7 @@ PETREL_MQTT_PORT="${PETREL_MQTT_PORT:-11883}"
 PETREL_MYSQL_PORT="${PETREL_MYSQL_PORT:-13306}"
 PETREL_S3_PORT="${PETREL_S3_PORT:-19000}"
 PETREL_VERSITYGW_VERSION="${PETREL_VERSITYGW_VERSION:-v1.8.0}"
+PETREL_HELM_VERSION="${PETREL_HELM_VERSION:-v4.3.2}"
 
 _petrel_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # _petrel_wait_port PORT SECONDS NAME LOG: waits for a service to listen, else says where to look.
@@ -319,6 +321,21 @@ petrel_start_s3() {
   echo "services: S3 (versitygw) at http://127.0.0.1:$port"
 }
 
+# Helm, to render the chart in deploy/helm (the chart test validates what it renders).
+petrel_install_helm() {
+  local bin="$PETREL_SERVICES_DIR/bin/helm-$PETREL_HELM_VERSION"
+  if [ ! -x "$bin" ]; then
+    _petrel_need go golang-go
+    echo "services: building helm $PETREL_HELM_VERSION from the Go module proxy (a few minutes, once)"
+    mkdir -p "$PETREL_SERVICES_DIR/bin"
+    GOBIN="$PETREL_SERVICES_DIR/bin/tmp" go install "helm.sh/helm/v4/cmd/helm@$PETREL_HELM_VERSION"
+    mv "$PETREL_SERVICES_DIR/bin/tmp/helm" "$bin"
+    rmdir "$PETREL_SERVICES_DIR/bin/tmp"
+  fi
+  export PETREL_TEST_HELM="$bin"
+  echo "services: helm at $bin"
+}
+
 petrel_start_postgres
 petrel_start_kafka
 petrel_start_nats
@@ -327,3 +344,4 @@ petrel_start_amqp
 petrel_start_mqtt
 petrel_start_mysql
 petrel_start_s3
+petrel_install_helm

@@ -165,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::New(args) => new::run(args),
+        Command::Sim(args) if args.cluster => sim_cluster::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Deploy(args) => deploy::run(&client()?, args).await,
         Command::Invoke(args) => invoke::run(&client()?, args).await,

@@ -120,15 +120,7 @@ impl Cluster {
     }
 
     fn heartbeat(&self, app: &App) -> Heartbeat {
-        let (mut in_flight, mut instances) = (0u64, 0u64);
-        let mut hot = BTreeSet::new();
-        for (ns, name, _, s) in app.dataplane.pool_stats() {
-            in_flight += u64::from(s.in_flight) + s.waiting as u64;
-            instances += (s.ready + s.starting) as u64;
-            if s.waiting > 0 {
-                hot.insert(format!("{ns}/{name}"));
-            }
-        }
+        let (in_flight, instances, hot) = local_load(&app.dataplane);
         let budget = app.dataplane.memory_budget();
         Heartbeat {
             node_id: self.node_id.clone(),
@@ -146,7 +138,7 @@ impl Cluster {
             instances,
             memory_used_mb: budget.used_mb(),
             memory_limit_mb: budget.limit_mb(),
-            hot: hot.into_iter().collect(),
+            hot,
         }
     }
 
@@ -248,6 +240,21 @@ impl Cluster {
     }
 }
 
+/// This node's invocations in flight (running or waiting), its instances, and the functions
+/// with callers waiting for an instance (`namespace/name`).
+pub(crate) fn local_load(dp: &petrel_dataplane::DataPlane) -> (u64, u64, Vec<String>) {
+    let (mut in_flight, mut instances) = (0u64, 0u64);
+    let mut hot = BTreeSet::new();
+    for (ns, name, _, s) in dp.pool_stats() {
+        in_flight += u64::from(s.in_flight) + s.waiting as u64;
+        instances += (s.ready + s.starting) as u64;
+        if s.waiting > 0 {
+            hot.insert(format!("{ns}/{name}"));
+        }
+    }
+    (in_flight, instances, hot.into_iter().collect())
+}
+
 /// Joins the cluster (first heartbeat, so that placement knows this node before it serves) and
 /// keeps beating and following changes.
 pub(crate) async fn join(app: &App, start: i64) -> anyhow::Result<()> {
@@ -330,20 +337,7 @@ async fn apply(app: &App, kind: &str, ns: &str, name: &str) {
             app.triggers.reconcile_function(ns, name).await;
         }
         kind::ALIAS => app.dataplane.alias_changed(ns, name),
-        kind::QUOTAS => {
-            let limits = match app.store.all_quotas().await {
-                Ok(all) => all
-                    .into_iter()
-                    .find(|(n, _)| n == ns)
-                    .and_then(|(_, text)| serde_json::from_str(&text).ok())
-                    .map(|q| crate::api::invocation_limits(&q))
-                    .unwrap_or_default(),
-                Err(e) => {
-                    return tracing::warn!(namespace = %ns, error = %e, "cluster: could not read quotas")
-                }
-            };
-            app.dataplane.set_namespace_limits(ns, limits);
-        }
+        kind::QUOTAS => app.reload_quotas(ns).await,
         other => tracing::debug!(
             kind = other,
             "cluster: a change of a kind this node does not know"

@@ -19,6 +19,7 @@ pub(crate) mod rm;
 pub(crate) mod secret;
 pub(crate) mod serve;
 pub(crate) mod sim;
+pub(crate) mod sim_cluster;
 pub mod top;
 pub(crate) mod trigger;
 pub(crate) mod usage;

@@ -10,20 +10,37 @@ use std::time::Duration;
 pub(crate) struct Args {
     /// Applications in the workload.
     #[arg(long, default_value_t = 1000)]
-    apps: usize,
+    pub apps: usize,
     /// Days of virtual time.
     #[arg(long, default_value_t = 3.0)]
-    days: f64,
+    pub days: f64,
     /// Seed of the workload generator (the same seed gives the same workload).
     #[arg(long, default_value_t = 7)]
-    seed: u64,
+    pub seed: u64,
+    /// Simulate the cluster's placement instead of the keep-alive policies: warm hits, load
+    /// spread and re-homing, routed by rendezvous hashing against a random node.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: the cluster sizes to simulate.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
+    pub nodes: Vec<usize>,
 }
 
-pub(crate) fn run(Args { apps, days, seed }: Args) -> anyhow::Result<ExitCode> {
+/// The workload's bounds, checked before either simulation.
+pub(crate) fn check(apps: usize, days: f64) -> anyhow::Result<()> {
     anyhow::ensure!(
         apps > 0 && days > 0.0 && days <= 60.0,
         "use --apps of at least 1 and --days between 0 and 60"
     );
+    Ok(())
+}
+
+pub(crate) fn run(
+    Args {
+        apps, days, seed, ..
+    }: Args,
+) -> anyhow::Result<ExitCode> {
+    check(apps, days)?;
     print!("{}", report(apps, days, seed));
     Ok(ExitCode::SUCCESS)
 }

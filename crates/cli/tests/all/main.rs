@@ -2,6 +2,7 @@
 //! Tests whose name ends in `_postgres` need the PostgreSQL server from `scripts/services.sh`.
 
 mod asynchronous;
+mod chart;
 mod cli_ux;
 mod cluster;
 mod coldstart;

@@ -615,3 +615,21 @@ pub async fn audit(
         .collect();
     Ok(Json(AuditList { entries }))
 }
+
+impl App {
+    /// Applies a namespace's quotas as the store has them (another node changed them).
+    pub(crate) async fn reload_quotas(&self, ns: &str) {
+        let limits = match self.store.all_quotas().await {
+            Ok(all) => all
+                .into_iter()
+                .find(|(n, _)| n == ns)
+                .and_then(|(_, text)| serde_json::from_str(&text).ok())
+                .map(|q| super::invocation_limits(&q))
+                .unwrap_or_default(),
+            Err(e) => {
+                return tracing::warn!(namespace = %ns, error = %e, "cluster: could not read quotas")
+            }
+        };
+        self.dataplane.set_namespace_limits(ns, limits);
+    }
+}

@@ -157,11 +157,7 @@ pub async fn nodes(
             nodes: c.nodes(&app.store).await?,
         },
         None => {
-            let (mut in_flight, mut instances) = (0, 0);
-            for (_, _, _, s) in app.dataplane.pool_stats() {
-                in_flight += u64::from(s.in_flight) + s.waiting as u64;
-                instances += (s.ready + s.starting) as u64;
-            }
+            let (in_flight, instances, hot) = crate::cluster::local_load(&app.dataplane);
             let budget = app.dataplane.memory_budget();
             let id = app.worker_id.to_string();
             petrel_core::cluster::NodeList {
@@ -177,7 +173,7 @@ pub async fn nodes(
                     instances,
                     memory_used_mb: budget.used_mb(),
                     memory_limit_mb: budget.limit_mb(),
-                    hot: Vec::new(),
+                    hot,
                 }],
             }
         }
