@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Petrel's whole test suite on a fresh machine: installs and starts what the tests need
-# (PostgreSQL, Apache Kafka, NATS, Redis, RabbitMQ, Mosquitto and MariaDB through scripts/services.sh, the Python and Node.js
+# (PostgreSQL, Apache Kafka, NATS, Redis, RabbitMQ, Mosquitto, MariaDB, an S3 store and helm through scripts/services.sh, the Python and Node.js
 # interpreters the function runtimes use, the tools that build the official Node.js Lambda
 # runtime client), then the tests.
 # Extra arguments go to `cargo test` (for example: scripts/test.sh -p petrel-store).
