@@ -12,7 +12,8 @@ root=$PWD
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 admin=${PETREL_BENCH_STORE:-${PETREL_TEST_POSTGRES_URL:?set PETREL_BENCH_STORE or source scripts/services.sh}}
-command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install wrk)" >&2; exit 1; }
+_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+command -v wrk >/dev/null || { echo "bench: installing wrk" >&2; _sudo apt-get update -qq; _sudo apt-get install -y -qq wrk >/dev/null; }
 [ -n "${PETREL:-}" ] || cargo build -q --release
 PETREL=${PETREL:-$root/target/release/petrel}
 db=petrel_bench_hop_$$

@@ -586,7 +586,16 @@ async fn send(
     match cluster.client.request(out).await {
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
-            p.headers.retain_hop_by_hop();
+            // The home's connection headers are not the caller's connection's.
+            let names: Vec<HeaderName> = p
+                .headers
+                .keys()
+                .filter(|k| hop_by_hop(k))
+                .cloned()
+                .collect();
+            for n in names {
+                p.headers.remove(n);
+            }
             Ok(Response::from_parts(p, Body::new(b)))
         }
         Err(e) => {
@@ -616,20 +625,6 @@ fn again(parts: http::request::Parts, buffered: Option<bytes::Bytes>) -> Unsent 
         parts,
         buffered.map(Body::from).unwrap_or_else(Body::empty),
     ))
-}
-
-trait RetainHopByHop {
-    fn retain_hop_by_hop(&mut self);
-}
-
-impl RetainHopByHop for http::HeaderMap {
-    /// Drops the connection's own headers from an answer relayed to another connection.
-    fn retain_hop_by_hop(&mut self) {
-        let names: Vec<HeaderName> = self.keys().filter(|k| hop_by_hop(k)).cloned().collect();
-        for n in names {
-            self.remove(n);
-        }
-    }
 }
 
 #[cfg(test)]

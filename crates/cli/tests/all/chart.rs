@@ -9,10 +9,16 @@ fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/petrel")
 }
 
-fn helm() -> Command {
-    Command::new(std::env::var("PETREL_TEST_HELM").expect(
+/// `helm template` of the chart with these `--set` values.
+fn render(values: &[&str]) -> std::process::Output {
+    let mut helm = Command::new(std::env::var("PETREL_TEST_HELM").expect(
         "the chart test needs PETREL_TEST_HELM: run it through scripts/test.sh, or `. scripts/services.sh` first",
-    ))
+    ));
+    helm.args(["template", "t"]).arg(chart());
+    for v in values {
+        helm.args(["--set", v]);
+    }
+    helm.output().unwrap()
 }
 
 /// Validates each document of `yaml` strictly against the newest Kubernetes schemas the
@@ -56,19 +62,11 @@ print(json.dumps(kinds))
 
 #[test]
 fn the_chart_renders_objects_kubernetes_accepts() {
-    let out = helm()
-        .args(["template", "t"])
-        .arg(chart())
-        .args([
-            "--set",
-            "store.url=postgres://petrel:pw@db:5432/petrel",
-            "--set",
-            "masterKey.value=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-            "--set",
-            "persistence.enabled=true",
-        ])
-        .output()
-        .unwrap();
+    let out = render(&[
+        "store.url=postgres://petrel:pw@db:5432/petrel",
+        "masterKey.value=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        "persistence.enabled=true",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -91,17 +89,7 @@ fn the_chart_renders_objects_kubernetes_accepts() {
         assert!(yaml.contains(needle), "{needle} missing:\n{yaml}");
     }
     // With existing Secrets, the chart makes none.
-    let out = helm()
-        .args(["template", "t"])
-        .arg(chart())
-        .args([
-            "--set",
-            "store.existingSecret=db",
-            "--set",
-            "masterKey.existingSecret=mk",
-        ])
-        .output()
-        .unwrap();
+    let out = render(&["store.existingSecret=db", "masterKey.existingSecret=mk"]);
     assert!(
         out.status.success(),
         "{}",
@@ -113,11 +101,7 @@ fn the_chart_renders_objects_kubernetes_accepts() {
 
 #[test]
 fn the_chart_refuses_to_render_without_a_store() {
-    let out = helm()
-        .args(["template", "t"])
-        .arg(chart())
-        .output()
-        .unwrap();
+    let out = render(&[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("set store.url"), "{err}");

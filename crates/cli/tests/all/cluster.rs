@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 const FORWARDED: &str = "x-petrel-forwarded-by";
+const TEN_S: Duration = Duration::from_secs(10);
 
 async fn node(store: &StoreKind, id: &str) -> Petrel {
     Petrel::start_with(
@@ -64,6 +65,38 @@ async fn invoke_routed(p: &Petrel, name: &str, event: &str) -> Resp {
     .await
 }
 
+/// Invokes `name` with `event` (on `p` itself with `here`, else routed) until `done` accepts
+/// the answer, for at most `limit`; returns that answer.
+async fn invoke_until(
+    p: &Petrel,
+    (name, event): (&str, &str),
+    here: bool,
+    limit: Duration,
+    done: impl Fn(&Resp) -> bool,
+) -> Resp {
+    let t0 = Instant::now();
+    loop {
+        let r = if here {
+            invoke_here(p, name, event).await
+        } else {
+            invoke_routed(p, name, event).await
+        };
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{name} on {}: {} {} {:?}\n{}",
+            p.url,
+            r.status,
+            r.text(),
+            r.headers,
+            p.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Cold starts this node made, from its metrics.
 async fn cold_starts(p: &Petrel) -> u64 {
     let text = p.http("GET", "/metrics", None).await.text();
@@ -87,21 +120,11 @@ async fn a_deploy_on_one_node_serves_on_every_node_and_calls_go_to_its_home_post
     a.deploy(dir.path());
     let deployed = Instant::now();
     for p in [b, c] {
-        let t0 = Instant::now();
-        loop {
-            let r = invoke_here(p, "shared", r#"{"n": 1}"#).await;
-            if r.status == 200 {
-                assert_eq!(r.json()["n"], 1);
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "never served on a node the deploy did not go to: {}\n{}",
-                r.text(),
-                p.server_log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let r = invoke_until(p, ("shared", r#"{"n": 1}"#), true, TEN_S, |r| {
+            r.status == 200
+        })
+        .await;
+        assert_eq!(r.json()["n"], 1);
     }
     eprintln!(
         "deploy on A served on B and C after {:?}",
@@ -122,43 +145,21 @@ async fn a_deploy_on_one_node_serves_on_every_node_and_calls_go_to_its_home_post
     b.deploy(v2.path());
     c.cli_ok(&["alias", "set", "shared", "prod", "--version", "1"]);
     for p in [a, c] {
-        let t0 = Instant::now();
-        loop {
-            let latest = invoke_here(p, "shared", "{}").await;
-            if latest.header("x-petrel-version") == Some("2") {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "{:?}",
-                latest.headers
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        invoke_until(p, ("shared", "{}"), true, TEN_S, |r| {
+            r.header("x-petrel-version") == Some("2")
+        })
+        .await;
     }
-    let t0 = Instant::now();
-    loop {
-        let r = invoke_here(a, "shared:prod", "{}").await;
-        if r.status == 200 && r.header("x-petrel-version") == Some("1") {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{}", r.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    invoke_until(a, ("shared:prod", "{}"), true, TEN_S, |r| {
+        r.status == 200 && r.header("x-petrel-version") == Some("1")
+    })
+    .await;
 
     // Deleted on A: gone on B and C.
     a.cli_ok(&["rm", "shared"]);
     for p in [b, c] {
-        let t0 = Instant::now();
-        loop {
-            let r = invoke_here(p, "shared", "{}").await;
-            if r.status == 404 {
-                r.assert_error(404, "function_not_found");
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "still served");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let r = invoke_until(p, ("shared", "{}"), true, TEN_S, |r| r.status == 404).await;
+        r.assert_error(404, "function_not_found");
     }
     drop(nodes);
     store.drop_postgres().await;
@@ -193,15 +194,7 @@ async fn routing_keeps_300_functions_warm_called_through_random_nodes_postgres()
     // Warm-up: one call each through a random node, until every node serves every function.
     for n in &names {
         let p = &nodes[pick()];
-        let t0 = Instant::now();
-        loop {
-            let r = invoke_routed(p, n, r#"{"n": 0}"#).await;
-            if r.status == 200 {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "{n}: {}", r.text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        invoke_until(p, (n, r#"{"n": 0}"#), false, TEN_S * 2, |r| r.status == 200).await;
     }
     let mut before = 0;
     for p in &nodes {
@@ -335,15 +328,11 @@ async fn kill_9_of_a_busy_functions_home_loses_nothing_postgres() {
     // Synchronous calls through the survivors succeed within a few seconds of the kill.
     let s = &nodes[survivors[0]];
     let t0 = Instant::now();
-    loop {
-        let r = invoke_routed(s, "busy", "{}").await;
-        if r.status == 200 {
-            assert_ne!(r.header("x-petrel-node"), Some(home.as_str()));
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(15), "{}", r.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = invoke_until(s, ("busy", "{}"), false, TEN_S + TEN_S / 2, |r| {
+        r.status == 200
+    })
+    .await;
+    assert_ne!(r.header("x-petrel-node"), Some(home.as_str()));
     eprintln!(
         "synchronous calls served again {:?} after the kill",
         t0.elapsed()
@@ -416,19 +405,12 @@ async fn kill_9_of_a_busy_functions_home_loses_nothing_postgres() {
     let s = &nodes[survivors[0]];
     let ok = eventually(Duration::from_secs(15), || live_nodes(s) == 3).await;
     assert!(ok);
-    let t0 = Instant::now();
-    loop {
-        let r = invoke_routed(s, "busy", "{}").await;
+    // Every call succeeds meanwhile; the home takes it back.
+    invoke_until(s, ("busy", "{}"), false, TEN_S + TEN_S / 2, |r| {
         assert_eq!(r.status, 200, "{}", r.text());
-        if r.header("x-petrel-node") == Some(home.as_str()) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "the home never took it back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        r.header("x-petrel-node") == Some(home.as_str())
+    })
+    .await;
     drop(nodes);
     store.drop_postgres().await;
 }
