@@ -294,16 +294,24 @@ petrel_start_mysql() {
   echo "services: MariaDB at $PETREL_TEST_MYSQL"
 }
 
-petrel_start_s3() {
-  local bin="$PETREL_SERVICES_DIR/bin/versitygw-$PETREL_VERSITYGW_VERSION"
+# _petrel_go_tool NAME PACKAGE VERSION: builds a Go command from the module proxy once, into
+# $PETREL_SERVICES_DIR/bin/NAME-VERSION, and prints that path.
+_petrel_go_tool() {
+  local name=$1 pkg=$2 version=$3 bin="$PETREL_SERVICES_DIR/bin/$1-$3"
   if [ ! -x "$bin" ]; then
-    _petrel_need go golang-go
-    echo "services: building versitygw $PETREL_VERSITYGW_VERSION from the Go module proxy (a few minutes, once)"
+    _petrel_need go golang-go >&2
+    echo "services: building $name $version from the Go module proxy (a few minutes, once)" >&2
     mkdir -p "$PETREL_SERVICES_DIR/bin"
-    GOBIN="$PETREL_SERVICES_DIR/bin/tmp" go install "github.com/versity/versitygw/cmd/versitygw@$PETREL_VERSITYGW_VERSION"
-    mv "$PETREL_SERVICES_DIR/bin/tmp/versitygw" "$bin"
+    GOBIN="$PETREL_SERVICES_DIR/bin/tmp" go install "$pkg@$version" >&2
+    mv "$PETREL_SERVICES_DIR/bin/tmp/$name" "$bin"
     rmdir "$PETREL_SERVICES_DIR/bin/tmp"
   fi
+  echo "$bin"
+}
+
+petrel_start_s3() {
+  local bin
+  bin=$(_petrel_go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$PETREL_VERSITYGW_VERSION") || return 1
   export PETREL_TEST_VERSITYGW="$bin"
   if [ -n "${PETREL_TEST_S3:-}" ]; then
     echo "services: using PETREL_TEST_S3 from the environment"
@@ -323,15 +331,8 @@ petrel_start_s3() {
 
 # Helm, to render the chart in deploy/helm (the chart test validates what it renders).
 petrel_install_helm() {
-  local bin="$PETREL_SERVICES_DIR/bin/helm-$PETREL_HELM_VERSION"
-  if [ ! -x "$bin" ]; then
-    _petrel_need go golang-go
-    echo "services: building helm $PETREL_HELM_VERSION from the Go module proxy (a few minutes, once)"
-    mkdir -p "$PETREL_SERVICES_DIR/bin"
-    GOBIN="$PETREL_SERVICES_DIR/bin/tmp" go install "helm.sh/helm/v4/cmd/helm@$PETREL_HELM_VERSION"
-    mv "$PETREL_SERVICES_DIR/bin/tmp/helm" "$bin"
-    rmdir "$PETREL_SERVICES_DIR/bin/tmp"
-  fi
+  local bin
+  bin=$(_petrel_go_tool helm helm.sh/helm/v4/cmd/helm "$PETREL_HELM_VERSION") || return 1
   export PETREL_TEST_HELM="$bin"
   echo "services: helm at $bin"
 }
