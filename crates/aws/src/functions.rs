@@ -54,6 +54,8 @@ fn runtime(lambda: &str) -> Option<Runtime> {
         Some(Runtime::Nodejs)
     } else if lambda.starts_with("provided") {
         Some(Runtime::Provided)
+    } else if lambda.starts_with("java") {
+        Some(Runtime::Java)
     } else {
         None
     }
@@ -65,6 +67,7 @@ fn lambda_runtime(r: Runtime) -> String {
         Runtime::Python3 => "python3.11".into(),
         Runtime::Nodejs => "nodejs20.x".into(),
         Runtime::Provided => "provided.al2023".into(),
+        Runtime::Java => "java17".into(),
         other => other.to_string(),
     }
 }

@@ -5,9 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod client;
 pub mod commands;
 pub mod package;
+pub mod progress;
 pub mod scaffold;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +47,8 @@ enum Command {
     New(new::Args),
     /// Package a function directory and deploy it as a new version.
     Deploy(deploy::Args),
+    /// Run the function's [build] command (deploy runs it when its output is stale).
+    Build(commands::build::Args),
     /// Invoke a function and print its answer; with --async, queue it and print its id.
     Invoke(invoke::Args),
     /// List functions.
@@ -168,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) if args.cluster => sim_cluster::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Deploy(args) => deploy::run(&client()?, args).await,
+        Command::Build(args) => commands::build::run(args).await,
         Command::Invoke(args) => invoke::run(&client()?, args).await,
         Command::Ls(args) => ls::run(&client()?, args).await,
         Command::Get(args) => get::run(&client()?, args).await,

@@ -10,8 +10,21 @@ const SKIP: &[&str] = &[".git", ".hg", ".svn", ".petrel", "__pycache__", ".DS_St
 
 /// Zips `dir` with `manifest` as its `petrel.toml` (replacing the file on disk, if any).
 pub fn package_dir(dir: &Path, manifest: &str) -> anyhow::Result<Vec<u8>> {
+    package_dir_without(dir, manifest, &[])
+}
+
+/// What a java function's package leaves out: its sources and Maven's or Gradle's work (the
+/// runtime loads the classes at the root and the jars in lib/).
+pub const JAVA_SOURCES: &[&str] = &["src", "target", "build", ".gradle", ".mvn", "pom.xml"];
+
+/// [`package_dir`] without the top-level entries named in `skip`.
+pub fn package_dir_without(dir: &Path, manifest: &str, skip: &[&str]) -> anyhow::Result<Vec<u8>> {
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
+    files.retain(|f| {
+        let top = f.components().next().map(|c| c.as_os_str());
+        !skip.iter().any(|s| top == Some(std::ffi::OsStr::new(s)))
+    });
     files.sort();
     package_files(dir, manifest, files)
 }
@@ -22,7 +35,7 @@ pub fn package_component(dir: &Path, manifest: &str, component: &str) -> anyhow:
     let path = dir.join(component);
     if !path.is_file() {
         anyhow::bail!(
-            "the component {} does not exist; build it first (see the function's README or petrel.toml)",
+            "the component {} does not exist; build it first (petrel build, or add a [build] table to petrel.toml)",
             path.display()
         );
     }

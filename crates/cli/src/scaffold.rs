@@ -19,16 +19,32 @@ const WASM_MANIFEST: &str = include_str!("../../../examples/hello-wasm/petrel.to
 const WASM_CARGO: &str = include_str!("../../../examples/hello-wasm/Cargo.toml");
 const WASM_MAIN: &str = include_str!("../../../examples/hello-wasm/src/main.rs");
 const WASM_GITIGNORE: &str = include_str!("../../../examples/hello-wasm/.gitignore");
+const JAVA_MANIFEST: &str = include_str!("../../../examples/hello-java/petrel.toml");
+const JAVA_POM: &str = include_str!("../../../examples/hello-java/pom.xml");
+const JAVA_HANDLER: &str =
+    include_str!("../../../examples/hello-java/src/main/java/example/Hello.java");
+const JAVA_GITIGNORE: &str = include_str!("../../../examples/hello-java/.gitignore");
+const GO_MANIFEST: &str = include_str!("../../../examples/hello-go/petrel.toml");
+const GO_MAIN: &str = include_str!("../../../examples/hello-go/main.go");
+const GO_MOD: &str = include_str!("../../../examples/hello-go/go.mod");
+const GO_SUM: &str = include_str!("../../../examples/hello-go/go.sum");
+const GO_GITIGNORE: &str = include_str!("../../../examples/hello-go/.gitignore");
 
-/// The command that builds a scaffolded wasm function, run in its directory.
-pub fn wasm_build_command(name: &str) -> String {
-    format!("cargo build --release --target wasm32-wasip2 && cp target/wasm32-wasip2/release/{name}.wasm {name}.wasm")
-}
+/// What `petrel new --runtime` takes: every runtime, and `go` (a `provided` function written
+/// with github.com/aws/aws-lambda-go).
+pub const TEMPLATES: &str = "python3, nodejs, provided, http, wasm, java, go";
 
 /// Writes a new function directory at `dir`.
 pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<String>> {
     validate_name("function name", name)?;
-    let runtime: Runtime = runtime.parse()?;
+    let go = runtime == "go";
+    let runtime: Runtime = if go {
+        Runtime::Provided
+    } else {
+        runtime.parse().map_err(|_| {
+            anyhow::anyhow!("unknown runtime {runtime:?} for petrel new: use one of {TEMPLATES}")
+        })?
+    };
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!(
             "{} already exists and is not empty; pick another name or --dir",
@@ -38,9 +54,11 @@ pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<Str
     let example = format!(
         "hello-{}",
         match runtime {
+            _ if go => "go",
             Runtime::Python3 => "python",
             Runtime::Nodejs => "node",
             Runtime::Provided => "provided",
+            Runtime::Java => "java",
             Runtime::Http => "http",
             Runtime::Wasm => "wasm",
         }
@@ -55,6 +73,23 @@ pub fn scaffold(dir: &Path, name: &str, runtime: &str) -> anyhow::Result<Vec<Str
             )
     };
     let files: Vec<(&str, String, bool)> = match runtime {
+        _ if go => vec![
+            ("petrel.toml", rename(GO_MANIFEST), false),
+            ("main.go", GO_MAIN.into(), false),
+            ("go.mod", rename(GO_MOD), false),
+            ("go.sum", GO_SUM.into(), false),
+            (".gitignore", GO_GITIGNORE.into(), false),
+        ],
+        Runtime::Java => vec![
+            ("petrel.toml", rename(JAVA_MANIFEST), false),
+            ("pom.xml", rename(JAVA_POM), false),
+            (
+                "src/main/java/example/Hello.java",
+                JAVA_HANDLER.into(),
+                false,
+            ),
+            (".gitignore", JAVA_GITIGNORE.into(), false),
+        ],
         Runtime::Python3 => vec![
             ("petrel.toml", rename(PYTHON_MANIFEST), false),
             ("app.py", PYTHON_APP.into(), false),

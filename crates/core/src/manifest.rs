@@ -46,6 +46,9 @@ pub enum Runtime {
     Provided,
     Http,
     Wasm,
+    /// Java 17+: `handler = "com.example.Handler::handleRequest"`, run by the official AWS Lambda
+    /// runtime interface client.
+    Java,
 }
 
 impl Runtime {
@@ -55,6 +58,7 @@ impl Runtime {
         Runtime::Provided,
         Runtime::Http,
         Runtime::Wasm,
+        Runtime::Java,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,12 +68,16 @@ impl Runtime {
             Runtime::Provided => "provided",
             Runtime::Http => "http",
             Runtime::Wasm => "wasm",
+            Runtime::Java => "java",
         }
     }
 
     /// Whether instances speak the AWS Lambda Runtime API (else they serve HTTP on `$PORT`).
     pub fn speaks_lambda(self) -> bool {
-        matches!(self, Runtime::Python3 | Runtime::Nodejs | Runtime::Provided)
+        matches!(
+            self,
+            Runtime::Python3 | Runtime::Nodejs | Runtime::Provided | Runtime::Java
+        )
     }
 }
 
@@ -88,7 +96,7 @@ impl FromStr for Runtime {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| ManifestError::UnsupportedRuntime {
                 runtime: s.to_owned(),
-                hint: "use one of python3, nodejs, provided, http, wasm".to_owned(),
+                hint: "use one of python3, nodejs, provided, http, wasm, java".to_owned(),
             })
     }
 }
@@ -134,9 +142,81 @@ pub struct Manifest {
     pub http_protocol: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// `[build]`: how the function is built from its sources, by `petrel build` and by
+    /// `petrel deploy` when the build's output is missing or older than its sources. The
+    /// server keeps it with the manifest and never runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildManifest>,
     /// The `[[trigger]]` tables.
     #[serde(default, rename = "trigger", skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<crate::trigger::TriggerManifest>,
+}
+
+/// `[build]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildManifest {
+    /// A shell command (`sh -c`), run in `workdir`.
+    pub command: Option<String>,
+    /// Where the command runs, relative to the function directory (default: the directory).
+    pub workdir: Option<String>,
+    /// The sources, as globs relative to the function directory (`src/**/*.rs`): a deploy
+    /// builds when one is newer than the output. Default: every file but the output and
+    /// `target/`, `node_modules/` and version control.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<String>,
+    /// The file or directory the build makes, relative to the function directory. Default:
+    /// the component (wasm), `bootstrap` (provided), `lib` (java); none for the others, whose
+    /// deploys then always build.
+    pub output: Option<String>,
+}
+
+impl BuildManifest {
+    pub fn command(&self) -> &str {
+        self.command.as_deref().unwrap_or_default()
+    }
+
+    /// What the build makes: `output`, or the runtime's own file.
+    pub fn output_for(&self, runtime: Runtime, handler: &str) -> Option<String> {
+        if let Some(o) = &self.output {
+            return Some(o.clone());
+        }
+        match runtime {
+            Runtime::Wasm => Some(handler.to_owned()),
+            Runtime::Provided => Some("bootstrap".to_owned()),
+            Runtime::Java => Some("lib".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        if self.command().trim().is_empty() {
+            return Err(ManifestError::Missing {
+                field: "build.command",
+                hint: "add command = \"...\" to [build], the shell command that builds the function (for example \"go build -o bootstrap .\")",
+            });
+        }
+        let relative = |field: &'static str, p: &str| {
+            if p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                Err(ManifestError::invalid(
+                    field,
+                    format!("{p:?} must be a path inside the function directory, without '..'"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(w) = &self.workdir {
+            relative("build.workdir", w)?;
+        }
+        if let Some(o) = &self.output {
+            relative("build.output", o)?;
+        }
+        for w in &self.watch {
+            relative("build.watch", w)?;
+        }
+        Ok(())
+    }
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -202,7 +282,7 @@ impl Manifest {
             .as_deref()
             .ok_or(ManifestError::Missing {
                 field: "runtime",
-                hint: "add runtime = \"python3\" (or nodejs, provided, http)",
+                hint: "add runtime = \"python3\" (or nodejs, provided, http, wasm, java)",
             })?
             .parse()?;
         let handler = self.handler.clone().unwrap_or_default();
@@ -328,6 +408,9 @@ impl Manifest {
         }
         let asynchronous = self.validate_async(timeout, concurrency * max_instances)?;
         let triggers = crate::trigger::validate_all(&self.triggers)?;
+        if let Some(b) = &self.build {
+            b.validate()?;
+        }
         let invoke_auth = match self.invoke_auth.as_deref() {
             None | Some("key") => crate::auth::InvokeAuth::Key,
             Some("public") => crate::auth::InvokeAuth::Public,
@@ -631,6 +714,26 @@ fn validate_handler(runtime: Runtime, handler: &str) -> Result<(), ManifestError
             }
         }
         Runtime::Provided => Ok(()),
+        Runtime::Java => {
+            let (class, method) = match handler.split_once("::") {
+                Some((c, m)) => (c, Some(m)),
+                None => (handler, None),
+            };
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && !s.as_bytes()[0].is_ascii_digit()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+            };
+            if class.split('.').all(ident) && method.is_none_or(ident) {
+                Ok(())
+            } else {
+                Err(ManifestError::invalid(
+                    "handler",
+                    format!("{handler:?} must be package.Class::method or package.Class (a RequestHandler or RequestStreamHandler), for example \"com.example.Handler::handleRequest\""),
+                ))
+            }
+        }
     }
 }
 
@@ -828,6 +931,7 @@ impl From<&FunctionSpec> for Manifest {
             instance_reuse: (s.runtime == Runtime::Wasm).then_some(s.instance_reuse),
             http_protocol: (s.runtime == Runtime::Http).then(|| s.http_protocol.to_string()),
             env: s.env.clone(),
+            build: None,
             triggers: s.triggers.iter().map(Into::into).collect(),
         }
     }

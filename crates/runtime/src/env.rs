@@ -57,8 +57,13 @@ impl RuntimeEnv {
         std::fs::create_dir_all(&pycache)?;
         let host_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let java_cache = node_cache_dir(data_dir);
+        std::fs::create_dir_all(&java_cache)?;
+        let java = Arc::new(crate::java::JavaRuntime::new(&java_cache));
         let (sandbox, sandbox_path) = if config.sandbox {
-            let runtimes = petrel_sandbox::runtime_prefixes(&host_path);
+            let mut runtimes = petrel_sandbox::runtime_prefixes(&host_path);
+            // The java runtime's files, shown read-only.
+            runtimes.push(java_cache.clone());
             let mut sb = Sandbox::new(&runtimes, &shims_dir, &data_dir.join("sandbox"));
             if sb.enabled() {
                 if let Err(e) = sb.probe(&scratch_root) {
@@ -85,7 +90,8 @@ impl RuntimeEnv {
         if sandbox.in_user_namespace()
             && (prewarm.node_standby > 0
                 || prewarm.python_standby > 0
-                || prewarm.process_standby > 0)
+                || prewarm.process_standby > 0
+                || prewarm.java_standby > 0)
         {
             // A standby process is given its code by a mount into its namespace, which takes
             // root.
@@ -93,6 +99,7 @@ impl RuntimeEnv {
             prewarm.node_standby = 0;
             prewarm.python_standby = 0;
             prewarm.process_standby = 0;
+            prewarm.java_standby = 0;
         }
         let sandbox = Arc::new(sandbox);
         let cgroups = if config.instance_limits {
@@ -106,6 +113,7 @@ impl RuntimeEnv {
                 path: sandbox_path.clone(),
                 roots: scratch_root.clone(),
                 cgroups: cgroups.clone(),
+                java: java.clone(),
             });
         let sandbox_lib = sandbox
             .enabled()
@@ -132,6 +140,7 @@ impl RuntimeEnv {
                     pycache,
                     sink,
                     payload_limit: config.payload_limit,
+                    java,
                 },
                 wasm: OnceLock::new(),
                 wasm_cache: data_dir.join("cache").join("wasm"),
@@ -208,6 +217,16 @@ impl RuntimeEnv {
     }
 
     /// The wasmtime engine, created on first use (servers that run no wasm never pay for it).
+    /// Prepares the java runtime (once per node: Maven fetches the AWS runtime client, javac
+    /// compiles Petrel's launcher, the JVM writes a class data sharing archive) and starts
+    /// standby JVMs for `memory_mb`: a java function's deploy waits for it, so that its first
+    /// request does not.
+    pub async fn prepare_java(&self, memory_mb: u32) -> Result<(), String> {
+        self.inner.process.java.files().await?;
+        self.inner.process.prewarm.prewarm_java(Some(memory_mb));
+        Ok(())
+    }
+
     pub fn wasm(&self) -> Result<&Arc<WasmEngine>, String> {
         self.inner
             .wasm
@@ -225,7 +244,7 @@ impl RuntimeEnv {
         let secrets = self.secrets_of(&spec).await?;
         let cx = &self.inner.process;
         Ok(match spec.spec.runtime {
-            Runtime::Python3 | Runtime::Nodejs | Runtime::Provided => {
+            Runtime::Python3 | Runtime::Nodejs | Runtime::Provided | Runtime::Java => {
                 Arc::new(ProcessInstance::<LambdaApi>::start(cx, spec, secrets).await?)
             }
             Runtime::Http => Arc::new(ProcessInstance::<HttpPort>::start(cx, spec, secrets).await?),
@@ -266,4 +285,15 @@ impl Starter for RuntimeEnv {
             Some(Preloaded(pre))
         })
     }
+}
+
+/// Where runtime files shared by every data directory on this machine are kept (the java
+/// runtime's): `$XDG_CACHE_HOME/petrel`, `~/.cache/petrel`, or the data directory's cache.
+fn node_cache_dir(data_dir: &Path) -> PathBuf {
+    std::env::var_os("PETREL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("petrel")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/petrel")))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| data_dir.join("cache"))
 }

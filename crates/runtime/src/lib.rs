@@ -17,6 +17,7 @@ mod env;
 mod error;
 mod http_port;
 mod instance;
+mod java;
 mod lambda_api;
 pub mod logs;
 mod os_process;

@@ -200,13 +200,30 @@ impl LogSource {
 
 pub(crate) use petrel_core::now_ms;
 
+/// How long the end of a line may wait for its newline before it is a line of its own.
+const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Reads lines from a pipe until EOF, cutting long ones, and calls `each` with every line.
 pub async fn read_lines<R: AsyncRead + Unpin>(pipe: R, mut each: impl FnMut(String)) {
     let mut reader = BufReader::with_capacity(64 * 1024, pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
     loop {
-        let buf = match reader.fill_buf().await {
+        // A line with no newline yet is a line of its own once its writer pauses: the Java
+        // runtime client's `context.getLogger().log(..)` writes no newline, nor does Node's
+        // `process.stdout.write`. (fill_buf is cancel safe: nothing read is lost.)
+        let next = if line.is_empty() && !cut {
+            reader.fill_buf().await
+        } else {
+            match tokio::time::timeout(PARTIAL_LINE_WAIT, reader.fill_buf()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    each(finish_line(&mut line, &mut cut));
+                    continue;
+                }
+            }
+        };
+        let buf = match next {
             Ok([]) => break,
             Ok(b) => b,
             Err(_) => break,
@@ -262,6 +279,25 @@ mod tests {
         assert!(got[2].ends_with(TRUNCATED_MARKER));
         assert_eq!(got[2].len(), MAX_LINE_BYTES + TRUNCATED_MARKER.len());
         assert_eq!(got[3], "last-without-newline");
+    }
+
+    #[tokio::test]
+    async fn a_line_without_its_newline_is_one_once_its_writer_pauses() {
+        let (mut w, r) = tokio::io::duplex(1024);
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        let reader = tokio::spawn(read_lines(r, move |l| g.lock().unwrap().push(l)));
+        use tokio::io::AsyncWriteExt;
+        w.write_all(b"no newline").await.unwrap();
+        // Read back without a fixed sleep: the line appears once the reader's wait ends.
+        while got.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        w.write_all(b"next\n").await.unwrap();
+        drop(w);
+        reader.await.unwrap();
+        assert_eq!(*got.lock().unwrap(), ["no newline", "next"]);
     }
 
     #[test]

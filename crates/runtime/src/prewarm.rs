@@ -36,6 +36,9 @@ pub struct PrewarmConfig {
     /// Standby shells for `provided` and `http` functions, waiting in their sandbox (only with
     /// the sandbox on, as root).
     pub process_standby: usize,
+    /// Standby JVMs for `java` functions, waiting in their sandbox with the runtime client
+    /// loaded (only with the sandbox on, as root, once a java function was deployed).
+    pub java_standby: usize,
 }
 
 impl PrewarmConfig {
@@ -44,6 +47,7 @@ impl PrewarmConfig {
         node_standby: 0,
         python_standby: 0,
         process_standby: 0,
+        java_standby: 0,
     };
 }
 
@@ -54,6 +58,7 @@ impl Default for PrewarmConfig {
             node_standby: 2,
             python_standby: 2,
             process_standby: 2,
+            java_standby: 1,
         }
     }
 }
@@ -66,6 +71,9 @@ pub(crate) enum Kind {
     /// For `provided` and `http` (in the sandbox only): a shell waiting in its sandbox, which
     /// replaces itself with the function's program when handed it.
     Exec,
+    /// For `java` (in the sandbox only): a JVM with the runtime client loaded, waiting for its
+    /// instance's environment.
+    Java,
 }
 
 /// What an exec standby runs: it reads one line (`cd` to the code, then `exec env -i ...
@@ -113,6 +121,8 @@ struct Standby {
     /// Its cgroup, joined as it started (with the cgroups on): handed to its instance with the
     /// instance's limits, so that no process moves on the request path.
     cgroup: Option<InstanceCgroup>,
+    /// A JVM's heap is sized when it starts: the memory_mb it was made for (0 for the others).
+    memory_mb: u32,
 }
 
 /// What standby processes need to start in the sandbox (as root): they wait in a root of their
@@ -127,6 +137,8 @@ pub(crate) struct SandboxedStandby {
     pub roots: PathBuf,
     /// The node's cgroups (off, or where a standby's group is made).
     pub cgroups: crate::cgroup::Cgroups,
+    /// The java runtime, for standby JVMs once it is prepared.
+    pub java: Arc<crate::java::JavaRuntime>,
 }
 
 /// What a standby process gets before it starts: a root to assemble, its network, its plan,
@@ -187,7 +199,10 @@ pub(crate) struct Prewarm {
     standby: Mutex<std::collections::VecDeque<Standby>>,
     py_standby: Mutex<std::collections::VecDeque<Standby>>,
     exec_standby: Mutex<std::collections::VecDeque<Standby>>,
+    java_standby: Mutex<std::collections::VecDeque<Standby>>,
     sandboxed: Option<SandboxedStandby>,
+    /// The memory_mb standby JVMs are made for: the last one a java instance asked for.
+    java_memory_mb: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -233,7 +248,9 @@ impl Prewarm {
             standby: Mutex::default(),
             py_standby: Mutex::default(),
             exec_standby: Mutex::default(),
+            java_standby: Mutex::default(),
             sandboxed,
+            java_memory_mb: petrel_core::manifest::DEFAULT_MEMORY_MB.into(),
         }
     }
 
@@ -251,6 +268,26 @@ impl Prewarm {
         for _ in 0..self.wanted(Kind::Exec) {
             self.clone().replace_standby(Kind::Exec);
         }
+        // Standby JVMs wait for a java function's deploy or first start on this node.
+    }
+
+    /// Standby JVMs, once the java runtime is prepared (and for `memory_mb` from now on, when
+    /// given): called at start and after a java function's deploy.
+    pub(crate) fn prewarm_java(self: &Arc<Self>, memory_mb: Option<u32>) {
+        use std::sync::atomic::Ordering;
+        if let Some(m) = memory_mb {
+            if self.java_memory_mb.swap(m, Ordering::AcqRel) != m {
+                self.java_standby.lock().unwrap().clear();
+            }
+        }
+        self.fill_java();
+    }
+
+    fn fill_java(self: &Arc<Self>) {
+        let have = self.java_standby.lock().unwrap().len();
+        for _ in have..self.wanted(Kind::Java) {
+            self.clone().replace_standby(Kind::Java);
+        }
     }
 
     /// Stops the fork server and the standby processes (at shutdown); nothing is started again.
@@ -258,6 +295,7 @@ impl Prewarm {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
         self.standby.lock().unwrap().clear();
+        self.java_standby.lock().unwrap().clear();
         self.py_standby.lock().unwrap().clear();
         self.exec_standby.lock().unwrap().clear();
         self.zygote.lock().unwrap().current = None;
@@ -349,6 +387,7 @@ impl Prewarm {
             Kind::Node => &self.standby,
             Kind::Python => &self.py_standby,
             Kind::Exec => &self.exec_standby,
+            Kind::Java => &self.java_standby,
         }
     }
 
@@ -361,6 +400,15 @@ impl Prewarm {
             Kind::Python => self.config.python_standby,
             Kind::Exec if self.sandboxed.is_some() => self.config.process_standby,
             Kind::Exec => 0,
+            Kind::Java
+                if self
+                    .sandboxed
+                    .as_ref()
+                    .is_some_and(|s| s.java.ready().is_some()) =>
+            {
+                self.config.java_standby
+            }
+            Kind::Java => 0,
         }
     }
 
@@ -423,12 +471,30 @@ impl Prewarm {
             petrel_core::Runtime::Nodejs => Kind::Node,
             petrel_core::Runtime::Python3 => Kind::Python,
             petrel_core::Runtime::Provided | petrel_core::Runtime::Http => Kind::Exec,
+            petrel_core::Runtime::Java => Kind::Java,
             petrel_core::Runtime::Wasm => return None,
         };
+        if kind == Kind::Java
+            && self
+                .java_memory_mb
+                .load(std::sync::atomic::Ordering::Acquire)
+                != memory_mb
+        {
+            // A JVM's heap was sized for one memory_mb: other sizes start plainly, and the
+            // standby JVMs follow the last size asked for.
+            self.prewarm_java(Some(memory_mb));
+            return None;
+        }
         let mut sb = loop {
-            let sb = self.queue(kind).lock().unwrap().pop_front()?;
+            let Some(sb) = self.queue(kind).lock().unwrap().pop_front() else {
+                if kind == Kind::Java {
+                    self.fill_java();
+                }
+                return None;
+            };
             self.clone().replace_standby(kind);
-            if !sb.process.has_exited() {
+            // (A JVM made for another memory_mb, before the size changed, is dropped.)
+            if !sb.process.has_exited() && (kind != Kind::Java || sb.memory_mb == memory_mb) {
                 break sb;
             }
         };
@@ -445,7 +511,12 @@ impl Prewarm {
             return None;
         }
         let (env, _) = env_and_dir(cmd);
-        let line = if kind == Kind::Exec {
+        let line = if kind == Kind::Java {
+            // NUL-separated KEY=VALUE entries until the end of input (runtimes/java).
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}\0"))
+                .collect::<String>()
+        } else if kind == Kind::Exec {
             let std = cmd.as_std();
             let argv: Vec<String> = std::iter::once(std.get_program())
                 .chain(std.get_args())
@@ -560,10 +631,17 @@ impl Prewarm {
             attribution,
             sandboxed: Some((net, root)),
             cgroup,
+            memory_mb: 0,
         })
     }
 
     fn spawn_standby(&self, kind: Kind) -> std::io::Result<Standby> {
+        let memory_mb = match kind {
+            Kind::Java => self
+                .java_memory_mb
+                .load(std::sync::atomic::Ordering::Acquire),
+            _ => 0,
+        };
         let mut cmd = match kind {
             Kind::Node => {
                 let mut c = Command::new("node");
@@ -581,6 +659,17 @@ impl Prewarm {
             Kind::Exec => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(EXEC_STANDBY);
+                c
+            }
+            Kind::Java => {
+                let files = self
+                    .sandboxed
+                    .as_ref()
+                    .and_then(|s| s.java.ready())
+                    .ok_or_else(|| std::io::Error::other("the java runtime is not prepared"))?;
+                let mut c = Command::new("java");
+                c.args(files.jvm_args(memory_mb))
+                    .args(["PetrelJava", "--standby"]);
                 c
             }
         };
@@ -643,6 +732,7 @@ impl Prewarm {
             attribution,
             sandboxed,
             cgroup,
+            memory_mb,
         })
     }
 }

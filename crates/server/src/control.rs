@@ -198,6 +198,13 @@ impl App {
             ApiError::internal()
         })??;
         let (spec, digest, package) = prepared;
+        if spec.runtime == Runtime::Java {
+            // Once per node (seconds); then standby JVMs, so the first request finds one.
+            self.runtime
+                .prepare_java(spec.memory_mb)
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::UnsupportedRuntime, e))?;
+        }
         let size = package.len() as u64;
         self.check_access_keys(&ns, &spec).await?;
         self.check_quotas(&ns, &spec).await?;
@@ -329,6 +336,20 @@ fn check_code(
             engine
                 .prepare(&path)
                 .map_err(|m| ApiError::new(ErrorCode::InvalidPackage, format!("{handler}: {m}")))?;
+        }
+        Runtime::Java => {
+            // The runtime client loads classes from the package's root and lib/*.jar.
+            let class = handler.split_once("::").map_or(handler, |(c, _)| c);
+            let file = format!("{}.class", class.replace('.', "/"));
+            let has_jars = std::fs::read_dir(code.join("lib")).is_ok_and(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.path().extension().is_some_and(|x| x == "jar"))
+            });
+            if !code.join(&file).is_file() && !has_jars {
+                return missing(format!(
+                    "handler {handler:?} needs {file} at the root of the package or jars in lib/ (the layout Lambda takes: build with `mvn package`, see petrel new --runtime java), and neither is there"
+                ));
+            }
         }
         Runtime::Http => {}
     }

@@ -42,6 +42,10 @@ pub(crate) struct Args {
     /// (roll the new version out with `petrel alias set` or `petrel rollout start`).
     #[arg(long)]
     no_traffic: bool,
+    /// Deploy what is there: do not run the [build] command even when its output is missing
+    /// or older than its sources.
+    #[arg(long)]
+    no_build: bool,
 }
 
 impl Args {
@@ -60,6 +64,7 @@ impl Args {
             env: vec![],
             namespace: None,
             no_traffic: false,
+            no_build: false,
         }
     }
 }
@@ -96,28 +101,63 @@ pub(crate) async fn deploy(client: &Client, args: &Args) -> anyhow::Result<Deplo
     let spec = m
         .validate()
         .with_context(|| format!("in {}", manifest_path.display()))?;
+    if let (Some(build), false) = (&m.build, args.no_build) {
+        let (dir, build, name) = (dir.clone(), build.clone(), spec.name.clone());
+        let (runtime, handler) = (spec.runtime, spec.handler.clone());
+        tokio::task::spawn_blocking(move || {
+            match crate::build::stale(&dir, &build, runtime, &handler)? {
+                Some(why) => crate::build::run(&dir, &name, &build, runtime, &handler, Some(&why)),
+                None => Ok(()),
+            }
+        })
+        .await??;
+    }
     let package = {
         let (dir, text) = (dir.clone(), m.to_toml());
         let runtime = spec.runtime;
         let handler = spec.handler.clone();
         tokio::task::spawn_blocking(move || match runtime {
             petrel_core::Runtime::Wasm => package::package_component(&dir, &text, &handler),
+            petrel_core::Runtime::Java => {
+                package::package_dir_without(&dir, &text, package::JAVA_SOURCES)
+            }
             _ => package::package_dir(&dir, &text),
         })
         .await??
     };
+    let compiles = match spec.runtime {
+        petrel_core::Runtime::Wasm => ", which compiles the component",
+        petrel_core::Runtime::Java => ", which prepares the JVM",
+        _ => "",
+    };
+    let step = crate::progress::Step::start(format!(
+        "Uploading {} ({}) to {}{compiles}",
+        spec.name,
+        crate::progress::size(package.len()),
+        client.base()
+    ));
     let mut path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
     if args.no_traffic {
         path.push(if path.contains('?') { '&' } else { '?' });
         path.push_str("no_traffic=true");
     }
-    let (_, bytes) = client
+    let answer = client
         .call(
             Method::PUT,
             &path,
             Some((PACKAGE_CONTENT_TYPE, Bytes::from(package))),
         )
-        .await?;
+        .await;
+    let (_, bytes) = match answer {
+        Ok(a) => {
+            step.finish("done");
+            a
+        }
+        Err(e) => {
+            step.abandon();
+            return Err(e);
+        }
+    };
     serde_json::from_slice(&bytes).context("the server answered the deploy with unexpected JSON")
 }
 

@@ -2,6 +2,7 @@
 //! platform; the others are clients of its HTTP API.
 
 pub(crate) mod audit;
+pub(crate) mod build;
 pub(crate) mod deploy;
 pub(crate) mod dlq;
 pub(crate) mod get;

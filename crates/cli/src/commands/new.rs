@@ -7,7 +7,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     name: String,
-    /// python3, nodejs, provided, http or wasm.
+    /// python3, nodejs, provided, http, wasm, java or go.
     #[arg(long)]
     runtime: String,
     /// Where to create it (default: ./NAME).
@@ -22,13 +22,11 @@ pub(crate) fn run(Args { name, runtime, dir }: Args) -> anyhow::Result<ExitCode>
     for f in files {
         println!("  {f}");
     }
-    if runtime == "wasm" {
-        println!(
-            "Build the component:  cd {} && {}",
-            dir.display(),
-            scaffold::wasm_build_command(&name)
-        );
-        println!("  (needs the target once: rustup target add wasm32-wasip2)");
+    match runtime.as_str() {
+        "wasm" => println!("petrel deploy builds it with cargo (needs the target once: rustup target add wasm32-wasip2)"),
+        "java" => println!("petrel deploy builds it with Maven (mvn package; JDK 17 or newer)"),
+        "go" => println!("petrel deploy builds it with go build (Go 1.22 or newer)"),
+        _ => {}
     }
     println!("Deploy it with:  petrel deploy {}", dir.display());
     Ok(ExitCode::SUCCESS)

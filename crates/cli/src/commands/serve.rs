@@ -4,7 +4,6 @@
 use super::deploy;
 use crate::client::Client;
 use anyhow::Context;
-use petrel_core::Manifest;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -29,7 +28,8 @@ pub(crate) struct Args {
     /// on one PostgreSQL store that advertise themselves are one cluster.
     #[arg(long)]
     advertise: Option<String>,
-    /// Deploy these function directories once the server is up (for example examples/*).
+    /// Deploy these function directories once the server is up (for example examples/*),
+    /// each built first when its [build] output is missing or stale.
     #[arg(long, num_args = 1..)]
     deploy: Vec<PathBuf>,
     /// Write Petrel's own log as JSON lines.
@@ -68,14 +68,6 @@ pub(crate) struct Args {
     /// listens on a loopback address.
     #[arg(long)]
     no_auth: bool,
-}
-
-/// The component a wasm function directory names but does not hold yet.
-fn unbuilt_component(dir: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("petrel.toml")).ok()?;
-    let m = Manifest::from_toml(&text).ok()?;
-    let handler = m.handler.filter(|_| m.runtime.as_deref() == Some("wasm"))?;
-    (!dir.join(&handler).is_file()).then_some(handler)
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -139,13 +131,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let mut deployed = Vec::new();
         for dir in &args.deploy {
             if !dir.join("petrel.toml").is_file() {
-                continue;
-            }
-            if let Some(component) = unbuilt_component(dir) {
-                println!(
-                    "Skipped {}: its component {component} is not built yet (the build command is in its petrel.toml)",
-                    dir.display()
-                );
                 continue;
             }
             match deploy::deploy(&client, &deploy::Args::of(dir.clone())).await {

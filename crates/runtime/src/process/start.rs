@@ -43,6 +43,7 @@ pub(crate) struct ProcessContext {
     pub pycache: PathBuf,
     pub sink: LogSink,
     pub payload_limit: usize,
+    pub java: Arc<crate::java::JavaRuntime>,
 }
 
 /// Step 1's result, carried through the others: the command, and what the instance is.
@@ -149,7 +150,11 @@ impl<P: Bind> ProcessInstance<P> {
     ) -> Result<Self, InvokeError> {
         let t0 = Instant::now();
         let id = new_instance_id();
-        let mut launch = Launch::prepare(cx, &spec, &id)?;
+        let java = match spec.spec.runtime {
+            Runtime::Java => Some(cx.java.files().await.map_err(init_failed)?),
+            _ => None,
+        };
+        let mut launch = Launch::prepare(cx, &spec, &id, java.as_deref())?;
         let secrets_dir = if secrets.is_empty() {
             None
         } else {
@@ -240,7 +245,12 @@ impl Launch {
     /// Step 1: the program for the runtime, in the code's directory, with exactly the
     /// environment Lambda (or a `$PORT` server) gives, the function's own variables, and
     /// Petrel's.
-    fn prepare(cx: &ProcessContext, spec: &InstanceSpec, id: &str) -> Result<Self, InvokeError> {
+    fn prepare(
+        cx: &ProcessContext,
+        spec: &InstanceSpec,
+        id: &str,
+        java: Option<&crate::java::JavaFiles>,
+    ) -> Result<Self, InvokeError> {
         let fs = &spec.spec;
         let scratch = cx.scratch_root.join(id);
         std::fs::create_dir_all(&scratch)
@@ -283,6 +293,14 @@ impl Launch {
                     format!("exec {}", fs.handler)
                 });
                 ("the handler command", c)
+            }
+            Runtime::Java => {
+                let files = java.expect("the java runtime is prepared before a java start");
+                let mut c = Command::new("java");
+                c.args(files.jvm_args(fs.memory_mb))
+                    .arg(crate::java::CLIENT_MAIN)
+                    .arg(&fs.handler);
+                ("java", c)
             }
             Runtime::Wasm => unreachable!("wasm instances are not processes"),
         };

@@ -1,0 +1,3 @@
+module example.com/hello-go-http
+
+go 1.22
