@@ -616,22 +616,35 @@ impl<'a> Call<'a> {
         from_http: bool,
     ) -> Result<Outcome, ApiError> {
         let v = pool.version();
-        let (timing, mut lease) = self.take_lease(pool).await?;
         let metrics = self.dp.metrics();
         metrics.bytes(&v.namespace, &v.spec, "in", event.len() as u64);
-        let Protocol::Lambda(instance) = lease.instance().protocol() else {
-            return Err(mismatch(v));
+        // An instance that ends before it takes the request (its runtime exited after the
+        // last answer, as aws-lambda-go does after a panic) never saw it: another one runs it.
+        let mut attempts = 0;
+        let (timing, mut lease, result) = loop {
+            attempts += 1;
+            let (timing, mut lease) = self.take_lease(pool).await?;
+            let Protocol::Lambda(instance) = lease.instance().protocol() else {
+                return Err(mismatch(v));
+            };
+            let result = instance
+                .invoke(LambdaRequest {
+                    id: self.id.clone(),
+                    event: event.clone(),
+                    timeout: self.timeout,
+                    client_context: context.client_context.clone(),
+                    cognito_identity: context.cognito_identity.clone(),
+                    trace_id: Some(timing.2.xray()),
+                })
+                .await;
+            match result {
+                Err(InvokeError::NotDelivered(why)) if attempts < 3 => {
+                    tracing::debug!(function = %v.name, %why, "an instance ended before taking a request; running it on another");
+                    lease.discard_instance();
+                }
+                result => break (timing, lease, result),
+            }
         };
-        let result = instance
-            .invoke(LambdaRequest {
-                id: self.id.clone(),
-                event,
-                timeout: self.timeout,
-                client_context: context.client_context,
-                cognito_identity: context.cognito_identity,
-                trace_id: Some(timing.2.xray()),
-            })
-            .await;
         if let Ok(LambdaOutcome::Success(b) | LambdaOutcome::FunctionError { body: b, .. }) =
             &result
         {
@@ -742,7 +755,7 @@ fn mismatch(v: &DeployedVersion) -> ApiError {
 fn failure_outcome(e: &InvokeError) -> InvocationOutcome {
     match e {
         InvokeError::Timeout(_) => InvocationOutcome::Timeout,
-        InvokeError::Crashed(_) => InvocationOutcome::Crashed,
+        InvokeError::Crashed(_) | InvokeError::NotDelivered(_) => InvocationOutcome::Crashed,
         InvokeError::Stopped(_) => InvocationOutcome::Stopped,
         InvokeError::OutOfMemory(_) => InvocationOutcome::OutOfMemory,
         InvokeError::InitFailed { .. } => InvocationOutcome::InitFailed,
@@ -763,6 +776,10 @@ pub fn invoke_error(function: &str, version: u32, e: &InvokeError) -> ApiError {
         InvokeError::Crashed(detail) => ApiError::new(
             ErrorCode::FunctionCrashed,
             format!("function {function} (version {version}) crashed while handling the request: {detail}"),
+        ),
+        InvokeError::NotDelivered(detail) => ApiError::new(
+            ErrorCode::FunctionCrashed,
+            format!("function {function} (version {version}): its instances kept ending before they took the request: {detail}"),
         ),
         InvokeError::InitFailed { message, .. } => ApiError::new(
             ErrorCode::FunctionInitFailed,

@@ -23,6 +23,10 @@ pub enum InvokeError {
     /// Petrel stopped the instance on purpose (its invocation was cancelled).
     #[error("{0}")]
     Stopped(String),
+    /// The instance ended before it took the invocation: the function never saw it, so it can
+    /// run on another instance.
+    #[error("the instance ended before it took the request: {0}")]
+    NotDelivered(String),
 }
 
 impl InvokeError {
@@ -30,7 +34,10 @@ impl InvokeError {
     /// time, crashed, or was stopped (it is killed, or already gone).
     pub fn retires_instance(&self) -> bool {
         match self {
-            InvokeError::Timeout(_) | InvokeError::Crashed(_) | InvokeError::Stopped(_) => true,
+            InvokeError::Timeout(_)
+            | InvokeError::Crashed(_)
+            | InvokeError::Stopped(_)
+            | InvokeError::NotDelivered(_) => true,
             InvokeError::InitFailed { .. }
             | InvokeError::OutOfMemory(_)
             | InvokeError::ResponseTooLarge(_)

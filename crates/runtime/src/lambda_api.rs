@@ -70,6 +70,8 @@ struct Shared {
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>,
     /// Invocations taken by the instance, with their deadlines (ms since the epoch).
     inflight: Mutex<HashMap<String, (Completion, i64)>>,
+    /// Invocations the runtime has taken with `next` (and not yet answered).
+    delivered: Mutex<std::collections::HashSet<String>>,
     state: watch::Sender<InitState>,
     function_arn: String,
     response_limit: usize,
@@ -137,6 +139,7 @@ impl Endpoint {
             queue_tx,
             queue_rx: tokio::sync::Mutex::new(queue_rx),
             inflight: Mutex::new(HashMap::new()),
+            delivered: Mutex::default(),
             state,
             function_arn,
             response_limit,
@@ -227,6 +230,13 @@ impl Endpoint {
     /// Forgets an invocation that ended without an answer (timeout, crash).
     pub(crate) fn forget(&self, id: &str) {
         self.shared.inflight.lock().unwrap().remove(id);
+        self.shared.delivered.lock().unwrap().remove(id);
+    }
+
+    /// Whether the runtime took the invocation with `next`: one it never took can be run
+    /// elsewhere, as the function never saw it.
+    pub(crate) fn delivered(&self, id: &str) -> bool {
+        self.shared.delivered.lock().unwrap().contains(id)
     }
 }
 
@@ -258,6 +268,7 @@ async fn next(State(s): State<Arc<Shared>>) -> Response {
             "the instance is stopping",
         );
     };
+    s.delivered.lock().unwrap().insert(p.id.clone());
     let mut h = HeaderMap::new();
     let mut set = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -284,6 +295,7 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ()>
 
 fn complete(s: &Shared, id: &str, outcome: Result<LambdaOutcome, InvokeError>) -> Response {
     let tx = s.inflight.lock().unwrap().remove(id).map(|(tx, _)| tx);
+    s.delivered.lock().unwrap().remove(id);
     match tx {
         Some(tx) => {
             let too_large = matches!(outcome, Err(InvokeError::ResponseTooLarge(_)));

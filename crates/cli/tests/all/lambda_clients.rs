@@ -1337,7 +1337,7 @@ fn deploy_sdk_py(p: &Petrel, extra: &str) {
 
 /// A handler that sleeps past its timeout is answered 504, and the next request gets a new
 /// instance that works.
-async fn times_out_and_recovers(p: &Petrel, name: &str) {
+pub(crate) async fn times_out_and_recovers(p: &Petrel, name: &str) {
     p.invoke(name, r#"{"action": "sleep"}"#)
         .await
         .assert_error(504, "function_timeout");

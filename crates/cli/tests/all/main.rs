@@ -12,6 +12,7 @@ mod harness;
 mod http_fn;
 mod jwt;
 mod lambda_clients;
+mod languages;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -201,8 +201,15 @@ impl LambdaInstance for ProcessInstance<LambdaApi> {
                 cognito_identity: req.cognito_identity,
             });
             let result = tokio::select! {
+                // An answer first: a runtime may post it and exit at once (aws-lambda-go does
+                // after a panic).
+                biased;
                 r = rx => r.unwrap_or_else(|_| Err(InvokeError::Crashed("the instance stopped".into()))),
-                how = self.process.exited() => Err(self.ended(&how)),
+                how = self.process.exited() => Err(if ep.delivered(&id) {
+                    self.ended(&how)
+                } else {
+                    InvokeError::NotDelivered(self.process.exit_report(&how))
+                }),
                 _ = tokio::time::sleep(req.timeout) => {
                     self.process.kill();
                     Err(InvokeError::Timeout(req.timeout))

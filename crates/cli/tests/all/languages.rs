@@ -1,0 +1,326 @@
+//! Go and Java as their users write them (the official aws-lambda-go and the official Java
+//! runtime interface client with aws-lambda-java-core), each built from source by the deploy's
+//! `[build]` step; and `petrel new` of every runtime, deployed and invoked as scaffolded.
+
+use crate::harness::{eventually, Petrel};
+use crate::lambda_clients::{copy_tree, times_out_and_recovers};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A copy of a fixture's sources, without what an earlier build of it left.
+fn sources_of(name: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(name), d.path());
+    for built in ["bootstrap", "lib", "target"] {
+        let p = d.path().join(built);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+    d
+}
+
+/// `petrel deploy DIR [ARGS]`: stdout and stderr (where build progress goes), asserting success.
+fn deploy_with(p: &Petrel, dir: &Path, args: &[&str]) -> (String, String) {
+    let mut all = vec!["deploy", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = p.cli(&all);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "petrel {all:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Lambda's client context and Cognito identity headers, as its Invoke API takes them.
+fn context_headers() -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    vec![
+        ("content-type", "application/json".into()),
+        (
+            "x-amz-client-context",
+            base64::engine::general_purpose::STANDARD.encode(r#"{"custom": {"tenant": "t-9"}}"#),
+        ),
+        (
+            "x-amz-cognito-identity",
+            r#"{"cognitoIdentityId": "id-9", "cognitoIdentityPoolId": "pool-9"}"#.into(),
+        ),
+    ]
+}
+
+async fn invoke_with_context(p: &Petrel, name: &str, event: &str) -> crate::harness::Resp {
+    let headers = context_headers();
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    p.http_with(
+        "POST",
+        &format!("/v1/functions/{name}/invoke"),
+        &h,
+        event.as_bytes().to_vec(),
+    )
+    .await
+}
+
+/// What every official client's hello must have read from Petrel's Runtime API.
+fn assert_context(r: &crate::harness::Resp, name: &str, memory: u64) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        Some(j["request_id"].as_str().unwrap()),
+        r.header("x-petrel-invocation-id"),
+        "{j}"
+    );
+    assert_eq!(
+        j["arn"],
+        format!("arn:aws:lambda:us-east-1:000000000000:function:{name}:1")
+    );
+    assert_eq!(j["function_name"], name);
+    assert_eq!(j["version"], "1");
+    assert_eq!(j["memory"], memory, "{j}");
+    let remaining = j["remaining_ms"].as_i64().unwrap();
+    assert!(
+        (1000..=3000).contains(&remaining),
+        "deadline from the 3s timeout: {j}"
+    );
+    assert_eq!(j["log_group"], format!("/petrel/default/{name}"));
+    assert!(j["log_stream"].as_str().unwrap().starts_with("i-"), "{j}");
+    assert_eq!(
+        j["client_custom"],
+        serde_json::json!({"tenant": "t-9"}),
+        "{j}"
+    );
+    assert_eq!(j["identity"], serde_json::json!(["id-9", "pool-9"]), "{j}");
+    assert!(
+        j["trace"].as_str().unwrap_or("").starts_with("Root=1-"),
+        "{j}"
+    );
+    j
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale() {
+    let p = Petrel::start().await;
+    let src = sources_of("lambda-go-official");
+    let (_, progress) = deploy_with(&p, src.path(), &[]);
+    assert!(
+        progress.contains("Building go-official (bootstrap is missing)"),
+        "{progress}"
+    );
+
+    let r = invoke_with_context(&p, "go-official", r#"{"hello": "go"}"#).await;
+    let j = assert_context(&r, "go-official", 192);
+    assert_eq!(j["event"], serde_json::json!({"hello": "go"}));
+    assert_eq!(j["greeting"], "hi from go");
+    let id = j["request_id"].as_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .cli_ok(&["logs", "go-official"])
+            .contains(&format!("go handler saw request {id}")))
+        .await
+    );
+
+    // A returned error: Lambda's shape, its type the Go type's name.
+    let r = p.invoke("go-official", r#"{"action": "raise"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.header("x-petrel-function-error"), Some("Unhandled"));
+    let e = r.json();
+    assert_eq!(
+        (&e["errorType"], &e["errorMessage"]),
+        (
+            &serde_json::json!("Boom"),
+            &serde_json::json!("boom from aws-lambda-go: raise")
+        ),
+        "{e}"
+    );
+    // A panic is an error too, with its message; the function keeps serving.
+    let r = p.invoke("go-official", r#"{"action": "panic"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorMessage"], "panic from aws-lambda-go");
+    let r = p.invoke("go-official", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    times_out_and_recovers(&p, "go-official").await;
+
+    // Deployed again unchanged: nothing to build. A source newer than bootstrap: built again.
+    let (out, progress) = deploy_with(&p, src.path(), &[]);
+    assert!(!progress.contains("Building"), "{progress}");
+    assert!(out.contains("is unchanged at version 1"), "{out}");
+    let main = std::fs::File::options()
+        .append(true)
+        .open(src.path().join("main.go"))
+        .unwrap();
+    main.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let (_, progress) = deploy_with(&p, src.path(), &[]);
+    assert!(
+        progress.contains("Building go-official (main.go is newer than bootstrap)"),
+        "{progress}"
+    );
+    // --no-build deploys what is there.
+    let (_, progress) = deploy_with(&p, src.path(), &["--no-build"]);
+    assert!(!progress.contains("Building"), "{progress}");
+
+    // A build whose tool is not installed says which, and deploys nothing.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(
+        broken.path().join("petrel.toml"),
+        "name = \"no-tool\"\nruntime = \"provided\"\n[build]\ncommand = \"petrel-no-such-compiler -o bootstrap main.x\"\n",
+    )
+    .unwrap();
+    let out = p.cli(&["deploy", broken.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`petrel-no-such-compiler` is not installed"),
+        "{err}"
+    );
+    p.http("GET", "/v1/functions/no-tool", None)
+        .await
+        .assert_error(404, "function_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn java_functions_run_on_the_official_runtime_interface_client() {
+    let p = Petrel::start().await;
+    let src = sources_of("lambda-java-official");
+    let (_, progress) = deploy_with(&p, src.path(), &[]);
+    assert!(
+        progress.contains("Building java-official (lib is missing): mvn"),
+        "{progress}"
+    );
+
+    // RequestHandler<Map, Map>: its context from Petrel's Runtime API.
+    let r = invoke_with_context(&p, "java-official", r#"{"hello": "java"}"#).await;
+    let j = assert_context(&r, "java-official", 256);
+    assert_eq!(j["event"], serde_json::json!({"hello": "java"}));
+    assert_eq!(j["greeting"], "hi from java");
+    assert_eq!(j["task_root"], "/var/task");
+    assert_eq!(j["user_dir"], "/var/task");
+    // The heap is sized from memory_mb (85%), not from the machine.
+    let heap = j["max_heap_mb"].as_u64().unwrap();
+    assert!((150..=218).contains(&heap), "{j}");
+    let id = j["request_id"].as_str().unwrap().to_owned();
+    // The client's logger writes no newline: the line is one all the same, with its request.
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .cli_ok(&["logs", "java-official"])
+            .contains(&format!("java handler saw request {id}")))
+        .await
+    );
+
+    // An exception: Lambda's error shape, its type the exception's class.
+    let r = p.invoke("java-official", r#"{"action": "raise"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    let e = r.json();
+    assert_eq!(
+        (&e["errorType"], &e["errorMessage"]),
+        (
+            &serde_json::json!("java.lang.IllegalStateException"),
+            &serde_json::json!("boom from java")
+        ),
+        "{e}"
+    );
+    assert_eq!(p.invoke("java-official", "{}").await.status, 200);
+
+    // The other handler shapes, from the same jar: a stream handler and POJOs.
+    deploy_with(
+        &p,
+        src.path(),
+        &["--name", "java-upper", "--handler", "fixture.Upper"],
+    );
+    let r = p.invoke("java-upper", r#""quiet words""#).await;
+    assert_eq!((r.status, r.text().as_str()), (200, r#""QUIET WORDS""#));
+    deploy_with(
+        &p,
+        src.path(),
+        &[
+            "--name",
+            "java-orders",
+            "--handler",
+            "fixture.Orders::handleRequest",
+        ],
+    );
+    let r = p
+        .invoke(
+            "java-orders",
+            r#"{"customer": "ada", "cents": [100, 250, 5]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"customer": "ada", "totalCents": 355, "items": 3})
+    );
+
+    // A timeout stops the instance; the next request gets a new one, which after a deploy
+    // of the same memory size is a standby JVM handed its function (seconds have passed for
+    // it to get ready; a few timeouts more if the machine is slow).
+    let mut from_standby = false;
+    for _ in 0..5 {
+        let before = p.invoke("java-official", "{}").await.json()["log_stream"].clone();
+        times_out_and_recovers(&p, "java-official").await;
+        let after = p.invoke("java-official", "{}").await.json();
+        assert_ne!(after["log_stream"], before);
+        let stream = after["log_stream"].as_str().unwrap().to_owned();
+        let logs = p.cli_ok(&["logs", "java-official"]);
+        if logs.lines().any(|l| {
+            l.contains(&stream) && l.contains("instance started") && l.contains("a standby process")
+        }) {
+            // Its environment is the instance's own, not the standby's.
+            assert_eq!(after["greeting"], "hi from java");
+            assert_eq!(after["function_name"], "java-official");
+            from_standby = true;
+            break;
+        }
+    }
+    assert!(from_standby, "no instance came from a standby JVM");
+
+    // A handler class that is not in the package: the client's error, naming it.
+    deploy_with(
+        &p,
+        src.path(),
+        &[
+            "--name",
+            "java-missing",
+            "--handler",
+            "fixture.Nope::handleRequest",
+        ],
+    );
+    let r = p.invoke("java-missing", "{}").await;
+    assert!(r.status >= 500, "{}", r.text());
+    assert!(r.text().contains("fixture.Nope"), "{}", r.text());
+}
+
+/// How each template's function is called, and what its answer holds.
+const TEMPLATES: &[&str] = &[
+    "python3", "nodejs", "provided", "http", "wasm", "java", "go",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn petrel_new_of_every_runtime_deploys_as_scaffolded_and_answers() {
+    let p = Petrel::start().await;
+    let work = tempfile::tempdir().unwrap();
+    for t in TEMPLATES {
+        let name = format!("new-{t}");
+        let dir = work.path().join(&name);
+        let out = p.cli_ok(&["new", &name, "--runtime", t, "--dir", dir.to_str().unwrap()]);
+        assert!(out.contains("Deploy it with"), "{out}");
+        // wasm (cargo), java (Maven) and go (go build) are built by the deploy itself.
+        let (out, progress) = deploy_with(&p, &dir, &[]);
+        assert!(out.contains(&format!("Deployed {name} version 1")), "{out}");
+        if ["wasm", "java", "go"].contains(t) {
+            assert!(progress.contains(&format!("Building {name}")), "{progress}");
+        }
+        // (The harness's client sends the owner's key: scaffolds take one.)
+        let r = p.http("GET", &format!("/fn/{name}/?name=Ada"), None).await;
+        assert_eq!(r.status, 200, "{t}: {}", r.text());
+        assert!(r.text().contains("Ada"), "{t}: {}", r.text());
+    }
+}
