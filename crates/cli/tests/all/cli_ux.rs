@@ -77,6 +77,9 @@ const EXAMPLES: &[&str] = &[
     "hello-http",
     "hello-provided",
     "hello-wasm",
+    "hello-go",
+    "hello-go-http",
+    "hello-java",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,8 +90,10 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
         .join("../../examples")
         .canonicalize()
         .unwrap();
-    // The examples whose toolchains the tests install (Python, Node, Rust); the componentize-py
-    // and componentize-js ones are built by hand (their petrel.toml says how).
+    // The examples whose toolchains every machine here has (Python, Node, Rust, Go, Java):
+    // --deploy builds the Go and Java ones from source (their [build] tables). The
+    // componentize-py and componentize-js ones build the same way, from PyPI and npm, but their
+    // 13-19 MiB components take a minute each to compile in a debug build of the server.
     let dirs: Vec<String> = EXAMPLES
         .iter()
         .map(|e| examples.join(e).display().to_string())
@@ -99,7 +104,7 @@ async fn the_shipped_examples_deploy_unchanged_with_serve() {
     let p = Petrel::start_like_the_readme(&args).await;
     // --deploy runs right after the listener is up; wait until all are listed.
     let mut listed = String::new();
-    for _ in 0..100 {
+    for _ in 0..600 {
         // No --token, no PETREL_TOKEN: the CLI finds ./.petrel/bootstrap-token, as the README
         // says.
         let out = p.cli_as(None, &["ls"]);

@@ -26,19 +26,19 @@ fn boto3() -> PathBuf {
 
 /// The AWS CLI (version 1, from PyPI).
 const AWSCLI: &str = "awscli==1.36.40";
-
-fn awscli() -> PathBuf {
-    pip_target(AWSCLI)
-}
+/// The newest AWS CLI v1 PyPI served when this was written.
+const AWSCLI_NEWEST: &str = "awscli==1.46.3";
 
 /// The AWS SDK for JavaScript v3's Lambda client, from npm, cached per machine.
 const AWS_SDK_JS: &str = "3.1164.0";
+/// The newest one npm served when this was written.
+const AWS_SDK_JS_NEWEST: &str = "3.1178.0";
 
-fn aws_sdk_js() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("petrel-test-aws-sdk-client-lambda-{AWS_SDK_JS}"));
+fn aws_sdk_js(version: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let dir = std::env::temp_dir().join(format!("petrel-test-aws-sdk-client-lambda-{version}"));
         if !dir
             .join("node_modules/@aws-sdk/client-lambda/package.json")
             .is_file()
@@ -46,7 +46,7 @@ fn aws_sdk_js() -> PathBuf {
             std::fs::create_dir_all(&dir).unwrap();
             let out = std::process::Command::new("npm")
                 .args(["install", "--no-audit", "--no-fund", "--no-save"])
-                .arg(format!("@aws-sdk/client-lambda@{AWS_SDK_JS}"))
+                .arg(format!("@aws-sdk/client-lambda@{version}"))
                 .current_dir(&dir)
                 .output()
                 .expect("npm runs");
@@ -57,8 +57,7 @@ fn aws_sdk_js() -> PathBuf {
             );
         }
         dir
-    })
-    .clone()
+    }
 }
 
 /// `pip install --target` of one pinned package, cached per machine across test runs (and
@@ -909,9 +908,17 @@ fn app_zip(dir: &Path, file: &str, greeting: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_aws_cli_and_the_javascript_sdk_manage_and_invoke_functions_with_signed_requests() {
-    let (cli_dir, js_dir) = tokio::task::spawn_blocking(|| (awscli(), aws_sdk_js()))
-        .await
-        .unwrap();
+    // The pinned versions and the newest ones: a new client may use a route the old never did.
+    for (cli, js) in [(AWSCLI, AWS_SDK_JS), (AWSCLI_NEWEST, AWS_SDK_JS_NEWEST)] {
+        let (cli_dir, js_dir) =
+            tokio::task::spawn_blocking(move || (pip_target(cli), aws_sdk_js(js)))
+                .await
+                .unwrap();
+        cli_and_js_lifecycle(cli_dir, js_dir).await;
+    }
+}
+
+async fn cli_and_js_lifecycle(cli_dir: PathBuf, js_dir: PathBuf) {
     let (p, cfg) = start_with_key("AKIDPETRELCLI", "cli-secret").await;
     let zip1 = app_zip(cfg.path(), "v1.zip", "first");
     let zip2 = app_zip(cfg.path(), "v2.zip", "second");
