@@ -53,6 +53,8 @@ LAMBDA_RS=$root/bench/hello-lambda-rs/target/release/hello-lambda-rs
 CARGO_TARGET_DIR=$root/target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
 cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
 cp examples/hello-wasm/hello.wasm bench/hello-wasm-reuse/hello.wasm
+# The java cold start's function, built as its petrel.toml says.
+(cd examples/hello-java && mvn -q -B package)
 PETREL=${PETREL:-$root/target/release/petrel}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -213,7 +215,7 @@ cold_start() {
     echo "### the default: every process instance in the sandbox, with a cgroup"
     echo
     python3 bench/cold_start.py --petrel "$PETREL" --n 20 \
-      --provided "$LAMBDA_RS" --wasm examples/hello-wasm
+      --provided "$LAMBDA_RS" --wasm examples/hello-wasm --java examples/hello-java
     echo
     echo "### the sandbox without cgroups (--no-instance-limits)"
     echo
