@@ -116,6 +116,7 @@ pub struct ConfigFile {
     pub node_standby: Option<usize>,
     pub python_standby: Option<usize>,
     pub process_standby: Option<usize>,
+    pub java_standby: Option<usize>,
     pub memory_budget: Option<String>,
     pub instance_limits: Option<bool>,
     pub sandbox: Option<bool>,
@@ -210,6 +211,7 @@ const KNOWN_KEYS: &[&str] = &[
     "node_standby",
     "python_standby",
     "process_standby",
+    "java_standby",
     "memory_budget",
     "instance_limits",
     "sandbox",
@@ -306,6 +308,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.process_standby {
             base.prewarm.process_standby = v;
+        }
+        if let Some(v) = self.java_standby {
+            base.prewarm.java_standby = v;
         }
         if let Some(v) = self.instance_limits {
             base.instance_limits = v;

@@ -366,6 +366,7 @@ impl Server {
             node_standby = prewarm.node_standby,
             python_standby = prewarm.python_standby,
             process_standby = prewarm.process_standby,
+            java_standby = prewarm.java_standby,
             "cold-start and capacity settings"
         );
         let jwt = config.jwt.clone().map(|j| {
