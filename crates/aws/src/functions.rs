@@ -399,6 +399,29 @@ pub async fn delete(State(api): State<LambdaApi>, Path(name): Path<String>) -> R
     )
 }
 
+/// `ListVersionsByFunction`: `$LATEST`, then every version, oldest first, as Lambda lists them.
+pub async fn list_versions(State(api): State<LambdaApi>, Path(name): Path<String>) -> Response {
+    answer(
+        async {
+            let latest = latest(&api, &name).await?;
+            let versions = api
+                .control
+                .store()
+                .list_versions(DEFAULT_NAMESPACE, &name)
+                .await
+                .map_err(db)?;
+            let mut out = vec![configuration(&name, &latest, "$LATEST")];
+            let mut sorted: Vec<_> = versions.iter().collect();
+            sorted.sort_by_key(|v| v.version);
+            for v in sorted {
+                out.push(configuration(&name, v, &v.version.to_string()));
+            }
+            Ok(axum::Json(json!({"Versions": out})).into_response())
+        }
+        .await,
+    )
+}
+
 pub async fn publish_version(State(api): State<LambdaApi>, Path(name): Path<String>) -> Response {
     answer(
         async {

@@ -117,7 +117,7 @@ pub fn routes(
         )
         .route(
             "/2015-03-31/functions/{name}/versions",
-            post(functions::publish_version),
+            get(functions::list_versions).post(functions::publish_version),
         )
         .with_state(api);
     if !auth.enabled() && !configured_keys {

@@ -1126,6 +1126,7 @@ u = lam.update_function_code(FunctionName="made-by-sdk", ZipFile=zipped("updated
 out["update"] = u["Version"]
 p = lam.publish_version(FunctionName="made-by-sdk")
 out["published"] = p["Version"]
+out["versions"] = [v["Version"] for v in lam.list_versions_by_function(FunctionName="made-by-sdk")["Versions"]]
 out["invoke_latest"] = payload(lam.invoke(FunctionName="made-by-sdk", Payload=b"{}"))
 out["invoke_v1"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier="1", Payload=b"{}"))
 out["invoke_published"] = payload(lam.invoke(FunctionName="made-by-sdk", Qualifier=p["Version"], Payload=b"{}"))
@@ -1211,6 +1212,8 @@ async fn boto3_lifecycle(pkg: PathBuf) {
         (&j["update"], &j["published"]),
         (&json!("$LATEST"), &json!("2"))
     );
+    // ListVersionsByFunction: $LATEST, then each version.
+    assert_eq!(j["versions"], json!(["$LATEST", "1", "2"]));
     assert_eq!(
         j["invoke_latest"],
         json!({"greeting": "updated", "version": "2", "env": "test"})
