@@ -127,11 +127,11 @@ pub fn run(
             workdir.display()
         );
     }
-    let what = match why {
-        Some(why) => format!("Building {name} ({why}): {command}"),
-        None => format!("Building {name}: {command}"),
+    let detail = match why {
+        Some(why) => format!("{why}: {command}"),
+        None => command.to_owned(),
     };
-    let step = Step::start(what);
+    let step = Step::start(format!("Building {name}"), Some(&detail));
     let mut child = std::process::Command::new("/bin/sh")
         .arg("-c")
         // The output of both streams, in the order it comes.

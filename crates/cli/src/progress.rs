@@ -14,8 +14,9 @@ pub struct Step {
 }
 
 impl Step {
-    /// Starts a step: `what` is said once (a line) or kept beside the spinner.
-    pub fn start(what: impl Into<String>) -> Self {
+    /// Starts a step: `what` is kept beside the spinner, or said once as a line with `detail`
+    /// (which a terminal shows as the spinner's message until the step's own output comes).
+    pub fn start(what: impl Into<String>, detail: Option<&str>) -> Self {
         let what = what.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new_spinner();
@@ -24,11 +25,17 @@ impl Step {
                     .expect("the template is valid"),
             );
             b.set_prefix(what.clone());
+            if let Some(d) = detail {
+                b.set_message(d.to_owned());
+            }
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
         if bar.is_none() {
-            eprintln!("{what} ...");
+            match detail {
+                Some(d) => eprintln!("{what} ({d}) ..."),
+                None => eprintln!("{what} ..."),
+            }
         }
         Self {
             bar,

@@ -57,7 +57,9 @@ impl RuntimeEnv {
         std::fs::create_dir_all(&pycache)?;
         let host_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-        let java_cache = node_cache_dir(data_dir);
+        // The java runtime's files, made on the first java deploy (only they are shown to
+        // instances, read-only).
+        let java_cache = data_dir.join("cache").join("java");
         std::fs::create_dir_all(&java_cache)?;
         let java = Arc::new(crate::java::JavaRuntime::new(&java_cache));
         let (sandbox, sandbox_path) = if config.sandbox {
@@ -285,15 +287,4 @@ impl Starter for RuntimeEnv {
             Some(Preloaded(pre))
         })
     }
-}
-
-/// Where runtime files shared by every data directory on this machine are kept (the java
-/// runtime's): `$XDG_CACHE_HOME/petrel`, `~/.cache/petrel`, or the data directory's cache.
-fn node_cache_dir(data_dir: &Path) -> PathBuf {
-    std::env::var_os("PETREL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("petrel")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/petrel")))
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| data_dir.join("cache"))
 }

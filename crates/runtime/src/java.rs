@@ -1,9 +1,8 @@
 //! The `java` runtime's files: the official AWS Lambda runtime interface client and its
 //! dependencies (from Maven Central, or the local Maven repository), Petrel's launcher
 //! (`runtimes/java/PetrelJava.java`, compiled here), the client's JNI library unpacked once, and
-//! a class data sharing archive of all of them. Made once per node, on the first deploy of a
-//! java function, in a cache shared by every data directory on the machine, keyed by what goes
-//! into it.
+//! a class data sharing archive of all of them. Made once per data directory, on the first
+//! deploy of a java function, keyed by what goes into it.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -70,7 +69,7 @@ impl JavaRuntime {
         h.update(std::env::consts::ARCH);
         let key = hex::encode(&h.finalize()[..8]);
         let dir = cache.join(format!("java-{key}"));
-        // Prepared by an earlier start (or another server on this machine): ready now.
+        // Prepared by an earlier start: ready now.
         let files = tokio::sync::OnceCell::new_with(read_prepared(&dir).map(|f| Ok(Arc::new(f))));
         Self { dir, files }
     }
@@ -199,7 +198,7 @@ fn prepare(dir: &Path) -> Result<JavaFiles, String> {
     }
     match std::fs::rename(&tmp, dir) {
         Ok(()) => {}
-        // Another server on this machine made it first: use that one.
+        // Another server on this data directory made it first: use that one.
         Err(_) if dir.join("classpath").is_file() => {
             let _ = std::fs::remove_dir_all(&tmp);
         }

@@ -130,12 +130,12 @@ pub(crate) async fn deploy(client: &Client, args: &Args) -> anyhow::Result<Deplo
         petrel_core::Runtime::Java => ", which prepares the JVM",
         _ => "",
     };
-    let step = crate::progress::Step::start(format!(
-        "Uploading {} ({}) to {}{compiles}",
-        spec.name,
+    let detail = format!(
+        "{} to {}{compiles}",
         crate::progress::size(package.len()),
         client.base()
-    ));
+    );
+    let step = crate::progress::Step::start(format!("Uploading {}", spec.name), Some(&detail));
     let mut path = format!("/v1/functions/{}{}", spec.name, ns_query(&args.namespace));
     if args.no_traffic {
         path.push(if path.contains('?') { '&' } else { '?' });

@@ -111,7 +111,7 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
     let src = sources_of("lambda-go-official");
     let (_, progress) = deploy_with(&p, src.path(), &[]);
     assert!(
-        progress.contains("Building go-official (bootstrap is missing)"),
+        progress.contains("Building go-official (bootstrap is missing: CGO_ENABLED=0 go build"),
         "{progress}"
     );
 
@@ -160,7 +160,7 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
         .unwrap();
     let (_, progress) = deploy_with(&p, src.path(), &[]);
     assert!(
-        progress.contains("Building go-official (main.go is newer than bootstrap)"),
+        progress.contains("Building go-official (main.go is newer than bootstrap: "),
         "{progress}"
     );
     // --no-build deploys what is there.
@@ -192,7 +192,7 @@ async fn java_functions_run_on_the_official_runtime_interface_client() {
     let src = sources_of("lambda-java-official");
     let (_, progress) = deploy_with(&p, src.path(), &[]);
     assert!(
-        progress.contains("Building java-official (lib is missing): mvn"),
+        progress.contains("Building java-official (lib is missing: mvn"),
         "{progress}"
     );
 
@@ -322,5 +322,28 @@ async fn petrel_new_of_every_runtime_deploys_as_scaffolded_and_answers() {
         let r = p.http("GET", &format!("/fn/{name}/?name=Ada"), None).await;
         assert_eq!(r.status, 200, "{t}: {}", r.text());
         assert!(r.text().contains("Ada"), "{t}: {}", r.text());
+        let out = p.cli_ok(&["invoke", &name, "--data", r#"{"name": "Bob"}"#]);
+        assert!(out.contains("Hello, Bob!"), "{t}: {out}");
     }
+    // It refuses to write over a directory, and names an unknown runtime.
+    let dir = work.path().join("new-python3");
+    let out = p.cli(&[
+        "new",
+        "new-python3",
+        "--runtime",
+        "python3",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = p.cli(&[
+        "new",
+        "x",
+        "--runtime",
+        "cobol",
+        "--dir",
+        work.path().join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cobol") && err.contains("java, go"), "{err}");
 }
