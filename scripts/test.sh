@@ -14,6 +14,8 @@ _petrel_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 . scripts/toolchains.sh
 
 missing=()
+# The console's tests drive Debian's Chromium (with playwright-core from npm).
+command -v chromium >/dev/null || missing+=(chromium)
 # The async tests make their own CA and certificates for the https callbacks.
 command -v openssl >/dev/null || missing+=(openssl)
 # The official Node.js Lambda runtime client (aws-lambda-ric, from npm) builds curl and

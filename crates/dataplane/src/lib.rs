@@ -22,6 +22,7 @@ pub mod keepalive;
 pub mod metrics;
 pub mod pool;
 pub mod router;
+pub mod series;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;

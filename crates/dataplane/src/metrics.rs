@@ -90,6 +90,8 @@ pub struct Metrics {
     trigger_batch_size: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     trigger_batch_duration: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     trigger_lag: Family<TriggerLabels, Gauge>,
+    /// Every function's last hour, minute by minute (the console's charts).
+    series: crate::series::Series,
 }
 
 /// A function's event trigger, by its manifest name (bounded: the deployed manifests').
@@ -304,6 +306,7 @@ impl Default for Metrics {
             trigger_batch_size,
             trigger_batch_duration,
             trigger_lag,
+            series: Default::default(),
             cold_start_phases,
             evictions,
             memory_budget,
@@ -361,6 +364,18 @@ impl Metrics {
                 .get_or_create(&function_labels(namespace, spec))
                 .observe(d.as_secs_f64());
         }
+        self.series.record(
+            namespace,
+            &spec.name,
+            outcome == InvocationOutcome::Success,
+            took,
+            crate::series::now_minute(),
+        );
+    }
+
+    /// Every function's last hour on this node.
+    pub fn series(&self) -> &crate::series::Series {
+        &self.series
     }
 
     pub fn cold_start(&self, namespace: &str, spec: &FunctionSpec, ok: bool, took: Duration) {

@@ -6,6 +6,7 @@ mod chart;
 mod cli_ux;
 mod cluster;
 mod coldstart;
+mod console;
 mod errors;
 mod fixtures;
 mod harness;

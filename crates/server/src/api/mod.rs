@@ -11,6 +11,7 @@
 //! - `meta.rs`: health, metrics, the document itself, and the answers to unknown routes.
 
 mod access;
+mod console;
 mod functions;
 mod invocations;
 mod logs;
@@ -82,6 +83,9 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
         .routes(routes!(meta::readyz))
         .routes(routes!(meta::nodes))
         .routes(routes!(meta::metrics))
+        .routes(routes!(console::series))
+        .routes(routes!(console::page))
+        .routes(routes!(console::file))
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
