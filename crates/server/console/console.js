@@ -101,7 +101,7 @@ async function functions() {
   const body = h("tbody");
   main.replaceChildren(h("h1", {}, "Functions"), h("div", { class: "row" }, search, sort),
     h("div", { class: "scroll" }, h("table", {},
-      h("thead", {}, h("tr", {}, h("th", {}, "name"), h("th", {}, "runtime"), h("th", {}, "latest"),
+      h("thead", {}, h("tr", {}, h("th", {}, "name"), h("th", { class: "wide" }, "runtime"), h("th", { class: "wide" }, "latest"),
         h("th", {}, "invocations (1 h)"), h("th", { class: "wide" }, "errors"), h("th", { class: "wide" }, "p99"))),
       body)));
   let list = [], series = {};
@@ -113,7 +113,7 @@ async function functions() {
     body.replaceChildren(...rows.map((f) => {
       const s = series[f.name] || { invocations: new Array(60).fill(0), errors: new Array(60).fill(0), p99_ms: new Array(60).fill(null) };
       return h("tr", { "data-function": f.name },
-        h("td", {}, h("a", { href: "#/fn/" + f.name }, f.name)), h("td", {}, f.runtime), h("td", {}, f.latest_version),
+        h("td", {}, h("a", { href: "#/fn/" + f.name }, f.name)), h("td", { class: "wide" }, f.runtime), h("td", { class: "wide" }, f.latest_version),
         h("td", {}, spark(s.invocations, "invocations", `${f.name}: ${sum(s.invocations)} invocations in the last hour`), " ", sum(s.invocations)),
         h("td", { class: "wide" }, spark(s.errors, "errors", `${f.name}: ${sum(s.errors)} errors`), " ", sum(s.errors)),
         h("td", { class: "wide" }, spark(s.p99_ms, "p99", `${f.name}: p99 per minute`), " ",
@@ -139,6 +139,9 @@ async function fn(name) {
   const invocations = h("tbody");
   const logs = h("pre", { id: "logs", "aria-live": "polite" });
   const dlq = h("tbody");
+  const triggers = h("tbody");
+  const queue = h("p", { id: "queue" });
+  const usage = h("p", { id: "usage" });
   const write = canWrite();
   main.replaceChildren(
     h("h1", {}, name),
@@ -174,6 +177,12 @@ async function fn(name) {
       h("th", {}, "outcome"), h("th", {}, "duration"), h("th", { class: "wide" }, "cold"))), invocations)),
     h("h2", {}, "Logs (live)"),
     logs,
+    h("h2", {}, "Triggers"),
+    h("div", { class: "scroll" }, h("table", {}, triggers)),
+    h("h2", {}, "Async queue"),
+    queue,
+    h("h2", {}, "Usage, last hour"),
+    usage,
     h("h2", {}, "Dead letters"),
     h("div", { class: "scroll" }, h("table", {}, dlq)),
     write ? h("div", { class: "row" }, h("button", { id: "delete", class: "danger", type: "button", onclick: async () => {
@@ -188,6 +197,14 @@ async function fn(name) {
     const r = await api("GET", `/v1/functions/${name}/logs?namespace=${ns()}&tail=50`);
     const lines = (await r.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l));
     logs.textContent = lines.map((l) => `${when(l.ts)} ${l.invocation || ""} ${l.line}`).join("\n");
+    const t = (await json("GET", `/v1/functions/${name}/triggers?namespace=${ns()}`)).triggers;
+    triggers.replaceChildren(...(t.length ? t.map((x) => h("tr", { "data-trigger": x.name }, h("td", {}, x.name), h("td", {}, x.kind),
+      h("td", { class: "wide" }, x.source), h("td", {}, x.state), h("td", {}, x.error || ""))) : [h("tr", {}, h("td", {}, "none"))]));
+    const pending = (await json("GET", `/v1/functions/${name}/async?namespace=${ns()}&limit=100`)).invocations;
+    const count = (st) => pending.filter((x) => x.status === st).length;
+    queue.textContent = `${count("queued")} queued, ${count("running")} running, ${count("succeeded")} succeeded, ${count("failed") + count("dead")} failed (of the last ${pending.length})`;
+    const u = ((await json("GET", `/v1/usage?namespace=${ns()}&since=1h`)).functions || []).find((f) => f.function === name);
+    usage.textContent = u ? `${u.invocations} invocations, ${u.errors} errors, ${u.gb_seconds.toFixed(4)} GB-s` : "none";
     const dead = (await json("GET", `/v1/functions/${name}/dlq?namespace=${ns()}`)).invocations;
     dlq.replaceChildren(...dead.map((x) => h("tr", { "data-dead": x.id }, h("td", {}, x.id), h("td", {}, x.error || ""),
       h("td", {}, write ? h("button", { class: "secondary", type: "button", onclick: async () => {

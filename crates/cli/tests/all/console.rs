@@ -154,6 +154,13 @@ async fn the_console_shows_deploys_invokes_and_replays_in_a_real_browser() {
         "{j}"
     );
     assert!(j["invocationRows"].as_u64().unwrap() >= 1, "{j}");
+    // Usage in GB-s: 25 calls of the burst, the panel's, at 128 MB.
+    let usage = j["usage"].as_str().unwrap();
+    assert!(usage.contains("26 invocations, 0 errors"), "{usage}");
+    assert!(
+        j["flakyQueue"].as_str().unwrap().contains("1 failed"),
+        "{j}"
+    );
     assert_eq!(j["deleteButton"], true);
     assert_eq!(j["secretInPage"], false);
     assert!(j["replays"].as_u64().unwrap() >= 1, "the replay ran: {j}");

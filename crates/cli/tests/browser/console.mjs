@@ -54,6 +54,9 @@ try {
   out.invoke = { status: await page.textContent("#invoke-status"), body: await page.textContent("#invoke-body") };
   await page.waitForFunction(() => (document.getElementById("logs").textContent || "").includes("greeting panel"), null, { timeout: 15000 });
   out.invocationRows = await page.$$eval("tr[data-invocation]", (r) => r.length);
+  await page.waitForFunction(() => /GB-s/.test(document.getElementById("usage").textContent), null, { timeout: 15000 });
+  out.usage = await page.textContent("#usage");
+  out.queue = await page.textContent("#queue");
   out.deleteButton = !!(await page.$("#delete"));
   out.secretInPage = (await page.content()).includes(secret);
   await shot("function");
@@ -62,6 +65,7 @@ try {
   await page.goto(url + "/console#/fn/flaky");
   await page.waitForSelector("tr[data-dead] button");
   out.deadId = await page.$eval("tr[data-dead]", (r) => r.dataset.dead);
+  out.flakyQueue = await page.textContent("#queue");
   await page.click("tr[data-dead] button");
   out.replays = await page.evaluate(async ([k, id]) => {
     for (let i = 0; i < 100; i++) {
