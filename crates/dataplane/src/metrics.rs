@@ -365,10 +365,10 @@ impl Metrics {
                 .observe(d.as_secs_f64());
         }
         self.series.record(
-            namespace,
-            &spec.name,
+            (namespace, &spec.name),
             outcome == InvocationOutcome::Success,
             took,
+            spec.memory_mb,
             crate::series::now_minute(),
         );
     }

@@ -1,7 +1,7 @@
 //! The last hour of every function on this node, minute by minute, for the console's charts:
-//! invocations, errors (every outcome but success) and the 99th percentile of durations. Kept
-//! in memory, only for functions invoked in the last hour: 60 minutes × (2 counters and 16
-//! duration buckets of 4 bytes) = 4.3 KiB per such function. Recording takes no lock but a
+//! invocations, errors (every outcome but success), the 99th percentile of durations and
+//! GB-seconds. Kept in memory, only for functions invoked in the last hour: 60 minutes × 88
+//! bytes (a stamp, two counters, MB·ms, 16 duration buckets) = 5.2 KiB per such function. Recording takes no lock but a
 //! shared read of the function map (a write the first time a function is seen in the hour);
 //! every counter is an atomic.
 
@@ -22,6 +22,8 @@ struct Minute {
     stamp: AtomicU64,
     invocations: AtomicU32,
     errors: AtomicU32,
+    /// Memory × time, in MB·ms (GB-seconds × 1,024,000).
+    mb_ms: AtomicU64,
     buckets: [AtomicU32; BUCKETS],
 }
 
@@ -47,6 +49,8 @@ pub struct FunctionHour {
     /// The 99th percentile of the minute's durations (a bucket's upper bound), in ms; null when
     /// nothing ran with a duration.
     pub p99_ms: Vec<Option<f64>>,
+    /// GB-seconds per minute (memory_mb / 1024 × seconds run), as metering counts them.
+    pub gb_seconds: Vec<f64>,
 }
 
 #[derive(Default)]
@@ -74,10 +78,10 @@ impl Series {
     /// Counts one invocation that ended at minute `now_min`.
     pub fn record(
         &self,
-        namespace: &str,
-        function: &str,
+        (namespace, function): (&str, &str),
         ok: bool,
         took: Option<Duration>,
+        memory_mb: u32,
         now_min: u64,
     ) {
         let key = (namespace.to_owned(), function.to_owned());
@@ -98,6 +102,7 @@ impl Series {
             // An hour-old minute: start it again (a count racing with the reset may be lost).
             m.invocations.store(0, Relaxed);
             m.errors.store(0, Relaxed);
+            m.mb_ms.store(0, Relaxed);
             for b in &m.buckets {
                 b.store(0, Relaxed);
             }
@@ -108,6 +113,9 @@ impl Series {
         }
         if let Some(d) = took {
             m.buckets[bucket(d)].fetch_add(1, Relaxed);
+            // Billed as metering bills: whole milliseconds, at least one.
+            let ms = (d.as_micros() as u64).div_ceil(1000).max(1);
+            m.mb_ms.fetch_add(ms * memory_mb as u64, Relaxed);
         }
     }
 
@@ -123,6 +131,7 @@ impl Series {
                 invocations: vec![0; MINUTES],
                 errors: vec![0; MINUTES],
                 p99_ms: vec![None; MINUTES],
+                gb_seconds: vec![0.0; MINUTES],
             };
             let mut any = false;
             for (i, minute) in (first..=now_min).enumerate() {
@@ -133,6 +142,7 @@ impl Series {
                 any = true;
                 hour.invocations[i] = m.invocations.load(Relaxed);
                 hour.errors[i] = m.errors.load(Relaxed);
+                hour.gb_seconds[i] = m.mb_ms.load(Relaxed) as f64 / 1_024_000.0;
                 let counts: Vec<u32> = m.buckets.iter().map(|b| b.load(Relaxed)).collect();
                 let total: u64 = counts.iter().map(|&c| c as u64).sum();
                 if total > 0 {
@@ -177,12 +187,12 @@ mod tests {
         let s = Series::default();
         let ms = Duration::from_millis;
         for _ in 0..98 {
-            s.record("default", "f", true, Some(ms(1)), 1000);
+            s.record(("default", "f"), true, Some(ms(1)), 1024, 1000);
         }
-        s.record("default", "f", false, Some(ms(50)), 1000);
-        s.record("default", "f", false, Some(ms(3000)), 1000);
-        s.record("default", "f", true, Some(ms(1)), 1001);
-        s.record("other", "g", true, None, 1001);
+        s.record(("default", "f"), false, Some(ms(50)), 1024, 1000);
+        s.record(("default", "f"), false, Some(ms(3000)), 1024, 1000);
+        s.record(("default", "f"), true, Some(ms(1)), 1024, 1001);
+        s.record(("other", "g"), true, None, 1024, 1001);
 
         let h = s.hour("default", 1001);
         assert_eq!(h.len(), 1, "only the namespace asked for");
@@ -193,9 +203,15 @@ mod tests {
         // 100 calls: the 99th is the 50 ms one, in the (32, 64] ms bucket.
         assert_eq!(f.p99_ms[58..], [Some(64.0), Some(1.0)]);
         assert!(f.invocations[..58].iter().all(|&n| n == 0));
+        // 1 GB for 98 × 1 ms + 50 ms + 3000 ms.
+        assert!(
+            (f.gb_seconds[58] - 3.148).abs() < 1e-9,
+            "{:?}",
+            f.gb_seconds[58]
+        );
 
         // An hour later minute 1000's slot is reused, and a function silent for an hour goes.
-        s.record("default", "f", true, Some(ms(1)), 1060);
+        s.record(("default", "f"), true, Some(ms(1)), 1024, 1060);
         let h = s.hour("default", 1060);
         assert_eq!(h["f"].invocations[59], 1);
         assert_eq!(

@@ -72,6 +72,46 @@ function spark(values, cls, label) {
   return svg;
 }
 
+/** Petrel's own /metrics (filtered to the key's namespaces), as {name, labels, value}. */
+async function metrics() {
+  const text = await (await api("GET", "/metrics")).text();
+  const out = [];
+  for (const line of text.split("\n")) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) continue;
+    const labels = {};
+    for (const l of (m[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+    out.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+// A zip of the files of a dropped or chosen directory (stored, not compressed: the server
+// unpacks it), so that a directory deploys as `petrel deploy DIR` would send it.
+const CRC = (() => { const t = []; for (let n = 0; n < 256; n++) { let c = n; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; t[n] = c >>> 0; } return t; })();
+function crc32(b) { let c = 0xffffffff; for (const x of b) c = CRC[(c ^ x) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; }
+async function zipFiles(files) {
+  const enc = new TextEncoder(), parts = [], central = [];
+  let offset = 0;
+  for (const { path, file } of files) {
+    const data = new Uint8Array(await file.arrayBuffer()), name = enc.encode(path), crc = crc32(data);
+    const head = new DataView(new ArrayBuffer(30));
+    [[0, 0x04034b50, 4], [4, 20, 2], [14, crc, 4], [18, data.length, 4], [22, data.length, 4], [26, name.length, 2]]
+      .forEach(([o, v, n]) => n === 4 ? head.setUint32(o, v, true) : head.setUint16(o, v, true));
+    parts.push(head, name, data);
+    const c = new DataView(new ArrayBuffer(46));
+    [[0, 0x02014b50, 4], [4, 20, 2], [6, 20, 2], [16, crc, 4], [20, data.length, 4], [24, data.length, 4], [28, name.length, 2], [42, offset, 4]]
+      .forEach(([o, v, n]) => n === 4 ? c.setUint32(o, v, true) : c.setUint16(o, v, true));
+    central.push(c, name);
+    offset += 30 + name.length + data.length;
+  }
+  const size = central.reduce((a, x) => a + x.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  [[0, 0x06054b50, 4], [8, files.length, 2], [10, files.length, 2], [12, size, 4], [16, offset, 4]]
+    .forEach(([o, v, n]) => n === 4 ? end.setUint32(o, v, true) : end.setUint16(o, v, true));
+  return new Blob([...parts, ...central, end], { type: "application/zip" });
+}
+
 function sum(xs) { return xs.reduce((a, b) => a + (b || 0), 0); }
 function when(ms) { return new Date(ms).toISOString().replace("T", " ").slice(0, 19); }
 
@@ -142,6 +182,13 @@ async function fn(name) {
   const triggers = h("tbody");
   const queue = h("p", { id: "queue" });
   const usage = h("p", { id: "usage" });
+  const instances = h("p", { id: "instances" });
+  const rollouts = h("p", { id: "rollouts" });
+  const lagHistory = {};
+  const mode = h("select", { id: "invoke-mode", "aria-label": "Invoke as" },
+    h("option", { value: "event" }, "raw event"), h("option", { value: "http" }, "HTTP request"));
+  const method = h("select", { id: "http-method", "aria-label": "Method" }, ["GET", "POST", "PUT", "DELETE"].map((m) => h("option", {}, m)));
+  const path = h("input", { id: "http-path", value: "/?name=console", "aria-label": "Path after /fn/" + name });
   const write = canWrite();
   main.replaceChildren(
     h("h1", {}, name),
@@ -161,11 +208,18 @@ async function fn(name) {
       d.versions.slice(0, 10).map((v) => h("tr", {}, h("td", {}, "v" + v.version), h("td", {}, when(v.created_at)),
         h("td", { class: "wide" }, v.digest.slice(0, 12)))),
       aliases.map((a) => h("tr", {}, h("td", {}, a.name), h("td", {}, JSON.stringify(a.weights || a.version || a)), h("td", {})))))),
+    h("h2", {}, "Instances"),
+    instances,
+    rollouts,
     h("h2", {}, "Invoke"),
+    h("div", { class: "row" }, mode, method, path),
     event,
     h("div", { class: "row" }, h("button", { id: "invoke", type: "button", onclick: async () => {
       const t0 = performance.now();
-      const r = await api("POST", `/v1/functions/${name}/invoke?namespace=${ns()}`, event.value);
+      const base = ns() === "default" ? `/fn/${name}` : `/fn/${name}.${ns()}`;
+      const r = mode.value === "http"
+        ? await api(method.value, base + path.value, method.value === "GET" || method.value === "DELETE" ? undefined : event.value)
+        : await api("POST", `/v1/functions/${name}/invoke?namespace=${ns()}`, event.value);
       const text = await r.text();
       const ms = (performance.now() - t0).toFixed(1);
       const heads = [...r.headers].filter(([k]) => k.startsWith("x-petrel") || k === "content-type").map(([k, v]) => `${k}: ${v}`).join("\n");
@@ -182,6 +236,7 @@ async function fn(name) {
     h("h2", {}, "Async queue"),
     queue,
     h("h2", {}, "Usage, last hour"),
+    h("div", { id: "usage-chart" }),
     usage,
     h("h2", {}, "Dead letters"),
     h("div", { class: "scroll" }, h("table", {}, dlq)),
@@ -198,8 +253,21 @@ async function fn(name) {
     const lines = (await r.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l));
     logs.textContent = lines.map((l) => `${when(l.ts)} ${l.invocation || ""} ${l.line}`).join("\n");
     const t = (await json("GET", `/v1/functions/${name}/triggers?namespace=${ns()}`)).triggers;
+    // Lag, as this page has seen it since it opened (the server keeps no history of it).
+    for (const x of t) (lagHistory[x.name] = lagHistory[x.name] || []).push(x.lag || 0);
     triggers.replaceChildren(...(t.length ? t.map((x) => h("tr", { "data-trigger": x.name }, h("td", {}, x.name), h("td", {}, x.kind),
-      h("td", { class: "wide" }, x.source), h("td", {}, x.state), h("td", {}, x.error || ""))) : [h("tr", {}, h("td", {}, "none"))]));
+      h("td", { class: "wide" }, x.source), h("td", {}, x.state), h("td", {}, x.error || ""),
+      h("td", {}, spark(lagHistory[x.name].slice(-60).concat(lagHistory[x.name].length < 2 ? [x.lag || 0] : []), "lag", `${x.name}: lag`), " lag ", x.lag ?? "-")))
+      : [h("tr", {}, h("td", {}, "none"))]));
+    const m = await metrics();
+    const mine = (n) => m.filter((x) => x.name === n && x.labels.namespace === ns() && x.labels.function === name);
+    const states = mine("petrel_pool").map((x) => `${x.value} ${x.labels.state}`).join(", ");
+    const cold = mine("petrel_cold_starts_total").reduce((a, x) => a + x.value, 0);
+    instances.textContent = `${states || "no instances"}; ${cold} cold starts on this node`;
+    const ro = ((await json("GET", `/v1/functions/${name}/rollouts?namespace=${ns()}`)).rollouts || []).filter((r) => r.state === "running" || r.state === "paused");
+    rollouts.textContent = ro.length ? ro.map((r) => `rollout of ${r.alias} from v${r.from_version} to v${r.to_version}: ${r.state}, step ${r.step + 1}`).join("; ") : "no rollout in progress";
+    const hour = (await json("GET", "/v1/series?namespace=" + ns())).functions[name];
+    if (hour) document.getElementById("usage-chart").replaceChildren(spark(hour.gb_seconds, "gbs", `${name}: GB-s per minute`), " GB-s per minute");
     const pending = (await json("GET", `/v1/functions/${name}/async?namespace=${ns()}&limit=100`)).invocations;
     const count = (st) => pending.filter((x) => x.status === st).length;
     queue.textContent = `${count("queued")} queued, ${count("running")} running, ${count("succeeded")} succeeded, ${count("failed") + count("dead")} failed (of the last ${pending.length})`;
@@ -218,21 +286,42 @@ function deploy() {
   const name = h("input", { id: "deploy-name", required: true, pattern: "[a-z][a-z0-9\\-]*", "aria-label": "Function name" });
   const file = h("input", { id: "deploy-file", type: "file", accept: ".zip,application/zip", "aria-label": "Package (zip with petrel.toml)" });
   const out = h("div", { id: "deploy-result", "aria-live": "polite" });
-  const send = async (blob) => {
-    out.replaceChildren(h("p", {}, `Uploading ${blob.size} bytes; the server checks (and compiles) the package ...`));
-    const r = await api("PUT", `/v1/functions/${name.value}?namespace=${ns()}`, blob, "application/zip");
-    const v = await r.json();
-    out.replaceChildren(r.ok ? h("p", {}, `Deployed ${v.name} version ${v.version}: `, h("a", { href: "#/fn/" + v.name }, v.url))
-      : h("p", { class: "error", role: "alert" }, v.error.message));
-  };
-  const drop = h("div", { class: "drop", tabindex: 0 }, "Drop a zip with its petrel.toml here, or choose one: ", file);
+  const progress = h("progress", { id: "deploy-progress", max: 100, value: 0, hidden: true });
+  const send = (blob) => new Promise((done) => {
+    // XMLHttpRequest, for the upload's progress; then the server checks (and compiles) it.
+    const x = new XMLHttpRequest();
+    x.open("PUT", `/v1/functions/${name.value}?namespace=${ns()}`);
+    x.setRequestHeader("authorization", "Bearer " + key());
+    x.setRequestHeader("content-type", "application/zip");
+    progress.hidden = false;
+    out.replaceChildren(h("p", {}, `Uploading ${blob.size} bytes ...`));
+    x.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = 100 * e.loaded / e.total; };
+    x.upload.onload = () => out.replaceChildren(h("p", {}, "Uploaded; the server checks the package (and compiles a component) ..."));
+    x.onload = () => {
+      const v = JSON.parse(x.responseText || "{}");
+      out.replaceChildren(x.status < 300 ? h("p", {}, `Deployed ${v.name} version ${v.version}: `, h("a", { href: "#/fn/" + v.name }, v.url))
+        : h("p", { class: "error", role: "alert" }, v.error ? v.error.message : String(x.status)));
+      done();
+    };
+    x.onerror = () => { out.replaceChildren(h("p", { class: "error", role: "alert" }, "the upload failed")); done(); };
+    x.send(blob);
+  });
+  const dir = h("input", { id: "deploy-dir", type: "file", webkitdirectory: true, "aria-label": "A function directory" });
+  dir.addEventListener("change", async () => {
+    const files = [...dir.files].map((f) => ({ path: f.webkitRelativePath.split("/").slice(1).join("/"), file: f }))
+      .filter((f) => !/(^|\/)(\.git|node_modules|target|__pycache__)(\/|$)/.test(f.path));
+    if (!files.some((f) => f.path === "petrel.toml")) { out.replaceChildren(h("p", { class: "error", role: "alert" }, "the directory has no petrel.toml")); return; }
+    await send(await zipFiles(files));
+  });
+  const drop = h("div", { class: "drop", tabindex: 0 }, "Drop a zip with its petrel.toml here, or choose one: ", file,
+    h("br"), "or a function directory: ", dir);
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files[0]) send(e.dataTransfer.files[0]); });
   main.replaceChildren(h("h1", {}, "Deploy"),
     h("form", { onsubmit: (e) => { e.preventDefault(); if (file.files[0]) send(file.files[0]); } },
       h("div", { class: "row" }, h("label", { for: "deploy-name" }, "Name"), name), drop,
-      h("div", { class: "row" }, h("button", { id: "deploy", type: "submit" }, "Deploy"))),
+      h("div", { class: "row" }, h("button", { id: "deploy", type: "submit" }, "Deploy"), progress)),
     out);
 }
 
@@ -249,9 +338,16 @@ async function overview() {
       nodes = [h("table", {}, h("tbody", {}, (n.nodes || []).map((x) => h("tr", {}, h("td", {}, x.id || x.node_id || ""), h("td", {}, x.state || ""), h("td", {}, x.address || "")))))];
       if (!(n.nodes || []).length) nodes = [h("p", {}, "One node (not in cluster mode).")];
     }
+    const m = await metrics();
+    const budget = (kind) => (m.find((x) => x.name === "petrel_memory_budget_mib" && x.labels.kind === kind) || {}).value;
+    const codes = m.filter((x) => x.name === "petrel_requests_rejected_total" && x.value > 0);
     box.replaceChildren(h("dl", {}, h("dt", {}, "namespace"), h("dd", {}, ns()),
       h("dt", {}, "invocations, last hour (this node)"), h("dd", { id: "total-invocations" }, inv),
-      h("dt", {}, "errors, last hour"), h("dd", {}, err)), h("h2", {}, "Nodes"), ...nodes);
+      h("dt", {}, "errors, last hour"), h("dd", {}, err),
+      h("dt", {}, "memory budget"), h("dd", { id: "budget" }, budget("limit") === undefined ? "the owner's to see" : `${budget("used")} of ${budget("limit")} MiB held by live instances`)),
+      h("h2", {}, "Refused requests by error code"),
+      codes.length ? h("table", { id: "codes" }, h("tbody", {}, codes.map((x) => h("tr", {}, h("td", {}, x.labels.code), h("td", {}, x.value))))) : h("p", {}, "none"),
+      h("h2", {}, "Nodes"), ...nodes);
   });
 }
 

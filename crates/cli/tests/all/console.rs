@@ -112,6 +112,20 @@ async fn the_console_shows_deploys_invokes_and_replays_in_a_real_browser() {
 
     let work = tempfile::tempdir().unwrap();
     let zip = upload_zip(work.path());
+    let dir = work.path().join("from-dir");
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::write(
+        dir.join("petrel.toml"),
+        "name = \"from-dir\"\nruntime = \"python3\"\nhandler = \"app.handler\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        "from lib.answer import ANSWER\ndef handler(event, context):\n    return {'answer': ANSWER}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib/__init__.py"), "").unwrap();
+    std::fs::write(dir.join("lib/answer.py"), "ANSWER = 42\n").unwrap();
     let shots = std::env::var_os("PETREL_CONSOLE_SCREENSHOTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| work.path().to_owned());
@@ -129,6 +143,7 @@ async fn the_console_shows_deploys_invokes_and_replays_in_a_real_browser() {
         .arg(&zip)
         .arg(&shots)
         .arg(SECRET_VALUE)
+        .arg(&dir)
         .current_dir(&pw);
     let j = crate::lambda_clients::json_output(node).await;
     assert!(j["failed"].is_null(), "the browser run failed: {j:#}");
@@ -154,6 +169,20 @@ async fn the_console_shows_deploys_invokes_and_replays_in_a_real_browser() {
         "{j}"
     );
     assert!(j["invocationRows"].as_u64().unwrap() >= 1, "{j}");
+    assert!(
+        j["httpInvoke"]
+            .as_str()
+            .unwrap()
+            .contains("Hello, httpmode!"),
+        "{j}"
+    );
+    let instances = j["instances"].as_str().unwrap();
+    assert!(
+        instances.contains("1 ready") && instances.contains("1 cold starts"),
+        "{instances}"
+    );
+    assert_eq!(j["usageChart"], true);
+    assert_eq!(j["rollouts"], "no rollout in progress");
     // Usage in GB-s: 25 calls of the burst, the panel's, at 128 MB.
     let usage = j["usage"].as_str().unwrap();
     assert!(usage.contains("26 invocations, 0 errors"), "{usage}");
@@ -175,7 +204,26 @@ async fn the_console_shows_deploys_invokes_and_replays_in_a_real_browser() {
         p.invoke("uploaded", "{}").await.json(),
         serde_json::json!({"uploaded": true})
     );
+    assert!(
+        j["deployedDir"]
+            .as_str()
+            .unwrap()
+            .contains("Deployed from-dir version 1"),
+        "{j}"
+    );
+    // The directory's tree arrived whole: the package imports from its subdirectory.
+    assert_eq!(
+        p.invoke("from-dir", "{}").await.json(),
+        serde_json::json!({"answer": 42})
+    );
     assert!(j["total"].as_u64().unwrap() >= 27, "{j}");
+    assert!(
+        j["budget"]
+            .as_str()
+            .unwrap()
+            .contains("MiB held by live instances"),
+        "{j}"
+    );
     assert!(j["phoneOverflow"].as_i64().unwrap() <= 0, "{j}");
     assert_eq!(j["viewerDeployLink"], false);
     assert_eq!(j["viewerDeleteButton"], false);

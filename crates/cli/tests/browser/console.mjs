@@ -1,9 +1,9 @@
 // Drives Petrel's console in headless Chromium (Debian's, through playwright-core) as a user
 // would, and prints what it saw as one JSON object; the Rust test asserts on it.
-// node console.mjs URL OWNER_KEY VIEWER_KEY ZIP SCREENSHOT_DIR SECRET_VALUE
+// node console.mjs URL OWNER_KEY VIEWER_KEY ZIP SCREENSHOT_DIR SECRET_VALUE DIRECTORY
 import { chromium } from "playwright-core";
 
-const [url, owner, viewer, zip, shots, secret] = process.argv.slice(2);
+const [url, owner, viewer, zip, shots, secret, directory] = process.argv.slice(2);
 const out = { errors: [] };
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
@@ -54,6 +54,16 @@ try {
   out.invoke = { status: await page.textContent("#invoke-status"), body: await page.textContent("#invoke-body") };
   await page.waitForFunction(() => (document.getElementById("logs").textContent || "").includes("greeting panel"), null, { timeout: 15000 });
   out.invocationRows = await page.$$eval("tr[data-invocation]", (r) => r.length);
+  // The same function as an HTTP request through /fn/NAME.
+  await page.selectOption("#invoke-mode", "http");
+  await page.fill("#http-path", "/?name=httpmode");
+  await page.click("#invoke");
+  await page.waitForFunction(() => /httpmode/.test(document.getElementById("invoke-body")?.textContent || ""), null, { timeout: 15000 });
+  out.httpInvoke = await page.textContent("#invoke-body");
+  await page.waitForFunction(() => /ready/.test(document.getElementById("instances").textContent), null, { timeout: 15000 });
+  out.instances = await page.textContent("#instances");
+  out.usageChart = !!(await page.$("#usage-chart svg.gbs"));
+  out.rollouts = await page.textContent("#rollouts");
   await page.waitForFunction(() => /GB-s/.test(document.getElementById("usage").textContent), null, { timeout: 15000 });
   out.usage = await page.textContent("#usage");
   out.queue = await page.textContent("#queue");
@@ -84,10 +94,16 @@ try {
   await page.waitForFunction(() => /Deployed uploaded version/.test(document.getElementById("deploy-result").textContent), null, { timeout: 30000 });
   out.deployed = await page.textContent("#deploy-result");
   await shot("deploy");
+  // A directory, zipped in the page.
+  await page.fill("#deploy-name", "from-dir");
+  await page.setInputFiles("#deploy-dir", directory);
+  await page.waitForFunction(() => /Deployed from-dir version/.test(document.getElementById("deploy-result").textContent), null, { timeout: 30000 });
+  out.deployedDir = await page.textContent("#deploy-result");
 
   await page.goto(url + "/console#/overview");
   await page.waitForSelector("#total-invocations");
   out.total = Number(await page.textContent("#total-invocations"));
+  out.budget = await page.textContent("#budget");
   await shot("overview");
 
   // At a phone's width nothing scrolls sideways.
