@@ -199,7 +199,8 @@ async fn the_api_describes_itself_and_reports_health() {
         let concrete = path
             .replace("{name}", "no-such-function")
             .replace("{id}", "no-such-id")
-            .replace("{path}", "x");
+            .replace("{path}", "x")
+            .replace("{file}", "console.js");
         for method in item.as_object().unwrap().keys() {
             if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
                 continue;

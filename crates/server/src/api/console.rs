@@ -6,7 +6,7 @@ use super::{namespace, no_namespace, ApiResult, Caller, NsQuery};
 use crate::App;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use petrel_core::auth::Action;
@@ -51,7 +51,11 @@ pub async fn file(Path(file): Path<String>) -> Response {
         "" | "index.html" => asset("text/html; charset=utf-8", INDEX),
         "console.js" => asset("text/javascript; charset=utf-8", SCRIPT),
         "console.css" => asset("text/css; charset=utf-8", STYLE),
-        _ => (StatusCode::NOT_FOUND, "no such console file").into_response(),
+        other => petrel_gateway::ErrorResponse::from(petrel_core::ApiError::new(
+            petrel_core::ErrorCode::RouteNotFound,
+            format!("the console has no file {other:?}: it serves /console, /console/console.js and /console/console.css"),
+        ))
+        .into_response(),
     }
 }
 
