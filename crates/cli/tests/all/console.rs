@@ -10,29 +10,9 @@ use std::time::Duration;
 const PLAYWRIGHT: &str = "1.65.2";
 const SECRET_VALUE: &str = "s3cr3t-console-value-7f3a";
 
-/// playwright-core installed once per machine (it downloads no browser: Debian's is used).
+/// playwright-core, installed once per machine (it downloads no browser: Debian's is used).
 fn playwright() -> PathBuf {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::env::temp_dir().join(format!("petrel-test-playwright-core-{PLAYWRIGHT}"));
-    if !dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--no-save"])
-            .arg(format!("playwright-core@{PLAYWRIGHT}"))
-            .current_dir(&dir)
-            .output()
-            .expect("npm runs");
-        assert!(
-            out.status.success(),
-            "npm install playwright-core failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
+    crate::lambda_clients::npm_package("playwright-core", PLAYWRIGHT)
 }
 
 /// A zip a user would upload: a python function named `uploaded`.

@@ -35,29 +35,38 @@ const AWS_SDK_JS: &str = "3.1164.0";
 const AWS_SDK_JS_NEWEST: &str = "3.1178.0";
 
 fn aws_sdk_js(version: &str) -> PathBuf {
+    npm_package("@aws-sdk/client-lambda", version)
+}
+
+/// `npm install` of one pinned package into a directory of its own, cached per machine across
+/// test runs (and installed by one test at a time); the directory holds its `node_modules`.
+pub(crate) fn npm_package(package: &str, version: &str) -> PathBuf {
     static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!(
+        "petrel-test-{}-{version}",
+        package.trim_start_matches('@').replace('/', "-")
+    ));
+    if !dir
+        .join("node_modules")
+        .join(package)
+        .join("package.json")
+        .is_file()
     {
-        let dir = std::env::temp_dir().join(format!("petrel-test-aws-sdk-client-lambda-{version}"));
-        if !dir
-            .join("node_modules/@aws-sdk/client-lambda/package.json")
-            .is_file()
-        {
-            std::fs::create_dir_all(&dir).unwrap();
-            let out = std::process::Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--no-save"])
-                .arg(format!("@aws-sdk/client-lambda@{version}"))
-                .current_dir(&dir)
-                .output()
-                .expect("npm runs");
-            assert!(
-                out.status.success(),
-                "npm install @aws-sdk/client-lambda failed (npm must be reachable): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save"])
+            .arg(format!("{package}@{version}"))
+            .current_dir(&dir)
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "npm install {package} failed (npm must be reachable): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    dir
 }
 
 /// `pip install --target` of one pinned package, cached per machine across test runs (and
