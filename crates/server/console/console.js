@@ -249,7 +249,7 @@ async function fn(name) {
     const recs = (await json("GET", `/v1/functions/${name}/invocations?namespace=${ns()}&limit=20`)).invocations;
     invocations.replaceChildren(...recs.map((r) => h("tr", { "data-invocation": r.id }, h("td", {}, r.id), h("td", {}, when(r.started_at)),
       h("td", {}, r.outcome), h("td", {}, r.duration_ms + " ms"), h("td", { class: "wide" }, r.cold_start ? "cold" : ""))));
-    const r = await api("GET", `/v1/functions/${name}/logs?namespace=${ns()}&tail=50`);
+    const r = await api("GET", `/v1/functions/${name}/logs?namespace=${ns()}&tail=20`);
     const lines = (await r.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l));
     logs.textContent = lines.map((l) => `${when(l.ts)} ${l.invocation || ""} ${l.line}`).join("\n");
     const t = (await json("GET", `/v1/functions/${name}/triggers?namespace=${ns()}`)).triggers;
