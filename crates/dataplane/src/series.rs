@@ -55,7 +55,8 @@ pub struct FunctionHour {
 
 #[derive(Default)]
 pub struct Series {
-    functions: RwLock<HashMap<(String, String), Arc<FunctionSeries>>>,
+    /// By namespace, then function: looked up by `&str`, so recording allocates nothing.
+    functions: RwLock<HashMap<String, HashMap<String, Arc<FunctionSeries>>>>,
 }
 
 fn bucket(took: Duration) -> usize {
@@ -84,15 +85,22 @@ impl Series {
         memory_mb: u32,
         now_min: u64,
     ) {
-        let key = (namespace.to_owned(), function.to_owned());
-        let existing = self.functions.read().unwrap().get(&key).cloned();
+        let existing = self
+            .functions
+            .read()
+            .unwrap()
+            .get(namespace)
+            .and_then(|fs| fs.get(function))
+            .cloned();
         let f = match existing {
             Some(f) => f,
             None => self
                 .functions
                 .write()
                 .unwrap()
-                .entry(key)
+                .entry(namespace.to_owned())
+                .or_default()
+                .entry(function.to_owned())
                 .or_default()
                 .clone(),
         };
@@ -123,53 +131,65 @@ impl Series {
     /// it; the others are forgotten.
     pub fn hour(&self, namespace: &str, now_min: u64) -> BTreeMap<String, FunctionHour> {
         let first = now_min + 1 - MINUTES as u64;
-        let mut out = BTreeMap::new();
-        let mut idle = Vec::new();
-        for ((ns, name), f) in self.functions.read().unwrap().iter() {
-            let mut hour = FunctionHour {
-                start_ms: (first * 60_000) as i64,
-                invocations: vec![0; MINUTES],
-                errors: vec![0; MINUTES],
-                p99_ms: vec![None; MINUTES],
-                gb_seconds: vec![0.0; MINUTES],
-            };
-            let mut any = false;
-            for (i, minute) in (first..=now_min).enumerate() {
-                let m = &f.minutes[minute as usize % MINUTES];
-                if m.stamp.load(Relaxed) != minute + 1 {
-                    continue;
-                }
-                any = true;
-                hour.invocations[i] = m.invocations.load(Relaxed);
-                hour.errors[i] = m.errors.load(Relaxed);
-                hour.gb_seconds[i] = m.mb_ms.load(Relaxed) as f64 / 1_024_000.0;
-                let counts: Vec<u32> = m.buckets.iter().map(|b| b.load(Relaxed)).collect();
-                let total: u64 = counts.iter().map(|&c| c as u64).sum();
-                if total > 0 {
-                    let want = (total * 99).div_ceil(100);
-                    let mut seen = 0;
-                    for (b, &c) in counts.iter().enumerate() {
-                        seen += c as u64;
-                        if seen >= want {
-                            hour.p99_ms[i] = Some(upper_bound_ms(b));
-                            break;
-                        }
-                    }
-                }
-            }
-            if !any {
-                idle.push((ns.clone(), name.clone()));
-            } else if ns == namespace {
-                out.insert(name.clone(), hour);
-            }
-        }
-        if !idle.is_empty() {
+        self.forget_idle(first);
+        let all = self.functions.read().unwrap();
+        let Some(functions) = all.get(namespace) else {
+            return BTreeMap::new();
+        };
+        functions
+            .iter()
+            .map(|(name, f)| (name.clone(), f.hour(first)))
+            .collect()
+    }
+
+    /// Drops the functions with no minute at or after `first`.
+    fn forget_idle(&self, first: u64) {
+        let idle = |f: &FunctionSeries| f.minutes.iter().all(|m| m.stamp.load(Relaxed) <= first);
+        let any_idle = self
+            .functions
+            .read()
+            .unwrap()
+            .values()
+            .any(|fs| fs.values().any(|f| idle(f)));
+        if any_idle {
             let mut w = self.functions.write().unwrap();
-            for k in idle {
-                w.remove(&k);
+            for fs in w.values_mut() {
+                fs.retain(|_, f| !idle(f));
             }
+            w.retain(|_, fs| !fs.is_empty());
         }
-        out
+    }
+}
+
+impl FunctionSeries {
+    /// The hour starting at minute `first`, oldest minute first.
+    fn hour(&self, first: u64) -> FunctionHour {
+        let mut hour = FunctionHour {
+            start_ms: (first * 60_000) as i64,
+            invocations: vec![0; MINUTES],
+            errors: vec![0; MINUTES],
+            p99_ms: vec![None; MINUTES],
+            gb_seconds: vec![0.0; MINUTES],
+        };
+        for i in 0..MINUTES {
+            let minute = first + i as u64;
+            let m = &self.minutes[minute as usize % MINUTES];
+            if m.stamp.load(Relaxed) != minute + 1 {
+                continue;
+            }
+            hour.invocations[i] = m.invocations.load(Relaxed);
+            hour.errors[i] = m.errors.load(Relaxed);
+            hour.gb_seconds[i] = m.mb_ms.load(Relaxed) as f64 / 1_024_000.0;
+            let counts: Vec<u32> = m.buckets.iter().map(|b| b.load(Relaxed)).collect();
+            let total: u64 = counts.iter().map(|&c| c as u64).sum();
+            let want = (total * 99).div_ceil(100);
+            let mut seen = 0;
+            hour.p99_ms[i] = counts.iter().enumerate().find_map(|(b, &c)| {
+                seen += c as u64;
+                (total > 0 && seen >= want).then(|| upper_bound_ms(b))
+            });
+        }
+        hour
     }
 }
 
@@ -220,11 +240,6 @@ mod tests {
             "minutes 1001 and 1060"
         );
         assert!(s.hour("other", 1062).is_empty());
-        assert!(s
-            .functions
-            .read()
-            .unwrap()
-            .get(&("other".into(), "g".into()))
-            .is_none());
+        assert!(s.functions.read().unwrap().get("other").is_none());
     }
 }
