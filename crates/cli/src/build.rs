@@ -35,7 +35,7 @@ pub fn stale(
         ));
     };
     let out_path = dir.join(&output);
-    let Some(built) = newest(&out_path, &mut |_| true)? else {
+    let Some(built) = newest(&out_path)? else {
         return Ok(Some(format!("{output} is missing")));
     };
     let globs = if build.watch.is_empty() {
@@ -65,7 +65,7 @@ pub fn stale(
 
 /// The newest modification time of `path` (a file, or every file under a directory); `None`
 /// when it does not exist or holds no file.
-fn newest(path: &Path, keep: &mut dyn FnMut(&Path) -> bool) -> anyhow::Result<Option<SystemTime>> {
+fn newest(path: &Path) -> anyhow::Result<Option<SystemTime>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -75,8 +75,8 @@ fn newest(path: &Path, keep: &mut dyn FnMut(&Path) -> bool) -> anyhow::Result<Op
         return Ok(Some(meta.modified()?));
     }
     let mut best = None;
-    walk(path, path, &mut |rel, m| {
-        if keep(rel) && best.is_none_or(|b| m > b) {
+    walk(path, path, &mut |_, m| {
+        if best.is_none_or(|b| m > b) {
             best = Some(m);
         }
     })?;
@@ -169,7 +169,7 @@ pub fn run(
         );
     }
     if let Some(output) = build.output_for(runtime, handler) {
-        if newest(&dir.join(&output), &mut |_| true)?.is_none() {
+        if newest(&dir.join(&output))?.is_none() {
             step.abandon();
             bail!(
                 "the build of {name} succeeded but made no {output}; make [build] command write it, or set [build] output to what it makes"

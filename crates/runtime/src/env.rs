@@ -225,7 +225,7 @@ impl RuntimeEnv {
     /// request does not.
     pub async fn prepare_java(&self, memory_mb: u32) -> Result<(), String> {
         self.inner.process.java.files().await?;
-        self.inner.process.prewarm.prewarm_java(Some(memory_mb));
+        self.inner.process.prewarm.prewarm_java(memory_mb);
         Ok(())
     }
 

@@ -271,14 +271,13 @@ impl Prewarm {
         // Standby JVMs wait for a java function's deploy or first start on this node.
     }
 
-    /// Standby JVMs, once the java runtime is prepared (and for `memory_mb` from now on, when
-    /// given): called at start and after a java function's deploy.
-    pub(crate) fn prewarm_java(self: &Arc<Self>, memory_mb: Option<u32>) {
+    /// Standby JVMs for `memory_mb` from now on (those of another size go), once the java
+    /// runtime is prepared: after a java function's deploy, and when an instance of another
+    /// size starts.
+    pub(crate) fn prewarm_java(self: &Arc<Self>, memory_mb: u32) {
         use std::sync::atomic::Ordering;
-        if let Some(m) = memory_mb {
-            if self.java_memory_mb.swap(m, Ordering::AcqRel) != m {
-                self.java_standby.lock().unwrap().clear();
-            }
+        if self.java_memory_mb.swap(memory_mb, Ordering::AcqRel) != memory_mb {
+            self.java_standby.lock().unwrap().clear();
         }
         self.fill_java();
     }
@@ -482,7 +481,7 @@ impl Prewarm {
         {
             // A JVM's heap was sized for one memory_mb: other sizes start plainly, and the
             // standby JVMs follow the last size asked for.
-            self.prewarm_java(Some(memory_mb));
+            self.prewarm_java(memory_mb);
             return None;
         }
         let mut sb = loop {
