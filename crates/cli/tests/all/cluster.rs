@@ -295,8 +295,13 @@ async fn kill_9_of_a_busy_functions_home_loses_nothing_postgres() {
     let mut ids = HashSet::new();
     let prod = producer();
     for n in 0..120 {
-        let p = &nodes[n % 3];
-        let event = json!({"action": "sleep", "secs": 0.05, "n": n});
+        // Through every node until the kill (after the 61st), then through the survivors.
+        let (p, secs) = if n <= 60 {
+            (&nodes[n % 3], 0.05)
+        } else {
+            (&nodes[survivors[n % 2]], 0.02)
+        };
+        let event = json!({"action": "sleep", "secs": secs, "n": n});
         ids.insert(try_submit(&client, &p.url, "busy", &event).await.unwrap());
         produce(
             &prod,
@@ -308,22 +313,7 @@ async fn kill_9_of_a_busy_functions_home_loses_nothing_postgres() {
         .await;
         if n == 60 {
             signal(nodes[victim].pid(), "KILL");
-            break;
         }
-    }
-    // Submissions after the failure go to the survivors.
-    for n in 61..120 {
-        let p = &nodes[survivors[n % 2]];
-        let event = json!({"action": "sleep", "secs": 0.02, "n": n});
-        ids.insert(try_submit(&client, &p.url, "busy", &event).await.unwrap());
-        produce(
-            &prod,
-            &topic,
-            (n % 3) as i32,
-            &format!("k{n}"),
-            &format!("v{n}"),
-        )
-        .await;
     }
     // Synchronous calls through the survivors succeed within a few seconds of the kill.
     let s = &nodes[survivors[0]];

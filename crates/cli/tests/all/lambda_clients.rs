@@ -170,32 +170,45 @@ fn provided_files(dir: &Path, name: &str, command: &str, manifest_lines: &str) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_official_python_runtime_client_runs_unchanged() {
-    let p = Petrel::start().await;
-    let f = python_ric_function("ric-py", PY_APP, "timeout = \"3s\"\nmemory_mb = 256");
-    p.deploy(f.path());
-
-    // Hello: every field of its context comes from Petrel's Runtime API headers and
-    // environment; the client context arrives as Lambda's Invoke API sends it (base64 JSON).
-    let cc = r#"{"custom": {"tenant": "t-1"}}"#;
+/// Lambda's client context and Cognito identity headers, as its Invoke API takes them.
+pub(crate) fn context_headers() -> Vec<(&'static str, String)> {
     use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let r = p
-        .http_with(
-            "POST",
-            "/v1/functions/ric-py/invoke",
-            &[
-                ("content-type", "application/json"),
-                ("x-amz-client-context", &b64(cc)),
-                (
-                    "x-amz-cognito-identity",
-                    r#"{"cognitoIdentityId": "id-7", "cognitoIdentityPoolId": "pool-1"}"#,
-                ),
-            ],
-            br#"{"hello": "ric"}"#.to_vec(),
-        )
-        .await;
+    vec![
+        ("content-type", "application/json".into()),
+        (
+            "x-amz-client-context",
+            base64::engine::general_purpose::STANDARD.encode(r#"{"custom": {"tenant": "t-9"}}"#),
+        ),
+        (
+            "x-amz-cognito-identity",
+            r#"{"cognitoIdentityId": "id-9", "cognitoIdentityPoolId": "pool-9"}"#.into(),
+        ),
+    ]
+}
+
+pub(crate) async fn invoke_with_context(
+    p: &Petrel,
+    name: &str,
+    event: &str,
+) -> crate::harness::Resp {
+    let headers = context_headers();
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    p.http_with(
+        "POST",
+        &format!("/v1/functions/{name}/invoke"),
+        &h,
+        event.as_bytes().to_vec(),
+    )
+    .await
+}
+
+/// What every official client's hello must have read from Petrel's Runtime API (`memory` as
+/// the client reports it: a number, or Python's string).
+pub(crate) fn assert_context(
+    r: &crate::harness::Resp,
+    name: &str,
+    memory: serde_json::Value,
+) -> serde_json::Value {
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(
@@ -205,29 +218,41 @@ async fn the_official_python_runtime_client_runs_unchanged() {
     );
     assert_eq!(
         j["arn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:ric-py:1"
+        format!("arn:aws:lambda:us-east-1:000000000000:function:{name}:1")
     );
-    assert_eq!(
-        (&j["function_name"], &j["version"], &j["memory"]),
-        (
-            &serde_json::json!("ric-py"),
-            &serde_json::json!("1"),
-            &serde_json::json!("256")
-        )
-    );
-    let remaining = j["remaining_ms"].as_u64().unwrap();
+    assert_eq!(j["function_name"], name);
+    assert_eq!(j["version"], "1");
+    assert_eq!(j["memory"], memory, "{j}");
+    let remaining = j["remaining_ms"].as_i64().unwrap();
     assert!(
         (1000..=3000).contains(&remaining),
         "deadline from the 3s timeout: {j}"
     );
-    assert_eq!(j["log_group"], "/petrel/default/ric-py");
+    assert_eq!(j["log_group"], format!("/petrel/default/{name}"));
     assert!(j["log_stream"].as_str().unwrap().starts_with("i-"), "{j}");
     assert_eq!(
         j["client_custom"],
-        serde_json::json!({"tenant": "t-1"}),
+        serde_json::json!({"tenant": "t-9"}),
         "{j}"
     );
-    assert_eq!(j["identity"], serde_json::json!(["id-7", "pool-1"]), "{j}");
+    assert_eq!(j["identity"], serde_json::json!(["id-9", "pool-9"]), "{j}");
+    assert!(
+        j["trace"].as_str().unwrap_or("").starts_with("Root=1-"),
+        "{j}"
+    );
+    j
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_runtime_client_runs_unchanged() {
+    let p = Petrel::start().await;
+    let f = python_ric_function("ric-py", PY_APP, "timeout = \"3s\"\nmemory_mb = 256");
+    p.deploy(f.path());
+
+    // Hello: every field of its context comes from Petrel's Runtime API headers and
+    // environment; the client context arrives as Lambda's Invoke API sends it (base64 JSON).
+    let r = invoke_with_context(&p, "ric-py", r#"{"hello": "ric"}"#).await;
+    let j = assert_context(&r, "ric-py", "256".into());
     p.http_with(
         "POST",
         "/v1/functions/ric-py/invoke",

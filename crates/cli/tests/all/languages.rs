@@ -3,7 +3,9 @@
 //! `[build]` step; and `petrel new` of every runtime, deployed and invoked as scaffolded.
 
 use crate::harness::{eventually, Petrel};
-use crate::lambda_clients::{copy_tree, times_out_and_recovers};
+use crate::lambda_clients::{
+    assert_context, copy_tree, invoke_with_context, times_out_and_recovers,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,70 +43,6 @@ fn deploy_with(p: &Petrel, dir: &Path, args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Lambda's client context and Cognito identity headers, as its Invoke API takes them.
-fn context_headers() -> Vec<(&'static str, String)> {
-    use base64::Engine;
-    vec![
-        ("content-type", "application/json".into()),
-        (
-            "x-amz-client-context",
-            base64::engine::general_purpose::STANDARD.encode(r#"{"custom": {"tenant": "t-9"}}"#),
-        ),
-        (
-            "x-amz-cognito-identity",
-            r#"{"cognitoIdentityId": "id-9", "cognitoIdentityPoolId": "pool-9"}"#.into(),
-        ),
-    ]
-}
-
-async fn invoke_with_context(p: &Petrel, name: &str, event: &str) -> crate::harness::Resp {
-    let headers = context_headers();
-    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    p.http_with(
-        "POST",
-        &format!("/v1/functions/{name}/invoke"),
-        &h,
-        event.as_bytes().to_vec(),
-    )
-    .await
-}
-
-/// What every official client's hello must have read from Petrel's Runtime API.
-fn assert_context(r: &crate::harness::Resp, name: &str, memory: u64) -> serde_json::Value {
-    assert_eq!(r.status, 200, "{}", r.text());
-    let j = r.json();
-    assert_eq!(
-        Some(j["request_id"].as_str().unwrap()),
-        r.header("x-petrel-invocation-id"),
-        "{j}"
-    );
-    assert_eq!(
-        j["arn"],
-        format!("arn:aws:lambda:us-east-1:000000000000:function:{name}:1")
-    );
-    assert_eq!(j["function_name"], name);
-    assert_eq!(j["version"], "1");
-    assert_eq!(j["memory"], memory, "{j}");
-    let remaining = j["remaining_ms"].as_i64().unwrap();
-    assert!(
-        (1000..=3000).contains(&remaining),
-        "deadline from the 3s timeout: {j}"
-    );
-    assert_eq!(j["log_group"], format!("/petrel/default/{name}"));
-    assert!(j["log_stream"].as_str().unwrap().starts_with("i-"), "{j}");
-    assert_eq!(
-        j["client_custom"],
-        serde_json::json!({"tenant": "t-9"}),
-        "{j}"
-    );
-    assert_eq!(j["identity"], serde_json::json!(["id-9", "pool-9"]), "{j}");
-    assert!(
-        j["trace"].as_str().unwrap_or("").starts_with("Root=1-"),
-        "{j}"
-    );
-    j
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale() {
     let p = Petrel::start().await;
@@ -116,7 +54,7 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
     );
 
     let r = invoke_with_context(&p, "go-official", r#"{"hello": "go"}"#).await;
-    let j = assert_context(&r, "go-official", 192);
+    let j = assert_context(&r, "go-official", 192.into());
     assert_eq!(j["event"], serde_json::json!({"hello": "go"}));
     assert_eq!(j["greeting"], "hi from go");
     let id = j["request_id"].as_str().unwrap().to_owned();
@@ -166,6 +104,26 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
     // --no-build deploys what is there.
     let (_, progress) = deploy_with(&p, src.path(), &["--no-build"]);
     assert!(!progress.contains("Building"), "{progress}");
+    // `petrel build` builds whatever the output's age; a directory without [build] says how
+    // to add one.
+    let out = p.cli(&["build", src.path().to_str().unwrap()]);
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("Building go-official (CGO_ENABLED=0 go build -o bootstrap .)")
+            && progress.contains("Building go-official built"),
+        "{progress}"
+    );
+    let plain = crate::harness::function_dir(&[(
+        "petrel.toml",
+        &crate::harness::manifest("plain", "python3", "app.handler", ""),
+    )]);
+    let out = p.cli(&["build", plain.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has no [build] table"),
+        "{err}"
+    );
 
     // A build whose tool is not installed says which, and deploys nothing.
     let broken = tempfile::tempdir().unwrap();
@@ -198,7 +156,7 @@ async fn java_functions_run_on_the_official_runtime_interface_client() {
 
     // RequestHandler<Map, Map>: its context from Petrel's Runtime API.
     let r = invoke_with_context(&p, "java-official", r#"{"hello": "java"}"#).await;
-    let j = assert_context(&r, "java-official", 256);
+    let j = assert_context(&r, "java-official", 256.into());
     assert_eq!(j["event"], serde_json::json!({"hello": "java"}));
     assert_eq!(j["greeting"], "hi from java");
     assert_eq!(j["task_root"], "/var/task");
