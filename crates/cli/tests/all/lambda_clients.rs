@@ -309,35 +309,44 @@ async fn the_official_python_runtime_client_runs_unchanged() {
 
 /// The function written with the `lambda_runtime` crate, built once (release) into the
 /// workspace's target directory.
-fn lambda_rs_official() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let manifest = root.join("tests/fixtures/lambda-rs-official/Cargo.toml");
-        let target = root.join("../../target/fixtures");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "building the lambda_runtime function failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("release/lambda-rs-official")
-    })
-    .clone()
+/// A fixture function written with the `lambda_runtime` crate (`lambda-rs-official`, on the
+/// version it was first checked with, or `lambda-rs-official-newest`, the same source on the
+/// newest), built (release) into the workspace's target directory.
+fn lambda_rs_official(fixture: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = root.join("tests/fixtures").join(fixture).join("Cargo.toml");
+    let target = root.join("../../target/fixtures");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building the lambda_runtime function {fixture} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("release").join(fixture)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_rust_runtime_client_runs_unchanged() {
+    // lambda_runtime 0.14, as first checked, and 1.5.0, the newest crates.io served.
+    for fixture in ["lambda-rs-official", "lambda-rs-official-newest"] {
+        let bin = tokio::task::spawn_blocking(move || lambda_rs_official(fixture))
+            .await
+            .unwrap();
+        rust_client(&bin).await;
+    }
+}
+
+async fn rust_client(bin: &Path) {
     let p = Petrel::start().await;
     let d = tempfile::tempdir().unwrap();
-    std::fs::copy(lambda_rs_official(), d.path().join("bootstrap")).unwrap();
+    std::fs::copy(bin, d.path().join("bootstrap")).unwrap();
     std::fs::write(
         d.path().join("petrel.toml"),
         "name = \"rs-official\"\nruntime = \"provided\"\nhandler = \"hello\"\ntimeout = \"3s\"\n",
