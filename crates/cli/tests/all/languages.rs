@@ -220,25 +220,26 @@ async fn java_functions_run_on_the_official_runtime_interface_client() {
     // A timeout stops the instance; the next request gets a new one, which after a deploy
     // of the same memory size is a standby JVM handed its function (seconds have passed for
     // it to get ready; a few timeouts more if the machine is slow).
-    let mut from_standby = false;
-    for _ in 0..5 {
-        let before = p.invoke("java-official", "{}").await.json()["log_stream"].clone();
-        times_out_and_recovers(&p, "java-official").await;
-        let after = p.invoke("java-official", "{}").await.json();
-        assert_ne!(after["log_stream"], before);
-        let stream = after["log_stream"].as_str().unwrap().to_owned();
-        let logs = p.cli_ok(&["logs", "java-official"]);
-        if logs.lines().any(|l| {
-            l.contains(&stream) && l.contains("instance started") && l.contains("a standby process")
-        }) {
-            // Its environment is the instance's own, not the standby's.
-            assert_eq!(after["greeting"], "hi from java");
-            assert_eq!(after["function_name"], "java-official");
-            from_standby = true;
-            break;
-        }
-    }
-    assert!(from_standby, "no instance came from a standby JVM");
+    let after = served_by_a_standby(&p, "java-official")
+        .await
+        .expect("no instance came from a standby JVM");
+    // Its environment is the instance's own, not the standby's.
+    assert_eq!(after["greeting"], "hi from java");
+    assert_eq!(after["function_name"], "java-official");
+
+    // A deploy of another memory size makes the standby JVMs that size: the heap of an
+    // instance taken from one is sized from its memory_mb, not the earlier one's.
+    deploy_with(
+        &p,
+        src.path(),
+        &["--name", "java-big", "--memory-mb", "512"],
+    );
+    let big = served_by_a_standby(&p, "java-big")
+        .await
+        .expect("no java-big instance came from a standby JVM");
+    assert_eq!(big["memory"], 512);
+    let heap = big["max_heap_mb"].as_u64().unwrap();
+    assert!((300..=436).contains(&heap), "{big}");
 
     // A handler class that is not in the package: the client's error, naming it.
     deploy_with(
@@ -254,6 +255,26 @@ async fn java_functions_run_on_the_official_runtime_interface_client() {
     let r = p.invoke("java-missing", "{}").await;
     assert!(r.status >= 500, "{}", r.text());
     assert!(r.text().contains("fixture.Nope"), "{}", r.text());
+}
+
+/// The answer of an instance of `name` that a standby JVM became: each round times an instance
+/// out so that the next request needs a new one (seconds pass for a standby to get ready; a
+/// few rounds more if the machine is slow). `None` if none came from a standby.
+async fn served_by_a_standby(p: &Petrel, name: &str) -> Option<serde_json::Value> {
+    for _ in 0..5 {
+        let before = p.invoke(name, "{}").await.json()["log_stream"].clone();
+        times_out_and_recovers(p, name).await;
+        let after = p.invoke(name, "{}").await.json();
+        assert_ne!(after["log_stream"], before);
+        let stream = after["log_stream"].as_str().unwrap().to_owned();
+        let logs = p.cli_ok(&["logs", name]);
+        if logs.lines().any(|l| {
+            l.contains(&stream) && l.contains("instance started") && l.contains("a standby process")
+        }) {
+            return Some(after);
+        }
+    }
+    None
 }
 
 /// How each template's function is called, and what its answer holds.
