@@ -114,6 +114,23 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
             && progress.contains("Building go-official built"),
         "{progress}"
     );
+    // On a terminal the build is a spinner redrawn in place (indicatif), then the same line.
+    let tty = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} build {}",
+            crate::harness::BIN,
+            src.path().display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("script (util-linux) runs");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("\u{1b}[2K") && shown.contains("Building go-official built"),
+        "{shown:?}"
+    );
     let plain = crate::harness::function_dir(&[(
         "petrel.toml",
         &crate::harness::manifest("plain", "python3", "app.handler", ""),
