@@ -232,6 +232,7 @@ impl App {
                 "the alias changed while the rollout started; start it again",
             ));
         }
+        self.store.rollout_started(r.id).await?;
         self.dataplane.alias_changed(ns, name);
         self.changed(crate::cluster::kind::ALIAS, ns, name).await;
         tracing::info!(namespace = ns, function = name, alias = %alias, from, to, "rollout started");

@@ -31,9 +31,14 @@ impl VersionStats {
     }
 }
 
+/// How long a new rollout is held from the drivers while its start moves the alias.
+pub const START_HOLD_MS: i64 = 30_000;
+
 impl Store {
     /// Starts a rollout of `alias` from `from` to `to`; `None` when the alias already has one in
-    /// progress.
+    /// progress. No driver claims it until [`Store::rollout_started`] (or, should the server die
+    /// in between, until [`START_HOLD_MS`] have passed): its start still has to move the alias,
+    /// and a driver looking before that would take the unmoved alias for a change by hand.
     pub async fn create_rollout(
         &self,
         (namespace, function): (&str, &str),
@@ -54,8 +59,9 @@ impl Store {
         let history = serde_json::to_string(&[first]).expect("history serialises");
         let row = sqlx::query(&format!(
             "INSERT INTO rollouts (namespace, function, alias, from_version, to_version, plan, state,
-               step, step_started_at, history, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, $7, $8, $7, $7)
+               step, step_started_at, history, created_at, updated_at,
+               lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, $7, $8, $7, $7, $9)
              RETURNING {COLUMNS}"
         ))
         .bind(namespace)
@@ -66,6 +72,7 @@ impl Store {
         .bind(&plan_json)
         .bind(now)
         .bind(&history)
+        .bind(now + START_HOLD_MS)
         .fetch_one(&self.pool)
         .await;
         match row {
@@ -74,6 +81,16 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Ends the hold [`Store::create_rollout`] put on a new rollout: its alias has moved, and a
+    /// driver may claim it now.
+    pub async fn rollout_started(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET lease_until = 0 WHERE id = $1 AND lease_owner IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn get_rollout(&self, id: i64) -> Result<Option<RolloutInfo>> {

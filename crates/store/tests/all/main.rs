@@ -195,9 +195,15 @@ async fn aliases_split_and_rollouts_have_one_driver(store: Store) {
         "one rollout in progress per alias"
     );
 
-    // Two servers: the first claims it, the second gets nothing until the lease runs out.
+    // Two servers: the first claims it, the second gets nothing until the lease runs out. No
+    // one claims it before its start has moved the alias.
     assert!(store.any_running_rollout().await.unwrap());
     let far = petrel_store::now_ms() + 60_000;
+    assert!(
+        store.claim_rollouts("a", far).await.unwrap().is_empty(),
+        "held while it starts"
+    );
+    store.rollout_started(r.id).await.unwrap();
     assert_eq!(store.claim_rollouts("a", far).await.unwrap().len(), 1);
     assert!(store.claim_rollouts("b", far).await.unwrap().is_empty());
     assert_eq!(
