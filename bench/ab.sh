@@ -4,7 +4,7 @@
 #
 #   bench/ab.sh BEFORE_BINARY AFTER_BINARY
 #
-# Measures hello-wasm, hello-http, hello-chunked, hello-python and hello-node (or FNS) at 1 and 64
+# Measures hello-wasm, hello-wasm-reuse, hello-http, hello-chunked, hello-python and hello-node (or FNS) at 1 and 64
 # connections (or CONNS), REPS times (default 5) DURATION seconds (default 5) each. Both servers run on
 # CPU $SERVER_CPU (one at a time is loaded), wrk on $LOAD_CPU. Prints a markdown table of medians
 # and after÷before ratios, and writes it to bench/results/<time>-ab.md.
@@ -29,6 +29,7 @@ if [ ! -f examples/hello-wasm/hello.wasm ]; then
   CARGO_TARGET_DIR=target/wasm-guests cargo build -q --release --target wasm32-wasip2 --manifest-path examples/hello-wasm/Cargo.toml
   cp target/wasm-guests/wasm32-wasip2/release/hello-wasm.wasm examples/hello-wasm/hello.wasm
 fi
+cp examples/hello-wasm/hello.wasm bench/hello-wasm-reuse/hello.wasm
 
 declare -A url
 for side in before after; do
@@ -37,7 +38,7 @@ for side in before after; do
   taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/$side" > "$work/$side.log" 2>&1 &
   pids+=($!)
   wait_ok "http://127.0.0.1:$port/healthz"
-  for ex in examples/hello-wasm examples/hello-http examples/hello-python examples/hello-node bench/chunked; do
+  for ex in examples/hello-wasm bench/hello-wasm-reuse examples/hello-http examples/hello-python examples/hello-node bench/chunked; do
     # A build with authentication wrote its owner key; one without ignores the token.
     PETREL_TOKEN=$(cat "$work/$side/bootstrap-token" 2>/dev/null || true) \
       PETREL_SERVER=http://127.0.0.1:$port "$bin" deploy "$ex" > /dev/null
