@@ -232,7 +232,10 @@ impl App {
                 "the alias changed while the rollout started; start it again",
             ));
         }
-        self.store.rollout_started(r.id).await?;
+        // The rollout runs from here on: should this write fail, its hold runs out by itself.
+        if let Err(e) = self.store.rollout_started(r.id).await {
+            tracing::warn!(rollout = r.id, error = %e, "could not release a new rollout to the drivers; it waits for its hold to run out");
+        }
         self.dataplane.alias_changed(ns, name);
         self.changed(crate::cluster::kind::ALIAS, ns, name).await;
         tracing::info!(namespace = ns, function = name, alias = %alias, from, to, "rollout started");

@@ -28,7 +28,7 @@ pub use queue::{
     Cancel, Delivery, Ended, Finish, LeasedAsync, NewAsync, NewDelivery, StoredResult,
 };
 pub use records::LogCursor;
-pub use releases::{VersionStats, START_HOLD_MS};
+pub use releases::VersionStats;
 pub use store::{Backend, Store};
 pub use tenancy::{AuditEntry, KeyRecord, SecretRecord};
 pub use triggers::{TriggerCounts, TriggerDeadLetter, TriggerState};

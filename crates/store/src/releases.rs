@@ -32,12 +32,12 @@ impl VersionStats {
 }
 
 /// How long a new rollout is held from the drivers while its start moves the alias.
-pub const START_HOLD_MS: i64 = 30_000;
+const START_HOLD_MS: i64 = 30_000;
 
 impl Store {
     /// Starts a rollout of `alias` from `from` to `to`; `None` when the alias already has one in
     /// progress. No driver claims it until [`Store::rollout_started`] (or, should the server die
-    /// in between, until [`START_HOLD_MS`] have passed): its start still has to move the alias,
+    /// in between, until 30 s have passed): its start still has to move the alias,
     /// and a driver looking before that would take the unmoved alias for a change by hand.
     pub async fn create_rollout(
         &self,
