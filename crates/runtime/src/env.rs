@@ -218,17 +218,35 @@ impl RuntimeEnv {
         self.inner.process.cgroups.remove();
     }
 
-    /// The wasmtime engine, created on first use (servers that run no wasm never pay for it).
-    /// Prepares the java runtime (once per node: Maven fetches the AWS runtime client, javac
-    /// compiles Petrel's launcher, the JVM writes a class data sharing archive) and starts
-    /// standby JVMs for `memory_mb`: a java function's deploy waits for it, so that its first
+    /// Readies this node for a function of `runtime` before its first request. For java: the
+    /// runtime's files (once per node: Maven fetches the AWS runtime client, javac compiles
+    /// Petrel's launcher, the JVM writes a class data sharing archive) and standby JVMs for
+    /// `memory_mb`. Nothing for the other runtimes. A deploy waits for it, so that its first
     /// request does not.
-    pub async fn prepare_java(&self, memory_mb: u32) -> Result<(), String> {
-        self.inner.process.java.files().await?;
-        self.inner.process.prewarm.prewarm_java(memory_mb);
+    pub async fn prepare(&self, runtime: Runtime, memory_mb: u32) -> Result<(), String> {
+        if runtime == Runtime::Java {
+            self.inner.process.java.files().await?;
+            self.inner.process.prewarm.prewarm_java(memory_mb);
+        }
         Ok(())
     }
 
+    /// [`RuntimeEnv::prepare`] in a task of its own, a failure logged: for a function this
+    /// node learns of without a deploy of its own (restored at start, or deployed on another
+    /// node of a cluster). Spawns nothing for a runtime with nothing to prepare.
+    pub fn prepare_in_background(&self, runtime: Runtime, memory_mb: u32) {
+        if runtime != Runtime::Java {
+            return;
+        }
+        let env = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = env.prepare(runtime, memory_mb).await {
+                tracing::warn!(error = %e, "the java runtime could not be prepared; java functions start when it can be");
+            }
+        });
+    }
+
+    /// The wasmtime engine, created on first use (servers that run no wasm never pay for it).
     pub fn wasm(&self) -> Result<&Arc<WasmEngine>, String> {
         self.inner
             .wasm

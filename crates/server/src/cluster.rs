@@ -358,16 +358,9 @@ async fn reload_function(app: &App, ns: &str, name: &str) -> anyhow::Result<()> 
         return Ok(());
     };
     let code_dir = code_for(&app.store, &app.artifacts, &v.digest).await?;
-    if v.spec.runtime == petrel_core::Runtime::Java {
-        // As a deploy here would: the runtime prepared and standby JVMs started before the
-        // function's first request reaches this node.
-        let (runtime, memory_mb) = (app.runtime.clone(), v.spec.memory_mb);
-        tokio::spawn(async move {
-            if let Err(e) = runtime.prepare_java(memory_mb).await {
-                tracing::warn!(error = %e, "cluster: the java runtime could not be prepared for a function deployed elsewhere");
-            }
-        });
-    }
+    // As a deploy here would, before the function's first request reaches this node.
+    app.runtime
+        .prepare_in_background(v.spec.runtime, v.spec.memory_mb);
     app.dataplane.deployed(petrel_dataplane::DeployedVersion {
         namespace: ns.to_owned(),
         name: name.to_owned(),

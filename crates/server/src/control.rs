@@ -198,13 +198,11 @@ impl App {
             ApiError::internal()
         })??;
         let (spec, digest, package) = prepared;
-        if spec.runtime == Runtime::Java {
-            // Once per node (seconds); then standby JVMs, so the first request finds one.
-            self.runtime
-                .prepare_java(spec.memory_mb)
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::UnsupportedRuntime, e))?;
-        }
+        // For java, seconds once per node; then standby JVMs, so the first request finds one.
+        self.runtime
+            .prepare(spec.runtime, spec.memory_mb)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::UnsupportedRuntime, e))?;
         let size = package.len() as u64;
         self.check_access_keys(&ns, &spec).await?;
         self.check_quotas(&ns, &spec).await?;

@@ -273,6 +273,9 @@ impl Server {
             0
         };
         let mut restored = 0;
+        // Each runtime and size readied once, as a deploy would have: a java function's first
+        // request after a restart then finds a standby JVM.
+        let mut prepared = std::collections::HashSet::new();
         for (namespace, v) in store
             .latest_versions()
             .await
@@ -281,6 +284,9 @@ impl Server {
             let code_dir = cluster::code_for(&store, &artifacts, &v.digest).await;
             match code_dir {
                 Ok(code_dir) => {
+                    if prepared.insert((v.spec.runtime, v.spec.memory_mb)) {
+                        env.prepare_in_background(v.spec.runtime, v.spec.memory_mb);
+                    }
                     dataplane.deployed(DeployedVersion {
                         namespace,
                         name: v.spec.name.clone(),

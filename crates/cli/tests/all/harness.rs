@@ -521,6 +521,39 @@ pub fn instance_pids(instance: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The command lines of the live processes descended from `pid` (its children, theirs, ...),
+/// with their arguments joined by spaces.
+pub fn descendant_cmdlines(pid: u32) -> Vec<String> {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    let descends = |mut p: u32| loop {
+        match parent_of(p) {
+            Some(q) if q == pid => return true,
+            Some(0) | Some(1) | None => return false,
+            Some(q) => p = q,
+        }
+    };
+    all.into_iter()
+        .filter(|&p| p != pid && alive(p) && descends(p))
+        .filter_map(|p| {
+            let raw = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+        })
+        .collect()
+}
+
 /// Whether any process of an instance is still running.
 pub fn instance_alive(instance: &str) -> bool {
     !instance_pids(instance).is_empty()

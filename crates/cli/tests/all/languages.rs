@@ -163,7 +163,7 @@ async fn the_official_go_client_runs_unchanged_and_deploy_builds_it_when_stale()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn java_functions_run_on_the_official_runtime_interface_client() {
-    let p = Petrel::start().await;
+    let mut p = Petrel::start().await;
     let src = sources_of("lambda-java-official");
     let (_, progress) = deploy_with(&p, src.path(), &[]);
     assert!(
@@ -243,6 +243,34 @@ async fn java_functions_run_on_the_official_runtime_interface_client() {
     // Its environment is the instance's own, not the standby's.
     assert_eq!(after["greeting"], "hi from java");
     assert_eq!(after["function_name"], "java-official");
+
+    // After a restart the server readies the java runtime for the functions it restores, as
+    // their deploy did: the first request, made once a standby JVM waits, is served by it.
+    p.restart().await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            crate::harness::descendant_cmdlines(p.pid())
+                .iter()
+                .any(|c| c.contains("PetrelJava --standby"))
+        })
+        .await,
+        "no standby JVM after the restart; log:\n{}",
+        p.server_log()
+    );
+    let first = p.invoke("java-official", "{}").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let stream = first.json()["log_stream"].as_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .cli_ok(&["logs", "java-official"])
+            .lines()
+            .any(|l| l.contains(&stream)
+                && l.contains("instance started")
+                && l.contains("a standby process")))
+        .await,
+        "the first request after the restart did not get a standby JVM:\n{}",
+        p.cli_ok(&["logs", "java-official"])
+    );
 
     // A deploy of another memory size makes the standby JVMs that size: the heap of an
     // instance taken from one is sized from its memory_mb, not the earlier one's.
