@@ -785,19 +785,31 @@ async fn receiver_on(tls: Option<tokio_rustls::TlsAcceptor>) -> (String, Seen) {
     (url, seen)
 }
 
+/// Runs a tool a test needs and returns what it printed; the test fails with its output unless
+/// it succeeded. `what` says what was run and what to check when it fails.
+pub fn run_tool(cmd: &mut std::process::Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not run it: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A CA and a certificate for 127.0.0.1 it signed, made with the openssl tool: (CA, certificate,
 /// key), PEM files in `dir`.
 pub fn test_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl tool (scripts/test.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_tool(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
+            &format!("openssl {args:?} (scripts/test.sh installs the tool)"),
         );
     };
     let ec = [

@@ -3,7 +3,7 @@
 //! error, a timeout and a failed init. The packages come from the language's registry, as a
 //! user would install them.
 
-use crate::harness::{eventually, Petrel};
+use crate::harness::{eventually, run_tool, Petrel};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,16 +54,12 @@ pub(crate) fn npm_package(package: &str, version: &str) -> PathBuf {
         .is_file()
     {
         std::fs::create_dir_all(&dir).unwrap();
-        let out = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--no-save"])
-            .arg(format!("{package}@{version}"))
-            .current_dir(&dir)
-            .output()
-            .expect("npm runs");
-        assert!(
-            out.status.success(),
-            "npm install {package} failed (npm must be reachable): {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_tool(
+            std::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--no-save"])
+                .arg(format!("{package}@{version}"))
+                .current_dir(&dir),
+            &format!("npm install {package}@{version} (npm must be reachable)"),
         );
     }
     dir
@@ -79,24 +75,20 @@ pub(crate) fn pip_target(package: &str) -> PathBuf {
     if !dir.is_dir() {
         let tmp = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
-        let out = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-compile",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&tmp)
-            .arg(package)
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "pip install {package} failed (PyPI must be reachable): {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_tool(
+            std::process::Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-compile",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&tmp)
+                .arg(package),
+            &format!("pip install {package} (PyPI must be reachable)"),
         );
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).unwrap();
@@ -317,17 +309,13 @@ fn lambda_rs_official(fixture: &str) -> PathBuf {
     let manifest = root.join("tests/fixtures").join(fixture).join("Cargo.toml");
     let target = root.join("../../target/fixtures");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building the lambda_runtime function {fixture} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_tool(
+        std::process::Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target),
+        &format!("building the lambda_runtime function {fixture}"),
     );
     target.join("release").join(fixture)
 }
@@ -561,14 +549,16 @@ fn aws_lambda_ric_node() -> PathBuf {
                 ),
             )
             .unwrap();
-            let out = std::process::Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--foreground-scripts"])
-                .current_dir(&dir)
-                .output()
-                .expect("npm runs");
+            let what = format!("npm install aws-lambda-ric@{AWS_LAMBDA_RIC} (npm must be reachable; cmake, autoconf, automake, libtool and g++ installed)");
+            let out = run_tool(
+                std::process::Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--foreground-scripts"])
+                    .current_dir(&dir),
+                &what,
+            );
             assert!(
-                out.status.success() && ric.join("dist/rapid-client.node").is_file(),
-                "npm install aws-lambda-ric@{AWS_LAMBDA_RIC} failed (npm must be reachable; cmake, autoconf, automake, libtool and g++ installed): {}{}",
+                ric.join("dist/rapid-client.node").is_file(),
+                "{what} built no dist/rapid-client.node: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -1365,14 +1355,9 @@ async fn run_boto3_of(pkg: PathBuf, script: &str, args: &[&str]) -> serde_json::
 
 /// Runs a command off the async runtime; it must succeed, and what it printed is JSON.
 pub(crate) async fn json_output(mut cmd: std::process::Command) -> serde_json::Value {
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("the command runs"))
+    let out = tokio::task::spawn_blocking(move || run_tool(&mut cmd, "the client's command"))
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
