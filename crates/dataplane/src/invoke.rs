@@ -469,6 +469,10 @@ impl<'a> Call<'a> {
         outcome: InvocationOutcome,
         error: Option<String>,
     ) {
+        if self.dp.spans().is_none() {
+            // No exporter: the attributes would be built only to be dropped.
+            return;
+        }
         let mut attributes = vec![
             ("faas.name", v.name.clone()),
             ("faas.version", v.version.to_string()),
@@ -584,17 +588,19 @@ impl<'a> Call<'a> {
                 ran.as_millis()
             ),
         );
-        let failed = (outcome != InvocationOutcome::Success)
-            .then(|| error.clone().unwrap_or_else(|| outcome.as_str().to_owned()));
-        let instance = vec![("petrel.instance", i.id().to_owned())];
-        self.span(
-            "function.call",
-            call_span,
-            started_at,
-            instance,
-            failed.clone(),
-        );
-        self.finish(v, lease.cold(), outcome, failed);
+        if self.dp.spans().is_some() {
+            let failed = (outcome != InvocationOutcome::Success)
+                .then(|| error.clone().unwrap_or_else(|| outcome.as_str().to_owned()));
+            let instance = vec![("petrel.instance", i.id().to_owned())];
+            self.span(
+                "function.call",
+                call_span,
+                started_at,
+                instance,
+                failed.clone(),
+            );
+            self.finish(v, lease.cold(), outcome, failed);
+        }
         self.record(v, Some(ran), lease.cold(), outcome, error, Some(i.id()));
     }
 

@@ -42,12 +42,14 @@ pub mod compiled;
 mod enter;
 mod etc;
 pub mod ffi;
+mod heap;
 mod inject;
 pub mod limits;
 pub mod network;
 pub mod plan;
 pub mod seccomp;
 
+pub use heap::release_free_heap;
 pub use inject::{in_new_pid_ns, inject_code};
 pub use network::NetNs;
 pub use plan::Plan;
