@@ -406,6 +406,9 @@ struct Call<'a> {
 /// When the function started, and its call's span.
 type Timing = (Instant, SystemTime, TraceContext);
 
+/// A span's attributes and its error, if it failed.
+type SpanDetails = (Vec<(&'static str, String)>, Option<String>);
+
 impl<'a> Call<'a> {
     fn new(dp: &'a DataPlane, inv: &Invocation, v: &DeployedVersion) -> Self {
         let timeout = match &inv.attempt {
@@ -433,16 +436,17 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Sends a span of this invocation to the exporter, if one is configured.
+    /// Sends a span of this invocation to the exporter, if one is configured; `details` (its
+    /// attributes and error) are only built then.
     fn span(
         &self,
         name: &'static str,
         context: TraceContext,
         start: SystemTime,
-        attributes: Vec<(&'static str, String)>,
-        error: Option<String>,
+        details: impl FnOnce() -> SpanDetails,
     ) {
         if let Some(sink) = self.dp.spans() {
+            let (attributes, error) = details();
             let (parent, kind) = if name == "invoke" {
                 (self.parent, SpanKind::Server)
             } else {
@@ -467,25 +471,23 @@ impl<'a> Call<'a> {
         v: &DeployedVersion,
         cold: bool,
         outcome: InvocationOutcome,
-        error: Option<String>,
+        error: impl FnOnce() -> Option<String>,
     ) {
-        if self.dp.spans().is_none() {
-            // No exporter: the attributes would be built only to be dropped.
-            return;
-        }
-        let mut attributes = vec![
-            ("faas.name", v.name.clone()),
-            ("faas.version", v.version.to_string()),
-            ("faas.invocation_id", self.id.clone()),
-            ("faas.trigger", self.trigger.kind.otel().to_owned()),
-            ("faas.coldstart", cold.to_string()),
-            ("petrel.namespace", v.namespace.clone()),
-            ("petrel.outcome", outcome.as_str().to_owned()),
-        ];
-        if let Some(m) = &self.method {
-            attributes.push(("http.request.method", m.clone()));
-        }
-        self.span("invoke", self.trace, self.asked_at, attributes, error);
+        self.span("invoke", self.trace, self.asked_at, || {
+            let mut attributes = vec![
+                ("faas.name", v.name.clone()),
+                ("faas.version", v.version.to_string()),
+                ("faas.invocation_id", self.id.clone()),
+                ("faas.trigger", self.trigger.kind.otel().to_owned()),
+                ("faas.coldstart", cold.to_string()),
+                ("petrel.namespace", v.namespace.clone()),
+                ("petrel.outcome", outcome.as_str().to_owned()),
+            ];
+            if let Some(m) = &self.method {
+                attributes.push(("http.request.method", m.clone()));
+            }
+            (attributes, error())
+        });
     }
 
     /// The invocation's record, written off the request path.
@@ -531,19 +533,17 @@ impl<'a> Call<'a> {
         let result = pool.acquire().await;
         metrics.acquired(&v.namespace, &v.spec, t0.elapsed());
         let cold = result.as_ref().map(Lease::cold).unwrap_or(true);
-        self.span("pool.acquire", self.trace.child(), t0_wall, vec![], None);
+        self.span("pool.acquire", self.trace.child(), t0_wall, || {
+            (vec![], None)
+        });
         if cold {
-            let error = result
-                .as_ref()
-                .err()
-                .map(|_| "the instance failed to start".to_owned());
-            self.span(
-                "instance.cold_start",
-                self.trace.child(),
-                t0_wall,
-                vec![],
-                error,
-            );
+            self.span("instance.cold_start", self.trace.child(), t0_wall, || {
+                let error = result
+                    .as_ref()
+                    .err()
+                    .map(|_| "the instance failed to start".to_owned());
+                (vec![], error)
+            });
         }
         match result {
             Ok(lease) => Ok((
@@ -555,7 +555,7 @@ impl<'a> Call<'a> {
                 let outcome = InvocationOutcome::InitFailed;
                 metrics.invocation((&v.namespace, v.version), &v.spec, outcome, None);
                 self.record(v, None, true, outcome, Some(e.to_string()), None);
-                self.finish(v, true, outcome, Some(e.to_string()));
+                self.finish(v, true, outcome, || Some(e.to_string()));
                 Err(invoke_error(&v.name, v.version, &e))
             }
         }
@@ -588,19 +588,14 @@ impl<'a> Call<'a> {
                 ran.as_millis()
             ),
         );
-        if self.dp.spans().is_some() {
-            let failed = (outcome != InvocationOutcome::Success)
-                .then(|| error.clone().unwrap_or_else(|| outcome.as_str().to_owned()));
-            let instance = vec![("petrel.instance", i.id().to_owned())];
-            self.span(
-                "function.call",
-                call_span,
-                started_at,
-                instance,
-                failed.clone(),
-            );
-            self.finish(v, lease.cold(), outcome, failed);
-        }
+        let failed = || {
+            (outcome != InvocationOutcome::Success)
+                .then(|| error.clone().unwrap_or_else(|| outcome.as_str().to_owned()))
+        };
+        self.span("function.call", call_span, started_at, || {
+            (vec![("petrel.instance", i.id().to_owned())], failed())
+        });
+        self.finish(v, lease.cold(), outcome, failed);
         self.record(v, Some(ran), lease.cold(), outcome, error, Some(i.id()));
     }
 
