@@ -35,25 +35,17 @@ pub struct Windows {
 }
 
 /// The learned idle-time histogram of one function. Serialisable, so it survives restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdleHistogram {
-    /// Counts per 1-minute bin (`bins[i]`: idle times in [i, i+1) minutes).
+    /// Counts per 1-minute bin (`bins[i]`: idle times in [i, i+1) minutes); empty until the
+    /// first idle time, so that a function never invoked costs no 240 counters (most of a
+    /// deployment of thousands of functions is idle).
     pub bins: Vec<u32>,
     /// Idle times of 4 hours or more.
     pub out_of_range: u32,
     /// Sum and sum of squares of the bin counts, kept as idle times come (not saved; derived).
     #[serde(skip)]
     sums: Option<(u64, u64)>,
-}
-
-impl Default for IdleHistogram {
-    fn default() -> Self {
-        Self {
-            bins: vec![0; BINS],
-            out_of_range: 0,
-            sums: None,
-        }
-    }
 }
 
 impl IdleHistogram {
@@ -93,7 +85,7 @@ impl IdleHistogram {
         if total < MIN_SAMPLES as u64 || (in_range as f64) < MIN_IN_RANGE * total as f64 {
             return false;
         }
-        let n = self.bins.len() as f64;
+        let n = BINS as f64;
         let mean = in_range as f64 / n;
         let var = (sq as f64 / n - mean * mean).max(0.0);
         // A few idle times scattered over 240 bins already give a high CV by chance (about
@@ -115,7 +107,7 @@ impl IdleHistogram {
                 return BIN * edge as u32;
             }
         }
-        BIN * self.bins.len() as u32
+        BIN * BINS as u32
     }
 
     /// The hybrid policy's windows, or `None` while the fixed fallback applies.
